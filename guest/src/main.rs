@@ -1,0 +1,2 @@
+//! brig-init: pid 1 of every brig microVM.
+fn main() {}

@@ -1,0 +1,33 @@
+//! The host-guest protocol of brig.
+//!
+//! One vsock stream per process carries length-prefixed frames. The guest agent connects to
+//! the host on [`AGENT_PORT`] and says [`Message::Hello`]; the host answers with
+//! [`Message::Run`]; then stdin flows host → guest and stdout/stderr guest → host until the
+//! guest sends [`Message::Exit`] (or [`Message::ExecFailed`] when the command never started).
+//!
+//! Wire format of a frame: `len: u32 LE | kind: u8 | payload (len - 1 bytes)`. Data frames
+//! (stdin, stdout, stderr) carry raw bytes; control frames carry JSON. A frame longer than
+//! [`MAX_FRAME`] is rejected before anything is allocated for it, so a hostile peer cannot make
+//! the other side buffer without bound.
+#![forbid(unsafe_code)]
+
+mod codec;
+mod messages;
+
+pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
+pub use messages::{ExecErrorKind, ExitStatus, Message, Rlimit, RootfsSpec, RunSpec};
+
+/// Version of this protocol; the host refuses a guest that speaks another one.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// vsock port the host listens on for the guest agent's control connection.
+pub const AGENT_PORT: u32 = 1024;
+
+/// vsock context id of the host (VMADDR_CID_HOST in `linux/vm_sockets.h`).
+pub const HOST_CID: u64 = 2;
+
+/// Largest frame (kind byte + payload) either side accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest data payload a sender puts in one stdin/stdout/stderr frame.
+pub const MAX_DATA: usize = 64 * 1024;

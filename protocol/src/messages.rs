@@ -1,0 +1,122 @@
+//! The messages host and guest exchange.
+
+use serde::{Deserialize, Serialize};
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// guest → host, first frame: the agent is up.
+    Hello {
+        version: u32,
+        /// Guest uptime (CLOCK_BOOTTIME) when the agent started, in nanoseconds.
+        uptime_ns: u64,
+    },
+    /// host → guest: what to run.
+    Run(Box<RunSpec>),
+    /// guest → host: the workload was spawned.
+    Started { pid: u32, uptime_ns: u64 },
+    /// host → guest: bytes for the workload's stdin; an empty payload closes it.
+    Stdin(Vec<u8>),
+    /// guest → host: bytes the workload wrote to stdout (or to its terminal with a TTY).
+    Stdout(Vec<u8>),
+    /// guest → host: bytes the workload wrote to stderr.
+    Stderr(Vec<u8>),
+    /// host → guest: the terminal was resized.
+    Resize { rows: u16, cols: u16 },
+    /// host → guest: deliver this signal to the workload.
+    Signal(i32),
+    /// guest → host, last frame: how the workload ended.
+    Exit(ExitStatus),
+    /// guest → host, last frame: the workload could not be started.
+    ExecFailed { kind: ExecErrorKind, message: String },
+}
+
+/// How the workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal killed it.
+    pub signal: Option<i32>,
+    /// Guest uptime when it was reaped, in nanoseconds.
+    #[serde(default)]
+    pub uptime_ns: u64,
+}
+
+impl ExitStatus {
+    /// The status as a shell (and docker) reports it: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (_, Some(sig)) => 128 + sig,
+            (Some(code), None) => code,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// Why a workload could not be started; maps to docker's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecErrorKind {
+    /// The command does not exist (exit 127).
+    NotFound,
+    /// The command exists but cannot be executed (exit 126).
+    NotExecutable,
+    /// Anything else in setting the workload up (exit 125): unknown user, bad cwd, ...
+    Setup,
+}
+
+/// What to run in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RunSpec {
+    /// Program and arguments; `argv[0]` is looked up in `PATH` when it has no `/`.
+    pub argv: Vec<String>,
+    /// Environment as `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    /// Working directory (created when missing, as docker does).
+    pub cwd: String,
+    /// `""`, a user name, `uid`, `uid:gid`, `name:group`, resolved in the guest's /etc files.
+    pub user: String,
+    /// Extra supplementary groups (names or ids).
+    pub groups: Vec<String>,
+    /// Allocate a pseudo-terminal for the workload.
+    pub tty: bool,
+    /// Terminal size when `tty` is set.
+    pub rows: u16,
+    pub cols: u16,
+    /// Keep stdin open (`-i`); when false the workload's stdin is /dev/null.
+    pub stdin: bool,
+    /// Resource limits applied before exec.
+    pub rlimits: Vec<Rlimit>,
+    /// Host name of the sandbox; empty keeps the guest's.
+    pub hostname: String,
+    /// Root file system to pivot into; `None` runs the command in the initramfs.
+    pub rootfs: Option<RootfsSpec>,
+    /// cgroup v2 memory limit for the workload, in bytes (0: none).
+    pub memory_limit: u64,
+    /// cgroup v2 pids limit for the workload (0: none).
+    pub pids_limit: u64,
+}
+
+/// A resource limit (`setrlimit`), named as in docker's `--ulimit` (`nofile`, `nproc`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: String,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// Where the guest finds the image's root file system.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RootfsSpec {
+    /// Block device of the read-only image (e.g. `/dev/vda`).
+    pub device: String,
+    /// File system type of that device (`erofs`).
+    pub fstype: String,
+    /// Block device for the writable overlay upper layer; empty: a tmpfs upper layer.
+    pub scratch: String,
+    /// Mount the root read-only with no overlay.
+    pub read_only: bool,
+}

@@ -1,0 +1,49 @@
+//! The command line: clap types, dispatch, and the error type every command returns.
+//!
+//! Each subcommand lives in its own file under `commands/`.
+
+mod commands;
+mod error;
+
+use clap::{Parser, Subcommand};
+
+pub use error::{CliError, Context, EXIT_BRIG_ERROR};
+
+/// Run OCI container images in KVM microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "brig", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Boot the guest kernel with brig's init and run one command in it (no image).
+    Boot(commands::boot::BootArgs),
+}
+
+/// Parses the command line and runs the command; returns the process exit code.
+pub fn run() -> Result<i32, CliError> {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout with 0; usage errors exit 125 as docker's do.
+            let code = if e.use_stderr() { EXIT_BRIG_ERROR } else { 0 };
+            let _ = e.print();
+            return Ok(code);
+        }
+    };
+    match cli.command {
+        Command::Boot(args) => commands::boot::run(args),
+    }
+}
+
+/// Logs go to stderr, off unless `BRIG_LOG` asks for them (e.g. `BRIG_LOG=debug`).
+pub fn init_logging() {
+    let filter = std::env::var("BRIG_LOG").unwrap_or_else(|_| "off".into());
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .try_init();
+}

@@ -4,6 +4,9 @@
 #   kernels/build.sh              build (or reuse) the kernel; prints its path last
 #   kernels/build.sh --print-path print where the kernel for the current inputs lives
 #
+# brig boots <cache>/brig/kernels/current/vmlinux by default; this script points `current`
+# at the kernel it built or found.
+#
 # The result is cached at ${XDG_CACHE_HOME:-$HOME/.cache}/brig/kernels/<hash>/vmlinux, where
 # <hash> covers the config fragment, the patches, the source package version and the recipe
 # version below. When that file exists this script does nothing else.
@@ -34,7 +37,11 @@ hash=$( {
 out=$cache/$hash
 
 if [ "${1:-}" = "--print-path" ]; then echo "$out/vmlinux"; exit 0; fi
+# brig finds the kernel through this link: <cache>/brig/kernels/current/vmlinux.
+point_current() { ln -sfn "$hash" "$cache/current.tmp" && mv -T "$cache/current.tmp" "$cache/current"; }
+
 if [ -f "$out/vmlinux" ]; then
+  point_current
   say "cached: $out/vmlinux (linux-source-6.12 $src_version, config hash $hash)"
   echo "$out/vmlinux"
   exit 0
@@ -82,11 +89,13 @@ fi
 say "built in $(( $(date +%s) - start )) s"
 
 tmpout=$(mktemp -d "$cache/out.XXXXXX")
+chmod 755 "$tmpout"
 cp "$ksrc/vmlinux" "$tmpout/vmlinux"
 cp "$ksrc/.config" "$tmpout/config"
 echo "linux-source-6.12 $src_version" > "$tmpout/source"
 sync -f "$tmpout/vmlinux" 2>/dev/null || sync
 rm -rf "$out"
 mv "$tmpout" "$out"
+point_current
 say "done: $out/vmlinux ($(du -h "$out/vmlinux" | cut -f1))"
 echo "$out/vmlinux"

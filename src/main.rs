@@ -23,3 +23,12 @@ fn main() -> ExitCode {
     };
     ExitCode::from(u8::try_from(code).unwrap_or(cli::EXIT_BRIG_ERROR as u8))
 }
+
+/// Where `kernels/build.sh` leaves the guest kernel brig boots by default.
+pub fn kernel_cache_path() -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| "/root/.cache".into());
+    cache.join("brig/kernels/current/vmlinux")
+}

@@ -39,6 +39,22 @@ pub fn run() -> Result<i32, CliError> {
     }
 }
 
+/// The guest kernel `kernels/build.sh` builds for the current sources, or `BRIG_KERNEL`.
+pub fn default_kernel() -> Result<std::path::PathBuf, CliError> {
+    if let Some(k) = std::env::var_os("BRIG_KERNEL") {
+        return Ok(k.into());
+    }
+    let path = crate::kernel_cache_path();
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(CliError::new(format!(
+            "no guest kernel at {} (build it with kernels/build.sh, or pass --kernel)",
+            path.display()
+        )))
+    }
+}
+
 /// Logs go to stderr, off unless `BRIG_LOG` asks for them (e.g. `BRIG_LOG=debug`).
 pub fn init_logging() {
     let filter = std::env::var("BRIG_LOG").unwrap_or_else(|_| "off".into());

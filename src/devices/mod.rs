@@ -1,3 +1,5 @@
 //! Emulated devices: the buses they sit on, legacy PC devices and virtio devices.
 
 pub mod bus;
+pub mod i8042;
+pub mod serial;

@@ -1,1 +1,223 @@
 //! The virtual machine: KVM, guest memory, vCPU threads and the device event loop.
+//!
+//! [`start`] turns a [`VmConfig`] into a running VM in one readable sequence (as Firecracker's
+//! builder does): open KVM, map memory, create the in-kernel irqchip and PIT, load the
+//! kernel and initrd, wire the devices, create the vCPUs, start the device thread and the
+//! vCPU threads. [`RunningVm`] waits for the VM's end and tears it down.
+
+pub mod boot;
+pub mod event_loop;
+pub mod kvm;
+pub mod memory;
+pub mod vcpu;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::{KVM_TSS_ADDRESS, SERIAL_IRQ};
+use crate::arch::x86_64::mptable;
+use crate::devices::bus::Bus;
+use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
+use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
+
+pub use vcpu::{ExitReason, ExitSignal};
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Uncompressed ELF `vmlinux`.
+    pub kernel: PathBuf,
+    /// The initramfs (cpio) the kernel unpacks as its root.
+    pub initrd: Vec<u8>,
+    /// Appended to the kernel command line.
+    pub cmdline_extra: String,
+    /// Guest RAM in MiB.
+    pub mem_mib: u64,
+    /// Number of vCPUs.
+    pub cpus: u8,
+    /// Where the guest console's output goes.
+    pub console: ConsoleLog,
+}
+
+/// The VM could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Kvm(#[from] kvm::KvmError),
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Vcpu(#[from] vcpu::VcpuError),
+    #[error(transparent)]
+    EventLoop(#[from] event_loop::EventLoopError),
+    /// vCPU count out of range.
+    #[error("--cpus {0} is out of range (1..={1})")]
+    Cpus(u8, u8),
+    /// A KVM VM-level call failed.
+    #[error("{0}: {1}")]
+    VmSetup(&'static str, String),
+}
+
+/// A running VM. Dropping it stops it.
+pub struct RunningVm {
+    exit: Arc<ExitSignal>,
+    vcpus: Vec<JoinHandle<()>>,
+    event_loop: event_loop::EventLoop,
+    first_entry: Arc<OnceLock<Instant>>,
+    // Kept alive for as long as vCPUs may touch them; dropped after the threads are joined.
+    _vm: VmFd,
+    _mem: GuestMemoryMmap,
+    _kvm: Kvm,
+}
+
+fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> VmmError {
+    move |e| VmmError::VmSetup(what, e.to_string())
+}
+
+/// Builds and starts the VM described by `config`.
+pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
+    let kvm = kvm::open()?;
+    let max_cpus = mptable::max_cpus().min(kvm.get_max_vcpus().min(255) as u8);
+    if config.cpus == 0 || config.cpus > max_cpus {
+        return Err(VmmError::Cpus(config.cpus, max_cpus));
+    }
+    let mem = memory::create(config.mem_mib)?;
+    let vm = kvm.create_vm().map_err(setup_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(setup_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(setup_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(setup_err("KVM_CREATE_PIT2"))?;
+    memory::register(&vm, &mem)?;
+
+    let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    let cmdline = boot::build_cmdline(&[], &config.cmdline_extra)?;
+    boot::setup_boot(
+        &mem,
+        config.mem_mib << 20,
+        &kernel,
+        &config.initrd,
+        &cmdline,
+        config.cpus,
+    )?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
+    let mut pio = Bus::new();
+    let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("serial irq"))?;
+    vm.register_irqfd(&serial_irq, SERIAL_IRQ)
+        .map_err(setup_err("KVM_IRQFD (serial)"))?;
+    let serial = SerialConsole::new(serial_irq, config.console.clone());
+    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORTS)
+        .map_err(setup_err("serial"))?;
+    let reset_exit = exit.clone();
+    let i8042 = I8042::new(Box::new(move || reset_exit.trigger(ExitReason::Reset)));
+    pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
+        .map_err(setup_err("i8042"))?;
+    let mmio = Bus::new();
+
+    let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
+    vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
+    let event_loop = event_loop::EventLoop::start(Vec::new())?;
+
+    let shared = vcpu::VcpuShared {
+        pio: Arc::new(pio),
+        mmio: Arc::new(mmio),
+        exit: exit.clone(),
+        first_entry: Arc::new(OnceLock::new()),
+    };
+    let first_entry = shared.first_entry.clone();
+    let mut vcpus = Vec::new();
+    for (index, fd) in vcpu_fds.into_iter().enumerate() {
+        match vcpu::spawn(index as u8, fd, shared.clone()) {
+            Ok(t) => vcpus.push(t),
+            Err(e) => {
+                vcpu::stop_all(vcpus, &exit);
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(RunningVm {
+        exit,
+        vcpus,
+        event_loop,
+        first_entry,
+        _vm: vm,
+        _mem: mem,
+        _kvm: kvm,
+    })
+}
+
+impl RunningVm {
+    /// Why the VM ended, once it has.
+    pub fn exit_reason(&self) -> Option<ExitReason> {
+        self.exit.reason()
+    }
+
+    /// File descriptor that becomes readable when the VM ends (for poll loops).
+    pub fn exit_fd(&self) -> std::os::fd::RawFd {
+        self.exit.eventfd().as_raw_fd()
+    }
+
+    /// When the boot vCPU first entered the guest (the kernel's 64-bit entry).
+    pub fn kernel_entry(&self) -> Option<Instant> {
+        self.first_entry.get().copied()
+    }
+
+    /// Waits up to `timeout` (forever if `None`) for the VM to end.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitReason> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            if let Some(r) = self.exit_reason() {
+                return Some(r);
+            }
+            let ms = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    left.as_millis().min(i32::MAX as u128) as i32
+                }
+            };
+            let mut pfd = libc::pollfd {
+                fd: self.exit_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is a valid pollfd array of length 1.
+            unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
+        }
+    }
+
+    /// Stops the VM (if still running), joins its threads, and says why it ended.
+    pub fn shutdown(mut self) -> ExitReason {
+        self.teardown();
+        self.exit.reason().unwrap_or(ExitReason::Stopped)
+    }
+
+    fn teardown(&mut self) {
+        vcpu::stop_all(std::mem::take(&mut self.vcpus), &self.exit);
+        self.event_loop.stop();
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}

@@ -1,0 +1,60 @@
+//! Builds the guest init (`guest/`, a static x86_64 binary) and hands it to brig, which embeds
+//! it: one `brig` binary carries everything a microVM needs besides the kernel.
+//!
+//! The guest is built by a nested cargo in its own target directory (`target/guest`), with
+//! `-C target-feature=+crt-static` and an explicit `--target`, so that the flag applies to the
+//! guest alone and not to build scripts or proc macros. `BRIG_GUEST_INIT=/path/to/brig-init`
+//! skips the build and embeds that file instead.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("brig-init");
+    println!("cargo:rerun-if-changed=guest/src");
+    println!("cargo:rerun-if-changed=guest/Cargo.toml");
+    println!("cargo:rerun-if-changed=protocol/src");
+    println!("cargo:rerun-if-changed=protocol/Cargo.toml");
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    println!("cargo:rerun-if-env-changed=BRIG_GUEST_INIT");
+
+    if let Ok(prebuilt) = env::var("BRIG_GUEST_INIT") {
+        std::fs::copy(&prebuilt, &out)
+            .unwrap_or_else(|e| panic!("BRIG_GUEST_INIT={prebuilt}: {e}"));
+        return;
+    }
+
+    let target_dir = root.join("target").join("guest");
+    let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "brig-guest",
+            "--target",
+            TARGET,
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        // Only our own flags reach the guest build; nothing of the outer build's.
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_BUILD_RUSTFLAGS")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .env_remove("CARGO_PROFILE_RELEASE_DEBUG")
+        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
+    let status = cmd.status().expect("running cargo for the guest init");
+    assert!(status.success(), "building the guest init (guest/) failed");
+
+    let built = target_dir.join(TARGET).join("release").join("brig-init");
+    std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+}

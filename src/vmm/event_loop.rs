@@ -1,0 +1,91 @@
+//! The device thread: one event-manager loop that runs every device's event handlers
+//! (virtqueue notifications, host-side sockets), until told to stop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// A device handler as the loop holds it.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Wakes the loop and makes it return.
+struct StopHandler {
+    evt: EventFd,
+    stop: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for StopHandler {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.evt.read();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.evt, EventSet::IN)) {
+            tracing::error!("event loop: cannot watch the stop event: {e:?}");
+        }
+    }
+}
+
+/// The running device thread.
+pub struct EventLoop {
+    stop_evt: EventFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The device thread could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EventLoopError {
+    #[error("device event loop: {0}")]
+    Start(String),
+}
+
+impl EventLoop {
+    /// Starts the loop with these subscribers.
+    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+        let err = |e: &dyn std::fmt::Debug| EventLoopError::Start(format!("{e:?}"));
+        let mut manager = EventManager::<Subscriber>::new().map_err(|e| err(&e))?;
+        let stop_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        manager.add_subscriber(Arc::new(Mutex::new(StopHandler {
+            evt: stop_evt.try_clone().map_err(|e| err(&e))?,
+            stop: stop.clone(),
+        })));
+        for s in subscribers {
+            manager.add_subscriber(s);
+        }
+        let thread = std::thread::Builder::new()
+            .name("devices".into())
+            .spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Err(e) = manager.run() {
+                        tracing::error!("device event loop failed: {e:?}");
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| err(&e))?;
+        Ok(Self {
+            stop_evt,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the loop and waits for the thread.
+    pub fn stop(&mut self) {
+        let _ = self.stop_evt.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -8,6 +8,7 @@ mod cli;
 mod devices;
 mod image;
 mod initramfs;
+mod sandbox;
 mod vmm;
 
 use std::process::ExitCode;

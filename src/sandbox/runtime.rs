@@ -1,0 +1,102 @@
+//! Runtime files of a running VM (the vsock socket and its per-port listeners), kept apart
+//! from persistent state as docker keeps /run/docker apart from /var/lib/docker:
+//! `$BRIG_RUNTIME_DIR`, else `/run/brig` as root, else `$XDG_RUNTIME_DIR/brig`, else
+//! `/tmp/brig-<uid>`. Unix sockets cannot live on every file system (not on 9p), hence a
+//! runtime directory of their own. The directory is removed when the VM ends.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// The base runtime directory for this user.
+pub fn base_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BRIG_RUNTIME_DIR") {
+        return PathBuf::from(dir);
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/brig");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("brig"),
+        None => PathBuf::from(format!("/tmp/brig-{uid}")),
+    }
+}
+
+/// A VM's runtime directory; removed (with everything in it) on drop.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Creates `<base>/<id>` (mode 0700).
+    pub fn create(id: &str) -> io::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let base = base_dir();
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+        let path = base.join(id);
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The VM's vsock Unix socket (host-initiated connections: `CONNECT <port>`).
+    pub fn vsock_socket(&self) -> PathBuf {
+        self.path.join("vsock.sock")
+    }
+
+    /// Where guest-initiated connections to host port `port` arrive.
+    pub fn vsock_listener(&self, port: u32) -> PathBuf {
+        self.path.join(format!("vsock.sock_{port}"))
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A fresh id for a VM: 12 hex digits, as docker's short ids.
+pub fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // SAFETY: the buffer is valid for its length; getrandom fills it.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if n != bytes.len() as isize {
+        // Fall back to time and pid: unique enough for a runtime directory name.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let mix = (t as u64) ^ (u64::from(std::process::id()) << 32);
+        bytes.copy_from_slice(&mix.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_dir_is_private_and_removed() {
+        let base = tempfile::tempdir().unwrap();
+        std::env::set_var("BRIG_RUNTIME_DIR", base.path());
+        let id = new_id();
+        assert_eq!(id.len(), 12);
+        let path = {
+            let dir = RuntimeDir::create(&id).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+            assert!(dir.vsock_listener(1024).ends_with("vsock.sock_1024"));
+            dir.path().to_path_buf()
+        };
+        assert!(!path.exists());
+        assert!(RuntimeDir::create(&id).is_ok());
+    }
+}

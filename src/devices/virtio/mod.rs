@@ -39,7 +39,7 @@ pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
-// pub mod vsock;
+pub mod vsock;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

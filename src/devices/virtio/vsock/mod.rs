@@ -33,6 +33,7 @@ pub mod muxer;
 pub mod packet;
 #[cfg(test)]
 mod tests;
+mod unix;
 
 #[allow(unused_imports)] // The VMM names these when it wires the device in.
 pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID};

@@ -33,7 +33,7 @@
 //! payloads (vsock headers, block request headers). A bad value fails that one request or sets
 //! DEVICE_NEEDS_RESET; it never panics the VMM.
 
-// pub mod block;
+pub mod block;
 mod common;
 pub mod mmio;
 pub mod rng;

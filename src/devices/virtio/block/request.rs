@@ -1,0 +1,178 @@
+//! One virtio-blk request (virtio 1.2 §5.2.6): parse the header from the chain's readable
+//! part, check it against the disk, do the I/O, and write the status byte into the last byte
+//! of the chain's writable part.
+//!
+//! Layout a driver must use: a 16-byte header `{ le32 type; le32 reserved; le64 sector; }` in
+//! device-readable buffers, then the data (readable for OUT, writable for IN and GET_ID), then
+//! one writable status byte. Data moves between guest memory and the file through
+//! virtio-queue's `Reader`/`Writer` (vm-memory volatile slices) and a bounded bounce buffer.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+};
+use virtio_queue::{Reader, Writer};
+
+/// Sector size of the virtio-blk protocol, whatever the disk's real block size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Size of the request header.
+const HEADER_SIZE: usize = 16;
+/// Size of the bounce buffer data is copied through, in one chunk at a time.
+pub const BOUNCE_SIZE: usize = 128 * 1024;
+
+/// Why a request failed; the guest sees IOERR or UNSUPP.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Fewer readable bytes than a request header.
+    #[error("request header missing or short")]
+    ShortHeader,
+    /// The request type is not one brig implements.
+    #[error("unsupported request type {0}")]
+    Unsupported(u32),
+    /// A write to a read-only disk.
+    #[error("write to a read-only disk")]
+    ReadOnly,
+    /// Data length not a whole number of sectors.
+    #[error("data length {0} is not a multiple of 512")]
+    Unaligned(usize),
+    /// The request reaches past the end of the disk.
+    #[error("request at sector {sector} of {len} bytes is past the end of the disk")]
+    OutOfRange { sector: u64, len: usize },
+    /// Reading or writing the backing file (or guest memory) failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            Self::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+/// The disk a request runs against.
+#[derive(Debug)]
+pub struct Disk {
+    pub file: File,
+    pub read_only: bool,
+    /// Capacity in 512-byte sectors.
+    pub capacity: u64,
+    /// GET_ID answer: the serial, NUL-padded to 20 bytes.
+    pub serial: [u8; VIRTIO_BLK_ID_BYTES as usize],
+}
+
+impl Disk {
+    /// Checks that `len` bytes at `sector` are whole sectors inside the disk; returns the byte
+    /// offset.
+    fn check_range(&self, sector: u64, len: usize) -> Result<u64, RequestError> {
+        if len as u64 % SECTOR_SIZE != 0 {
+            return Err(RequestError::Unaligned(len));
+        }
+        sector
+            .checked_add(len as u64 / SECTOR_SIZE)
+            .filter(|&end| end <= self.capacity)
+            .ok_or(RequestError::OutOfRange { sector, len })?;
+        // Cannot overflow: sector <= capacity, and capacity * 512 is the file's size.
+        Ok(sector * SECTOR_SIZE)
+    }
+}
+
+/// Runs one request; returns the number of bytes written into the chain's writable part
+/// (data plus the status byte), the used-ring length. `writer` must hold at least the status
+/// byte (the caller checks).
+pub fn execute(
+    disk: &Disk,
+    reader: &mut Reader<'_>,
+    writer: &mut Writer<'_>,
+    bounce: &mut [u8],
+) -> u32 {
+    // The status byte is the last writable byte; everything before it is data.
+    let status_at = writer.available_bytes() - 1;
+    let mut status_writer = match writer.split_at(status_at) {
+        Ok(w) => w,
+        Err(_) => return 0,
+    };
+    let mut data_written = 0usize;
+    let result = run(disk, reader, writer, bounce, &mut data_written);
+    let status = match &result {
+        Ok(()) => VIRTIO_BLK_S_OK as u8,
+        Err(err) => {
+            tracing::debug!("virtio-blk: request failed: {err}");
+            err.status()
+        }
+    };
+    if status_writer.write_all(&[status]).is_err() {
+        return data_written as u32;
+    }
+    data_written as u32 + 1
+}
+
+fn run(
+    disk: &Disk,
+    reader: &mut Reader<'_>,
+    data: &mut Writer<'_>,
+    bounce: &mut [u8],
+    data_written: &mut usize,
+) -> Result<(), RequestError> {
+    if reader.available_bytes() < HEADER_SIZE {
+        return Err(RequestError::ShortHeader);
+    }
+    let mut header = [0u8; HEADER_SIZE];
+    reader.read_exact(&mut header)?;
+    let type_ = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    let mut sector_bytes = [0u8; 8];
+    sector_bytes.copy_from_slice(&header[8..16]);
+    let sector = u64::from_le_bytes(sector_bytes);
+
+    match type_ {
+        VIRTIO_BLK_T_IN => {
+            let len = data.available_bytes();
+            let mut offset = disk.check_range(sector, len)?;
+            let mut left = len;
+            while left > 0 {
+                let chunk = &mut bounce[..left.min(BOUNCE_SIZE)];
+                disk.file.read_exact_at(chunk, offset)?;
+                data.write_all(chunk)?;
+                *data_written += chunk.len();
+                offset += chunk.len() as u64;
+                left -= chunk.len();
+            }
+            Ok(())
+        }
+        VIRTIO_BLK_T_OUT => {
+            if disk.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let len = reader.available_bytes();
+            let mut offset = disk.check_range(sector, len)?;
+            let mut left = len;
+            while left > 0 {
+                let chunk = &mut bounce[..left.min(BOUNCE_SIZE)];
+                reader.read_exact(chunk)?;
+                disk.file.write_all_at(chunk, offset)?;
+                offset += chunk.len() as u64;
+                left -= chunk.len();
+            }
+            Ok(())
+        }
+        VIRTIO_BLK_T_FLUSH => {
+            if !disk.read_only {
+                disk.file.sync_data()?;
+            }
+            Ok(())
+        }
+        VIRTIO_BLK_T_GET_ID => {
+            let n = data.available_bytes().min(disk.serial.len());
+            data.write_all(&disk.serial[..n])?;
+            *data_written += n;
+            Ok(())
+        }
+        other => Err(RequestError::Unsupported(other)),
+    }
+}

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod kvm;
 pub mod memory;
 pub mod vcpu;
+pub mod virtio;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -29,6 +30,7 @@ use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use vcpu::{ExitReason, ExitSignal};
+pub use virtio::{DiskConfig, VsockConfig};
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -45,6 +47,10 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Where the guest console's output goes.
     pub console: ConsoleLog,
+    /// Disks, in the order the guest sees them (/dev/vda, ...).
+    pub disks: Vec<DiskConfig>,
+    /// The vsock device, when the host talks to the guest agent.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// The VM could not be started.
@@ -60,6 +66,8 @@ pub enum VmmError {
     Vcpu(#[from] vcpu::VcpuError),
     #[error(transparent)]
     EventLoop(#[from] event_loop::EventLoopError),
+    #[error(transparent)]
+    Virtio(#[from] virtio::VirtioError),
     /// vCPU count out of range.
     #[error("--cpus {0} is out of range (1..={1})")]
     Cpus(u8, u8),
@@ -104,8 +112,11 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
     .map_err(setup_err("KVM_CREATE_PIT2"))?;
     memory::register(&vm, &mem)?;
 
+    let mut mmio = Bus::new();
+    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &config.disks, config.vsock.as_ref())?;
+
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
-    let cmdline = boot::build_cmdline(&[], &config.cmdline_extra)?;
+    let cmdline = boot::build_cmdline(&devices.cmdline, &config.cmdline_extra)?;
     boot::setup_boot(
         &mem,
         config.mem_mib << 20,
@@ -127,11 +138,10 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
     let i8042 = I8042::new(Box::new(move || reset_exit.trigger(ExitReason::Reset)));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
         .map_err(setup_err("i8042"))?;
-    let mmio = Bus::new();
 
     let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
     vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
-    let event_loop = event_loop::EventLoop::start(Vec::new())?;
+    let event_loop = event_loop::EventLoop::start(devices.subscribers)?;
 
     let shared = vcpu::VcpuShared {
         pio: Arc::new(pio),

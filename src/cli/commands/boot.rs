@@ -90,6 +90,7 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
         mem_mib: args.mem,
         cpus: args.cpus,
         console: console.clone(),
+        disks: Vec::new(),
         vsock: Some(VsockConfig {
             cid: 3,
             uds_path: runtime.vsock_socket(),

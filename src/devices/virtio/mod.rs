@@ -40,6 +40,8 @@ pub mod rng;
 #[cfg(test)]
 mod test_utils;
 pub mod vsock;
+#[cfg(test)]
+mod wiring_tests;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -11,17 +11,22 @@
 //!
 //! # Wiring a device (what the VMM does, once per device)
 //! ```text
-//! let dev = Arc::new(Mutex::new(Vsock::new(3, uds_path)?));          // or Rng / Block
-//! let transport = MmioTransport::new(mem.clone(), dev.clone())?;
-//! let slot = MmioSlot { base, gsi };                                   // base: 4 KiB aligned
+//! // Vsock::new(guest_cid, &uds_path) | Block::new(&path, read_only, serial) | Rng::new()
+//! let dev = Arc::new(Mutex::new(Vsock::new(DEFAULT_GUEST_CID, &uds_path)?));
+//! let transport = MmioTransport::new(mem.clone(), dev.clone())?;   // coerces to SharedVirtioDevice
+//! let slot = MmioSlot { base, gsi };                                 // base: 4 KiB aligned
 //! vm.register_irqfd(transport.interrupt_evt(), slot.gsi)?;
 //! for (i, evt) in transport.queue_evts().iter().enumerate() {
 //!     vm.register_ioevent(evt, &IoEventAddress::Mmio(slot.notify_addr()), i as u32)?;
 //! }
 //! mmio_bus.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_SLOT_SIZE)?;
-//! event_manager.add_subscriber(dev);
-//! cmdline.push(slot.cmdline_fragment());          // "virtio_mmio.device=4K@0x<base>:<gsi>"
+//! event_manager.add_subscriber(dev);   // e.g. EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>
+//! cmdline.push(slot.cmdline_fragment());        // "virtio_mmio.device=4K@0x<base>:<gsi>"
 //! ```
+//! In words: insert the transport on the MMIO bus at `base` with length 0x1000, register its
+//! interrupt eventfd as an irqfd on `gsi`, register queue `i`'s eventfd as an ioeventfd at
+//! `base + 0x50` with datamatch `i`, add the device to the event manager, and append the
+//! command-line fragment. `wiring_tests.rs` does all of this except the two KVM calls.
 //! The ioeventfds are an optimisation: when they cannot be registered, QueueNotify writes reach
 //! the transport, which writes the same `EventFd` itself, so devices see notifications the same
 //! way either way. The irqfd is not optional: it is how a device interrupts the guest.
@@ -40,6 +45,8 @@ pub mod rng;
 #[cfg(test)]
 mod test_utils;
 pub mod vsock;
+#[cfg(test)]
+mod wiring_tests;
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};

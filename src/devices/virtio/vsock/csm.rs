@@ -12,6 +12,9 @@
 //! buffer the guest has posted, so nothing is buffered on this side at all. A guest that stops
 //! reading makes brig stop reading the host socket; the host's writes then block, as they
 //! would on any full socket.
+//!
+//! Writes to a host socket whose peer is gone fail with EPIPE rather than killing brig,
+//! because the Rust runtime ignores SIGPIPE in the brig binary (and in test binaries).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;

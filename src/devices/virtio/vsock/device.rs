@@ -151,6 +151,12 @@ impl Vsock {
                     let len = write_rx_packet(&mut writer, &hdr, &rx_payload[..n]).unwrap_or(0);
                     notify |= active.add_used(RXQ, head, len as u32);
                 }
+                None if room == 0 => {
+                    // Only data waits and the buffer has no room for any: it is useless (Linux
+                    // posts 4 KiB buffers), so return it empty rather than block the queue.
+                    tracing::debug!("vsock: RX buffer with no room for data");
+                    notify |= active.add_used(RXQ, head, 0);
+                }
                 None => {
                     // Nothing to send after all: give the buffer back for later.
                     active.queues[RXQ].go_to_previous_position();

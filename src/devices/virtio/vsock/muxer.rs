@@ -473,7 +473,12 @@ impl Muxer {
         if let Some(h) = self.rst_queue.pop_front() {
             return Some((h, 0));
         }
-        while let Some(key) = self.rxq.pop_front() {
+        // Each connection gets one turn: one that has something pending but cannot produce
+        // it now (say, data but an RX buffer with no room past the header) must not spin.
+        for _ in 0..self.rxq.len() {
+            let Some(key) = self.rxq.pop_front() else {
+                break;
+            };
             let Some(e) = self.conns.get_mut(&key) else {
                 continue;
             };

@@ -16,7 +16,6 @@ pub static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/brig-in
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 /// Building the initramfs failed.
@@ -45,7 +44,6 @@ enum Content {
     Dir,
     Bytes(&'static [u8]),
     File(PathBuf),
-    Symlink(String),
     CharDev(u32, u32),
 }
 
@@ -148,13 +146,6 @@ impl Initramfs {
         Ok(())
     }
 
-    /// Adds a symbolic link `guest` → `target`.
-    pub fn add_symlink(&mut self, guest: &str, target: &str) -> Result<(), InitramfsError> {
-        let path = normalize(guest)?;
-        self.insert(&path, 0o777, Content::Symlink(target.to_string()));
-        Ok(())
-    }
-
     /// Writes the archive.
     pub fn write_to<W: Write>(&self, out: &mut W) -> Result<u64, InitramfsError> {
         let mut w = CountingWriter {
@@ -203,19 +194,6 @@ impl Initramfs {
                         (0, 0),
                         &mut f,
                         len,
-                    )?
-                }
-                Content::Symlink(target) => {
-                    let mut r = target.as_bytes();
-                    write_entry(
-                        &mut w,
-                        path,
-                        ino,
-                        S_IFLNK | 0o777,
-                        1,
-                        (0, 0),
-                        &mut r,
-                        target.len() as u64,
                     )?
                 }
                 Content::CharDev(major, minor) => write_entry(
@@ -325,7 +303,6 @@ mod tests {
         let mut fs = Initramfs::with_init();
         fs.add_file(&script, "/usr/local/bin/hello").unwrap();
         fs.add_file(&odd, "//data/./odd").unwrap();
-        fs.add_symlink("/bin/sh", "/usr/local/bin/hello").unwrap();
         (dir, fs)
     }
 
@@ -358,7 +335,6 @@ mod tests {
         assert!(line("tmp").starts_with("drwxrwxrwt"));
         assert!(line("dev/console").starts_with("crw-------"));
         assert!(line("dev/console").contains("5,"));
-        assert!(line("bin/sh").contains("bin/sh -> /usr/local/bin/hello"));
         assert!(line("data/odd").contains(" 5 "));
     }
 

@@ -68,7 +68,10 @@ pub fn exec_error(kind: brig_protocol::ExecErrorKind, message: String) -> CliErr
 
 /// The error for a VM that ended before its workload reported: the kernel's panic line when
 /// there is one, else the last thing the console said.
-pub fn vm_died(console: &crate::devices::serial::ConsoleLog, reason: &crate::vmm::ExitReason) -> CliError {
+pub fn vm_died(
+    console: &crate::devices::serial::ConsoleLog,
+    reason: &crate::vmm::ExitReason,
+) -> CliError {
     use crate::vmm::ExitReason;
     if let Some(panic) = console.panic_line() {
         return CliError::new(format!("the guest kernel panicked: {panic}"));

@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(log.tail(), "hello\n");
         assert!(irq.read().unwrap() > 0);
         // Wrong widths are ignored.
-        dev.write(0, &[b'x', b'y']);
+        dev.write(0, b"xy");
         let mut w = [0u8; 2];
         dev.read(0, &mut w);
         assert_eq!(w, [0xff, 0xff]);

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use brig_protocol::{encode, Decoder, ExecErrorKind, ExitStatus, Message, RunSpec, MAX_DATA, PROTOCOL_VERSION};
+use brig_protocol::{
+    encode, Decoder, ExecErrorKind, ExitStatus, Message, RunSpec, MAX_DATA, PROTOCOL_VERSION,
+};
 
 use super::signals::SignalPipe;
 
@@ -21,7 +23,10 @@ pub enum SessionEnd {
     /// The workload ran and ended.
     Exited(ExitStatus),
     /// The workload could not be started.
-    ExecFailed { kind: ExecErrorKind, message: String },
+    ExecFailed {
+        kind: ExecErrorKind,
+        message: String,
+    },
     /// The VM ended before the workload's status arrived.
     VmEnded,
     /// The deadline passed.
@@ -57,7 +62,9 @@ pub struct Relay<'a> {
 
 fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
     let ms = deadline.map_or(-1, |d| {
-        d.saturating_duration_since(Instant::now()).as_millis().min(i32::MAX as u128) as i32
+        d.saturating_duration_since(Instant::now())
+            .as_millis()
+            .min(i32::MAX as u128) as i32
     });
     // SAFETY: fds is a valid slice of pollfd.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -71,16 +78,28 @@ fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
 }
 
 fn pfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd { fd, events: libc::POLLIN, revents: 0 }
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
 }
 
 /// Waits for the agent to connect to `listener`; `Err(end)` if the VM ends or time runs out.
-pub fn accept(listener: &UnixListener, vm_exit: RawFd, deadline: Option<Instant>) -> Result<UnixStream, SessionEnd> {
-    listener.set_nonblocking(true).map_err(|e| SessionEnd::Broken(e.to_string()))?;
+pub fn accept(
+    listener: &UnixListener,
+    vm_exit: RawFd,
+    deadline: Option<Instant>,
+) -> Result<UnixStream, SessionEnd> {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| SessionEnd::Broken(e.to_string()))?;
     loop {
         match listener.accept() {
             Ok((stream, _)) => {
-                stream.set_nonblocking(false).map_err(|e| SessionEnd::Broken(e.to_string()))?;
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| SessionEnd::Broken(e.to_string()))?;
                 return Ok(stream);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -106,7 +125,13 @@ pub fn run_session(
     deadline: Option<Instant>,
     times: &mut SessionTimes,
 ) -> SessionEnd {
-    let Relay { mut stdin, stdout, stderr, signals, winsize } = relay;
+    let Relay {
+        mut stdin,
+        stdout,
+        stderr,
+        signals,
+        winsize,
+    } = relay;
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; MAX_DATA + 64];
     let mut sent_spec = false;
@@ -119,7 +144,9 @@ pub fn run_session(
             let msg = match decoder.next_message() {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(e) => return SessionEnd::Broken(format!("malformed frame from the guest agent: {e}")),
+                Err(e) => {
+                    return SessionEnd::Broken(format!("malformed frame from the guest agent: {e}"))
+                }
             };
             match msg {
                 Message::Hello { version, uptime_ns } if !sent_spec => {
@@ -147,8 +174,14 @@ pub fn run_session(
                     times.exited = Some(Instant::now());
                     return SessionEnd::Exited(status);
                 }
-                Message::ExecFailed { kind, message } => return SessionEnd::ExecFailed { kind, message },
-                other => return SessionEnd::Broken(format!("unexpected frame from the guest agent: {other:?}")),
+                Message::ExecFailed { kind, message } => {
+                    return SessionEnd::ExecFailed { kind, message }
+                }
+                other => {
+                    return SessionEnd::Broken(format!(
+                        "unexpected frame from the guest agent: {other:?}"
+                    ))
+                }
             }
         }
 
@@ -168,7 +201,10 @@ pub fn run_session(
         if conn_ready {
             match conn.read(&mut buf) {
                 Ok(0) => {
-                    return SessionEnd::Broken("the guest agent closed the connection before the workload's exit status".into())
+                    return SessionEnd::Broken(
+                        "the guest agent closed the connection before the workload's exit status"
+                            .into(),
+                    )
                 }
                 Ok(n) => decoder.feed(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -202,7 +238,8 @@ pub fn run_session(
                 let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), MAX_DATA) };
                 if n > 0 {
                     let _ = send(&mut conn, &Message::Stdin(buf[..n as usize].to_vec()));
-                } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+                {
                     let _ = send(&mut conn, &Message::Stdin(Vec::new()));
                     stdin = None;
                 }

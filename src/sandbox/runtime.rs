@@ -5,7 +5,7 @@
 //! runtime directory of their own. The directory is removed when the VM ends.
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// The base runtime directory for this user.
 pub fn base_dir() -> PathBuf {
@@ -34,14 +34,13 @@ impl RuntimeDir {
     pub fn create(id: &str) -> io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let base = base_dir();
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&base)?;
         let path = base.join(id);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
         Ok(Self { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The VM's vsock Unix socket (host-initiated connections: `CONNECT <port>`).
@@ -91,10 +90,11 @@ mod tests {
         let path = {
             let dir = RuntimeDir::create(&id).unwrap();
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+            let path = dir.vsock_socket().parent().unwrap().to_path_buf();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
             assert!(dir.vsock_listener(1024).ends_with("vsock.sock_1024"));
-            dir.path().to_path_buf()
+            path
         };
         assert!(!path.exists());
         assert!(RuntimeDir::create(&id).is_ok());

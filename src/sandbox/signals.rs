@@ -68,7 +68,8 @@ impl SignalPipe {
         let mut out = Vec::new();
         loop {
             // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            let n =
+                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
             if n <= 0 {
                 break;
             }

@@ -55,6 +55,34 @@ pub struct LoadedKernel {
     pub end: u64,
 }
 
+/// Checks that `path` is an x86_64 ELF executable (before any VM exists).
+pub fn check_kernel(path: &Path) -> Result<(), BootError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let mut header = [0u8; 20];
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut header))
+        .map_err(|source| BootError::KernelFile {
+            path: shown.clone(),
+            source,
+        })?;
+    let bad = |reason: &str| BootError::KernelLoad {
+        path: shown.clone(),
+        reason: reason.into(),
+    };
+    if &header[..4] != b"\x7fELF" {
+        return Err(bad("no ELF header"));
+    }
+    if header[4] != 2 {
+        return Err(bad("not a 64-bit ELF"));
+    }
+    // e_machine at offset 18, little-endian: EM_X86_64 = 62.
+    if u16::from_le_bytes([header[18], header[19]]) != 62 {
+        return Err(bad("not an x86_64 ELF"));
+    }
+    Ok(())
+}
+
 /// Loads the ELF `vmlinux` at `path` into guest memory.
 pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, BootError> {
     let shown = path.display().to_string();
@@ -78,7 +106,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
 pub fn build_cmdline(devices: &[String], extra: &str) -> Result<Cmdline, BootError> {
     let mut cmdline =
         Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| BootError::Cmdline(e.to_string()))?;
-    let err = |e: linux_loader::cmdline::Error| BootError::Cmdline(e.to_string());
+    let err = |e: linux_loader::cmdline::Error| match e {
+        linux_loader::cmdline::Error::TooLarge => BootError::Cmdline("too long".into()),
+        other => BootError::Cmdline(other.to_string()),
+    };
     cmdline.insert_str(BASE_CMDLINE).map_err(err)?;
     for d in devices {
         cmdline.insert_str(d).map_err(err)?;
@@ -176,5 +207,30 @@ mod tests {
         assert!(matches!(err, BootError::KernelLoad { .. }), "{err}");
         let err = load_kernel(&mem, &dir.path().join("missing")).unwrap_err();
         assert!(matches!(err, BootError::KernelFile { .. }));
+        assert!(matches!(
+            check_kernel(&bogus),
+            Err(BootError::KernelLoad { .. })
+        ));
+        assert!(matches!(
+            check_kernel(&dir.path().join("missing")),
+            Err(BootError::KernelFile { .. })
+        ));
+        // A 32-bit ELF and a non-x86 one.
+        let mut elf = b"\x7fELF\x01\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x03\0".to_vec();
+        std::fs::write(&bogus, &elf).unwrap();
+        assert!(check_kernel(&bogus)
+            .unwrap_err()
+            .to_string()
+            .contains("64-bit"));
+        elf[4] = 2;
+        elf[18] = 183; // aarch64
+        std::fs::write(&bogus, &elf).unwrap();
+        assert!(check_kernel(&bogus)
+            .unwrap_err()
+            .to_string()
+            .contains("x86_64"));
+        elf[18] = 62;
+        std::fs::write(&bogus, &elf).unwrap();
+        check_kernel(&bogus).unwrap();
     }
 }

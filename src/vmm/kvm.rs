@@ -1,24 +1,34 @@
 //! Opening `/dev/kvm`, and refusing hypervisors brig cannot use, each with a one-line reason.
 
 use std::io;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use kvm_ioctls::{Cap, Kvm};
 
-/// `/dev/kvm` is missing, unusable, or not a hypervisor brig can run guests on.
+/// The KVM device; `BRIG_KVM_DEVICE` overrides it.
+pub fn device_path() -> String {
+    std::env::var("BRIG_KVM_DEVICE").unwrap_or_else(|_| "/dev/kvm".into())
+}
+
+/// Where the PVM module shows up in sysfs; `BRIG_PVM_MODULE_PATH` overrides it (for tests).
+fn pvm_module_path() -> PathBuf {
+    std::env::var_os("BRIG_PVM_MODULE_PATH")
+        .map(Into::into)
+        .unwrap_or_else(|| "/sys/module/kvm_pvm".into())
+}
+
+/// The KVM device is missing, unusable, or not a hypervisor brig can run guests on.
 #[derive(Debug, thiserror::Error)]
 pub enum KvmError {
-    /// No /dev/kvm at all.
-    #[error("/dev/kvm does not exist: KVM is not available on this host (load kvm-intel or kvm-amd, or enable nested virtualization for this VM)")]
-    Missing,
-    /// /dev/kvm exists but we may not open it.
-    #[error(
-        "permission denied opening /dev/kvm (run as root or add your user to the 'kvm' group)"
-    )]
-    PermissionDenied,
-    /// Opening /dev/kvm failed otherwise.
-    #[error("cannot open /dev/kvm: {0}")]
-    Open(#[source] io::Error),
+    /// No KVM device at all.
+    #[error("{0} does not exist: KVM is not available on this host (load kvm-intel or kvm-amd, or enable nested virtualization for this VM)")]
+    Missing(String),
+    /// The device exists but we may not open it.
+    #[error("permission denied opening {0} (run as root or add your user to the 'kvm' group)")]
+    PermissionDenied(String),
+    /// Opening the device failed otherwise, or it is not KVM.
+    #[error("cannot use {0} as KVM: {1}")]
+    Open(String, #[source] io::Error),
     /// The host's KVM is PVM, which cannot run guest user space.
     #[error("this host's /dev/kvm is PVM (kvm_pvm), a software hypervisor under which guest user space cannot run; run brig through scripts/with-kvm (nested hardware-style KVM) or on a host with hardware KVM")]
     Pvm,
@@ -29,19 +39,29 @@ pub enum KvmError {
 
 /// True when the host's KVM is the PVM software hypervisor.
 pub fn is_pvm() -> bool {
-    Path::new("/sys/module/kvm_pvm").exists()
+    Path::new(&pvm_module_path()).exists()
 }
 
-/// Opens /dev/kvm and checks that brig can run guests on it.
+/// Opens the KVM device and checks that brig can run guests on it.
 pub fn open() -> Result<Kvm, KvmError> {
     if is_pvm() && std::env::var_os("BRIG_ALLOW_PVM").is_none() {
         return Err(KvmError::Pvm);
     }
-    let kvm = Kvm::new().map_err(|e| match e.errno() {
-        libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing,
-        libc::EACCES | libc::EPERM => KvmError::PermissionDenied,
-        _ => KvmError::Open(io::Error::from_raw_os_error(e.errno())),
+    let path = device_path();
+    let cpath = std::ffi::CString::new(path.clone())
+        .map_err(|_| KvmError::Open(path.clone(), io::ErrorKind::InvalidInput.into()))?;
+    let kvm = Kvm::new_with_path(&cpath).map_err(|e| match e.errno() {
+        libc::ENOENT | libc::ENODEV | libc::ENXIO => KvmError::Missing(path.clone()),
+        libc::EACCES | libc::EPERM => KvmError::PermissionDenied(path.clone()),
+        errno => KvmError::Open(path.clone(), io::Error::from_raw_os_error(errno)),
     })?;
+    // Opening by path does not prove this is KVM: its API version does (KVM_API_VERSION 12).
+    if kvm.get_api_version() != 12 {
+        return Err(KvmError::Open(
+            path,
+            io::Error::other("not a KVM device (KVM_GET_API_VERSION failed)"),
+        ));
+    }
     for (cap, name) in [
         (Cap::Irqchip, "an in-kernel irqchip (KVM_CAP_IRQCHIP)"),
         (Cap::Pit2, "an in-kernel PIT (KVM_CAP_PIT2)"),

@@ -94,9 +94,20 @@ fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> VmmError
 
 /// Builds and starts the VM described by `config`.
 pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
+    let t0 = Instant::now();
+    let phase = |what: &str| tracing::debug!("vmm start: {what} at {:?}", t0.elapsed());
+    // Everything the user gave is checked before KVM is touched.
+    if config.cpus == 0 || config.cpus > mptable::max_cpus() {
+        return Err(VmmError::Cpus(config.cpus, mptable::max_cpus()));
+    }
+    memory::check_size(config.mem_mib)?;
+    boot::check_kernel(&config.kernel)?;
+    let plan = virtio::Plan::new(&config.disks, config.vsock.as_ref())?;
+    let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
+
     let kvm = kvm::open()?;
     let max_cpus = mptable::max_cpus().min(kvm.get_max_vcpus().min(255) as u8);
-    if config.cpus == 0 || config.cpus > max_cpus {
+    if config.cpus > max_cpus {
         return Err(VmmError::Cpus(config.cpus, max_cpus));
     }
     let mem = memory::create(config.mem_mib)?;
@@ -111,12 +122,14 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
     })
     .map_err(setup_err("KVM_CREATE_PIT2"))?;
     memory::register(&vm, &mem)?;
+    phase("vm and memory");
 
     let mut mmio = Bus::new();
-    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &config.disks, config.vsock.as_ref())?;
+    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &plan)?;
 
+    phase("virtio devices");
     let kernel = boot::load_kernel(&mem, &config.kernel)?;
-    let cmdline = boot::build_cmdline(&devices.cmdline, &config.cmdline_extra)?;
+    phase("kernel loaded");
     boot::setup_boot(
         &mem,
         config.mem_mib << 20,
@@ -139,7 +152,9 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
         .map_err(setup_err("i8042"))?;
 
+    phase("boot structures and legacy devices");
     let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
+    phase("vcpus created");
     vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
     let event_loop = event_loop::EventLoop::start(devices.subscribers)?;
 

@@ -49,12 +49,55 @@ pub enum VirtioError {
     Attach(String),
 }
 
-/// What attaching produced: command-line entries and event-loop subscribers.
+/// One device of the plan.
+#[derive(Debug, Clone)]
+pub enum DeviceKind {
+    Disk(DiskConfig),
+    Vsock(VsockConfig),
+    Rng,
+}
+
+/// Where each device will sit; known before anything is created, so the command line can be
+/// checked first.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub devices: Vec<(MmioSlot, DeviceKind)>,
+}
+
+impl Plan {
+    /// Disks first (in order: /dev/vda, /dev/vdb, ...), then vsock, then an entropy source.
+    pub fn new(disks: &[DiskConfig], vsock: Option<&VsockConfig>) -> Result<Self, VirtioError> {
+        let kinds = disks
+            .iter()
+            .cloned()
+            .map(DeviceKind::Disk)
+            .chain(vsock.cloned().map(DeviceKind::Vsock))
+            .chain(std::iter::once(DeviceKind::Rng));
+        let mut devices = Vec::new();
+        for (index, kind) in kinds.enumerate() {
+            let gsi = VIRTIO_IRQ_START + index as u32;
+            if gsi > IRQ_MAX {
+                return Err(VirtioError::TooMany);
+            }
+            let base = VIRTIO_MMIO_START + index as u64 * MMIO_DEVICE_SIZE;
+            devices.push((MmioSlot { base, gsi }, kind));
+        }
+        Ok(Self { devices })
+    }
+
+    /// The kernel command line entries announcing the devices.
+    pub fn cmdline(&self) -> Vec<String> {
+        self.devices
+            .iter()
+            .map(|(slot, _)| slot.cmdline_fragment())
+            .collect()
+    }
+}
+
+/// What attaching produced: the device threads' event subscribers.
 #[derive(Default)]
 pub struct Attached {
-    pub cmdline: Vec<String>,
     pub subscribers: Vec<Subscriber>,
-    next: u32,
 }
 
 impl Attached {
@@ -63,18 +106,9 @@ impl Attached {
         vm: &VmFd,
         mem: &GuestMemoryMmap,
         mmio: &mut Bus,
+        slot: MmioSlot,
         device: D,
     ) -> Result<(), VirtioError> {
-        let index = self.next;
-        let gsi = VIRTIO_IRQ_START + index;
-        if gsi > IRQ_MAX {
-            return Err(VirtioError::TooMany);
-        }
-        self.next += 1;
-        let slot = MmioSlot {
-            base: VIRTIO_MMIO_START + u64::from(index) * MMIO_DEVICE_SIZE,
-            gsi,
-        };
         let device = Arc::new(Mutex::new(device));
         let shared: SharedVirtioDevice = device.clone();
         let err = |e: &dyn std::fmt::Display| VirtioError::Attach(e.to_string());
@@ -83,37 +117,82 @@ impl Attached {
             .map_err(|e| err(&e))?;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
             // Without an ioeventfd the transport signals the same eventfd itself.
-            if let Err(e) = vm.register_ioevent(evt, &IoEventAddress::Mmio(slot.notify_addr()), queue as u32) {
-                tracing::debug!("ioeventfd for queue {queue} at {:#x}: {e}", slot.notify_addr());
+            if let Err(e) =
+                vm.register_ioevent(evt, &IoEventAddress::Mmio(slot.notify_addr()), queue as u32)
+            {
+                tracing::debug!(
+                    "ioeventfd for queue {queue} at {:#x}: {e}",
+                    slot.notify_addr()
+                );
             }
         }
         mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_SLOT_SIZE)
             .map_err(|e| err(&e))?;
-        self.cmdline.push(slot.cmdline_fragment());
         self.subscribers.push(device);
         Ok(())
     }
 }
 
-/// Attaches disks (in order: /dev/vda, /dev/vdb, ...), the vsock device and an entropy source.
+/// Creates and attaches every device of `plan`.
 pub fn attach_all(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
-    disks: &[DiskConfig],
-    vsock: Option<&VsockConfig>,
+    plan: &Plan,
 ) -> Result<Attached, VirtioError> {
     let mut attached = Attached::default();
-    for disk in disks {
-        let dev = Block::new(&disk.path, disk.read_only, &disk.serial)
-            .map_err(|e| VirtioError::Device(e.to_string()))?;
-        attached.attach(vm, mem, mmio, dev)?;
+    let dev_err = |e: &dyn std::fmt::Display| VirtioError::Device(e.to_string());
+    for (slot, kind) in &plan.devices {
+        match kind {
+            DeviceKind::Disk(d) => {
+                let dev = Block::new(&d.path, d.read_only, &d.serial).map_err(|e| dev_err(&e))?;
+                attached.attach(vm, mem, mmio, *slot, dev)?;
+            }
+            DeviceKind::Vsock(v) => {
+                let dev = Vsock::new(v.cid, &v.uds_path).map_err(|e| dev_err(&e))?;
+                attached.attach(vm, mem, mmio, *slot, dev)?;
+            }
+            DeviceKind::Rng => {
+                let dev = Rng::new().map_err(|e| dev_err(&e))?;
+                attached.attach(vm, mem, mmio, *slot, dev)?;
+            }
+        }
     }
-    if let Some(v) = vsock {
-        let dev = Vsock::new(v.cid, &v.uds_path).map_err(|e| VirtioError::Device(e.to_string()))?;
-        attached.attach(vm, mem, mmio, dev)?;
-    }
-    let rng = Rng::new().map_err(|e| VirtioError::Device(e.to_string()))?;
-    attached.attach(vm, mem, mmio, rng)?;
     Ok(attached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_puts_disks_first_and_bounds_the_count() {
+        let disk = |n: &str| DiskConfig {
+            path: n.into(),
+            read_only: true,
+            serial: n.into(),
+        };
+        let vsock = VsockConfig {
+            cid: 3,
+            uds_path: "/run/x".into(),
+        };
+        let plan = Plan::new(&[disk("a"), disk("b")], Some(&vsock)).unwrap();
+        assert_eq!(
+            plan.cmdline(),
+            vec![
+                "virtio_mmio.device=4K@0xd0000000:5",
+                "virtio_mmio.device=4K@0xd0001000:6",
+                "virtio_mmio.device=4K@0xd0002000:7",
+                "virtio_mmio.device=4K@0xd0003000:8",
+            ]
+        );
+        assert!(matches!(plan.devices[2].1, DeviceKind::Vsock(_)));
+        assert!(matches!(plan.devices[3].1, DeviceKind::Rng));
+        // GSIs 5..=23: 19 devices at most.
+        let many: Vec<_> = (0..19).map(|i| disk(&i.to_string())).collect();
+        assert!(matches!(Plan::new(&many, None), Err(VirtioError::TooMany)));
+        assert!(Plan::new(&many[..18], Some(&vsock)).is_err());
+        assert!(Plan::new(&many[..18], None).is_ok());
+        assert!(Plan::new(&many[..17], Some(&vsock)).is_ok());
+    }
 }

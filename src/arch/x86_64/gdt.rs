@@ -5,13 +5,6 @@
 
 use kvm_bindings::kvm_segment;
 
-/// Selector of the code segment (entry 1).
-pub const CODE_SELECTOR: u16 = 1 << 3;
-/// Selector of the data segment (entry 2).
-pub const DATA_SELECTOR: u16 = 2 << 3;
-/// Selector of the TSS (entry 3).
-pub const TSS_SELECTOR: u16 = 3 << 3;
-
 /// Packs a descriptor from its access/flags word, base and limit.
 /// `flags` holds access byte (bits 0-7) and the flags nibble (bits 12-15).
 pub const fn gdt_entry(flags: u16, base: u32, limit: u32) -> u64 {
@@ -78,7 +71,7 @@ mod tests {
         assert_eq!(gdt[2], 0x00cf_9300_0000_ffff);
         assert_eq!(gdt[3], 0x008f_8b00_0000_ffff);
         let cs = segment_from_entry(gdt[1], 1);
-        assert_eq!(cs.selector, CODE_SELECTOR);
+        assert_eq!(cs.selector, 0x08);
         assert_eq!((cs.base, cs.limit), (0, 0xffff_ffff));
         assert_eq!(
             (cs.l, cs.db, cs.g, cs.present, cs.dpl, cs.s),
@@ -92,10 +85,10 @@ mod tests {
     fn data_and_tss_segments() {
         let gdt = boot_gdt();
         let ds = segment_from_entry(gdt[2], 2);
-        assert_eq!(ds.selector, DATA_SELECTOR);
+        assert_eq!(ds.selector, 0x10);
         assert_eq!((ds.l, ds.db, ds.type_), (0, 1, 0x3));
         let tss = segment_from_entry(gdt[3], 3);
-        assert_eq!(tss.selector, TSS_SELECTOR);
+        assert_eq!(tss.selector, 0x18);
         assert_eq!((tss.s, tss.type_, tss.g), (0, 0xb, 1));
         assert_eq!(tss.limit, 0xffff_ffff);
     }

@@ -98,10 +98,16 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
     };
     let vm = vmm::start(&config).map_err(|e| CliError::new(e.to_string()))?;
     let ready = Instant::now();
-    let deadline = args.timeout.map(|t| ready + Duration::from_secs_f64(t.max(0.0)));
+    let deadline = args
+        .timeout
+        .map(|t| ready + Duration::from_secs_f64(t.max(0.0)));
 
     // Ctrl-C and friends go to the command, as `docker run` proxies them.
-    let forwarded: Vec<i32> = FORWARDED.iter().copied().filter(|s| *s != libc::SIGWINCH).collect();
+    let forwarded: Vec<i32> = FORWARDED
+        .iter()
+        .copied()
+        .filter(|s| *s != libc::SIGWINCH)
+        .collect();
     let signals = SignalPipe::install(&forwarded).context("installing signal handlers")?;
     let spec = RunSpec {
         argv: args.command.clone(),

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Sets up this machine for brig, idempotently: Debian packages, the guest kernel (cached),
+# a release build of brig (which builds and embeds the guest init), and the nested-KVM test
+# harness's cache. Safe to run again: each step is a no-op when its result is current.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { echo "setup: $*" >&2; }
+
+# Build and runtime tools (kernel build, tests, image tools, the nested-KVM harness).
+packages=(
+  build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils   # guest kernel build
+  linux-source-6.12                                                   # guest kernel source
+  qemu-system-x86 busybox-static                                      # with-kvm harness, test payloads
+  erofs-utils e2fsprogs                                               # rootfs images
+  skopeo umoci docker-registry runc                                   # image tests, baselines
+  util-linux ca-certificates curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  say "Debian packages: all present"
+fi
+
+command -v cargo >/dev/null || { say "error: cargo is not installed (https://rustup.rs)"; exit 1; }
+
+say "guest kernel"
+kernels/build.sh >/dev/null
+
+say "brig (release build, with the guest init embedded)"
+cargo build --release --locked
+
+say "nested-KVM test harness cache"
+scripts/with-kvm --prepare
+
+say "done: target/release/brig, kernel $(kernels/build.sh --print-path)"

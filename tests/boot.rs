@@ -1,0 +1,265 @@
+//! `brig boot` end to end: a real guest kernel, brig's init, a command from the host.
+//! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
+
+#[path = "common/kvm.rs"]
+mod kvm;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use kvm::{brig, check, run_tests, trial};
+
+/// `brig boot` with busybox as /bin/sh (and as itself), a generous timeout, then `args`.
+fn boot(extra: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec![
+        "boot",
+        "--add",
+        "/bin/busybox:/bin/sh",
+        "--add",
+        "/bin/busybox:/bin/busybox",
+        "--timeout",
+        "300",
+    ];
+    args.extend_from_slice(extra);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    brig(&args)
+}
+
+fn sh(script: &str) -> Output {
+    boot(&[], &["/bin/sh", "-c", script])
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn echo_output_is_returned() -> Result<(), String> {
+    let out = sh("echo hello from a microVM");
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    check(
+        stdout(&out) == "hello from a microVM\n",
+        "stdout is the echo",
+        &out,
+    )?;
+    check(stderr(&out).is_empty(), "nothing on stderr", &out)
+}
+
+fn exit_codes_0_and_7() -> Result<(), String> {
+    let out = sh("exit 0");
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    let out = sh("exit 7");
+    check(out.status.code() == Some(7), "exit 7", &out)
+}
+
+fn stderr_is_kept_apart() -> Result<(), String> {
+    let out = sh("echo out; echo err >&2; echo out2");
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    check(
+        stdout(&out) == "out\nout2\n",
+        "stdout has only stdout",
+        &out,
+    )?;
+    check(stderr(&out) == "err\n", "stderr has only stderr", &out)
+}
+
+fn sigkill_gives_137() -> Result<(), String> {
+    let out = sh("kill -9 $$");
+    check(
+        out.status.code() == Some(137),
+        "killed by SIGKILL: 128+9",
+        &out,
+    )
+}
+
+fn missing_command_gives_127() -> Result<(), String> {
+    let out = boot(&[], &["/no/such/command"]);
+    check(out.status.code() == Some(127), "exit 127", &out)?;
+    check(
+        stderr(&out).lines().count() == 1,
+        "one line on stderr",
+        &out,
+    )?;
+    let out = boot(&[], &["no-such-command-in-path"]);
+    check(
+        out.status.code() == Some(127),
+        "exit 127 for a PATH lookup",
+        &out,
+    )?;
+    check(stderr(&out).contains("not found"), "says not found", &out)
+}
+
+fn non_executable_gives_126() -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = dir.path().join("data");
+    std::fs::write(&file, "not a program\n").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let add = format!("{}:/data", file.display());
+    let out = boot(&["--add", &add], &["/data"]);
+    check(out.status.code() == Some(126), "exit 126", &out)
+}
+
+fn kernel_panic_is_reported() -> Result<(), String> {
+    // No init where the kernel is told to look: it panics ("VFS: Unable to mount root fs").
+    let out = boot(
+        &["--cmdline", "rdinit=/nonexistent"],
+        &["/bin/sh", "-c", "true"],
+    );
+    check(out.status.code() == Some(125), "exit 125", &out)?;
+    let err = stderr(&out);
+    check(
+        err.contains("the guest kernel panicked: Kernel panic - not syncing"),
+        "the panic line",
+        &out,
+    )?;
+    check(err.lines().count() == 1, "one line", &out)
+}
+
+fn timeout_ends_a_guest_that_never_finishes() -> Result<(), String> {
+    let start = Instant::now();
+    let out = brig(&[
+        "boot",
+        "--add",
+        "/bin/busybox:/bin/sh",
+        "--timeout",
+        "5",
+        "--",
+        "/bin/sh",
+        "-c",
+        "while :; do sleep 1; done",
+    ]);
+    check(out.status.code() == Some(125), "exit 125", &out)?;
+    check(
+        stderr(&out).contains("did not finish within --timeout 5s"),
+        "says so",
+        &out,
+    )?;
+    check(
+        start.elapsed() < Duration::from_secs(120),
+        "ends soon after the timeout",
+        &out,
+    )
+}
+
+fn two_cpus_are_seen() -> Result<(), String> {
+    let out = boot(&["--cpus", "2"], &["/bin/busybox", "nproc"]);
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    check(stdout(&out).trim() == "2", "guest sees 2 CPUs", &out)?;
+    let out = boot(&[], &["/bin/busybox", "nproc"]);
+    check(stdout(&out).trim() == "1", "and 1 by default", &out)
+}
+
+fn memory_size_is_what_the_guest_sees() -> Result<(), String> {
+    let out = boot(
+        &["--mem", "512"],
+        &["/bin/busybox", "grep", "MemTotal", "/proc/meminfo"],
+    );
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    let text = stdout(&out);
+    let kib: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no MemTotal in {text:?}"))?;
+    // The kernel keeps some for itself (its image, page tables, reserved areas).
+    check(
+        (512 * 1024 - 48 * 1024..=512 * 1024).contains(&kib),
+        "MemTotal within the kernel's reservation of 512 MiB",
+        &out,
+    )
+}
+
+fn timings_name_every_phase() -> Result<(), String> {
+    let out = boot(&["--timings"], &["/bin/sh", "-c", "true"]);
+    check(out.status.code() == Some(0), "exit 0", &out)?;
+    let err = stderr(&out);
+    for phase in [
+        "vmm ready",
+        "kernel entry",
+        "init started",
+        "command exited",
+        "vm gone",
+    ] {
+        check(
+            err.contains(phase),
+            &format!("--timings shows {phase}"),
+            &out,
+        )?;
+    }
+    Ok(())
+}
+
+fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
+    // Run brig as nobody, who may not open /dev/kvm; the kernel is copied where nobody can read it.
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    let kernel = dir.path().join("vmlinux");
+    let src = std::env::var("BRIG_KERNEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            let home = std::env::var("XDG_CACHE_HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|_| {
+                    std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                        .join(".cache")
+                });
+            home.join("brig/kernels/current/vmlinux")
+        });
+    std::fs::copy(&src, &kernel).map_err(|e| format!("{}: {e}", src.display()))?;
+    std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_brig"))
+        .args(["boot", "--kernel"])
+        .arg(&kernel)
+        .args(["--", "/init"])
+        .env("BRIG_RUNTIME_DIR", &run)
+        .output()
+        .map_err(|e| format!("setpriv: {e}"))?;
+    check(out.status.code() == Some(125), "exit 125", &out)?;
+    let err = stderr(&out);
+    check(
+        err.contains("permission denied opening /dev/kvm"),
+        "says permission denied",
+        &out,
+    )?;
+    check(err.lines().count() == 1, "one line", &out)
+}
+
+fn main() {
+    run_tests(vec![
+        trial("echo_output_is_returned", echo_output_is_returned),
+        trial("exit_codes_0_and_7", exit_codes_0_and_7),
+        trial("stderr_is_kept_apart", stderr_is_kept_apart),
+        trial("sigkill_gives_137", sigkill_gives_137),
+        trial("missing_command_gives_127", missing_command_gives_127),
+        trial("non_executable_gives_126", non_executable_gives_126),
+        trial("kernel_panic_is_reported", kernel_panic_is_reported),
+        trial(
+            "timeout_ends_a_guest_that_never_finishes",
+            timeout_ends_a_guest_that_never_finishes,
+        ),
+        trial("two_cpus_are_seen", two_cpus_are_seen),
+        trial(
+            "memory_size_is_what_the_guest_sees",
+            memory_size_is_what_the_guest_sees,
+        ),
+        trial("timings_name_every_phase", timings_name_every_phase),
+        trial(
+            "permission_denied_on_kvm_is_one_line",
+            permission_denied_on_kvm_is_one_line,
+        ),
+    ])
+}

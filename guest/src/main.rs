@@ -7,6 +7,7 @@
 
 mod exec;
 mod mount;
+mod rootfs;
 mod sys;
 mod user;
 mod vsock;
@@ -104,10 +105,8 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
 }
 
 fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError> {
-    if spec.rootfs.is_some() {
-        return Err(SpawnError::setup(
-            "this guest agent cannot mount a root file system yet",
-        ));
+    if let Some(rootfs) = &spec.rootfs {
+        rootfs::enter(rootfs, &spec.hostname).map_err(SpawnError::setup)?;
     }
     if !spec.hostname.is_empty() {
         sys::sethostname(&spec.hostname)

@@ -1,0 +1,107 @@
+//! The workload's root file system: the image's read-only erofs (/dev/vda), under an overlay
+//! whose upper layer is on the scratch disk (ext4 on /dev/vdb) or a tmpfs, moved onto `/`.
+//!
+//! The initramfs is the kernel's rootfs, which `pivot_root` refuses, so the new root is moved
+//! over it and entered with chroot, as `switch_root` does.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+
+use brig_protocol::RootfsSpec;
+
+use crate::sys::{check, cstr, mount};
+
+const LOWER: &str = "/run/brig/lower";
+const SCRATCH: &str = "/run/brig/scratch";
+const NEWROOT: &str = "/run/brig/root";
+
+fn err(what: &str, e: io::Error) -> String {
+    format!("{what}: {e}")
+}
+
+/// Mounts the image and the overlay at [`NEWROOT`] and switches into it.
+pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
+    for dir in [LOWER, SCRATCH, NEWROOT] {
+        fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    }
+    let fstype = if spec.fstype.is_empty() { "erofs" } else { spec.fstype.as_str() };
+    mount(&spec.device, LOWER, fstype, libc::MS_RDONLY, "")
+        .map_err(|e| err(&format!("mounting the image ({} as {fstype})", spec.device), e))?;
+
+    if spec.read_only {
+        mount(LOWER, NEWROOT, "", libc::MS_BIND, "").map_err(|e| err("binding the image", e))?;
+        mount("", NEWROOT, "", libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, "")
+            .map_err(|e| err("making the root read-only", e))?;
+    } else {
+        if spec.scratch.is_empty() {
+            mount("scratch", SCRATCH, "tmpfs", 0, "mode=0755").map_err(|e| err("scratch tmpfs", e))?;
+        } else {
+            // noinit_itable: the host formats the disk lazily; do not zero inode tables now.
+            mount(&spec.scratch, SCRATCH, "ext4", libc::MS_NOATIME, "noinit_itable")
+                .map_err(|e| err(&format!("mounting the scratch disk {}", spec.scratch), e))?;
+        }
+        let (upper, work) = (format!("{SCRATCH}/upper"), format!("{SCRATCH}/work"));
+        for d in [&upper, &work] {
+            fs::create_dir_all(d).map_err(|e| err(d, e))?;
+        }
+        let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work}");
+        mount("overlay", NEWROOT, "overlay", 0, &opts).map_err(|e| err("mounting the overlay", e))?;
+        write_missing_etc(NEWROOT, hostname);
+    }
+    // Mount points the image may lack: on the overlay they are created, on a read-only root
+    // they must exist already.
+    for d in ["proc", "sys", "dev", "tmp"] {
+        let path = format!("{NEWROOT}/{d}");
+        if fs::symlink_metadata(&path).is_err() {
+            if let Err(e) = fs::create_dir(&path) {
+                if !spec.read_only {
+                    return Err(err(&path, e));
+                }
+            } else if d == "tmp" {
+                let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o1777));
+            }
+        }
+    }
+    crate::mount::kernel_filesystems(NEWROOT).map_err(|e| e.to_string())?;
+    if spec.read_only {
+        // A read-only root still gets a writable /tmp, as most programs need one.
+        let _ = mount("tmpfs", &format!("{NEWROOT}/tmp"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
+    }
+    switch_root(NEWROOT)
+}
+
+/// Moves `new_root` onto `/` and makes it the root of this process (and its children).
+fn switch_root(new_root: &str) -> Result<(), String> {
+    std::env::set_current_dir(new_root).map_err(|e| err("chdir to the new root", e))?;
+    mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| err("moving the new root onto /", e))?;
+    let dot = cstr(".").map_err(|e| e.to_string())?;
+    // SAFETY: dot is a valid NUL-terminated string.
+    check(unsafe { libc::chroot(dot.as_ptr()) }).map_err(|e| err("chroot", e))?;
+    std::env::set_current_dir("/").map_err(|e| err("chdir /", e))?;
+    Ok(())
+}
+
+/// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf when the image has none.
+fn write_missing_etc(root: &str, hostname: &str) {
+    let etc = format!("{root}/etc");
+    let _ = fs::create_dir_all(&etc);
+    let name = if hostname.is_empty() { "localhost" } else { hostname };
+    let files = [
+        ("hostname", format!("{name}\n")),
+        (
+            "hosts",
+            format!(
+                "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{name}\n"
+            ),
+        ),
+        // No network yet: a resolver config that fails fast rather than a missing file.
+        ("resolv.conf", "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n".to_string()),
+    ];
+    for (file, content) in files {
+        let path = format!("{etc}/{file}");
+        if fs::symlink_metadata(&path).is_err() {
+            let _ = fs::write(&path, content);
+        }
+    }
+}

@@ -191,18 +191,23 @@ fn pull_multiplatform_index_resolves_platform() {
 fn pull_zstd_layer_matches_umoci() {
     let env = Env::new();
     let reg = Registry::start(None);
+    let layers = |c| {
+        vec![
+            Layer::new().busybox().compression(c),
+            Layer::new().compression(c).dir("z", 0o755).file("z/file", b"zstd!", 0o600).whiteout("bin", "ls"),
+        ]
+    };
     let mut layout = Layout::new(env.path("layout"));
-    let layers = vec![
-        Layer::new().busybox().compression(Compression::Zstd),
-        Layer::new().compression(Compression::Zstd).dir("z", 0o755).file("z/file", b"zstd!", 0o600).whiteout("bin", "ls"),
-    ];
-    layout.add("zstd", layers, config());
+    layout.add("zstd", layers(Compression::Zstd), config());
+    // umoci 0.4.7 reads no zstd: it unpacks the same tars gzip-compressed.
+    let mut twin = Layout::new(env.path("twin"));
+    twin.add("zstd", layers(Compression::Gzip), config());
     let image = format!("{}/test/zstd:1", reg.host());
     push(&layout.dir, "zstd", &image, None);
     env.ok(&["pull", &image]);
     let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", &image])).unwrap();
     assert!(v[0]["Layers"][1]["media_type"].as_str().unwrap().ends_with("+zstd"));
-    check_against_umoci(&env, &image, &layout.dir, "zstd");
+    check_against_umoci(&env, &image, &twin.dir, "zstd");
 }
 
 #[test]
@@ -255,9 +260,11 @@ fn import_oci_layout_and_oci_archive() {
     let env = Env::new();
     let mut layout = Layout::new(env.path("layout"));
     layout.add("rich", rich_layers(Compression::Zstd), config());
+    let mut twin = Layout::new(env.path("twin"));
+    twin.add("rich", rich_layers(Compression::Gzip), config());
     let out = env.ok(&["import", layout.dir.to_str().unwrap()]);
     assert!(out.contains("Loaded image: localhost/layout:rich"), "{out}");
-    check_against_umoci(&env, "localhost/layout:rich", &layout.dir, "rich");
+    check_against_umoci(&env, "localhost/layout:rich", &twin.dir, "rich");
 
     let archive = env.path("img.oci.tar");
     run_tool(Command::new("skopeo").args(["copy", "--quiet"]).arg(format!("oci:{}:rich", layout.dir.display())).arg(format!(
@@ -379,7 +386,7 @@ fn registry_errors_fail_cleanly() {
     let dead = free_port();
     env.fails(&["pull", &format!("127.0.0.1:{dead}/x/y:z")], "unreachable");
     // Malformed references.
-    for bad in ["UPPER/case", "x@sha256:1234", "a//b", "x:", "-x"] {
+    for bad in ["UPPER/case", "x@sha256:1234", "a//b", "x:", "x/-y"] {
         env.fails(&["pull", bad], "invalid reference format");
     }
     // Unknown image names locally.

@@ -282,7 +282,10 @@ mod tests {
             Message::Stdin(Vec::new()),
             Message::Stdout((0..=255u8).collect()),
             Message::Stderr(b"oops\0\xff".to_vec()),
-            Message::Resize { rows: 50, cols: 132 },
+            Message::Resize {
+                rows: 50,
+                cols: 132,
+            },
             Message::Signal(15),
             Message::Exit(ExitStatus {
                 code: Some(7),
@@ -371,7 +374,10 @@ mod tests {
         }
         // A Hello with a field of the wrong type.
         let body = br#"{"version":"one","uptime_ns":0}"#;
-        let mut frame = u32::try_from(body.len() + 1).unwrap().to_le_bytes().to_vec();
+        let mut frame = u32::try_from(body.len() + 1)
+            .unwrap()
+            .to_le_bytes()
+            .to_vec();
         frame.push(HELLO);
         frame.extend_from_slice(body);
         assert!(read_message(&mut frame.as_slice()).is_err());

@@ -28,7 +28,10 @@ pub enum Message {
     /// guest → host, last frame: how the workload ended.
     Exit(ExitStatus),
     /// guest → host, last frame: the workload could not be started.
-    ExecFailed { kind: ExecErrorKind, message: String },
+    ExecFailed {
+        kind: ExecErrorKind,
+        message: String,
+    },
 }
 
 /// How the workload ended.

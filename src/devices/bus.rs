@@ -41,11 +41,7 @@ pub struct Bus {
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ranges: Vec<_> = self
-            .ranges
-            .iter()
-            .map(|(b, e)| (*b, b + e.len))
-            .collect();
+        let ranges: Vec<_> = self.ranges.iter().map(|(b, e)| (*b, b + e.len)).collect();
         f.debug_struct("Bus").field("ranges", &ranges).finish()
     }
 }

@@ -102,7 +102,10 @@ impl Members {
                     continue;
                 };
                 let base = if kind.is_symlink() {
-                    Path::new(&name).parent().unwrap_or(Path::new("")).join(&target)
+                    Path::new(&name)
+                        .parent()
+                        .unwrap_or(Path::new(""))
+                        .join(&target)
                 } else {
                     target.into_owned()
                 };
@@ -167,7 +170,10 @@ impl Members {
         match self.get(name) {
             Some(Member::Bytes(b)) => Ok(b.clone()),
             Some(Member::Blob(d, _)) => Ok(store.read_blob(d, MAX_JSON_BLOB)?),
-            _ => Err(ArchiveError::Missing(self.source.clone(), "image archive", name.to_string()).into()),
+            _ => Err(
+                ArchiveError::Missing(self.source.clone(), "image archive", name.to_string())
+                    .into(),
+            ),
         }
     }
 
@@ -176,7 +182,10 @@ impl Members {
         match self.get(name) {
             Some(Member::Blob(d, s)) => Ok((d.clone(), *s)),
             Some(Member::Bytes(b)) => Ok((store.put_blob(b)?, b.len() as u64)),
-            _ => Err(ArchiveError::Missing(self.source.clone(), "image archive", name.to_string()).into()),
+            _ => Err(
+                ArchiveError::Missing(self.source.clone(), "image archive", name.to_string())
+                    .into(),
+            ),
         }
     }
 }
@@ -236,8 +245,10 @@ pub fn load(store: &Store, path: &Path, limits: Limits) -> Result<Vec<Loaded>, I
             };
             if !compressed {
                 if let Some(want) = diff_ids.get(i) {
-                    if want.to_string() != d.to_string() {
-                        return Err(ArchiveError::DiffId(src.clone(), l.clone(), want.to_string()).into());
+                    if want.strip_prefix("sha256:") != Some(d.hex()) {
+                        return Err(
+                            ArchiveError::DiffId(src.clone(), l.clone(), want.to_string()).into(),
+                        );
                     }
                 }
             }
@@ -246,7 +257,9 @@ pub fn load(store: &Store, path: &Path, limits: Limits) -> Result<Vec<Loaded>, I
             } else {
                 DOCKER_LAYER_TAR
             };
-            layers.push(serde_json::json!({"mediaType": media, "size": size, "digest": d.to_string()}));
+            layers.push(
+                serde_json::json!({"mediaType": media, "size": size, "digest": d.to_string()}),
+            );
         }
         let manifest = serde_json::json!({
             "schemaVersion": 2,
@@ -258,7 +271,14 @@ pub fn load(store: &Store, path: &Path, limits: Limits) -> Result<Vec<Loaded>, I
             .map_err(|e| ArchiveError::Malformed(src.clone(), "manifest".into(), e.to_string()))?;
         let mdigest = store.put_blob(&mbytes)?;
         let tags = e.repo_tags.unwrap_or_default();
-        out.push(finish(store, &mdigest, None, &config_digest, &tags, limits)?);
+        out.push(finish(
+            store,
+            &mdigest,
+            None,
+            &config_digest,
+            &tags,
+            limits,
+        )?);
     }
     Ok(out)
 }
@@ -292,7 +312,11 @@ fn layout_members(store: &Store, dir: &Path) -> Result<Members, ImageError> {
     let blobs = dir.join("blobs/sha256");
     if let Ok(rd) = std::fs::read_dir(&blobs) {
         for e in rd.flatten() {
-            let Some(d) = e.file_name().to_str().and_then(|h| Digest::from_hex(h).ok()) else {
+            let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|h| Digest::from_hex(h).ok())
+            else {
                 continue;
             };
             let p = e.path();
@@ -301,7 +325,9 @@ fn layout_members(store: &Store, dir: &Path) -> Result<Members, ImageError> {
                 let mut f = File::open(&p).at(&p)?;
                 store.put_blob_from(&mut f, &d, Some(size), &p.display().to_string())?;
             }
-            let size = std::fs::metadata(store.blob_path(&d)).map(|m| m.len()).unwrap_or(0);
+            let size = std::fs::metadata(store.blob_path(&d))
+                .map(|m| m.len())
+                .unwrap_or(0);
             map.insert(format!("blobs/sha256/{}", d.hex()), Member::Blob(d, size));
         }
     }
@@ -328,25 +354,39 @@ fn import_members(
     for desc in index.manifests() {
         let d = manifest::descriptor_digest(desc)?;
         let bytes = members_blob_bytes(store, members, &d)?;
-        let (mdigest, mbytes, index_digest) = match manifest::parse(&bytes, &desc.media_type().to_string())? {
-            Document::Manifest(_) => (d.clone(), bytes, None),
-            Document::Index(idx) => {
-                let sel = manifest::select_platform(&idx, &Platform::host())?;
-                let md = manifest::descriptor_digest(&sel)?;
-                (md.clone(), members_blob_bytes(store, members, &md)?, Some(d.clone()))
-            }
-        };
+        let (mdigest, mbytes, index_digest) =
+            match manifest::parse(&bytes, desc.media_type().as_ref())? {
+                Document::Manifest(_) => (d.clone(), bytes, None),
+                Document::Index(idx) => {
+                    let sel = manifest::select_platform(&idx, &Platform::host())?;
+                    let md = manifest::descriptor_digest(&sel)?;
+                    (
+                        md.clone(),
+                        members_blob_bytes(store, members, &md)?,
+                        Some(d.clone()),
+                    )
+                }
+            };
         let m: ImageManifest = match manifest::parse(&mbytes, "")? {
-            Document::Manifest(m) => m,
+            Document::Manifest(m) => *m,
             Document::Index(_) => {
-                return Err(manifest::ManifestError::UnsupportedMediaType("nested image index".into(), "").into())
+                return Err(manifest::ManifestError::UnsupportedMediaType(
+                    "nested image index".into(),
+                    "",
+                )
+                .into())
             }
         };
         let config_digest = manifest::descriptor_digest(m.config())?;
         for blob in std::iter::once(m.config()).chain(m.layers().iter()) {
             let bd = manifest::descriptor_digest(blob)?;
             if !store.has_blob(&bd) {
-                return Err(ArchiveError::Missing(src.clone(), "complete OCI layout", format!("blob {bd}")).into());
+                return Err(ArchiveError::Missing(
+                    src.clone(),
+                    "complete OCI layout",
+                    format!("blob {bd}"),
+                )
+                .into());
             }
         }
         let annotations = desc.annotations().clone().unwrap_or_default();
@@ -365,7 +405,14 @@ fn import_members(
                 .into_iter()
                 .collect(),
         };
-        out.push(finish(store, &mdigest, index_digest, &config_digest, &tags, limits)?);
+        out.push(finish(
+            store,
+            &mdigest,
+            index_digest,
+            &config_digest,
+            &tags,
+            limits,
+        )?);
     }
     Ok(out)
 }
@@ -379,10 +426,20 @@ fn layout_name(src: &str) -> String {
     let base = base.strip_suffix(".tar").unwrap_or(&base);
     let s: String = base
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
         .collect();
     let s = s.trim_matches('-').to_string();
-    if s.is_empty() { "image".into() } else { s }
+    if s.is_empty() {
+        "image".into()
+    } else {
+        s
+    }
 }
 
 fn members_blob_bytes(store: &Store, members: &Members, d: &Digest) -> Result<Vec<u8>, ImageError> {
@@ -430,14 +487,26 @@ fn finish(
         let r = Reference::parse(t)?;
         names::set(
             store,
-            NameEntry::new(r.name(), r.tag.clone(), manifest_digest.clone(), index_digest.clone(), config_digest.clone()),
+            NameEntry::new(
+                r.name(),
+                r.tag.clone(),
+                manifest_digest.clone(),
+                index_digest.clone(),
+                config_digest.clone(),
+            ),
         )?;
         shown.push(r.to_string());
     }
     if tags.is_empty() {
         names::set(
             store,
-            NameEntry::new(String::new(), None, manifest_digest.clone(), index_digest, config_digest.clone()),
+            NameEntry::new(
+                String::new(),
+                None,
+                manifest_digest.clone(),
+                index_digest,
+                config_digest.clone(),
+            ),
         )?;
     }
     Ok(Loaded {
@@ -445,4 +514,3 @@ fn finish(
         record: store.record(manifest_digest)?,
     })
 }
-

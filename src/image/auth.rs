@@ -52,7 +52,10 @@ impl Credentials {
     /// The value of an `Authorization: Basic` header.
     pub fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
     }
 }
 
@@ -120,7 +123,11 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>, AuthError> {
     });
     let Some(entry) = entry else { return Ok(None) };
     let malformed = |why: &str| AuthError::Malformed(path.clone(), why.to_string());
-    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+    if let Some(auth) = entry
+        .get("auth")
+        .and_then(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+    {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(auth.trim())
             .map_err(|_| malformed("auth is not base64"))?;
@@ -258,7 +265,10 @@ mod tests {
         assert_eq!(realm, "https://auth.docker.io/token");
         assert_eq!(params["service"], "registry.docker.io");
         assert_eq!(params["scope"], "repository:library/busybox:pull,push");
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Bearer service=x"), None);
         assert_eq!(parse_challenge("Negotiate"), None);
     }

@@ -44,7 +44,9 @@ impl Digest {
     /// Parses a bare 64-character hex string (as used in file names).
     pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
         if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self { hex: hex.to_string() })
+            Ok(Self {
+                hex: hex.to_string(),
+            })
         } else {
             Err(DigestError::Malformed(hex.to_string()))
         }
@@ -154,7 +156,11 @@ mod tests {
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         assert!("sha256:abc".parse::<Digest>().is_err());
         assert!("sha512:abc".parse::<Digest>().is_err());
-        assert!(format!("sha256:{}", "A".repeat(64)).parse::<Digest>().is_err());
-        assert!(format!("sha256:../{}", "a".repeat(61)).parse::<Digest>().is_err());
+        assert!(format!("sha256:{}", "A".repeat(64))
+            .parse::<Digest>()
+            .is_err());
+        assert!(format!("sha256:../{}", "a".repeat(61))
+            .parse::<Digest>()
+            .is_err());
     }
 }

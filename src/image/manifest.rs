@@ -45,10 +45,10 @@ pub enum ManifestError {
     Malformed(&'static str, String),
     /// No manifest in the index is for the requested platform.
     #[error("no image for platform {0} (available: {1})")]
-    NoPlatform(Platform, String),
+    NoPlatform(String, String),
     /// The image's config names another platform than the one asked for.
     #[error("image is for platform {1}, not the requested {0}")]
-    PlatformMismatch(Platform, Platform),
+    PlatformMismatch(String, String),
     /// A platform string is not `os/arch[/variant]`.
     #[error("invalid platform {0:?}: expected os/arch[/variant], e.g. linux/amd64")]
     BadPlatform(String),
@@ -87,7 +87,9 @@ impl Platform {
     pub fn parse(s: &str) -> Result<Self, ManifestError> {
         let parts: Vec<&str> = s.split('/').collect();
         let ok = |p: &&str| {
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
         };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(ManifestError::BadPlatform(s.to_string()));
@@ -125,9 +127,9 @@ impl fmt::Display for Platform {
 #[derive(Debug)]
 pub enum Document {
     /// An OCI index or Docker manifest list.
-    Index(ImageIndex),
+    Index(Box<ImageIndex>),
     /// An OCI or Docker schema 2 image manifest.
-    Manifest(ImageManifest),
+    Manifest(Box<ImageManifest>),
 }
 
 /// Parses a manifest or index, given its bytes and the `Content-Type` it came with.
@@ -161,13 +163,13 @@ pub fn parse(bytes: &[u8], content_type: &str) -> Result<Document, ManifestError
         });
     match mt.as_str() {
         OCI_INDEX | DOCKER_LIST => serde_json::from_slice(bytes)
-            .map(Document::Index)
+            .map(|i| Document::Index(Box::new(i)))
             .map_err(|e| ManifestError::Malformed("image index", e.to_string())),
         OCI_MANIFEST | DOCKER_MANIFEST => {
             let m: ImageManifest = serde_json::from_slice(bytes)
                 .map_err(|e| ManifestError::Malformed("image manifest", e.to_string()))?;
             check_manifest(&m)?;
-            Ok(Document::Manifest(m))
+            Ok(Document::Manifest(Box::new(m)))
         }
         other => Err(ManifestError::UnsupportedMediaType(other.to_string(), "")),
     }
@@ -220,7 +222,7 @@ pub fn select_platform(index: &ImageIndex, want: &Platform) -> Result<Descriptor
         return Ok(index.manifests()[0].clone());
     }
     Err(ManifestError::NoPlatform(
-        want.clone(),
+        want.to_string(),
         if available.is_empty() {
             "none".into()
         } else {
@@ -269,7 +271,10 @@ mod tests {
             Err(ManifestError::UnsupportedMediaType(..))
         ));
         assert!(matches!(
-            parse(br#"{"schemaVersion":2,"mediaType":"application/x-helm"}"#, ""),
+            parse(
+                br#"{"schemaVersion":2,"mediaType":"application/x-helm"}"#,
+                ""
+            ),
             Err(ManifestError::UnsupportedMediaType(..))
         ));
         let m = format!(

@@ -28,7 +28,9 @@
 pub mod archive;
 pub mod auth;
 pub mod digest;
+mod fsat;
 pub mod gc;
+pub mod layer;
 pub mod manifest;
 pub mod names;
 pub mod progress;
@@ -179,7 +181,7 @@ impl Store {
     pub fn manifest(&self, manifest: &Digest) -> Result<ImageManifest, ImageError> {
         let bytes = self.read_blob(manifest, MAX_JSON_BLOB)?;
         match manifest::parse(&bytes, "")? {
-            manifest::Document::Manifest(m) => Ok(m),
+            manifest::Document::Manifest(m) => Ok(*m),
             manifest::Document::Index(_) => Err(manifest::ManifestError::UnsupportedMediaType(
                 "image index".into(),
                 " where an image manifest was expected",
@@ -191,7 +193,8 @@ impl Store {
     /// Reads the image config blob `config`.
     pub fn config(&self, config: &Digest) -> Result<ImageConfiguration, ImageError> {
         let bytes = self.read_blob(config, MAX_JSON_BLOB)?;
-        serde_json::from_slice(&bytes).map_err(|e| ImageError::BadConfig(config.clone(), e.to_string()))
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::BadConfig(config.clone(), e.to_string()))
     }
 
     /// The record of the image with this manifest (its rootfs may not be built yet).
@@ -280,19 +283,30 @@ impl Store {
             Ok(found) => {
                 if let Some(n) = found.first() {
                     let rec = self.record(&n.manifest)?;
-                    let platform_ok = opts.platform.as_ref().is_none_or(|p| p.matches(&rec.platform));
+                    let platform_ok = opts
+                        .platform
+                        .as_ref()
+                        .is_none_or(|p| p.matches(&rec.platform));
                     if platform_ok {
                         if !rec.rootfs_path.is_file() {
                             let _shared = self.lock_shared()?;
-                            let layers: Vec<Digest> = rec.layers.iter().map(|l| l.digest.clone()).collect();
-                            rootfs::ensure::<ImageError>(self, &rec.manifest_digest, &layers, opts.limits, |i| {
-                                let p = self.blob_path(&layers[i]);
-                                if p.is_file() {
-                                    Ok(p)
-                                } else {
-                                    Err(store::StoreError::MissingBlob(layers[i].clone()).into())
-                                }
-                            })?;
+                            let layers: Vec<Digest> =
+                                rec.layers.iter().map(|l| l.digest.clone()).collect();
+                            rootfs::ensure::<ImageError>(
+                                self,
+                                &rec.manifest_digest,
+                                &layers,
+                                opts.limits,
+                                |i| {
+                                    let p = self.blob_path(&layers[i]);
+                                    if p.is_file() {
+                                        Ok(p)
+                                    } else {
+                                        Err(store::StoreError::MissingBlob(layers[i].clone())
+                                            .into())
+                                    }
+                                },
+                            )?;
                         }
                         return Ok(rec);
                     }
@@ -313,7 +327,12 @@ pub fn display_name(n: &names::NameEntry) -> String {
     }
     let r = Reference {
         registry: n.repository.split('/').next().unwrap_or("").to_string(),
-        repository: n.repository.split_once('/').map(|x| x.1).unwrap_or("").to_string(),
+        repository: n
+            .repository
+            .split_once('/')
+            .map(|x| x.1)
+            .unwrap_or("")
+            .to_string(),
         tag: n.tag.clone(),
         digest: if n.tag.is_none() {
             Some(n.index.clone().unwrap_or_else(|| n.manifest.clone()))

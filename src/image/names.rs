@@ -78,10 +78,7 @@ pub fn load(store: &Store) -> Result<Vec<NameEntry>, StoreError> {
 }
 
 /// Changes the names under the index lock; returns what `f` returns.
-pub fn update<T>(
-    store: &Store,
-    f: impl FnOnce(&mut Vec<NameEntry>) -> T,
-) -> Result<T, StoreError> {
+pub fn update<T>(store: &Store, f: impl FnOnce(&mut Vec<NameEntry>) -> T) -> Result<T, StoreError> {
     let _lock = store.lock_names()?;
     let mut names = load(store)?;
     let out = f(&mut names);

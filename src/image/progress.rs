@@ -74,7 +74,10 @@ impl LayerProgress {
             b.set_message(if from > 0 { "Resuming" } else { "Downloading" });
         }
         if from > 0 {
-            self.plain(&format!("Resuming download at {from} of {} bytes", self.total));
+            self.plain(&format!(
+                "Resuming download at {from} of {} bytes",
+                self.total
+            ));
         } else {
             self.plain(&format!("Downloading {} bytes", self.total));
         }

@@ -129,7 +129,9 @@ pub fn pull(
             variant: cfg.variant().clone(),
         };
         if !p.matches(&have) {
-            return Err(manifest::ManifestError::PlatformMismatch(p.clone(), have).into());
+            return Err(
+                manifest::ManifestError::PlatformMismatch(p.to_string(), have.to_string()).into(),
+            );
         }
     }
 
@@ -184,10 +186,11 @@ pub fn pull(
             }
             Ok(())
         };
-        let built = rootfs::ensure::<ImageError>(store, &manifest_digest, &digests, opts.limits, |i| {
-            wait_for(i, &mut ready)?;
-            Ok(store.blob_path(&digests[i]))
-        });
+        let built =
+            rootfs::ensure::<ImageError>(store, &manifest_digest, &digests, opts.limits, |i| {
+                wait_for(i, &mut ready)?;
+                Ok(store.blob_path(&digests[i]))
+            });
         if let Err(e) = built {
             cancel.store(true, Ordering::Relaxed);
             first_err = Some(e);
@@ -338,10 +341,7 @@ fn fetch_blob(
         got += n as u64;
         bar.inc(n as u64);
     }
-    let file = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .at(&partial)?;
+    let file = out.into_inner().map_err(|e| e.into_error()).at(&partial)?;
     if got < size {
         return Err(truncated(got, String::new()));
     }

@@ -90,7 +90,9 @@ impl Reference {
             return Err(bad("repository name must have 1 to 255 characters"));
         }
         if !path.split('/').all(valid_component) {
-            return Err(bad("repository name must be lowercase letters, digits and separators"));
+            return Err(bad(
+                "repository name must be lowercase letters, digits and separators",
+            ));
         }
         let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
             format!("library/{path}")
@@ -164,7 +166,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 fn valid_component(c: &str) -> bool {
@@ -172,7 +175,8 @@ fn valid_component(c: &str) -> bool {
     !b.is_empty()
         && b[0].is_ascii_lowercase() | b[0].is_ascii_digit()
         && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-".contains(c))
 }
 
 fn valid_registry(r: &str) -> bool {

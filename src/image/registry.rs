@@ -55,6 +55,10 @@ pub enum RegistryError {
     BadToken(String),
 }
 
+/// A blob being read: the body, its length if known, and whether the requested offset
+/// was honoured (HTTP 206).
+pub type BlobStream = (Box<dyn Read + Send>, Option<u64>, bool);
+
 /// A client for one repository on one registry.
 #[derive(Debug)]
 pub struct Client {
@@ -150,11 +154,7 @@ impl Client {
 
     /// Opens a blob for reading from byte `offset`. Returns the reader, the number of
     /// bytes it will deliver (if known) and whether the server honoured the offset.
-    pub fn blob(
-        &self,
-        digest: &Digest,
-        offset: u64,
-    ) -> Result<(Box<dyn Read + Send>, Option<u64>, bool), RegistryError> {
+    pub fn blob(&self, digest: &Digest, offset: u64) -> Result<BlobStream, RegistryError> {
         let url = format!("{}/{}/blobs/{digest}", self.base, self.repository);
         let what = format!("blob {}", digest.short());
         let range = (offset > 0).then(|| format!("bytes={offset}-"));
@@ -286,7 +286,11 @@ impl Client {
     }
 
     /// Turns a non-success status into an error.
-    fn expect_ok(&self, mut resp: Response<Body>, what: &str) -> Result<Response<Body>, RegistryError> {
+    fn expect_ok(
+        &self,
+        mut resp: Response<Body>,
+        what: &str,
+    ) -> Result<Response<Body>, RegistryError> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

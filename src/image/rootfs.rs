@@ -75,7 +75,9 @@ where
     let stage = store
         .tmp_dir()
         .join(format!("stage-{}-{}", manifest.hex(), tmp_suffix()));
-    fs::create_dir(&stage).at(&stage).map_err(RootfsError::from)?;
+    fs::create_dir(&stage)
+        .at(&stage)
+        .map_err(RootfsError::from)?;
     let _stage_guard = Cleanup(stage.clone());
     let mut unpacker = Unpacker::new(&stage, limits)
         .at(&stage)
@@ -130,7 +132,9 @@ fn mkfs(stage: &Path, out: &Path) -> Result<(), RootfsError> {
         cmd.arg("--all-root");
     }
     cmd.arg(out).arg(stage);
-    let output = cmd.output().map_err(|e| RootfsError::NoMkfs(bin.clone(), e))?;
+    let output = cmd
+        .output()
+        .map_err(|e| RootfsError::NoMkfs(bin.clone(), e))?;
     if !output.status.success() {
         let text = String::from_utf8_lossy(&output.stderr);
         let last = text

@@ -134,7 +134,9 @@ impl Store {
     }
 
     pub fn rootfs_path(&self, manifest: &Digest) -> PathBuf {
-        self.home.join("rootfs").join(format!("{}.erofs", manifest.hex()))
+        self.home
+            .join("rootfs")
+            .join(format!("{}.erofs", manifest.hex()))
     }
 
     pub fn tmp_dir(&self) -> PathBuf {
@@ -163,7 +165,10 @@ impl Store {
         let mut buf = Vec::new();
         f.take(limit + 1).read_to_end(&mut buf).at(&path)?;
         if buf.len() as u64 > limit {
-            return Err(StoreError::Corrupt(path, format!("larger than {limit} bytes")));
+            return Err(StoreError::Corrupt(
+                path,
+                format!("larger than {limit} bytes"),
+            ));
         }
         let actual = Digest::of(&buf);
         if &actual != d {
@@ -237,7 +242,10 @@ impl Store {
 
     /// Serializes downloads of one blob.
     pub fn lock_blob(&self, d: &Digest) -> Result<Lock, StoreError> {
-        self.lock_file(&format!("blob-{}.lock", d.hex()), FlockOperation::LockExclusive)
+        self.lock_file(
+            &format!("blob-{}.lock", d.hex()),
+            FlockOperation::LockExclusive,
+        )
     }
 
     /// Serializes builds of one rootfs.
@@ -259,7 +267,11 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&dir).at(&dir)? {
             let e = e.at(&dir)?;
-            if let Some(d) = e.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) {
+            if let Some(d) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| Digest::from_hex(n).ok())
+            {
                 out.push(d);
             }
         }
@@ -287,6 +299,7 @@ impl Store {
 pub struct AtomicFile {
     writer: Option<HashingWriter<io::BufWriter<File>>>,
     pub path: PathBuf,
+    committed: bool,
 }
 
 impl AtomicFile {
@@ -300,6 +313,7 @@ impl AtomicFile {
         Ok(Self {
             writer: Some(HashingWriter::new(io::BufWriter::with_capacity(1 << 20, f))),
             path,
+            committed: false,
         })
     }
 
@@ -349,6 +363,7 @@ impl AtomicFile {
         file.sync_all().at(&self.path)?;
         drop(file);
         fs::rename(&self.path, dest).at(dest)?;
+        self.committed = true;
         sync_parent(dest);
         Ok(())
     }
@@ -378,7 +393,7 @@ impl Write for AtomicFile {
 
 impl Drop for AtomicFile {
     fn drop(&mut self) {
-        if self.writer.is_some() {
+        if !self.committed {
             let _ = fs::remove_file(&self.path);
         }
     }

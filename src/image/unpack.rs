@@ -16,6 +16,7 @@
 //! invoking user, device nodes are skipped and xattrs outside `user.*` are dropped (each
 //! with a debug log); the rootfs is then built with every file owned by root.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
@@ -24,15 +25,13 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::rc::Rc;
-use std::cell::Cell;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
-/// Default cap on one layer's uncompressed size (64 GiB).
-pub const DEFAULT_MAX_BYTES: u64 = 64 << 30;
-/// Default cap on one layer's number of tar entries.
-pub const DEFAULT_MAX_ENTRIES: u64 = 4_000_000;
+use super::fsat::{list_dir, parse_time, parse_u64, remove_at, stat_at, times, Owner};
+use super::layer::Limited;
+pub use super::layer::{open_layer, Limits};
 
 /// Errors from unpacking a layer.
 #[derive(Debug, thiserror::Error)]
@@ -60,70 +59,6 @@ pub enum UnpackError {
         path: String,
         err: io::Error,
     },
-}
-
-/// Bounds on one layer.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_bytes: u64,
-    pub max_entries: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_bytes: DEFAULT_MAX_BYTES,
-            max_entries: DEFAULT_MAX_ENTRIES,
-        }
-    }
-}
-
-impl Limits {
-    /// The defaults, overridden by `BRIG_MAX_LAYER_BYTES` / `BRIG_MAX_LAYER_ENTRIES`.
-    pub fn from_env() -> Self {
-        let get = |k: &str, d: u64| {
-            std::env::var(k)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(d)
-        };
-        Self {
-            max_bytes: get("BRIG_MAX_LAYER_BYTES", DEFAULT_MAX_BYTES),
-            max_entries: get("BRIG_MAX_LAYER_ENTRIES", DEFAULT_MAX_ENTRIES),
-        }
-    }
-}
-
-/// Opens a layer file, undoing gzip or zstd compression (detected by magic number).
-pub fn open_layer(path: &Path) -> io::Result<Box<dyn Read>> {
-    let mut f = io::BufReader::with_capacity(1 << 20, File::open(path)?);
-    let head = io::BufRead::fill_buf(&mut f)?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(f)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(f)?))
-    } else {
-        Ok(Box::new(f))
-    }
-}
-
-/// Counts bytes and fails once past a limit.
-struct Limited<R> {
-    inner: R,
-    left: u64,
-    exceeded: Rc<Cell<bool>>,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n as u64 > self.left {
-            self.exceeded.set(true);
-            return Err(io::Error::other("layer size limit exceeded"));
-        }
-        self.left -= n as u64;
-        Ok(n)
-    }
 }
 
 type Comps = Vec<OsString>;
@@ -247,7 +182,12 @@ impl Unpacker {
 
     /// Opens the directory `comps` (relative to the root) without following symlinks,
     /// creating missing directories when `create`.
-    fn open_dir(&mut self, comps: &[OsString], path: &Path, create: bool) -> Result<Option<OwnedFd>, UnpackError> {
+    fn open_dir(
+        &mut self,
+        comps: &[OsString],
+        path: &Path,
+        create: bool,
+    ) -> Result<Option<OwnedFd>, UnpackError> {
         if let Some((c, fd)) = &self.cache {
             if c.as_slice() == comps {
                 return fd
@@ -256,10 +196,7 @@ impl Unpacker {
                     .map_err(|e| self.write_err(path, e));
             }
         }
-        let mut dir = self
-            .root
-            .try_clone()
-            .map_err(|e| self.write_err(path, e))?;
+        let mut dir = self.root.try_clone().map_err(|e| self.write_err(path, e))?;
         for (i, c) in comps.iter().enumerate() {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             let next = match rustix::fs::openat(&dir, c.as_os_str(), flags, Mode::empty()) {
@@ -276,9 +213,8 @@ impl Unpacker {
                 Err(Errno::NOENT) => return Ok(None),
                 Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
                     let st = rustix::fs::statat(&dir, c.as_os_str(), AtFlags::SYMLINK_NOFOLLOW);
-                    let is_link = st.is_ok_and(|s| {
-                        FileType::from_raw_mode(s.st_mode) == FileType::Symlink
-                    });
+                    let is_link =
+                        st.is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
                     return Err(if is_link {
                         self.unsafe_path(path, "would be written through a symlink")
                     } else {
@@ -320,7 +256,11 @@ impl Unpacker {
                 self.clear_lower(&dir, &mut prefix, &raw_path)?;
             } else if target.starts_with(b".wh.") {
                 // Other AUFS metadata (.wh..wh.plnk, ...): nothing to apply.
-            } else if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+            } else if target.is_empty()
+                || target == b"."
+                || target == b".."
+                || target.contains(&b'/')
+            {
                 return Err(self.unsafe_path(&raw_path, "is a malformed whiteout"));
             } else {
                 let mut full = parent.clone();
@@ -337,11 +277,11 @@ impl Unpacker {
             .ok_or_else(|| self.unsafe_path(&raw_path, "has a missing parent"))?;
         let header = entry.header().clone();
         let kind = header.entry_type();
-        let mode = header.mode().map_err(|e| UnpackError::Tar(self.layer.clone(), e))? & 0o7777;
-        let (mut uid, mut gid) = (
-            header.uid().unwrap_or(0),
-            header.gid().unwrap_or(0),
-        );
+        let mode = header
+            .mode()
+            .map_err(|e| UnpackError::Tar(self.layer.clone(), e))?
+            & 0o7777;
+        let (mut uid, mut gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mut mtime = (header.mtime().unwrap_or(0) as i64, 0u32);
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if let Ok(Some(pax)) = entry.pax_extensions() {
@@ -368,7 +308,7 @@ impl Unpacker {
             tar::EntryType::Directory => {
                 let existing = stat_at(&dir, &name);
                 match existing {
-                    Some(ft) if ft == FileType::Directory => {}
+                    Some(FileType::Directory) => {}
                     Some(_) => self.remove_at(&dir, &name, &raw_path)?,
                     None => {}
                 }
@@ -387,14 +327,16 @@ impl Unpacker {
                 self.set_xattrs(&fd, &xattrs, &raw_path);
                 self.dirs.insert(full.clone(), DirMeta { mode, mtime });
             }
-            tar::EntryType::Regular
-            | tar::EntryType::Continuous
-            | tar::EntryType::GNUSparse => {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 self.replace(&dir, &name, &raw_path)?;
                 let fd = rustix::fs::openat(
                     &dir,
                     name.as_os_str(),
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .map_err(|e| self.write_err(&raw_path, errno_io(e)))?;
@@ -416,7 +358,12 @@ impl Unpacker {
                 rustix::fs::symlinkat(OsStr::from_bytes(&target), &dir, name.as_os_str())
                     .map_err(|e| self.write_err(&raw_path, errno_io(e)))?;
                 self.chown_at(&dir, &name, owner, &raw_path)?;
-                let _ = rustix::fs::utimensat(&dir, name.as_os_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rustix::fs::utimensat(
+                    &dir,
+                    name.as_os_str(),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
             }
             tar::EntryType::Link => {
                 let target = entry
@@ -428,11 +375,13 @@ impl Unpacker {
                 let Some((tname, tparent)) = tcomps.split_last() else {
                     return Err(self.unsafe_path(&raw_path, "is a hard link to the root"));
                 };
-                let tdir = self
-                    .open_dir(tparent, &target, false)?
-                    .ok_or_else(|| self.unsafe_path(&raw_path, "is a hard link to a missing file"))?;
+                let tdir = self.open_dir(tparent, &target, false)?.ok_or_else(|| {
+                    self.unsafe_path(&raw_path, "is a hard link to a missing file")
+                })?;
                 match stat_at(&tdir, tname) {
-                    None => return Err(self.unsafe_path(&raw_path, "is a hard link to a missing file")),
+                    None => {
+                        return Err(self.unsafe_path(&raw_path, "is a hard link to a missing file"))
+                    }
                     Some(FileType::Directory) => {
                         return Err(self.unsafe_path(&raw_path, "is a hard link to a directory"))
                     }
@@ -442,8 +391,14 @@ impl Unpacker {
                     return Ok(());
                 }
                 self.replace(&dir, &name, &raw_path)?;
-                rustix::fs::linkat(&tdir, tname.as_os_str(), &dir, name.as_os_str(), AtFlags::empty())
-                    .map_err(|e| self.write_err(&raw_path, errno_io(e)))?;
+                rustix::fs::linkat(
+                    &tdir,
+                    tname.as_os_str(),
+                    &dir,
+                    name.as_os_str(),
+                    AtFlags::empty(),
+                )
+                .map_err(|e| self.write_err(&raw_path, errno_io(e)))?;
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let ft = match kind {
@@ -460,7 +415,13 @@ impl Unpacker {
                     header.device_minor().ok().flatten().unwrap_or(0),
                 );
                 self.replace(&dir, &name, &raw_path)?;
-                match rustix::fs::mknodat(&dir, name.as_os_str(), ft, Mode::from_raw_mode(mode), dev) {
+                match rustix::fs::mknodat(
+                    &dir,
+                    name.as_os_str(),
+                    ft,
+                    Mode::from_raw_mode(mode),
+                    dev,
+                ) {
                     Ok(()) => {}
                     Err(e @ (Errno::PERM | Errno::NXIO | Errno::OPNOTSUPP)) => {
                         tracing::warn!("skipping special file {}: {e}", raw_path.display());
@@ -469,12 +430,28 @@ impl Unpacker {
                     Err(e) => return Err(self.write_err(&raw_path, errno_io(e))),
                 }
                 self.chown_at(&dir, &name, owner, &raw_path)?;
-                let _ = rustix::fs::chmodat(&dir, name.as_os_str(), Mode::from_raw_mode(mode), AtFlags::empty());
-                let _ = rustix::fs::utimensat(&dir, name.as_os_str(), &times(mtime), AtFlags::SYMLINK_NOFOLLOW);
+                let _ = rustix::fs::chmodat(
+                    &dir,
+                    name.as_os_str(),
+                    Mode::from_raw_mode(mode),
+                    AtFlags::empty(),
+                );
+                let _ = rustix::fs::utimensat(
+                    &dir,
+                    name.as_os_str(),
+                    &times(mtime),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
             }
-            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader | tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {}
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => {}
             other => {
-                tracing::debug!("skipping tar entry {} of type {other:?}", raw_path.display());
+                tracing::debug!(
+                    "skipping tar entry {} of type {other:?}",
+                    raw_path.display()
+                );
                 return Ok(());
             }
         }
@@ -497,7 +474,12 @@ impl Unpacker {
     }
 
     /// Removes everything under `dir` that lower layers put there (opaque directory).
-    fn clear_lower(&mut self, dir: &OwnedFd, prefix: &mut Comps, path: &Path) -> Result<(), UnpackError> {
+    fn clear_lower(
+        &mut self,
+        dir: &OwnedFd,
+        prefix: &mut Comps,
+        path: &Path,
+    ) -> Result<(), UnpackError> {
         let names = list_dir(dir).map_err(|e| self.write_err(path, e))?;
         for (n, ft) in names {
             prefix.push(n.clone());
@@ -530,7 +512,13 @@ impl Unpacker {
         rustix::fs::fchown(fd, Some(u), Some(g)).map_err(|e| self.write_err(path, errno_io(e)))
     }
 
-    fn chown_at(&self, dir: &OwnedFd, name: &OsStr, o: Owner, path: &Path) -> Result<(), UnpackError> {
+    fn chown_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        o: Owner,
+        path: &Path,
+    ) -> Result<(), UnpackError> {
         if !self.privileged {
             return Ok(());
         }
@@ -553,7 +541,7 @@ impl Unpacker {
     /// Sets directory modes and mtimes, deepest first. Call once after the last layer.
     pub fn finish(mut self) -> Result<(), UnpackError> {
         let mut dirs: Vec<(Comps, DirMeta)> = self.dirs.drain().collect();
-        dirs.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0.len()));
         self.cache = None;
         for (comps, meta) in dirs {
             let path: std::path::PathBuf = comps.iter().collect();
@@ -570,107 +558,6 @@ impl Unpacker {
                 .map_err(|e| self.write_err(&path, errno_io(e)))?;
         }
         Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Owner {
-    uid: u64,
-    gid: u64,
-}
-
-impl Owner {
-    fn uid(&self) -> Option<rustix::fs::Uid> {
-        u32::try_from(self.uid)
-            .ok()
-            .filter(|u| *u != u32::MAX)
-            .map(rustix::fs::Uid::from_raw)
-    }
-
-    fn gid(&self) -> Option<rustix::fs::Gid> {
-        u32::try_from(self.gid)
-            .ok()
-            .filter(|g| *g != u32::MAX)
-            .map(rustix::fs::Gid::from_raw)
-    }
-}
-
-fn times((sec, nsec): (i64, u32)) -> Timestamps {
-    let t = Timespec {
-        tv_sec: sec,
-        tv_nsec: nsec.into(),
-    };
-    Timestamps {
-        last_access: t,
-        last_modification: t,
-    }
-}
-
-fn parse_u64(v: &[u8]) -> Option<u64> {
-    std::str::from_utf8(v).ok()?.trim().parse().ok()
-}
-
-/// Parses a PAX time (`1700000000.123456789`).
-fn parse_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (sec, frac) = s.split_once('.').unwrap_or((s, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let mut digits: String = frac.chars().take(9).filter(char::is_ascii_digit).collect();
-    while digits.len() < 9 {
-        digits.push('0');
-    }
-    Some((sec, digits.parse().ok()?))
-}
-
-fn stat_at(dir: &OwnedFd, name: &OsStr) -> Option<FileType> {
-    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
-        .ok()
-        .map(|s| FileType::from_raw_mode(s.st_mode))
-}
-
-/// The entries of a directory (without `.` and `..`) and their types.
-fn list_dir(dir: &OwnedFd) -> io::Result<Vec<(OsString, FileType)>> {
-    let mut out = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        let name = OsStr::from_bytes(n).to_os_string();
-        let ft = match e.file_type() {
-            FileType::Unknown => stat_at(dir, &name).unwrap_or(FileType::Unknown),
-            ft => ft,
-        };
-        out.push((name, ft));
-    }
-    Ok(out)
-}
-
-/// Removes `name` in `dir` and, for a directory, everything below; never follows symlinks.
-fn remove_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
-    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
-        Err(e) => return Err(e.into()),
-    }
-    let sub = match rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
-    };
-    let _ = rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700));
-    for (n, _) in list_dir(&sub)? {
-        remove_at(&sub, &n)?;
-    }
-    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 

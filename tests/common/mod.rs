@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use sha2::{Digest as _, Sha256};
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -44,7 +47,10 @@ impl Drop for Env {
 
 impl Env {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new().prefix("brig-image-test").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("brig-image-test")
+            .tempdir()
+            .unwrap();
         fs::create_dir_all(dir.path().join("home")).unwrap();
         fs::create_dir_all(dir.path().join("docker")).unwrap();
         Self {
@@ -121,7 +127,11 @@ impl Env {
             .arg(&rootfs)
             .output()
             .unwrap();
-        assert!(st.status.success(), "fsck.erofs: {}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "fsck.erofs: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
         into.to_path_buf()
     }
 
@@ -133,7 +143,11 @@ impl Env {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let data = fs::read(e.path()).unwrap();
-                assert_eq!(sha256_hex(&data), name, "blob {name} does not match its name");
+                assert_eq!(
+                    sha256_hex(&data),
+                    name,
+                    "blob {name} does not match its name"
+                );
             }
         }
         if let Ok(rd) = fs::read_dir(self.home().join("rootfs")) {
@@ -148,16 +162,26 @@ impl Env {
     }
 
     pub fn rootfs_count(&self) -> usize {
-        fs::read_dir(self.home().join("rootfs")).map(|r| r.count()).unwrap_or(0)
+        fs::read_dir(self.home().join("rootfs"))
+            .map(|r| r.count())
+            .unwrap_or(0)
     }
 }
 
 /// Asserts exit 125 with one `brig: ` line on stderr containing `needle`.
 pub fn assert_bad(out: &Output, needle: &str, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{what}: expected exit 125, stderr: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "{what}: expected exit 125, stderr: {stderr}"
+    );
     let errs: Vec<&str> = stderr.lines().filter(|l| l.starts_with("brig: ")).collect();
-    assert_eq!(errs.len(), 1, "{what}: expected one error line, got: {stderr}");
+    assert_eq!(
+        errs.len(),
+        1,
+        "{what}: expected one error line, got: {stderr}"
+    );
     assert!(
         errs[0].to_lowercase().contains(&needle.to_lowercase()),
         "{what}: error {:?} lacks {needle:?}",
@@ -262,19 +286,50 @@ impl Layer {
     }
 
     pub fn file_owned(self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64) -> Self {
-        self.raw(tar::EntryType::Regular, path, None, data, mode, uid, gid, &[])
+        self.raw(
+            tar::EntryType::Regular,
+            path,
+            None,
+            data,
+            mode,
+            uid,
+            gid,
+            &[],
+        )
     }
 
     pub fn symlink(self, path: &str, target: &str) -> Self {
-        self.raw(tar::EntryType::Symlink, path, Some(target), b"", 0o777, 0, 0, &[])
+        self.raw(
+            tar::EntryType::Symlink,
+            path,
+            Some(target),
+            b"",
+            0o777,
+            0,
+            0,
+            &[],
+        )
     }
 
     pub fn hardlink(self, path: &str, target: &str) -> Self {
-        self.raw(tar::EntryType::Link, path, Some(target), b"", 0o644, 0, 0, &[])
+        self.raw(
+            tar::EntryType::Link,
+            path,
+            Some(target),
+            b"",
+            0o644,
+            0,
+            0,
+            &[],
+        )
     }
 
     pub fn whiteout(self, dir: &str, name: &str) -> Self {
-        let p = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+        let p = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
         self.file(&p, b"", 0o644)
     }
 
@@ -300,7 +355,10 @@ impl Layer {
             Compression::Gzip => {
                 let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                 e.write_all(&tar).unwrap();
-                (e.finish().unwrap(), "application/vnd.oci.image.layer.v1.tar+gzip")
+                (
+                    e.finish().unwrap(),
+                    "application/vnd.oci.image.layer.v1.tar+gzip",
+                )
             }
             Compression::Zstd => (
                 zstd::encode_all(&tar[..], 3).unwrap(),
@@ -339,7 +397,10 @@ impl Layout {
     pub fn new(dir: PathBuf) -> Self {
         fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-        let l = Self { dir, manifests: Vec::new() };
+        let l = Self {
+            dir,
+            manifests: Vec::new(),
+        };
         l.write_index();
         l
     }
@@ -356,11 +417,20 @@ impl Layout {
             "mediaType": "application/vnd.oci.image.index.v1+json",
             "manifests": self.manifests,
         });
-        fs::write(self.dir.join("index.json"), serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+        fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec_pretty(&index).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Writes an image manifest (not yet tagged); returns (descriptor, manifest bytes).
-    pub fn image(&self, layers: Vec<Layer>, arch: &str, config: serde_json::Value) -> (serde_json::Value, Vec<u8>) {
+    pub fn image(
+        &self,
+        layers: Vec<Layer>,
+        arch: &str,
+        config: serde_json::Value,
+    ) -> (serde_json::Value, Vec<u8>) {
         let mut descs = Vec::new();
         let mut diff_ids = Vec::new();
         for l in layers {
@@ -386,7 +456,10 @@ impl Layout {
         });
         let m = serde_json::to_vec(&m).unwrap();
         self.put(&m);
-        (descriptor("application/vnd.oci.image.manifest.v1+json", &m), m)
+        (
+            descriptor("application/vnd.oci.image.manifest.v1+json", &m),
+            m,
+        )
     }
 
     /// Tags a descriptor in index.json.
@@ -420,7 +493,10 @@ impl Layout {
         });
         let idx = serde_json::to_vec(&idx).unwrap();
         let d = self.put(&idx);
-        self.tag(descriptor("application/vnd.oci.image.index.v1+json", &idx), tag);
+        self.tag(
+            descriptor("application/vnd.oci.image.index.v1+json", &idx),
+            tag,
+        );
         d
     }
 }
@@ -442,11 +518,18 @@ pub fn run_tool(cmd: &mut Command) -> String {
 /// `skopeo copy` from a layout tag to a registry (with `--all` for indexes).
 pub fn push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
     let mut c = Command::new("skopeo");
-    c.args(["copy", "--quiet", "--all", "--dest-tls-verify=false", "--preserve-digests"]);
+    c.args([
+        "copy",
+        "--quiet",
+        "--all",
+        "--dest-tls-verify=false",
+        "--preserve-digests",
+    ]);
     if let Some(cr) = creds {
         c.arg(format!("--dest-creds={cr}"));
     }
-    c.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{dest}"));
+    c.arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"));
     run_tool(&mut c);
 }
 
@@ -488,11 +571,18 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
             } else {
                 "other".into()
             };
-            let mut mode = if ft.is_symlink() { 0 } else { m.mode() & 0o7777 };
+            let mut mode = if ft.is_symlink() {
+                0
+            } else {
+                m.mode() & 0o7777
+            };
             if ft.is_file() && LOSSY_EXTRACT.load(Ordering::Relaxed) {
                 mode &= !0o6000;
             }
-            out.insert(rel, format!("{what} mode={mode:o} owner={}:{}", m.uid(), m.gid()));
+            out.insert(
+                rel,
+                format!("{what} mode={mode:o} owner={}:{}", m.uid(), m.gid()),
+            );
             if ft.is_dir() {
                 walk(root, &p, out);
             }
@@ -524,7 +614,11 @@ pub fn assert_same_tree(ours: &Path, reference: &Path) {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_port(port: u16) {
@@ -551,7 +645,10 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry; with `htpasswd = Some((user, password))` it requires basic auth.
     pub fn start(htpasswd: Option<(&str, &str)>) -> Self {
-        let dir = tempfile::Builder::new().prefix("brig-registry").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("brig-registry")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let mut config = format!(
             "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
@@ -631,7 +728,12 @@ impl FakeRegistry {
         let requests = Arc::new(Mutex::new(Vec::new()));
         let options = Arc::new(Mutex::new(options));
         let stop = Arc::new(AtomicBool::new(false));
-        let (layout, reqs, opts, stop2) = (layout.to_path_buf(), requests.clone(), options.clone(), stop.clone());
+        let (layout, reqs, opts, stop2) = (
+            layout.to_path_buf(),
+            requests.clone(),
+            options.clone(),
+            stop.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if stop2.load(Ordering::Relaxed) {
@@ -644,7 +746,12 @@ impl FakeRegistry {
                 });
             }
         });
-        Self { port, requests, options, stop }
+        Self {
+            port,
+            requests,
+            options,
+            stop,
+        }
     }
 
     pub fn host(&self) -> String {
@@ -693,39 +800,50 @@ fn serve(
             .and_then(|r| r.strip_prefix("bytes="))
             .and_then(|r| r.trim_end_matches('-').parse().ok())
             .unwrap_or(0);
-        reqs.lock().unwrap().push(format!("{path} range={range_start}"));
+        reqs.lock()
+            .unwrap()
+            .push(format!("{path} range={range_start}"));
         let o = opts.lock().unwrap().clone();
         let throttle = o.throttle_ms;
-        let send = |conn: &mut TcpStream, status: &str, extra: &str, body: &[u8], cut: Option<usize>| {
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
-                body.len()
-            );
-            conn.write_all(head.as_bytes())?;
-            match cut {
-                Some(n) if n < body.len() => {
-                    conn.write_all(&body[..n])?;
-                    conn.flush()?;
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                    Err(std::io::Error::other("cut"))
-                }
-                _ if throttle > 0 && status != "401 Unauthorized" => {
-                    for chunk in body.chunks(32 << 10) {
-                        conn.write_all(chunk)?;
+        let send =
+            |conn: &mut TcpStream, status: &str, extra: &str, body: &[u8], cut: Option<usize>| {
+                let head = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}\r\n",
+                    body.len()
+                );
+                conn.write_all(head.as_bytes())?;
+                match cut {
+                    Some(n) if n < body.len() => {
+                        conn.write_all(&body[..n])?;
                         conn.flush()?;
-                        std::thread::sleep(Duration::from_millis(throttle));
+                        let _ = conn.shutdown(std::net::Shutdown::Both);
+                        Err(std::io::Error::other("cut"))
                     }
-                    Ok(())
+                    _ if throttle > 0 && status != "401 Unauthorized" => {
+                        for chunk in body.chunks(32 << 10) {
+                            conn.write_all(chunk)?;
+                            conn.flush()?;
+                            std::thread::sleep(Duration::from_millis(throttle));
+                        }
+                        Ok(())
+                    }
+                    _ => conn.write_all(body),
                 }
-                _ => conn.write_all(body),
-            }
-        };
+            };
         if path.starts_with("/token") {
             let body = format!(r#"{{"token":"{TOKEN}"}}"#);
-            send(&mut conn, "200 OK", "Content-Type: application/json\r\n", body.as_bytes(), None)?;
+            send(
+                &mut conn,
+                "200 OK",
+                "Content-Type: application/json\r\n",
+                body.as_bytes(),
+                None,
+            )?;
             continue;
         }
-        if o.bearer && headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}")) {
+        if o.bearer
+            && headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}"))
+        {
             let ch = format!(
                 "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake\",scope=\"repository:x:pull\"\r\n"
             );
@@ -745,26 +863,58 @@ fn serve(
                 Some(m) => m["digest"].as_str().unwrap().to_string(),
                 None => r.to_string(),
             };
-            let file = layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+            let file = layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:"));
             match fs::read(&file) {
                 Ok(body) => {
                     let mt: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let ct = mt["mediaType"].as_str().unwrap_or("application/json").to_string();
-                    send(&mut conn, "200 OK", &format!("Content-Type: {ct}\r\n"), &body, None)?;
+                    let ct = mt["mediaType"]
+                        .as_str()
+                        .unwrap_or("application/json")
+                        .to_string();
+                    send(
+                        &mut conn,
+                        "200 OK",
+                        &format!("Content-Type: {ct}\r\n"),
+                        &body,
+                        None,
+                    )?;
                 }
-                Err(_) => send(&mut conn, "404 Not Found", "", br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#, None)?,
+                Err(_) => send(
+                    &mut conn,
+                    "404 Not Found",
+                    "",
+                    br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+                    None,
+                )?,
             }
         } else if let Some((_, d)) = p.split_once("/blobs/") {
-            let file = layout.join("blobs/sha256").join(d.trim_start_matches("sha256:"));
+            let file = layout
+                .join("blobs/sha256")
+                .join(d.trim_start_matches("sha256:"));
             match fs::read(&file) {
                 Ok(body) => {
                     let start = (range_start as usize).min(body.len());
                     let (status, extra) = if range_start > 0 {
-                        ("206 Partial Content", format!("Content-Range: bytes {start}-{}/{}\r\n", body.len() - 1, body.len()))
+                        (
+                            "206 Partial Content",
+                            format!(
+                                "Content-Range: bytes {start}-{}/{}\r\n",
+                                body.len() - 1,
+                                body.len()
+                            ),
+                        )
                     } else {
                         ("200 OK", String::new())
                     };
-                    send(&mut conn, status, &extra, &body[start..], o.truncate_blobs_at)?;
+                    send(
+                        &mut conn,
+                        status,
+                        &extra,
+                        &body[start..],
+                        o.truncate_blobs_at,
+                    )?;
                 }
                 Err(_) => send(&mut conn, "404 Not Found", "", b"{}", None)?,
             }

@@ -69,7 +69,11 @@ pub fn run(args: ImagesArgs) -> Result<i32, CliError> {
             repository,
             tag: n.tag.clone().unwrap_or_else(|| "<none>".into()),
             id: n.config.to_string(),
-            digest: n.index.clone().unwrap_or_else(|| n.manifest.clone()).to_string(),
+            digest: n
+                .index
+                .clone()
+                .unwrap_or_else(|| n.manifest.clone())
+                .to_string(),
             created_since: parse_rfc3339(&created)
                 .map(|t| since(now, t))
                 .unwrap_or_else(|| "N/A".into()),
@@ -89,7 +93,8 @@ pub fn run(args: ImagesArgs) -> Result<i32, CliError> {
     }
     match args.format {
         Format::Json => {
-            let text = serde_json::to_string_pretty(&rows).map_err(|e| CliError::new(e.to_string()))?;
+            let text =
+                serde_json::to_string_pretty(&rows).map_err(|e| CliError::new(e.to_string()))?;
             println!("{text}");
         }
         Format::Table => {
@@ -192,7 +197,8 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         "Z" | "z" | "" => 0,
         r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
             let sign = if r.starts_with('-') { -1 } else { 1 };
-            sign * (r.get(1..3)?.parse::<i64>().ok()? * 3600 + r.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (r.get(1..3)?.parse::<i64>().ok()? * 3600
+                + r.get(4..6)?.parse::<i64>().ok()? * 60)
         }
         _ => return None,
     };
@@ -217,7 +223,10 @@ mod tests {
         assert_eq!(human_size(4_260_000), "4.26MB");
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2024-01-01T00:00:00.5Z"), Some(1_704_067_200));
-        assert_eq!(parse_rfc3339("2024-01-01T02:00:00+02:00"), Some(1_704_067_200));
+        assert_eq!(
+            parse_rfc3339("2024-01-01T02:00:00+02:00"),
+            Some(1_704_067_200)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(since(100_000, 100_000 - 3 * 86400), "3 days ago");
     }

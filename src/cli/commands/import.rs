@@ -21,7 +21,10 @@ pub struct ImportArgs {
 
 pub fn run(args: ImportArgs) -> Result<i32, CliError> {
     if !args.path.exists() {
-        return Err(CliError::new(format!("{}: no such file or directory", args.path.display())));
+        return Err(CliError::new(format!(
+            "{}: no such file or directory",
+            args.path.display()
+        )));
     }
     if let Some(r) = &args.reference {
         image::Reference::parse(r)?;

@@ -27,7 +27,9 @@ pub fn run(args: LoadArgs) -> Result<i32, CliError> {
                     "requested load from stdin, but stdin is a terminal (use -i FILE)",
                 ));
             }
-            let tmp = store.tmp_dir().join(format!("load-{}", image::store::tmp_suffix()));
+            let tmp = store
+                .tmp_dir()
+                .join(format!("load-{}", image::store::tmp_suffix()));
             let mut f = std::fs::File::create(&tmp).context(tmp.display())?;
             let guard = TmpFile(tmp.clone());
             std::io::copy(&mut std::io::stdin().lock(), &mut f).context("reading stdin")?;

@@ -37,7 +37,10 @@ fn prompt(label: &str) -> Result<String, CliError> {
     eprint!("{label}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading stdin")?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -60,14 +63,18 @@ fn prompt_hidden(label: &str) -> Result<String, CliError> {
 }
 
 pub fn run(args: LoginArgs) -> Result<i32, CliError> {
-    let registry = args.registry.unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
+    let registry = args
+        .registry
+        .unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
     let registry = registry
         .trim_start_matches("https://")
         .trim_start_matches("http://")
         .trim_end_matches('/')
         .to_string();
     let registry = match registry.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1" => DEFAULT_REGISTRY.to_string(),
+        "index.docker.io" | "registry-1.docker.io" | "index.docker.io/v1" => {
+            DEFAULT_REGISTRY.to_string()
+        }
         _ => registry,
     };
     if registry.is_empty() || registry.contains('/') {
@@ -81,22 +88,31 @@ pub fn run(args: LoginArgs) -> Result<i32, CliError> {
     };
     let password = if args.password_stdin {
         let mut s = String::new();
-        std::io::stdin().lock().read_line(&mut s).context("reading password from stdin")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut s)
+            .context("reading password from stdin")?;
         s.trim_end_matches(['\n', '\r']).to_string()
     } else if let Some(p) = args.password {
         p
     } else if interactive {
         prompt_hidden("Password: ")?
     } else {
-        return Err(CliError::new("login: no password given (use --password-stdin)"));
+        return Err(CliError::new(
+            "login: no password given (use --password-stdin)",
+        ));
     };
     if username.is_empty() || password.is_empty() {
-        return Err(CliError::new("login: user name and password must not be empty"));
+        return Err(CliError::new(
+            "login: user name and password must not be empty",
+        ));
     }
     let creds = Credentials { username, password };
     let client = Client::new(&registry, "brig-login-check", &args.insecure_registry)?
         .with_credentials(creds.clone());
-    client.ping().map_err(|e| CliError::new(format!("login to {registry} failed: {e}")))?;
+    client
+        .ping()
+        .map_err(|e| CliError::new(format!("login to {registry} failed: {e}")))?;
     let path = auth::store(&registry, &creds)?;
     eprintln!("Credentials stored in {}", path.display());
     println!("Login Succeeded");

@@ -89,7 +89,14 @@ pub fn update<T>(store: &Store, f: impl FnOnce(&mut Vec<NameEntry>) -> T) -> Res
 }
 
 /// Sets a name, replacing whatever it pointed at; returns the previous manifest, if any.
+/// A name that already points at the same image is left alone (no write, no fsync).
 pub fn set(store: &Store, entry: NameEntry) -> Result<Option<Digest>, StoreError> {
+    let unchanged = |n: &NameEntry| {
+        n.same_name(&entry) && n.manifest == entry.manifest && n.index == entry.index
+    };
+    if load(store)?.iter().any(unchanged) {
+        return Ok(Some(entry.manifest));
+    }
     update(store, |names| {
         let old = names
             .iter()

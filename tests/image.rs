@@ -139,6 +139,12 @@ fn pull_multilayer_image_matches_umoci() {
     assert_eq!(fs::read(env.path("ours-rich/data/hl")).unwrap(), b"first a");
     assert_eq!(fs::read(env.path("ours-rich/data/a")).unwrap(), b"second a");
     assert!(t["data/fifo"].starts_with("fifo"));
+    if !LOSSY_EXTRACT.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut buf = [0u8; 16];
+        let n =
+            rustix::fs::getxattr(env.path("ours-rich/xattr"), "user.brig", &mut buf[..]).unwrap();
+        assert_eq!(&buf[..n], b"yes", "xattr kept");
+    }
 
     // Pulling again downloads nothing.
     let again = env.ok(&["pull", &image]);
@@ -228,6 +234,63 @@ fn pull_multiplatform_index_resolves_platform() {
     );
     env4.fails(&["pull", "--platform", "linux", &image], "invalid platform");
     assert_eq!(env4.rootfs_count(), 0);
+}
+
+#[test]
+fn pull_docker_schema2_manifest_and_list() {
+    let env = Env::new();
+    let reg = Registry::start(None);
+    let mut layout = Layout::new(env.path("layout"));
+    let (amd, _) = layout.image(
+        vec![Layer::new().busybox().file("arch", b"amd64", 0o644)],
+        "amd64",
+        config(),
+    );
+    let (arm, _) = layout.image(
+        vec![Layer::new().busybox().file("arch", b"arm64", 0o644)],
+        "arm64",
+        config(),
+    );
+    layout.add_index("list", vec![("amd64", amd), ("arm64", arm)]);
+    layout.add(
+        "single",
+        vec![Layer::new().busybox().file("one", b"1", 0o644)],
+        config(),
+    );
+    let list = format!("{}/test/docker:list", reg.host());
+    let single = format!("{}/test/docker:single", reg.host());
+    push_as(&layout.dir, "list", &list, None, Some("v2s2"));
+    push_as(&layout.dir, "single", &single, None, Some("v2s2"));
+    env.ok(&["pull", "--platform", "linux/arm64", &list]);
+    env.ok(&["pull", &single]);
+    for (image, kind) in [
+        (&list, "manifest.list.v2+json"),
+        (&single, "manifest.v2+json"),
+    ] {
+        let bytes = fetch_manifest(&reg.host(), image.rsplit_once(':').unwrap().1);
+        assert!(
+            bytes.contains(kind),
+            "{image} was not pushed as Docker {kind}: {bytes}"
+        );
+    }
+    let root = env.extract_rootfs(&list, &env.path("list"));
+    assert_eq!(fs::read(root.join("arch")).unwrap(), b"arm64");
+    let v: serde_json::Value = serde_json::from_str(&env.ok(&["inspect", &single])).unwrap();
+    assert!(v[0]["Layers"][0]["media_type"]
+        .as_str()
+        .unwrap()
+        .starts_with("application/vnd.docker.image.rootfs"));
+    check_against_umoci(&env, &single, &layout.dir, "single");
+}
+
+/// The manifest the registry serves for `test/docker:TAG`, with docker media types accepted.
+fn fetch_manifest(host: &str, tag: &str) -> String {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{host}/test/docker:{tag}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[test]

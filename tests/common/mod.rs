@@ -517,16 +517,21 @@ pub fn run_tool(cmd: &mut Command) -> String {
 
 /// `skopeo copy` from a layout tag to a registry (with `--all` for indexes).
 pub fn push(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
+    push_as(layout, tag, dest, creds, None);
+}
+
+/// `skopeo copy`, converting to a manifest `format` (`v2s2`: Docker schema 2) if given.
+pub fn push_as(layout: &Path, tag: &str, dest: &str, creds: Option<&str>, format: Option<&str>) {
     let mut c = Command::new("skopeo");
-    c.args([
-        "copy",
-        "--quiet",
-        "--all",
-        "--dest-tls-verify=false",
-        "--preserve-digests",
-    ]);
+    c.args(["copy", "--quiet", "--all", "--dest-tls-verify=false"]);
+    if format.is_none() {
+        c.arg("--preserve-digests");
+    }
     if let Some(cr) = creds {
         c.arg(format!("--dest-creds={cr}"));
+    }
+    if let Some(f) = format {
+        c.arg(format!("--format={f}"));
     }
     c.arg(format!("oci:{}:{tag}", layout.display()))
         .arg(format!("docker://{dest}"));

@@ -117,6 +117,12 @@ impl Store {
             let p = home.join(sub);
             fs::create_dir_all(&p).at(&p)?;
         }
+        // Staging trees hold the layers' setuid binaries and device nodes with their
+        // image owners: only the store's owner may reach them.
+        let tmp = home.join("tmp");
+        if fs::metadata(&tmp).at(&tmp)?.permissions().mode() & 0o777 != 0o700 {
+            fs::set_permissions(&tmp, fs::Permissions::from_mode(0o700)).at(&tmp)?;
+        }
         Ok(Self { home })
     }
 
@@ -482,6 +488,8 @@ mod tests {
     fn blobs_are_verified_and_atomic() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        let mode = fs::metadata(store.tmp_dir()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "staging is private");
         let d = store.put_blob(b"hello").unwrap();
         assert_eq!(store.read_blob(&d, 100).unwrap(), b"hello");
         let wrong = Digest::of(b"other");

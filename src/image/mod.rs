@@ -342,3 +342,82 @@ pub fn display_name(n: &names::NameEntry) -> String {
     };
     r.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A one-layer OCI layout in `dir`, tagged `t`.
+    fn layout(dir: &std::path::Path) {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_path("hello").unwrap();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, &b"hi"[..]).unwrap();
+        let layer = b.into_inner().unwrap();
+        let cfg = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/hello"], "Env": ["A=1"], "WorkingDir": "/w", "StopSignal": "SIGINT"},
+            "rootfs": {"type": "layers", "diff_ids": [Digest::of(&layer).to_string()]},
+        });
+        let cfg = serde_json::to_vec(&cfg).unwrap();
+        let desc = |mt: &str, b: &[u8]| serde_json::json!({"mediaType": mt, "digest": Digest::of(b).to_string(), "size": b.len()});
+        let m = serde_json::json!({
+            "schemaVersion": 2, "mediaType": manifest::OCI_MANIFEST,
+            "config": desc(manifest::OCI_CONFIG, &cfg),
+            "layers": [desc("application/vnd.oci.image.layer.v1.tar", &layer)],
+        });
+        let m = serde_json::to_vec(&m).unwrap();
+        let mut md = desc(manifest::OCI_MANIFEST, &m);
+        md["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": "t"});
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [md]});
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        for b in [&layer, &cfg, &m] {
+            std::fs::write(dir.join("blobs/sha256").join(Digest::of(b).hex()), b).unwrap();
+        }
+        std::fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn resolve_or_pull_uses_local_images_without_network() {
+        let dir = tempfile::tempdir().unwrap();
+        layout(&dir.path().join("layout"));
+        let store = Store::open(dir.path().join("home")).unwrap();
+        let loaded = archive::import(
+            &store,
+            &dir.path().join("layout"),
+            Some("example.com/x/y:1"),
+            unpack::Limits::default(),
+        )
+        .unwrap();
+        let id = loaded[0].record.config_digest.clone();
+        // example.com is never contacted: the image is local and its rootfs built.
+        let opts = PullOptions::default();
+        for name in ["example.com/x/y:1", id.short(), &id.to_string()] {
+            let rec = store
+                .resolve_or_pull(name, &opts, &Progress::hidden())
+                .unwrap();
+            assert!(rec.rootfs_path.is_file());
+            assert_eq!(rec.config.cmd, ["/hello"]);
+            assert_eq!(rec.config.env, ["A=1"]);
+            assert_eq!(rec.config.working_dir, "/w");
+            assert_eq!(rec.config.stop_signal.as_deref(), Some("SIGINT"));
+            assert_eq!(rec.names, ["example.com/x/y:1"]);
+        }
+        // A lost rootfs is rebuilt from the stored layers.
+        let rec = store
+            .resolve_or_pull("example.com/x/y:1", &opts, &Progress::hidden())
+            .unwrap();
+        std::fs::remove_file(&rec.rootfs_path).unwrap();
+        let rec = store
+            .resolve_or_pull("example.com/x/y:1", &opts, &Progress::hidden())
+            .unwrap();
+        assert!(rec.rootfs_path.is_file());
+        assert!(matches!(
+            store.lookup("example.com/x/none:1"),
+            Err(ImageError::NoSuchImage(_))
+        ));
+    }
+}

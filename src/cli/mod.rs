@@ -21,6 +21,22 @@ pub struct Cli {
 enum Command {
     /// Boot the guest kernel with brig's init and run one command in it (no image).
     Boot(commands::boot::BootArgs),
+    /// Download an image from a registry.
+    Pull(commands::pull::PullArgs),
+    /// Load images from a docker-archive tarball (docker save).
+    Load(commands::load::LoadArgs),
+    /// Import an OCI image layout directory or oci-archive.
+    Import(commands::import::ImportArgs),
+    /// List images.
+    Images(commands::images::ImagesArgs),
+    /// Show an image's manifest digest, config, layers and rootfs path as JSON.
+    Inspect(commands::inspect::InspectArgs),
+    /// Remove images.
+    Rmi(commands::rmi::RmiArgs),
+    /// Manage images.
+    Image(commands::image::ImageArgs),
+    /// Store credentials for a registry.
+    Login(commands::login::LoginArgs),
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -36,6 +52,14 @@ pub fn run() -> Result<i32, CliError> {
     };
     match cli.command {
         Command::Boot(args) => commands::boot::run(args),
+        Command::Pull(args) => commands::pull::run(args),
+        Command::Load(args) => commands::load::run(args),
+        Command::Import(args) => commands::import::run(args),
+        Command::Images(args) => commands::images::run(args),
+        Command::Inspect(args) => commands::inspect::run(args),
+        Command::Rmi(args) => commands::rmi::run(args),
+        Command::Image(args) => commands::image::run(args),
+        Command::Login(args) => commands::login::run(args),
     }
 }
 

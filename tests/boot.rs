@@ -215,8 +215,14 @@ fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
     std::fs::copy(&src, &kernel).map_err(|e| format!("{}: {e}", src.display()))?;
     std::fs::set_permissions(&kernel, std::fs::Permissions::from_mode(0o644))
         .map_err(|e| e.to_string())?;
-    let run = dir.path().join("run");
+    // Sockets need a file system that takes them (not 9p, where /tmp may be): /run.
+    let run_parent = tempfile::Builder::new()
+        .prefix("brig-test-")
+        .tempdir_in("/run")
+        .map_err(|e| e.to_string())?;
+    let run = run_parent.path().join("run");
     std::fs::create_dir(&run).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(run_parent.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| e.to_string())?;
     let out = std::process::Command::new("setpriv")

@@ -222,7 +222,8 @@ fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let run = run_parent.path().join("run");
     std::fs::create_dir(&run).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(run_parent.path(), std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(run_parent.path(), std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o777))
         .map_err(|e| e.to_string())?;
     let out = std::process::Command::new("setpriv")

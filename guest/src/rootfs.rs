@@ -1,5 +1,7 @@
 //! The workload's root file system: the image's read-only erofs (/dev/vda), under an overlay
 //! whose upper layer is on the scratch disk (ext4 on /dev/vdb) or a tmpfs, moved onto `/`.
+//! With `--read-only` the overlay's upper layer is a tmpfs that only receives mount points
+//! and missing /etc files, and the root is remounted read-only before the workload starts.
 //!
 //! The initramfs is the kernel's rootfs, which `pivot_root` refuses, so the new root is moved
 //! over it and entered with chroot, as `switch_root` does.
@@ -25,40 +27,46 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     for dir in [LOWER, SCRATCH, NEWROOT] {
         fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     }
-    let fstype = if spec.fstype.is_empty() { "erofs" } else { spec.fstype.as_str() };
-    mount(&spec.device, LOWER, fstype, libc::MS_RDONLY, "")
-        .map_err(|e| err(&format!("mounting the image ({} as {fstype})", spec.device), e))?;
-
-    if spec.read_only {
-        mount(LOWER, NEWROOT, "", libc::MS_BIND, "").map_err(|e| err("binding the image", e))?;
-        mount("", NEWROOT, "", libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY, "")
-            .map_err(|e| err("making the root read-only", e))?;
+    let fstype = if spec.fstype.is_empty() {
+        "erofs"
     } else {
-        if spec.scratch.is_empty() {
-            mount("scratch", SCRATCH, "tmpfs", 0, "mode=0755").map_err(|e| err("scratch tmpfs", e))?;
-        } else {
-            // noinit_itable: the host formats the disk lazily; do not zero inode tables now.
-            mount(&spec.scratch, SCRATCH, "ext4", libc::MS_NOATIME, "noinit_itable")
-                .map_err(|e| err(&format!("mounting the scratch disk {}", spec.scratch), e))?;
-        }
-        let (upper, work) = (format!("{SCRATCH}/upper"), format!("{SCRATCH}/work"));
-        for d in [&upper, &work] {
-            fs::create_dir_all(d).map_err(|e| err(d, e))?;
-        }
-        let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work}");
-        mount("overlay", NEWROOT, "overlay", 0, &opts).map_err(|e| err("mounting the overlay", e))?;
-        write_missing_etc(NEWROOT, hostname);
+        spec.fstype.as_str()
+    };
+    mount(&spec.device, LOWER, fstype, libc::MS_RDONLY, "").map_err(|e| {
+        err(
+            &format!("mounting the image ({} as {fstype})", spec.device),
+            e,
+        )
+    })?;
+
+    // The upper layer: the scratch disk, or a tmpfs (with --read-only it only holds mount
+    // points and the /etc files written below, and the root is remounted read-only at the end).
+    if spec.scratch.is_empty() || spec.read_only {
+        mount("scratch", SCRATCH, "tmpfs", 0, "mode=0755").map_err(|e| err("scratch tmpfs", e))?;
+    } else {
+        // noinit_itable: the host formats the disk lazily; do not zero inode tables now.
+        mount(
+            &spec.scratch,
+            SCRATCH,
+            "ext4",
+            libc::MS_NOATIME,
+            "noinit_itable",
+        )
+        .map_err(|e| err(&format!("mounting the scratch disk {}", spec.scratch), e))?;
     }
-    // Mount points the image may lack: on the overlay they are created, on a read-only root
-    // they must exist already.
+    let (upper, work) = (format!("{SCRATCH}/upper"), format!("{SCRATCH}/work"));
+    for d in [&upper, &work] {
+        fs::create_dir_all(d).map_err(|e| err(d, e))?;
+    }
+    let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work}");
+    mount("overlay", NEWROOT, "overlay", 0, &opts).map_err(|e| err("mounting the overlay", e))?;
+    write_missing_etc(NEWROOT, hostname);
+    // Mount points the image may lack.
     for d in ["proc", "sys", "dev", "tmp"] {
         let path = format!("{NEWROOT}/{d}");
         if fs::symlink_metadata(&path).is_err() {
-            if let Err(e) = fs::create_dir(&path) {
-                if !spec.read_only {
-                    return Err(err(&path, e));
-                }
-            } else if d == "tmp" {
+            fs::create_dir(&path).map_err(|e| err(&path, e))?;
+            if d == "tmp" {
                 let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o1777));
             }
         }
@@ -66,7 +74,16 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     crate::mount::kernel_filesystems(NEWROOT).map_err(|e| e.to_string())?;
     if spec.read_only {
         // A read-only root still gets a writable /tmp, as most programs need one.
-        let _ = mount("tmpfs", &format!("{NEWROOT}/tmp"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777");
+        mount(
+            "tmpfs",
+            &format!("{NEWROOT}/tmp"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777",
+        )
+        .map_err(|e| err("tmpfs on /tmp", e))?;
+        mount("", NEWROOT, "", libc::MS_REMOUNT | libc::MS_RDONLY, "")
+            .map_err(|e| err("making the root read-only", e))?;
     }
     switch_root(NEWROOT)
 }
@@ -86,7 +103,11 @@ fn switch_root(new_root: &str) -> Result<(), String> {
 fn write_missing_etc(root: &str, hostname: &str) {
     let etc = format!("{root}/etc");
     let _ = fs::create_dir_all(&etc);
-    let name = if hostname.is_empty() { "localhost" } else { hostname };
+    let name = if hostname.is_empty() {
+        "localhost"
+    } else {
+        hostname
+    };
     let files = [
         ("hostname", format!("{name}\n")),
         (

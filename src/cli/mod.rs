@@ -19,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a command in a new microVM from an image.
+    Run(Box<commands::run::RunArgs>),
     /// Boot the guest kernel with brig's init and run one command in it (no image).
     Boot(commands::boot::BootArgs),
     /// Download an image from a registry.
@@ -37,6 +39,10 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Store credentials for a registry.
     Login(commands::login::LoginArgs),
+    /// Show brig's version.
+    Version,
+    /// Show what brig finds on this host: KVM, kernel, store, limits.
+    Info,
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
@@ -51,7 +57,10 @@ pub fn run() -> Result<i32, CliError> {
         }
     };
     match cli.command {
+        Command::Run(args) => commands::run::run(*args),
         Command::Boot(args) => commands::boot::run(args),
+        Command::Version => commands::info::version(),
+        Command::Info => commands::info::info(),
         Command::Pull(args) => commands::pull::run(args),
         Command::Load(args) => commands::load::run(args),
         Command::Import(args) => commands::import::run(args),

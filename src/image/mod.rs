@@ -270,53 +270,67 @@ impl Store {
         Ok(found.into_iter().take(1).collect())
     }
 
+    /// The local image `image` (name, ID or digest) for the requested platform, its rootfs
+    /// rebuilt from stored layers if missing; no network. `Ok(None)` when not present.
+    pub fn resolve_local(
+        &self,
+        image: &str,
+        opts: &PullOptions,
+    ) -> Result<Option<ImageRecord>, ImageError> {
+        let found = match self.lookup(image) {
+            Ok(found) => found,
+            Err(ImageError::NoSuchImage(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(n) = found.first() else {
+            return Ok(None);
+        };
+        let rec = self.record(&n.manifest)?;
+        if !opts
+            .platform
+            .as_ref()
+            .is_none_or(|p| p.matches(&rec.platform))
+        {
+            return Ok(None);
+        }
+        if !rec.rootfs_path.is_file() {
+            let _shared = self.lock_shared()?;
+            let layers: Vec<Digest> = rec.layers.iter().map(|l| l.digest.clone()).collect();
+            rootfs::ensure::<ImageError>(self, &rec.manifest_digest, &layers, opts.limits, |i| {
+                let p = self.blob_path(&layers[i]);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(store::StoreError::MissingBlob(layers[i].clone()).into())
+                }
+            })?;
+        }
+        Ok(Some(rec))
+    }
+
+    /// Pulls `image` from its registry (even when present) and returns it.
+    pub fn pull_record(
+        &self,
+        image: &str,
+        opts: &PullOptions,
+        progress: &Progress,
+    ) -> Result<ImageRecord, ImageError> {
+        let r = Reference::parse(image)?;
+        Ok(pull::pull(self, &r, opts, progress)?.record)
+    }
+
     /// The local image `image` if it is known and its rootfs is built (no network);
     /// otherwise pulls it.
-    #[allow(dead_code)] // the entry point for `brig run` (issue 5)
     pub fn resolve_or_pull(
         &self,
         image: &str,
         opts: &PullOptions,
         progress: &Progress,
     ) -> Result<ImageRecord, ImageError> {
-        match self.lookup(image) {
-            Ok(found) => {
-                if let Some(n) = found.first() {
-                    let rec = self.record(&n.manifest)?;
-                    let platform_ok = opts
-                        .platform
-                        .as_ref()
-                        .is_none_or(|p| p.matches(&rec.platform));
-                    if platform_ok {
-                        if !rec.rootfs_path.is_file() {
-                            let _shared = self.lock_shared()?;
-                            let layers: Vec<Digest> =
-                                rec.layers.iter().map(|l| l.digest.clone()).collect();
-                            rootfs::ensure::<ImageError>(
-                                self,
-                                &rec.manifest_digest,
-                                &layers,
-                                opts.limits,
-                                |i| {
-                                    let p = self.blob_path(&layers[i]);
-                                    if p.is_file() {
-                                        Ok(p)
-                                    } else {
-                                        Err(store::StoreError::MissingBlob(layers[i].clone())
-                                            .into())
-                                    }
-                                },
-                            )?;
-                        }
-                        return Ok(rec);
-                    }
-                }
-            }
-            Err(ImageError::NoSuchImage(_)) => {}
-            Err(e) => return Err(e),
+        match self.resolve_local(image, opts)? {
+            Some(rec) => Ok(rec),
+            None => self.pull_record(image, opts, progress),
         }
-        let r = Reference::parse(image)?;
-        Ok(pull::pull(self, &r, opts, progress)?.record)
     }
 }
 

@@ -1,5 +1,10 @@
 //! Sandboxes: the runtime files of a VM and the host side of the guest agent's protocol.
 
 pub mod agent;
+pub mod launch;
 pub mod runtime;
+pub mod scratch;
 pub mod signals;
+pub mod spec;
+pub mod state;
+pub mod tty;

@@ -23,10 +23,47 @@ pub fn base_dir() -> PathBuf {
     }
 }
 
-/// A VM's runtime directory; removed (with everything in it) on drop.
+/// A VM's runtime directory; removed (with everything in it) on drop. While it exists, its
+/// `lock` file is held (flock), which tells other brig processes the VM is alive.
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
+    _lock: std::fs::File,
+}
+
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on an open descriptor.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Whether the VM `id` is alive: its runtime directory's lock is held by a process.
+pub fn is_live(id: &str) -> bool {
+    match std::fs::File::open(base_dir().join(id).join("lock")) {
+        Ok(f) => !try_lock(&f),
+        Err(_) => false,
+    }
+}
+
+/// Removes runtime directories whose VM is gone (its brig was killed before cleaning up).
+pub fn sweep_stale() {
+    let Ok(entries) = std::fs::read_dir(base_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = match std::fs::File::open(path.join("lock")) {
+            Ok(f) => try_lock(&f),
+            // A directory without a lock is mid-creation or not ours: leave it alone unless old.
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60)),
+        };
+        if stale && path.is_dir() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }
 
 impl RuntimeDir {
@@ -40,7 +77,13 @@ impl RuntimeDir {
             .create(&base)?;
         let path = base.join(id);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        Ok(Self { path })
+        let lock = std::fs::File::create(path.join("lock"))?;
+        if !try_lock(&lock) {
+            return Err(std::io::Error::other(
+                "runtime directory is locked by another process",
+            ));
+        }
+        Ok(Self { path, _lock: lock })
     }
 
     /// The VM's vsock Unix socket (host-initiated connections: `CONNECT <port>`).
@@ -94,8 +137,17 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o700);
             assert!(dir.vsock_listener(1024).ends_with("vsock.sock_1024"));
+            assert!(is_live(&id));
+            sweep_stale();
+            assert!(path.exists(), "a live VM's directory stays");
             path
         };
+        assert!(!path.exists());
+        assert!(!is_live(&id));
+        // A directory whose lock nobody holds is swept.
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("lock"), "").unwrap();
+        sweep_stale();
         assert!(!path.exists());
         assert!(RuntimeDir::create(&id).is_ok());
     }

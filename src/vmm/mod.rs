@@ -78,6 +78,7 @@ pub enum VmmError {
 
 /// A running VM. Dropping it stops it.
 pub struct RunningVm {
+    ready: Instant,
     exit: Arc<ExitSignal>,
     vcpus: Vec<JoinHandle<()>>,
     event_loop: event_loop::EventLoop,
@@ -165,6 +166,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
         first_entry: Arc::new(OnceLock::new()),
     };
     let first_entry = shared.first_entry.clone();
+    let ready = Instant::now();
     let mut vcpus = Vec::new();
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
         match vcpu::spawn(index as u8, fd, shared.clone()) {
@@ -176,6 +178,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
         }
     }
     Ok(RunningVm {
+        ready,
         exit,
         vcpus,
         event_loop,
@@ -195,6 +198,11 @@ impl RunningVm {
     /// File descriptor that becomes readable when the VM ends (for poll loops).
     pub fn exit_fd(&self) -> std::os::fd::RawFd {
         self.exit.eventfd().as_raw_fd()
+    }
+
+    /// When everything was set up, just before the vCPUs started.
+    pub fn ready_at(&self) -> Instant {
+        self.ready
     }
 
     /// When the boot vCPU first entered the guest (the kernel's 64-bit entry).

@@ -1,20 +1,19 @@
 //! `brig boot`: boot the guest kernel with brig's init and run one command in it, with no
 //! image: the command and the files it needs come from the host (`--add`).
 
-use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use brig_protocol::{RunSpec, AGENT_PORT};
+use brig_protocol::RunSpec;
 use clap::Args;
 
 use crate::cli::{CliError, Context};
 use crate::devices::serial::ConsoleLog;
 use crate::initramfs::Initramfs;
-use crate::sandbox::agent::{self, Relay, SessionEnd, SessionTimes};
+use crate::sandbox::agent::SessionEnd;
+use crate::sandbox::launch::{launch, Launch};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
-use crate::sandbox::signals::{SignalPipe, FORWARDED};
-use crate::vmm::{self, VmConfig, VsockConfig};
+use crate::vmm::VmConfig;
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -58,10 +57,6 @@ fn parse_add(spec: &str) -> (PathBuf, String) {
     }
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:>9.1} ms", d.as_secs_f64() * 1000.0)
-}
-
 pub fn run(args: BootArgs) -> Result<i32, CliError> {
     let t0 = Instant::now();
     let kernel = match &args.kernel {
@@ -79,93 +74,39 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
     } else {
         ConsoleLog::default()
     };
-
     let runtime = RuntimeDir::create(&new_id()).context("runtime directory")?;
-    let listener_path = runtime.vsock_listener(AGENT_PORT);
-    let listener = UnixListener::bind(&listener_path).context(listener_path.display())?;
-    let config = VmConfig {
-        kernel,
-        initrd,
-        cmdline_extra: args.cmdline.clone(),
-        mem_mib: args.mem,
-        cpus: args.cpus,
-        console: console.clone(),
-        disks: Vec::new(),
-        vsock: Some(VsockConfig {
-            cid: 3,
-            uds_path: runtime.vsock_socket(),
-        }),
+    let spec = Launch {
+        vm: VmConfig {
+            kernel,
+            initrd,
+            cmdline_extra: args.cmdline.clone(),
+            mem_mib: args.mem,
+            cpus: args.cpus,
+            console,
+            disks: Vec::new(),
+            vsock: None,
+        },
+        run: RunSpec {
+            argv: args.command.clone(),
+            cwd: "/".into(),
+            ..Default::default()
+        },
+        stdin: false,
+        timeout: args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0))),
     };
-    let vm = vmm::start(&config).map_err(|e| CliError::new(e.to_string()))?;
-    let ready = Instant::now();
-    let deadline = args
-        .timeout
-        .map(|t| ready + Duration::from_secs_f64(t.max(0.0)));
-
-    // Ctrl-C and friends go to the command, as `docker run` proxies them.
-    let forwarded: Vec<i32> = FORWARDED
-        .iter()
-        .copied()
-        .filter(|s| *s != libc::SIGWINCH)
-        .collect();
-    let signals = SignalPipe::install(&forwarded).context("installing signal handlers")?;
-    let spec = RunSpec {
-        argv: args.command.clone(),
-        cwd: "/".into(),
-        ..Default::default()
-    };
-    let mut times = SessionTimes::default();
-    let end = match agent::accept(&listener, vm.exit_fd(), deadline) {
-        Ok(conn) => {
-            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-            let relay = Relay {
-                stdin: None,
-                stdout: &mut out,
-                stderr: &mut err,
-                signals: Some(&signals),
-                winsize: None,
-            };
-            agent::run_session(conn, spec, relay, vm.exit_fd(), deadline, &mut times)
-        }
-        Err(end) => end,
-    };
-    drop(signals);
-    // After its status, the guest resets itself; give it a moment, then stop it regardless.
-    if matches!(end, SessionEnd::Exited(_) | SessionEnd::ExecFailed { .. }) {
-        vm.wait(Some(agent::VM_EXIT_GRACE));
-    }
-    let entry = vm.kernel_entry();
-    let reason = vm.shutdown();
-    let gone = Instant::now();
+    let outcome = launch(spec, &runtime).map_err(|e| CliError::new(e.to_string()))?;
     drop(runtime);
-
     if args.timings {
-        eprintln!("brig timings (host clock since brig started):");
-        eprintln!("  vmm ready      {}", ms(ready - t0));
-        if let Some(e) = entry {
-            eprintln!("  kernel entry   {}", ms(e - t0));
-        }
-        if let Some(h) = times.hello {
-            eprintln!(
-                "  init started   {}  (guest uptime {:.1} ms)",
-                ms(h - t0),
-                times.hello_uptime_ns as f64 / 1e6
-            );
-        }
-        if let Some(x) = times.exited {
-            eprintln!("  command exited {}", ms(x - t0));
-        }
-        eprintln!("  vm gone        {}", ms(gone - t0));
+        outcome.print_timings(t0);
     }
-
-    match end {
+    match outcome.end {
         SessionEnd::Exited(status) => Ok(status.shell_code()),
         SessionEnd::ExecFailed { kind, message } => Err(crate::cli::exec_error(kind, message)),
         SessionEnd::TimedOut => Err(CliError::new(format!(
             "the guest did not finish within --timeout {}s",
             args.timeout.unwrap_or_default()
         ))),
-        SessionEnd::VmEnded => Err(crate::cli::vm_died(&console, &reason)),
+        SessionEnd::VmEnded => Err(crate::cli::vm_died(&outcome.console, &outcome.reason)),
         SessionEnd::Broken(msg) => Err(CliError::new(msg)),
     }
 }

@@ -4,11 +4,13 @@ pub mod boot;
 pub mod image;
 pub mod images;
 pub mod import;
+pub mod info;
 pub mod inspect;
 pub mod load;
 pub mod login;
 pub mod pull;
 pub mod rmi;
+pub mod run;
 
 use crate::cli::CliError;
 

@@ -1,0 +1,153 @@
+//! Running one workload in a fresh VM, from start to teardown: the runtime directory and its
+//! vsock listener, the VM, the host terminal, relayed signals, the agent session, and the
+//! VM's end. `brig boot` and `brig run` differ only in what they put in the VM.
+
+use std::os::unix::net::UnixListener;
+use std::time::{Duration, Instant};
+
+use brig_protocol::{RunSpec, AGENT_PORT};
+
+use super::agent::{self, Relay, SessionEnd, SessionTimes};
+use super::runtime::RuntimeDir;
+use super::signals::{SignalPipe, FORWARDED};
+use super::tty;
+use crate::devices::serial::ConsoleLog;
+use crate::vmm::{self, ExitReason, VmConfig, VsockConfig};
+
+/// Guest context id of every brig VM (each VM has its own vsock device and socket).
+pub const GUEST_CID: u64 = 3;
+
+/// What to launch.
+pub struct Launch {
+    /// The VM, without its vsock device (added here).
+    pub vm: VmConfig,
+    /// The workload.
+    pub run: RunSpec,
+    /// Forward the host's stdin (`-i`).
+    pub stdin: bool,
+    /// Stop everything after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// How it went.
+pub struct Outcome {
+    pub end: SessionEnd,
+    /// Why the VM ended.
+    pub reason: ExitReason,
+    /// The guest console, for error reports.
+    pub console: ConsoleLog,
+    pub times: SessionTimes,
+    pub vmm_ready: Instant,
+    pub kernel_entry: Option<Instant>,
+    pub vm_gone: Instant,
+}
+
+/// A launch that failed before the workload could run.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The runtime directory or its socket.
+    #[error("runtime directory: {0}")]
+    Runtime(std::io::Error),
+    /// The VM did not start.
+    #[error(transparent)]
+    Vmm(#[from] vmm::VmmError),
+    /// Signal handlers could not be installed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Boots the VM, runs the workload, tears everything down.
+pub fn launch(mut spec: Launch, runtime: &RuntimeDir) -> Result<Outcome, LaunchError> {
+    let listener =
+        UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(LaunchError::Runtime)?;
+    spec.vm.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds_path: runtime.vsock_socket(),
+    });
+    let console = spec.vm.console.clone();
+    let tty = spec.run.tty;
+    if tty {
+        if let Some((rows, cols)) =
+            tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO))
+        {
+            spec.run.rows = rows;
+            spec.run.cols = cols;
+        }
+    }
+    let vm = vmm::start(&spec.vm)?;
+    let vmm_ready = vm.ready_at();
+    let deadline = spec.timeout.map(|t| vmm_ready + t);
+
+    // With a TTY, the host terminal is raw: Ctrl-C is a byte for the guest's terminal.
+    // Without one, signals are relayed as docker's sig-proxy does.
+    let mut relayed: Vec<i32> = FORWARDED.to_vec();
+    if !tty {
+        relayed.retain(|s| *s != libc::SIGWINCH);
+    }
+    let signals = SignalPipe::install(&relayed).map_err(LaunchError::Signals)?;
+    let raw = if tty && spec.stdin {
+        tty::RawMode::enter(libc::STDIN_FILENO)
+    } else {
+        None
+    };
+    let winsize = || tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO));
+
+    let mut times = SessionTimes::default();
+    let end = match agent::accept(&listener, vm.exit_fd(), deadline) {
+        Ok(conn) => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            let relay = Relay {
+                stdin: spec.stdin.then_some(libc::STDIN_FILENO),
+                stdout: &mut out,
+                stderr: &mut err,
+                signals: Some(&signals),
+                winsize: tty.then_some(&winsize as &dyn Fn() -> Option<(u16, u16)>),
+            };
+            agent::run_session(conn, spec.run, relay, vm.exit_fd(), deadline, &mut times)
+        }
+        Err(end) => end,
+    };
+    drop(raw);
+    drop(signals);
+    // After its status, the guest resets itself; give it a moment, then stop it regardless.
+    if matches!(end, SessionEnd::Exited(_) | SessionEnd::ExecFailed { .. }) {
+        vm.wait(Some(agent::VM_EXIT_GRACE));
+    }
+    let kernel_entry = vm.kernel_entry();
+    let reason = vm.shutdown();
+    Ok(Outcome {
+        end,
+        reason,
+        console,
+        times,
+        vmm_ready,
+        kernel_entry,
+        vm_gone: Instant::now(),
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:>9.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+impl Outcome {
+    /// The phases on stderr, relative to `t0` (when brig started).
+    pub fn print_timings(&self, t0: Instant) {
+        eprintln!("brig timings (host clock since brig started):");
+        eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
+        if let Some(e) = self.kernel_entry {
+            eprintln!("  kernel entry   {}", ms(e - t0));
+        }
+        if let Some(h) = self.times.hello {
+            eprintln!(
+                "  init started   {}  (guest uptime {:.1} ms)",
+                ms(h - t0),
+                self.times.hello_uptime_ns as f64 / 1e6
+            );
+        }
+        if let Some(x) = self.times.exited {
+            eprintln!("  command exited {}", ms(x - t0));
+        }
+        eprintln!("  vm gone        {}", ms(self.vm_gone - t0));
+    }
+}

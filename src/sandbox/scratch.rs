@@ -1,0 +1,217 @@
+//! The per-VM scratch disk: a sparse ext4 image that holds the overlay's upper layer (the
+//! workload's writes), deleted with the VM unless kept.
+//!
+//! Formatting costs a `mkfs.ext4` run, so it is done once per size into a template under
+//! `$BRIG_HOME/cache/`, which each VM gets a sparse copy of (a reflink where the file system
+//! offers one, else only the template's data extents are copied: a few hundred KiB).
+//! The file system is made without a journal (the layer dies with the VM) and with lazy inode
+//! table initialisation (the guest mounts it with `noinit_itable`).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Default size of a scratch disk: as docker's former default base size, sparse.
+pub const DEFAULT_SIZE: u64 = 10 << 30;
+
+/// The scratch disk could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ScratchError {
+    /// mkfs.ext4 is missing or failed.
+    #[error("formatting the scratch disk template with mkfs.ext4 (Debian package e2fsprogs): {0}")]
+    Mkfs(String),
+    /// Copying or creating the file failed.
+    #[error("scratch disk {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> ScratchError + '_ {
+    move |source| ScratchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The template for `size` bytes, made if missing (atomically: temp name, then rename).
+pub fn template(cache_dir: &Path, size: u64) -> Result<PathBuf, ScratchError> {
+    let path = cache_dir.join(format!("scratch-{}m.ext4", size >> 20));
+    if path.exists() {
+        return Ok(path);
+    }
+    fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
+    let tmp = cache_dir.join(format!(
+        ".scratch-{}.{}.tmp",
+        size >> 20,
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    if let Err(e) = mkfs(&tmp, size) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    Ok(path)
+}
+
+/// FICLONE from linux/fs.h: share all extents (btrfs, xfs).
+const FICLONE: libc::c_ulong = 0x4004_9409;
+
+/// Copies `src` to a new file `dst`, keeping holes.
+pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), ScratchError> {
+    let input = File::open(src).map_err(io_err(src))?;
+    let len = input.metadata().map_err(io_err(src))?.len();
+    let output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(io_err(dst))?;
+    // SAFETY: both descriptors are open; FICLONE takes the source fd as its argument.
+    if unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0 {
+        return Ok(());
+    }
+    output.set_len(len).map_err(io_err(dst))?;
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        // SAFETY: lseek on an open descriptor.
+        let data = unsafe { libc::lseek(input.as_raw_fd(), pos, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data past pos
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(input.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { len as i64 } else { hole };
+        let (mut off_in, mut off_out) = (data, data);
+        while off_in < end {
+            // SAFETY: offsets are valid pointers to i64; both fds are open.
+            let n = unsafe {
+                libc::copy_file_range(
+                    input.as_raw_fd(),
+                    &mut off_in,
+                    output.as_raw_fd(),
+                    &mut off_out,
+                    (end - off_in) as usize,
+                    0,
+                )
+            };
+            if n < 0 {
+                return Err(io_err(dst)(io::Error::last_os_error()));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Runs mkfs.ext4 on a new sparse file `path` of `size` bytes.
+fn mkfs(path: &Path, size: u64) -> Result<(), ScratchError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(size).map_err(io_err(path))?;
+    drop(f);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "brig-scratch",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+        ])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .output()
+        .map_err(|e| ScratchError::Mkfs(e.to_string()))?;
+    if !out.status.success() {
+        return Err(ScratchError::Mkfs(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// True when the file system reports `path`'s holes (SEEK_DATA finds less data than the
+/// file's length), so that a sparse copy copies only what is allocated.
+fn reports_holes(path: &Path) -> bool {
+    let Ok(f) = File::open(path) else {
+        return false;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return false;
+    };
+    // SAFETY: lseek on an open descriptor.
+    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
+    // SAFETY: as above.
+    let hole = unsafe { libc::lseek(f.as_raw_fd(), data.max(0), libc::SEEK_HOLE) };
+    data >= 0 && hole >= 0 && (hole as u64) < len
+}
+
+/// A fresh scratch disk at `dst` of `size` bytes: a copy of the template where holes can be
+/// kept, a new mkfs.ext4 run where they cannot (e.g. on 9p).
+pub fn create(cache_dir: &Path, dst: &Path, size: u64) -> Result<(), ScratchError> {
+    let template = template(cache_dir, size)?;
+    if reports_holes(&template) {
+        sparse_copy(&template, dst)
+    } else {
+        mkfs(dst, size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn sparse_copy_keeps_data_and_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let mut f = File::create(&src).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(b"first").unwrap();
+        f.seek(SeekFrom::Start(40 << 20)).unwrap();
+        f.write_all(&[7u8; 8192]).unwrap();
+        drop(f);
+        let dst = dir.path().join("dst");
+        sparse_copy(&src, &dst).unwrap();
+        let meta = fs::metadata(&dst).unwrap();
+        assert_eq!(meta.len(), 64 << 20);
+        assert!(meta.blocks() * 512 < 4 << 20, "the copy stays sparse");
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        File::open(&src).unwrap().read_to_end(&mut a).unwrap();
+        File::open(&dst).unwrap().read_to_end(&mut b).unwrap();
+        assert!(a == b, "same bytes");
+        assert!(sparse_copy(&src, &dst).is_err(), "never overwrites");
+    }
+
+    #[test]
+    fn template_is_an_ext4_image_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = template(dir.path(), 64 << 20).unwrap();
+        let mut magic = [0u8; 2];
+        let mut f = File::open(&t).unwrap();
+        f.seek(SeekFrom::Start(1024 + 0x38)).unwrap();
+        f.read_exact(&mut magic).unwrap();
+        assert_eq!(u16::from_le_bytes(magic), 0xef53, "ext4 superblock magic");
+        let mtime = fs::metadata(&t).unwrap().modified().unwrap();
+        assert_eq!(template(dir.path(), 64 << 20).unwrap(), t);
+        assert_eq!(fs::metadata(&t).unwrap().modified().unwrap(), mtime);
+        create(dir.path(), &dir.path().join("vm.ext4"), 64 << 20).unwrap();
+    }
+}

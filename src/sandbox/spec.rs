@@ -55,7 +55,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// Parses one env-file (docker's format: `KEY=VALUE` or `KEY`, `#` comments, no quoting).
 fn parse_env_file(
-    name: &PathBuf,
+    name: &std::path::Path,
     text: &str,
     host: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<String>, String> {

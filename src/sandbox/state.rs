@@ -53,15 +53,10 @@ pub fn sweep_stale(home: &Path) {
         else {
             continue;
         };
+        // A sandbox's runtime directory (and its lock) exists before its state directory,
+        // so a state directory without a live lock belongs to a VM that is gone.
         if path.join(AUTOREMOVE).exists() && !runtime::is_live(&id) {
-            // Created a moment ago by a brig that has not locked its runtime directory yet?
-            let young = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() < 60));
-            if !young {
-                let _ = std::fs::remove_dir_all(&path);
-            }
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
 }

@@ -30,6 +30,12 @@ fn host_kvm_usable() -> bool {
 
 /// Runs `tests`, under scripts/with-kvm when this host needs it.
 pub fn run_tests(tests: Vec<Trial>) -> ! {
+    run_tests_with(|| {}, tests)
+}
+
+/// As [`run_tests`], with `prepare` run on this host first (not inside the nested VM): for
+/// fixtures that are slow or need the network, such as debootstrap.
+pub fn run_tests_with(prepare: fn(), tests: Vec<Trial>) -> ! {
     let args = Arguments::from_args();
     let mode = std::env::var("BRIG_TEST_KVM").unwrap_or_else(|_| "auto".into());
     let inside = std::env::var_os("BRIG_KVM_MODE").is_some();
@@ -40,6 +46,9 @@ pub fn run_tests(tests: Vec<Trial>) -> ! {
             "nested" => true,
             _ => !host_kvm_usable(),
         };
+    if !inside && !args.list {
+        prepare();
+    }
     if reexec {
         let exe = std::env::current_exe().expect("current_exe");
         let status = Command::new(repo_root().join("scripts/with-kvm"))

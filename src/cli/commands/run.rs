@@ -210,8 +210,9 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     let host_env = |k: &str| std::env::var(k).ok();
     let mut run = compose(&record.config, &opts, &id, &host_env).map_err(CliError::new)?;
 
-    let sandbox = state::SandboxDir::create(store.home(), &id).context("sandbox state")?;
+    // The runtime directory (and its lock) first: it is what marks the sandbox alive.
     let runtime = RuntimeDir::create(&id).context("runtime directory")?;
+    let sandbox = state::SandboxDir::create(store.home(), &id).context("sandbox state")?;
     let mut disks = vec![DiskConfig {
         path: record.rootfs_path.clone(),
         read_only: true,
@@ -263,8 +264,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         timeout: args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0))),
     };
     let outcome = launch(spec, &runtime).map_err(|e| CliError::new(e.to_string()))?;
-    drop(runtime);
     drop(sandbox);
+    drop(runtime);
     if args.timings {
         outcome.print_timings(t0);
     }

@@ -1,0 +1,627 @@
+//! `brig run` end to end: images imported into a private store, run in microVMs.
+//! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
+
+mod common;
+#[path = "common/kvm.rs"]
+mod kvm;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::images;
+use kvm::{check, run_tests_with, trial};
+
+/// Where the test layouts are built (on the host, before any nested VM).
+fn layouts_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
+        });
+    base.join("brig/test-images/layouts")
+}
+
+/// Host side: build the layouts (debootstrap needs the network and a minute, once).
+fn prepare() {
+    let dir = layouts_dir();
+    let bb = dir.join("busybox");
+    let _ = std::fs::remove_dir_all(&bb);
+    images::busybox_layout(&bb);
+    let deb = dir.join("debian");
+    if !deb.join("index.json").exists() {
+        let tmp = dir.join(format!("debian.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        images::debian_layout(&tmp);
+        std::fs::rename(&tmp, &deb).unwrap();
+    }
+}
+
+/// The private store the tests run from: on a tmpfs under /run (scratch disks are made
+/// there; not on 9p), with the test images imported once.
+struct Fixture {
+    home: PathBuf,
+    runtime: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let base = PathBuf::from(format!("/run/brig-run-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let home = base.join("home");
+        let runtime = base.join("run");
+        std::fs::create_dir_all(&home).unwrap();
+        std::fs::create_dir_all(&runtime).unwrap();
+        let f = Fixture { home, runtime };
+        for layout in ["busybox", "debian"] {
+            let out = f.brig(&["import", "-q", layouts_dir().join(layout).to_str().unwrap()]);
+            assert!(
+                out.status.success(),
+                "import {layout}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        f
+    })
+}
+
+impl Fixture {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_brig"));
+        c.args(args)
+            .env("BRIG_HOME", &self.home)
+            .env("BRIG_RUNTIME_DIR", &self.runtime);
+        c
+    }
+
+    fn brig(&self, args: &[&str]) -> Output {
+        self.cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running brig")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--timeout", "600"];
+        all.extend_from_slice(args);
+        self.brig(&all)
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn stdout_and_stderr_are_apart() -> Result<(), String> {
+    let out = fixture().run(&["bb", "sh", "-c", "echo out; echo err >&2; echo out2"]);
+    check(out.status.success(), "exit 0", &out)?;
+    check(stdout(&out) == "out\nout2\n", "stdout only", &out)?;
+    check(stderr(&out) == "err\n", "stderr only", &out)
+}
+
+fn exit_codes_follow_docker() -> Result<(), String> {
+    let f = fixture();
+    for (args, code) in [
+        (vec!["bb", "true"], 0),
+        (vec!["bb", "sh", "-c", "exit 3"], 3),
+        (vec!["bb", "no-such-command"], 127),
+        (vec!["bb", "/etc/passwd"], 126),
+        (vec!["bb", "sh", "-c", "kill -9 $$"], 137),
+    ] {
+        let out = f.run(&args);
+        check(
+            out.status.code() == Some(code),
+            &format!("{args:?} exits {code}"),
+            &out,
+        )?;
+    }
+    Ok(())
+}
+
+fn entrypoint_and_cmd_compose() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&["bb"]);
+    check(stdout(&out) == "default\n", "image Cmd", &out)?;
+    let out = f.run(&["bb-entry"]);
+    check(
+        stdout(&out) == "entry default-arg\n",
+        "Entrypoint + Cmd",
+        &out,
+    )?;
+    let out = f.run(&["bb-entry", "x", "y"]);
+    check(
+        stdout(&out) == "entry x y\n",
+        "Entrypoint + arguments",
+        &out,
+    )?;
+    let out = f.run(&["--entrypoint", "/bin/echo", "bb-entry", "only"]);
+    check(stdout(&out) == "only\n", "--entrypoint replaces both", &out)?;
+    let out = f.run(&["--entrypoint", "", "bb-entry", "echo", "plain"]);
+    check(stdout(&out) == "plain\n", "--entrypoint '' clears it", &out)
+}
+
+fn env_workdir_and_hostname() -> Result<(), String> {
+    let f = fixture();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let env_file = dir.path().join("env");
+    std::fs::write(&env_file, "# comment\nFROM_FILE=yes\nFOO=file\n").map_err(|e| e.to_string())?;
+    let out = f.run(&[
+        "-e",
+        "A=1",
+        "--env-file",
+        env_file.to_str().unwrap(),
+        "-e",
+        "FOO=cli",
+        "-w",
+        "/made/up",
+        "-h",
+        "boxy",
+        "bb",
+        "sh",
+        "-c",
+        "echo $A $FROM_FILE $FOO; pwd; hostname; cat /etc/hostname",
+    ]);
+    check(out.status.success(), "exit 0", &out)?;
+    check(
+        stdout(&out) == "1 yes cli\n/made/up\nboxy\nboxy\n",
+        "env, workdir, hostname",
+        &out,
+    )?;
+    let out = f.run(&["bb-entry"]);
+    check(out.status.success(), "image WorkingDir and User", &out)?;
+    let out = f.run(&["--entrypoint", "", "bb-entry", "sh", "-c", "pwd; id -un"]);
+    check(
+        stdout(&out) == "/work\napp\n",
+        "image WorkingDir and User apply",
+        &out,
+    )?;
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "GOOD=1\nBAD KEY=2\n").map_err(|e| e.to_string())?;
+    let out = f.run(&["--env-file", bad.to_str().unwrap(), "bb", "true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("line 2"),
+        "malformed env-file",
+        &out,
+    )
+}
+
+fn users_resolve_through_the_image() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&["-u", "1000:1000", "bb", "id"]);
+    check(
+        stdout(&out) == "uid=1000(app) gid=1000(app) groups=1000(app)\n",
+        "-u 1000:1000",
+        &out,
+    )?;
+    let out = f.run(&["-u", "nobody", "debian", "id"]);
+    check(
+        stdout(&out) == "uid=65534(nobody) gid=65534(nogroup) groups=65534(nogroup)\n",
+        "-u nobody in Debian",
+        &out,
+    )?;
+    let out = f.run(&["debian", "id"]);
+    check(
+        stdout(&out).starts_with("uid=0(root) gid=0(root)"),
+        "root by default",
+        &out,
+    )?;
+    let out = f.run(&["-u", "ghost", "bb", "id"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("unable to find user ghost"),
+        "unknown user",
+        &out,
+    )
+}
+
+fn debian_image_runs() -> Result<(), String> {
+    let out = fixture().run(&[
+        "debian",
+        "bash",
+        "-c",
+        "source /etc/os-release; echo $ID $VERSION_CODENAME; dpkg -s coreutils | grep -c Status",
+    ]);
+    check(
+        stdout(&out) == "debian bookworm\n1\n",
+        "Debian's bash and dpkg",
+        &out,
+    )
+}
+
+fn stdin_is_piped() -> Result<(), String> {
+    let f = fixture();
+    let mut child = f
+        .cmd(&["run", "-i", "bb", "sort"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"b\na\n")
+        .map_err(|e| e.to_string())?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    check(
+        out.status.success() && stdout(&out) == "a\nb\n",
+        "sort of stdin",
+        &out,
+    )?;
+    // Without -i the workload's stdin is empty.
+    let out = f.run(&["bb", "wc", "-c"]);
+    check(stdout(&out).trim() == "0", "no stdin without -i", &out)
+}
+
+/// Reads from a pty master until `needle` shows up (or the time runs out).
+fn read_until(
+    master: &std::fs::File,
+    seen: &mut String,
+    needle: &str,
+    secs: u64,
+) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !seen.contains(needle) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "{needle:?} did not appear on the terminal; saw {seen:?}"
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: master.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        if pfd.revents != 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: buf is valid for its length.
+            let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return Err(format!("terminal closed before {needle:?}; saw {seen:?}"));
+            }
+            seen.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
+        }
+    }
+    Ok(())
+}
+
+fn tty_session_through_a_pty() -> Result<(), String> {
+    let f = fixture();
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: 31,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: out-pointers are valid; name and termios may be null.
+    if unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    } != 0
+    {
+        return Err("openpty failed".into());
+    }
+    // SAFETY: openpty returned fresh descriptors we own.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            OwnedFd::from_raw_fd(slave),
+        )
+    };
+    let mut cmd = f.cmd(&["run", "-it", "--timeout", "600", "bb", "sh"]);
+    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave));
+    // SAFETY: setsid and TIOCSCTTY in the child before exec: no allocation.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            libc::ioctl(0, libc::TIOCSCTTY, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut seen = String::new();
+    let mut w = &master;
+    let result = (|| {
+        read_until(&master, &mut seen, "# ", 300)?;
+        w.write_all(b"stty size\n").map_err(|e| e.to_string())?;
+        read_until(&master, &mut seen, "31 101", 60)?;
+        w.write_all(b"sleep 1000; echo after-sleep-$?\n")
+            .map_err(|e| e.to_string())?;
+        std::thread::sleep(Duration::from_secs(2));
+        w.write_all(&[3]).map_err(|e| e.to_string())?; // Ctrl-C
+        read_until(&master, &mut seen, "after-sleep-130", 60)?;
+        w.write_all(b"exit 5\n").map_err(|e| e.to_string())?;
+        Ok::<(), String>(())
+    })();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
+            break Some(s);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break None;
+        }
+        // Keep draining the terminal so brig never blocks writing to it.
+        let _ = read_until(&master, &mut seen, "\u{0}never", 0);
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    result?;
+    match status {
+        Some(s) if s.code() == Some(5) => Ok(()),
+        other => Err(format!(
+            "brig -it should exit 5, got {other:?}; terminal: {seen:?}"
+        )),
+    }
+}
+
+fn large_output_arrives_intact() -> Result<(), String> {
+    // 100 MB of random bytes: the guest prints their checksum on stderr, the bytes on stdout.
+    let out = fixture().run(&[
+        "bb",
+        "sh",
+        "-c",
+        "head -c 100000000 /dev/urandom > /tmp/r && sha256sum /tmp/r >&2 && cat /tmp/r",
+    ]);
+    check(out.status.success(), "exit 0", &out)?;
+    check(
+        out.stdout.len() == 100_000_000,
+        "100 MB arrived",
+        &Output {
+            stdout: Vec::new(),
+            ..out.clone()
+        },
+    )?;
+    let want = stderr(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let got = common::sha256_hex(&out.stdout);
+    if want != got {
+        return Err(format!("checksum mismatch: guest {want}, host {got}"));
+    }
+    Ok(())
+}
+
+fn timeout_kills_and_exits_124() -> Result<(), String> {
+    let start = Instant::now();
+    let out = fixture().brig(&["run", "--timeout", "5", "bb", "sleep", "1000"]);
+    check(out.status.code() == Some(124), "exit 124", &out)?;
+    check(
+        start.elapsed() < Duration::from_secs(300),
+        "ends soon after",
+        &out,
+    )
+}
+
+fn memory_limit_oom_kills_with_137() -> Result<(), String> {
+    let f = fixture();
+    // dd with a 200 MiB block allocates and fills a 200 MiB buffer: past -m 64m.
+    let out = f.run(&[
+        "-m",
+        "64m",
+        "bb",
+        "dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=200M",
+        "count=1",
+    ]);
+    check(out.status.code() == Some(137), "OOM-killed: 137", &out)?;
+    let out = f.run(&[
+        "-m",
+        "64m",
+        "bb",
+        "cat",
+        "/sys/fs/cgroup/workload/memory.max",
+    ]);
+    check(
+        stdout(&out).trim() == (64u64 << 20).to_string(),
+        "the cgroup limit is -m",
+        &out,
+    )?;
+    let out = f.run(&["-m", "1m", "bb", "true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("minimum"),
+        "below the minimum",
+        &out,
+    )
+}
+
+fn pids_limit_stops_a_fork_bomb() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&[
+        "--pids-limit", "50", "bb", "sh", "-c",
+        "bomb() { bomb | bomb & }; bomb; sleep 3; cat /sys/fs/cgroup/workload/pids.max; grep -c max /sys/fs/cgroup/workload/pids.events; test $(cat /sys/fs/cgroup/workload/pids.events | cut -d' ' -f2) -gt 0 && echo limited",
+    ]);
+    check(
+        stdout(&out).contains("50\n") && stdout(&out).contains("limited"),
+        "the bomb hit pids.max",
+        &out,
+    )?;
+    // The host is fine and brig still runs sandboxes.
+    let out = f.run(&["bb", "echo", "still-here"]);
+    check(stdout(&out) == "still-here\n", "the next run works", &out)
+}
+
+fn writes_stay_in_the_overlay() -> Result<(), String> {
+    let f = fixture();
+    let rootfs = f.brig(&["inspect", "bb"]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&rootfs.stdout).map_err(|e| format!("inspect: {e}"))?;
+    let path = json[0]["RootfsPath"]
+        .as_str()
+        .ok_or_else(|| format!("no RootfsPath in {json}"))?
+        .to_string();
+    let before = common::sha256_hex(&std::fs::read(&path).map_err(|e| e.to_string())?);
+    let out = f.run(&[
+        "bb",
+        "sh",
+        "-c",
+        "echo new > /bin/newfile && rm /bin/cat && echo changed > /etc/passwd && ls /bin/newfile",
+    ]);
+    check(
+        stdout(&out) == "/bin/newfile\n",
+        "writes succeed in the sandbox",
+        &out,
+    )?;
+    let out = f.run(&[
+        "bb",
+        "sh",
+        "-c",
+        "ls /bin/newfile; ls /bin/cat; head -c 4 /etc/passwd",
+    ]);
+    check(
+        stdout(&out) == "/bin/cat\nroot",
+        "and vanish after it",
+        &out,
+    )?;
+    let after = common::sha256_hex(&std::fs::read(&path).map_err(|e| e.to_string())?);
+    if before != after {
+        return Err("the shared rootfs image changed".into());
+    }
+    let out = f.run(&[
+        "--read-only",
+        "bb",
+        "sh",
+        "-c",
+        "touch /x; echo $?; touch /tmp/x && echo tmp-ok",
+    ]);
+    check(
+        stdout(&out) == "1\ntmp-ok\n",
+        "--read-only root, writable /tmp",
+        &out,
+    )
+}
+
+fn leftovers(f: &Fixture) -> Vec<String> {
+    let mut left = Vec::new();
+    for dir in [f.home.join("sandboxes"), f.runtime.clone()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            left.extend(entries.flatten().map(|e| e.path().display().to_string()));
+        }
+    }
+    left
+}
+
+fn ten_concurrent_runs_leave_nothing_behind() -> Result<(), String> {
+    let f = fixture();
+    let handles: Vec<_> = (0..10)
+        .map(|i| {
+            std::thread::spawn(move || fixture().run(&["bb", "sh", "-c", &format!("echo run-{i}")]))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().map_err(|_| "thread panicked".to_string())?;
+        check(
+            out.status.success() && stdout(&out) == format!("run-{i}\n"),
+            "each run succeeds",
+            &out,
+        )?;
+    }
+    let left = leftovers(f);
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    Ok(())
+}
+
+fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
+    let f = fixture();
+    let mut child = f
+        .cmd(&["run", "bb", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    std::thread::sleep(Duration::from_secs(5));
+    child.kill().map_err(|e| e.to_string())?;
+    child.wait().map_err(|e| e.to_string())?;
+    // The VMM was brig's own threads: gone with it. Its files are swept by the next run.
+    let out = f.run(&["bb", "true"]);
+    check(out.status.success(), "next run", &out)?;
+    let left = leftovers(f);
+    if !left.is_empty() {
+        return Err(format!("left behind after a killed run: {left:?}"));
+    }
+    Ok(())
+}
+
+fn bad_input_is_one_line() -> Result<(), String> {
+    let f = fixture();
+    let out = f.brig(&["run", "--pull", "never", "no-such-image"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).lines().count() == 1,
+        "absent image",
+        &out,
+    )?;
+    let out = f.brig(&["run", "127.0.0.1:9/none:latest"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).lines().count() == 1,
+        "unpullable image",
+        &out,
+    )?;
+    let out = f.brig(&["run", "-it", "bb", "true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("not a TTY"),
+        "-it without a terminal",
+        &out,
+    )
+}
+
+fn main() {
+    run_tests_with(
+        prepare,
+        vec![
+            trial("stdout_and_stderr_are_apart", stdout_and_stderr_are_apart),
+            trial("exit_codes_follow_docker", exit_codes_follow_docker),
+            trial("entrypoint_and_cmd_compose", entrypoint_and_cmd_compose),
+            trial("env_workdir_and_hostname", env_workdir_and_hostname),
+            trial(
+                "users_resolve_through_the_image",
+                users_resolve_through_the_image,
+            ),
+            trial("debian_image_runs", debian_image_runs),
+            trial("stdin_is_piped", stdin_is_piped),
+            trial("tty_session_through_a_pty", tty_session_through_a_pty),
+            trial("large_output_arrives_intact", large_output_arrives_intact),
+            trial("timeout_kills_and_exits_124", timeout_kills_and_exits_124),
+            trial(
+                "memory_limit_oom_kills_with_137",
+                memory_limit_oom_kills_with_137,
+            ),
+            trial("pids_limit_stops_a_fork_bomb", pids_limit_stops_a_fork_bomb),
+            trial("writes_stay_in_the_overlay", writes_stay_in_the_overlay),
+            trial(
+                "ten_concurrent_runs_leave_nothing_behind",
+                ten_concurrent_runs_leave_nothing_behind,
+            ),
+            trial(
+                "killed_brig_leaves_no_vm_behind",
+                killed_brig_leaves_no_vm_behind,
+            ),
+            trial("bad_input_is_one_line", bad_input_is_one_line),
+        ],
+    )
+}

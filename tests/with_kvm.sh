@@ -56,6 +56,7 @@ mkdir -p "$tmp/cwd dir"
     echo "mode=$BRIG_KVM_MODE"
     echo "cwd=$PWD"
     printf "var=%s|\n" "$WITH_KVM_TEST_VAR"
+    cp "$2" "$2.copy"
     perl -MSocket -e '\''socket(my $s, PF_UNIX, SOCK_STREAM, 0) or die "socket: $!";
         bind($s, pack_sockaddr_un("/run/with-kvm-test.sock")) or die "bind: $!";
         listen($s, 1) or die "listen: $!";
@@ -67,7 +68,7 @@ mkdir -p "$tmp/cwd dir"
         -display none -bios "$1" -device isa-debug-exit,iobase=0xf4,iosize=4 \
         </dev/null >/dev/null 2>&1
     echo "kvm-guest=$?"
-' with-kvm-test "$tmp/bios.bin")
+' with-kvm-test "$tmp/bios.bin" "$tmp/random.bin")
 check "/dev/kvm exists inside and opens read-write" grep -qx kvm-opens "$tmp/out"
 expected_mode=$(grep -o '^mode=.*' "$tmp/out")
 case ${BRIG_TEST_KVM:-auto} in
@@ -79,11 +80,22 @@ check "cwd propagates" grep -qxF "cwd=$tmp/cwd dir" "$tmp/out"
 check "environment propagates" eval '[ "$(sed -n "/^var=/,/|$/p" "$tmp/out")" = "var=a b
 \$c|" ]'
 check "a Unix socket binds and connects under /run" grep -qx unix-socket-ok "$tmp/out"
+check "a file written inside is on the host afterwards, intact" \
+    eval '[ "$(sha256sum <"$tmp/random.bin.copy")" = "$(sha256sum <"$tmp/random.bin")" ]'
 check "a real KVM guest runs (qemu -enable-kvm, isa-debug-exit 85)" grep -qx kvm-guest=85 "$tmp/out"
 
 "$wk" true <&- >"$tmp/out" 2>"$tmp/err"
 echo $? >"$tmp/rc"
 check "works with stdin closed" rc_is 0
+
+if [ "$expected_mode" = mode=nested ]; then
+    # L1's kernel crashes under CMD (sysrq c: panic): one line saying so, the console, 125.
+    run sh -c 'echo before; [ "$BRIG_KVM_MODE" = nested ] && echo c >/proc/sysrq-trigger; sleep 60'
+    check "L1 dying under CMD gives 125, a one-line reason and the console tail" eval \
+        'rc_is 125 && out_is "before
+" && grep -q "^with-kvm: L1 ended without an exit status.*: Kernel panic.*sysrq" "$tmp/err" &&
+        grep -q "^  | " "$tmp/err"'
+fi
 
 BRIG_WITH_KVM_TIMEOUT=30 run sleep 1000
 check "BRIG_WITH_KVM_TIMEOUT ends a command that never finishes (124)" \

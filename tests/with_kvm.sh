@@ -2,6 +2,8 @@
 # tests/with_kvm.sh: checks scripts/with-kvm end to end (each check boots one L1 when the
 # harness runs nested). Plain bash; prints "ok"/"not ok" per check and a closing
 # "N passed, N failed" line; exits non-zero when any check fails.
+# check NAME eval '...': the single quotes are for eval to expand.
+# shellcheck disable=SC2016
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,6 +32,8 @@ err_is() { [ "$(cat "$tmp/err"; echo .)" = "$1." ]; }
 # Harness-only checks: no VM.
 run --help
 check "--help exits 0 and explains usage" eval 'rc_is 0 && grep -q BRIG_TEST_KVM "$tmp/out"'
+run --prepare
+check "--prepare exits 0 (the L1 kernel is cached)" rc_is 0
 BRIG_TEST_KVM=bogus run true
 check "a bad BRIG_TEST_KVM is refused with 125" eval 'rc_is 125 && [ "$(wc -l <"$tmp/err")" = 1 ]'
 

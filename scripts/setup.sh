@@ -11,9 +11,9 @@ say() { echo "setup: $*" >&2; }
 packages=(
   build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils   # guest kernel build
   linux-source-6.12                                                   # guest kernel source
-  qemu-system-x86 busybox-static                                      # with-kvm harness, test payloads
+  qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
-  skopeo umoci docker-registry runc                                   # image tests, baselines
+  skopeo umoci docker-registry runc debootstrap                       # image tests, baselines
   util-linux ca-certificates curl
 )
 missing=()

@@ -9,5 +9,7 @@ echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --locked --all-targets -- -D warnings
+echo "test.sh: tests/with_kvm.sh (the nested-KVM harness itself)" >&2
+tests/with_kvm.sh
 echo "test.sh: cargo test" >&2
 cargo test --locked --workspace "$@"

@@ -5,20 +5,24 @@
 //! the workload ended, and resets the VM, which ends it. Any failure is reported to the host
 //! when there is a connection, and on the console otherwise; the VM always ends.
 
+mod copy;
 mod exec;
 mod mount;
+mod reaper;
 mod rootfs;
+mod stats;
 mod sys;
 mod user;
 mod vsock;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use brig_protocol::{
-    read_message, ExitStatus, Message, RunSpec, AGENT_PORT, HOST_CID, PROTOCOL_VERSION,
+    read_message, Message, RunSpec, AGENT_PORT, EXEC_PORT, HOST_CID, PROTOCOL_VERSION,
 };
 
 use exec::{send, HostWriter, SpawnError};
@@ -80,7 +84,7 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
         return Ok(None);
     }
     let root = "/sys/fs/cgroup";
-    let dir = format!("{root}/workload");
+    let dir = WORKLOAD_CGROUP;
     let err = |what: &str, e: std::io::Error| format!("cgroup {what}: {e}");
     fs::write(
         format!("{root}/cgroup.subtree_control"),
@@ -124,17 +128,40 @@ fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError>
     Ok((id, cgroup))
 }
 
-/// Runs the session on an established connection; returns when the Exit frame is sent.
-fn session(conn: File, boot_uptime: u64) -> Result<(), String> {
-    let writer: HostWriter = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+/// The cgroup workloads run in when `-m` or `--pids-limit` asked for one.
+pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/workload";
+
+/// The main workload's pid, for Kill requests (0 until it runs).
+static MAIN_PID: AtomicI32 = AtomicI32::new(0);
+
+fn hello(writer: &HostWriter, uptime_ns: u64) -> Result<(), String> {
     send(
-        &writer,
+        writer,
         &Message::Hello {
             version: PROTOCOL_VERSION,
-            uptime_ns: boot_uptime,
+            uptime_ns,
         },
     )
-    .map_err(|e| format!("sending hello: {e}"))?;
+    .map_err(|e| format!("sending hello: {e}"))
+}
+
+fn fail(writer: &HostWriter, e: SpawnError) -> String {
+    let _ = send(
+        writer,
+        &Message::ExecFailed {
+            kind: e.kind,
+            message: e.message.clone(),
+        },
+    );
+    e.message
+}
+
+/// The main connection: Hello, then a Run. A Run with a command runs the main workload and
+/// ends the VM when it ends; one without only mounts the root and then serves requests on
+/// this connection (how `brig cp` reads a stopped sandbox) until the host closes it.
+fn serve_main(conn: File, boot_uptime: u64) -> Result<(), String> {
+    let writer: HostWriter = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+    hello(&writer, boot_uptime)?;
     let mut reader = conn;
     let mut spec = match read_message(&mut reader) {
         Ok(Some(Message::Run(spec))) => *spec,
@@ -144,19 +171,27 @@ fn session(conn: File, boot_uptime: u64) -> Result<(), String> {
     if spec.cwd.is_empty() {
         spec.cwd = "/".into();
     }
-    let fail = |e: SpawnError| {
+    let (id, cgroup) = prepare(&spec).map_err(|e| fail(&writer, e))?;
+    if spec.argv.is_empty() {
         let _ = send(
             &writer,
-            &Message::ExecFailed {
-                kind: e.kind,
-                message: e.message.clone(),
+            &Message::Started {
+                pid: 0,
+                uptime_ns: sys::uptime_ns(),
             },
         );
-        e.message
-    };
-    let (id, cgroup) = prepare(&spec).map_err(fail)?;
+        while let Ok(Some(request)) = read_message(&mut reader) {
+            serve_request(request, &mut reader, &writer)?;
+        }
+        return Ok(());
+    }
     let env = build_env(&spec, &id);
-    let workload = exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup).map_err(fail)?;
+    let workload = {
+        let _guard = reaper::spawn_guard();
+        exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup)
+            .map_err(|e| fail(&writer, e))?
+    };
+    MAIN_PID.store(workload.pid, Ordering::SeqCst);
     let _ = send(
         &writer,
         &Message::Started {
@@ -164,33 +199,117 @@ fn session(conn: File, boot_uptime: u64) -> Result<(), String> {
             uptime_ns: sys::uptime_ns(),
         },
     );
+    std::thread::spawn(exec_listener);
 
-    // Reap everything; the workload's own status is what we report.
-    let mut status = None;
-    while let Some((pid, st)) = sys::wait_any() {
-        if pid == workload.pid {
-            status = Some(st);
-            // As docker does when the main process ends: nothing else in the sandbox lives on.
-            let _ = sys::kill(-1, libc::SIGKILL);
-        }
-    }
+    let status = reaper::reap_until(workload.pid);
+    // As docker does when the main process ends: nothing else in the sandbox lives on.
+    let _ = sys::kill(-1, libc::SIGKILL);
+    reaper::reap_all();
     let uptime_ns = sys::uptime_ns();
     workload.finish_output();
-    let st = status.ok_or("the workload vanished without an exit status")?;
-    let exit = if libc::WIFSIGNALED(st) {
-        ExitStatus {
-            code: None,
-            signal: Some(libc::WTERMSIG(st)),
-            uptime_ns,
+    let status = status.ok_or("the workload vanished without an exit status")?;
+    send(
+        &writer,
+        &Message::Exit(reaper::exit_status(status, uptime_ns)),
+    )
+    .map_err(|e| format!("sending the exit status: {e}"))
+}
+
+/// A request other than Run (on an exec connection, or a maintenance session).
+fn serve_request(request: Message, reader: &mut File, writer: &HostWriter) -> Result<(), String> {
+    let done = |r: Result<(), String>| {
+        send(writer, &Message::Done { error: r.err() }).map_err(|e| e.to_string())
+    };
+    match request {
+        Message::Kill { signal } => {
+            let pid = MAIN_PID.load(Ordering::SeqCst);
+            done(if pid > 0 {
+                sys::kill(pid, signal).map_err(|e| e.to_string())
+            } else {
+                Err("no workload is running".into())
+            })
         }
-    } else {
-        ExitStatus {
-            code: Some(libc::WEXITSTATUS(st)),
-            signal: None,
-            uptime_ns,
+        Message::StatsRequest => {
+            send(writer, &Message::Stats(stats::sample())).map_err(|e| e.to_string())
+        }
+        Message::CopyOut { path } => done(copy::copy_out(&path, writer)),
+        Message::CopyIn { path } => done(copy::copy_in(&path, reader)),
+        other => Err(format!("unexpected request {other:?}")),
+    }
+}
+
+/// Accepts the host's further connections (exec, signals, stats, copies), one thread each.
+fn exec_listener() {
+    let listener = match vsock::listen(EXEC_PORT) {
+        Ok(l) => l,
+        Err(e) => {
+            console!("cannot listen on vsock port {EXEC_PORT}: {e}");
+            return;
         }
     };
-    send(&writer, &Message::Exit(exit)).map_err(|e| format!("sending the exit status: {e}"))
+    while let Ok(conn) = vsock::accept(&listener) {
+        std::thread::spawn(move || {
+            if let Err(e) = serve_exec(conn) {
+                console!("exec connection: {e}");
+            }
+        });
+    }
+}
+
+fn serve_exec(conn: File) -> Result<(), String> {
+    let writer: HostWriter = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+    hello(&writer, sys::uptime_ns())?;
+    let mut reader = conn;
+    match read_message(&mut reader) {
+        Ok(Some(Message::Run(spec))) => exec_process(*spec, reader, writer),
+        Ok(Some(request)) => serve_request(request, &mut reader, &writer),
+        Ok(None) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// `brig exec`: one more process in the running sandbox, in the workloads' cgroup.
+fn exec_process(mut spec: RunSpec, reader: File, writer: HostWriter) -> Result<(), String> {
+    if spec.cwd.is_empty() {
+        spec.cwd = "/".into();
+    }
+    let id =
+        user::resolve(&spec.user, &spec.groups).map_err(|e| fail(&writer, SpawnError::setup(e)))?;
+    if !std::path::Path::new(&spec.cwd).is_dir() {
+        return Err(fail(
+            &writer,
+            SpawnError::setup(format!("working directory {}: no such directory", spec.cwd)),
+        ));
+    }
+    let cgroup = OpenOptions::new()
+        .write(true)
+        .open(format!("{WORKLOAD_CGROUP}/cgroup.procs"))
+        .ok();
+    let env = build_env(&spec, &id);
+    let (workload, status) = {
+        let _guard = reaper::spawn_guard();
+        let workload = exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup)
+            .map_err(|e| fail(&writer, e))?;
+        let status = reaper::register(workload.pid);
+        (workload, status)
+    };
+    let _ = send(
+        &writer,
+        &Message::Started {
+            pid: workload.pid as u32,
+            uptime_ns: sys::uptime_ns(),
+        },
+    );
+    let status = status
+        .recv()
+        .map_err(|_| "the process vanished without an exit status".to_string())?;
+    let uptime_ns = sys::uptime_ns();
+    workload.finish_output();
+    send(
+        &writer,
+        &Message::Exit(reaper::exit_status(status, uptime_ns)),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -209,7 +328,7 @@ fn main() {
     }
     match connect_host() {
         Ok(conn) => {
-            if let Err(e) = session(conn, boot_uptime) {
+            if let Err(e) = serve_main(conn, boot_uptime) {
                 console!("{e}");
             }
         }

@@ -69,21 +69,6 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     check(unsafe { libc::kill(pid, sig) }).map(|_| ())
 }
 
-/// Waits for any child; `None` when there are none left.
-pub fn wait_any() -> Option<(i32, libc::c_int)> {
-    loop {
-        let mut status = 0;
-        // SAFETY: status is a valid, writable int.
-        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
-        if pid > 0 {
-            return Some((pid, status));
-        }
-        if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return None;
-        }
-    }
-}
-
 /// Sets the host name.
 pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: the pointer and length describe the bytes of `name`.

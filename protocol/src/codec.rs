@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ExecErrorKind, ExitStatus, Message, RunSpec};
+use crate::messages::{ExecErrorKind, ExitStatus, Message, RunSpec, Stats};
 use crate::MAX_FRAME;
 
 const HELLO: u8 = 1;
@@ -17,6 +17,12 @@ const RESIZE: u8 = 7;
 const SIGNAL: u8 = 8;
 const EXIT: u8 = 9;
 const EXEC_FAILED: u8 = 10;
+const KILL: u8 = 11;
+const STATS_REQUEST: u8 = 12;
+const STATS: u8 = 13;
+const COPY_OUT: u8 = 14;
+const COPY_IN: u8 = 15;
+const DONE: u8 = 16;
 
 /// A frame that cannot be decoded. The connection it came from cannot be trusted any further.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +64,16 @@ struct StartedBody {
 struct ResizeBody {
     rows: u16,
     cols: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PathBody {
+    path: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DoneBody {
+    error: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -112,6 +128,18 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             })
             .into(),
         ),
+        Message::Kill { signal } => (KILL, json(signal).into()),
+        Message::StatsRequest => (STATS_REQUEST, Vec::new().into()),
+        Message::Stats(stats) => (STATS, json(stats).into()),
+        Message::CopyOut { path } => (COPY_OUT, json(&PathBody { path: path.clone() }).into()),
+        Message::CopyIn { path } => (COPY_IN, json(&PathBody { path: path.clone() }).into()),
+        Message::Done { error } => (
+            DONE,
+            json(&DoneBody {
+                error: error.clone(),
+            })
+            .into(),
+        ),
     };
     let len = payload.len() + 1;
     let mut frame = Vec::with_capacity(4 + len);
@@ -162,6 +190,20 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
                 message: b.message,
             }
         }
+        KILL => Message::Kill {
+            signal: parse(kind, payload)?,
+        },
+        STATS_REQUEST => Message::StatsRequest,
+        STATS => Message::Stats(parse::<Stats>(kind, payload)?),
+        COPY_OUT => Message::CopyOut {
+            path: parse::<PathBody>(kind, payload)?.path,
+        },
+        COPY_IN => Message::CopyIn {
+            path: parse::<PathBody>(kind, payload)?.path,
+        },
+        DONE => Message::Done {
+            error: parse::<DoneBody>(kind, payload)?.error,
+        },
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -301,6 +343,27 @@ mod tests {
                 kind: ExecErrorKind::NotFound,
                 message: "nope: not found".into(),
             },
+            Message::Kill { signal: 15 },
+            Message::StatsRequest,
+            Message::Stats(Stats {
+                cpu_usage_usec: 1,
+                memory_current: 2,
+                memory_max: 3,
+                memory_total: 4,
+                pids_current: 5,
+                cpus: 6,
+                uptime_ns: 7,
+            }),
+            Message::CopyOut {
+                path: "/etc/../x y".into(),
+            },
+            Message::CopyIn {
+                path: "/tmp".into(),
+            },
+            Message::Done { error: None },
+            Message::Done {
+                error: Some("no such file".into()),
+            },
         ]
     }
 
@@ -360,7 +423,20 @@ mod tests {
             read_message(&mut frame.as_slice()),
             Err(DecodeError::UnknownKind(200))
         ));
-        for kind in [HELLO, RUN, STARTED, RESIZE, SIGNAL, EXIT, EXEC_FAILED] {
+        for kind in [
+            HELLO,
+            RUN,
+            STARTED,
+            RESIZE,
+            SIGNAL,
+            EXIT,
+            EXEC_FAILED,
+            KILL,
+            STATS,
+            COPY_OUT,
+            COPY_IN,
+            DONE,
+        ] {
             let mut frame = 4u32.to_le_bytes().to_vec();
             frame.push(kind);
             frame.extend_from_slice(b"{x:");

@@ -5,6 +5,10 @@
 //! [`Message::Run`]; then stdin flows host → guest and stdout/stderr guest → host until the
 //! guest sends [`Message::Exit`] (or [`Message::ExecFailed`] when the command never started).
 //!
+//! Further connections, opened by the host to [`EXEC_PORT`], follow the same pattern: the
+//! agent says Hello, the host sends one request (Run for `exec`, Kill, StatsRequest, CopyOut,
+//! CopyIn) and the agent answers it.
+//!
 //! Wire format of a frame: `len: u32 LE | kind: u8 | payload (len - 1 bytes)`. Data frames
 //! (stdin, stdout, stderr) carry raw bytes; control frames carry JSON. A frame longer than
 //! [`MAX_FRAME`] is rejected before anything is allocated for it, so a hostile peer cannot make
@@ -15,13 +19,17 @@ mod codec;
 mod messages;
 
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
-pub use messages::{ExecErrorKind, ExitStatus, Message, Rlimit, RootfsSpec, RunSpec};
+pub use messages::{ExecErrorKind, ExitStatus, Message, Rlimit, RootfsSpec, RunSpec, Stats};
 
 /// Version of this protocol; the host refuses a guest that speaks another one.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// vsock port the host listens on for the guest agent's control connection.
 pub const AGENT_PORT: u32 = 1024;
+
+/// vsock port the guest agent listens on for the host's further connections (exec, signals,
+/// stats, copies), each starting with the agent's Hello and then one request.
+pub const EXEC_PORT: u32 = 1025;
 
 /// vsock context id of the host (VMADDR_CID_HOST in `linux/vm_sockets.h`).
 pub const HOST_CID: u64 = 2;

@@ -32,6 +32,39 @@ pub enum Message {
         kind: ExecErrorKind,
         message: String,
     },
+    /// host → guest, instead of Run on a further connection: signal the main workload.
+    Kill { signal: i32 },
+    /// host → guest, instead of Run: report resource usage ([`Message::Stats`] answers).
+    StatsRequest,
+    /// guest → host: resource usage of the sandbox's workloads.
+    Stats(Stats),
+    /// host → guest, instead of Run: send `path` as a tar stream in Stdout frames.
+    CopyOut { path: String },
+    /// host → guest, instead of Run: unpack the tar stream that follows in Stdin frames (an
+    /// empty one ends it) into the directory `path`.
+    CopyIn { path: String },
+    /// guest → host, last frame of Kill, CopyOut and CopyIn: success, or why not.
+    Done { error: Option<String> },
+}
+
+/// Resource usage of the sandbox's workloads (their cgroup) and of the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Stats {
+    /// CPU time used, in microseconds (cgroup cpu.stat usage_usec).
+    pub cpu_usage_usec: u64,
+    /// Memory used, in bytes (memory.current).
+    pub memory_current: u64,
+    /// Memory limit in bytes; 0 when unlimited (then see `memory_total`).
+    pub memory_max: u64,
+    /// The guest's RAM, in bytes (MemTotal).
+    pub memory_total: u64,
+    /// Processes (pids.current).
+    pub pids_current: u64,
+    /// Number of vCPUs online in the guest.
+    pub cpus: u32,
+    /// Guest uptime, in nanoseconds, when sampled.
+    pub uptime_ns: u64,
 }
 
 /// How the workload ended.

@@ -74,21 +74,20 @@ pub fn busybox_layer() -> Layer {
         .dir("root", 0o700)
 }
 
-/// Builds the busybox test images into an OCI layout at `dir`:
+/// Builds the busybox test images, one OCI layout each (tag `latest`) under `dir`:
 /// - `bb`: Cmd `sh -c 'echo default'`, Env PATH and FOO=image;
 /// - `bb-entry`: Entrypoint `/bin/echo entry`, Cmd `default-arg`, WorkingDir /work, User app.
-pub fn busybox_layout(dir: &Path) -> PathBuf {
-    let mut layout = Layout::new(dir.to_path_buf());
-    layout.add(
-        "bb",
+pub fn busybox_layouts(dir: &Path) {
+    Layout::new(dir.join("bb")).add(
+        "latest",
         vec![busybox_layer()],
         serde_json::json!({
             "Cmd": ["sh", "-c", "echo default"],
             "Env": ["PATH=/bin", "FOO=image"],
         }),
     );
-    layout.add(
-        "bb-entry",
+    Layout::new(dir.join("bb-entry")).add(
+        "latest",
         vec![busybox_layer(), Layer::new().dir("work", 0o755)],
         serde_json::json!({
             "Entrypoint": ["/bin/echo", "entry"],
@@ -98,7 +97,6 @@ pub fn busybox_layout(dir: &Path) -> PathBuf {
             "User": "app",
         }),
     );
-    dir.to_path_buf()
 }
 
 /// The Debian minbase root file system as an uncompressed tarball, made once with debootstrap.
@@ -147,7 +145,7 @@ pub fn debian_tarball() -> PathBuf {
     tarball
 }
 
-/// An OCI layout with the Debian image tagged `debian`, one uncompressed layer.
+/// An OCI layout with the Debian image tagged `latest`, one uncompressed layer.
 pub fn debian_layout(dir: &Path) -> PathBuf {
     let tar = std::fs::read(debian_tarball()).unwrap();
     let mut layout = Layout::new(dir.to_path_buf());

@@ -1,0 +1,137 @@
+//! `brig cp` inside the guest: a path of the sandbox sent as a tar stream, or a tar stream
+//! unpacked into a directory of the sandbox. The agent runs in the sandbox's root (chroot),
+//! so every path resolves inside it; `..` is refused outright so that a path that would
+//! climb out is an error, not a silent clamp to `/`.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path};
+
+use brig_protocol::{read_message, Message, MAX_DATA};
+
+use crate::exec::{send, HostWriter};
+
+/// Checks that `path` is absolute and has no `..`.
+pub fn check_path(path: &str) -> Result<&Path, String> {
+    let p = Path::new(path);
+    if !p.is_absolute() {
+        return Err(format!("{path}: not an absolute path"));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(format!("{path}: '..' would leave the sandbox"));
+    }
+    Ok(p)
+}
+
+/// Writes the tar stream into Stdout frames.
+struct FrameWriter<'a> {
+    writer: &'a HostWriter,
+    buf: Vec<u8>,
+}
+
+impl Write for FrameWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= MAX_DATA {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        while !self.buf.is_empty() {
+            let n = self.buf.len().min(MAX_DATA);
+            let chunk: Vec<u8> = self.buf.drain(..n).collect();
+            send(self.writer, &Message::Stdout(chunk))?;
+        }
+        Ok(())
+    }
+}
+
+/// Sends `path` (a file, directory or symlink) as a tar stream named by its last component.
+pub fn copy_out(path: &str, writer: &HostWriter) -> Result<(), String> {
+    let p = check_path(path)?;
+    let meta = std::fs::symlink_metadata(p).map_err(|e| format!("{path}: {e}"))?;
+    let name = p
+        .file_name()
+        .map_or(Path::new("."), Path::new)
+        .to_path_buf();
+    let mut out = FrameWriter {
+        writer,
+        buf: Vec::new(),
+    };
+    {
+        let mut tar = tar::Builder::new(&mut out);
+        tar.follow_symlinks(false);
+        tar.mode(tar::HeaderMode::Complete);
+        let res = if meta.is_dir() {
+            tar.append_dir_all(&name, p)
+        } else {
+            tar.append_path_with_name(p, &name)
+        };
+        res.and_then(|_| tar.finish())
+            .map_err(|e| format!("{path}: {e}"))?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+/// Reads the tar stream arriving as Stdin frames.
+struct FrameReader<'a> {
+    conn: &'a mut File,
+    pending: Vec<u8>,
+    done: bool,
+}
+
+impl Read for FrameReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() && !self.done {
+            match read_message(self.conn) {
+                Ok(Some(Message::Stdin(data))) if data.is_empty() => self.done = true,
+                Ok(Some(Message::Stdin(data))) => self.pending = data,
+                Ok(Some(other)) => {
+                    return Err(io::Error::other(format!("unexpected frame {other:?}")))
+                }
+                Ok(None) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        let n = out.len().min(self.pending.len());
+        out[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+}
+
+/// Unpacks the tar stream from the host into the directory `path`.
+pub fn copy_in(path: &str, conn: &mut File) -> Result<(), String> {
+    let p = check_path(path)?;
+    if !p.is_dir() {
+        return Err(format!("{path}: not a directory in the sandbox"));
+    }
+    let mut reader = FrameReader {
+        conn,
+        pending: Vec::new(),
+        done: false,
+    };
+    let mut archive = tar::Archive::new(&mut reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    // unpack() refuses entries that would land outside `p` (`..`, absolute, via symlinks).
+    let result = archive.unpack(p).map_err(|e| format!("{path}: {e}"));
+    // Drain what is left so the host's stream ends cleanly.
+    let _ = io::copy(&mut reader, &mut io::sink());
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_stay_in_the_sandbox() {
+        assert!(check_path("/etc/passwd").is_ok());
+        assert!(check_path("relative").is_err());
+        assert!(check_path("/tmp/../../etc").unwrap_err().contains(".."));
+    }
+}

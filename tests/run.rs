@@ -93,7 +93,7 @@ impl Fixture {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut all = vec!["run", "--timeout", "600"];
+        let mut all = vec!["run", "--rm", "--timeout", "600"];
         all.extend_from_slice(args);
         self.brig(&all)
     }
@@ -245,7 +245,7 @@ fn debian_image_runs() -> Result<(), String> {
 fn stdin_is_piped() -> Result<(), String> {
     let f = fixture();
     let mut child = f
-        .cmd(&["run", "-i", "bb", "sort"])
+        .cmd(&["run", "--rm", "-i", "bb", "sort"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -332,7 +332,7 @@ fn tty_session_through_a_pty() -> Result<(), String> {
             OwnedFd::from_raw_fd(slave),
         )
     };
-    let mut cmd = f.cmd(&["run", "-it", "--timeout", "600", "bb", "sh"]);
+    let mut cmd = f.cmd(&["run", "--rm", "-it", "--timeout", "600", "bb", "sh"]);
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave));
@@ -414,7 +414,7 @@ fn large_output_arrives_intact() -> Result<(), String> {
 
 fn timeout_kills_and_exits_124() -> Result<(), String> {
     let start = Instant::now();
-    let out = fixture().brig(&["run", "--timeout", "5", "bb", "sleep", "1000"]);
+    let out = fixture().brig(&["run", "--rm", "--timeout", "5", "bb", "sleep", "1000"]);
     check(out.status.code() == Some(124), "exit 124", &out)?;
     check(
         start.elapsed() < Duration::from_secs(300),
@@ -566,7 +566,7 @@ fn ten_concurrent_runs_leave_nothing_behind() -> Result<(), String> {
 fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
     let f = fixture();
     let mut child = f
-        .cmd(&["run", "bb", "sleep", "1000"])
+        .cmd(&["run", "--rm", "bb", "sleep", "1000"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

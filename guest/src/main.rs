@@ -78,11 +78,9 @@ fn build_env(spec: &RunSpec, id: &user::Identity) -> Vec<(String, String)> {
     env
 }
 
-/// Puts the workload in its own cgroup with the requested limits; returns its cgroup.procs.
+/// Puts the workloads in a cgroup of their own (for `brig stats`, and the limits asked for);
+/// returns its cgroup.procs for the main workload to join.
 fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
-    if spec.memory_limit == 0 && spec.pids_limit == 0 {
-        return Ok(None);
-    }
     let root = "/sys/fs/cgroup";
     let dir = WORKLOAD_CGROUP;
     let err = |what: &str, e: std::io::Error| format!("cgroup {what}: {e}");

@@ -4,6 +4,7 @@
 
 mod commands;
 mod error;
+pub mod fmt;
 
 use clap::{Parser, Subcommand};
 
@@ -21,6 +22,22 @@ pub struct Cli {
 enum Command {
     /// Run a command in a new microVM from an image.
     Run(Box<commands::run::RunArgs>),
+    /// List sandboxes.
+    Ps(commands::ps::PsArgs),
+    /// Run a command in a running sandbox.
+    Exec(commands::exec::ExecArgs),
+    /// Show a sandbox's output.
+    Logs(commands::logs::LogsArgs),
+    /// Stop sandboxes (StopSignal, then SIGKILL after a grace period).
+    Stop(commands::stop::StopArgs),
+    /// Send a signal to sandboxes' main process.
+    Kill(commands::kill::KillArgs),
+    /// Wait for sandboxes to stop and print their exit codes.
+    Wait(commands::wait::WaitArgs),
+    /// Remove sandboxes.
+    Rm(commands::rm::RmArgs),
+    /// Show sandboxes' resource usage.
+    Stats(commands::stats::StatsArgs),
     /// Boot the guest kernel with brig's init and run one command in it (no image).
     Boot(commands::boot::BootArgs),
     /// Download an image from a registry.
@@ -31,7 +48,7 @@ enum Command {
     Import(commands::import::ImportArgs),
     /// List images.
     Images(commands::images::ImagesArgs),
-    /// Show an image's manifest digest, config, layers and rootfs path as JSON.
+    /// Show a sandbox's or an image's details as JSON.
     Inspect(commands::inspect::InspectArgs),
     /// Remove images.
     Rmi(commands::rmi::RmiArgs),
@@ -41,6 +58,17 @@ enum Command {
     Login(commands::login::LoginArgs),
     /// Show brig's version.
     Version,
+    /// The VMM process of a detached sandbox (started by `brig run -d`).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        id: String,
+        #[arg(long)]
+        lock_fd: i32,
+        #[arg(long)]
+        ready_fd: i32,
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
     /// Show what brig finds on this host: KVM, kernel, store, limits.
     Info,
 }
@@ -59,7 +87,21 @@ pub fn run() -> Result<i32, CliError> {
     match cli.command {
         Command::Run(args) => commands::run::run(*args),
         Command::Boot(args) => commands::boot::run(args),
+        Command::Ps(args) => commands::ps::run(args),
+        Command::Exec(args) => commands::exec::run(args),
+        Command::Logs(args) => commands::logs::run(args),
+        Command::Stop(args) => commands::stop::run(args),
+        Command::Kill(args) => commands::kill::run(args),
+        Command::Wait(args) => commands::wait::run(args),
+        Command::Rm(args) => commands::rm::run(args),
+        Command::Stats(args) => commands::stats::run(args),
         Command::Version => commands::info::version(),
+        Command::Supervise {
+            id,
+            lock_fd,
+            ready_fd,
+            timeout,
+        } => commands::run::supervise_detached(&id, lock_fd, ready_fd, timeout),
         Command::Info => commands::info::info(),
         Command::Pull(args) => commands::pull::run(args),
         Command::Load(args) => commands::load::run(args),

@@ -58,6 +58,8 @@ pub struct Relay<'a> {
     pub signals: Option<&'a SignalPipe>,
     /// Current terminal size, when the workload has a TTY.
     pub winsize: Option<&'a dyn Fn() -> Option<(u16, u16)>>,
+    /// Called when the workload has started.
+    pub on_started: Option<&'a mut dyn FnMut()>,
 }
 
 fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
@@ -131,6 +133,7 @@ pub fn run_session(
         stderr,
         signals,
         winsize,
+        mut on_started,
     } = relay;
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; MAX_DATA + 64];
@@ -163,7 +166,12 @@ pub fn run_session(
                     }
                     sent_spec = true;
                 }
-                Message::Started { .. } => times.started = Some(Instant::now()),
+                Message::Started { .. } => {
+                    times.started = Some(Instant::now());
+                    if let Some(f) = on_started.as_mut() {
+                        f();
+                    }
+                }
                 Message::Stdout(data) => {
                     let _ = stdout.write_all(&data).and_then(|_| stdout.flush());
                 }

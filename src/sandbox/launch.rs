@@ -2,6 +2,7 @@
 //! vsock listener, the VM, the host terminal, relayed signals, the agent session, and the
 //! VM's end. `brig boot` and `brig run` differ only in what they put in the VM.
 
+use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,18 @@ pub struct Launch {
     pub stdin: bool,
     /// Stop everything after this long.
     pub timeout: Option<Duration>,
+}
+
+/// Where the workload's output goes and what happens on the way.
+pub struct LaunchIo<'a> {
+    pub stdout: &'a mut dyn Write,
+    pub stderr: &'a mut dyn Write,
+    /// Relay the host's signals to the workload (foreground runs).
+    pub relay_signals: bool,
+    /// Called once the VM runs.
+    pub on_vm_started: &'a mut dyn FnMut(),
+    /// Called once the workload runs.
+    pub on_workload_started: &'a mut dyn FnMut(),
 }
 
 /// How it went.
@@ -57,7 +70,11 @@ pub enum LaunchError {
 }
 
 /// Boots the VM, runs the workload, tears everything down.
-pub fn launch(mut spec: Launch, runtime: &RuntimeDir) -> Result<Outcome, LaunchError> {
+pub fn launch(
+    mut spec: Launch,
+    runtime: &RuntimeDir,
+    io: LaunchIo<'_>,
+) -> Result<Outcome, LaunchError> {
     let listener =
         UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(LaunchError::Runtime)?;
     spec.vm.vsock = Some(VsockConfig {
@@ -76,6 +93,7 @@ pub fn launch(mut spec: Launch, runtime: &RuntimeDir) -> Result<Outcome, LaunchE
     }
     let vm = vmm::start(&spec.vm)?;
     let vmm_ready = vm.ready_at();
+    (io.on_vm_started)();
     let deadline = spec.timeout.map(|t| vmm_ready + t);
 
     // With a TTY, the host terminal is raw: Ctrl-C is a byte for the guest's terminal.
@@ -83,6 +101,9 @@ pub fn launch(mut spec: Launch, runtime: &RuntimeDir) -> Result<Outcome, LaunchE
     let mut relayed: Vec<i32> = FORWARDED.to_vec();
     if !tty {
         relayed.retain(|s| *s != libc::SIGWINCH);
+    }
+    if !io.relay_signals {
+        relayed.clear();
     }
     let signals = SignalPipe::install(&relayed).map_err(LaunchError::Signals)?;
     let raw = if tty && spec.stdin {
@@ -95,13 +116,13 @@ pub fn launch(mut spec: Launch, runtime: &RuntimeDir) -> Result<Outcome, LaunchE
     let mut times = SessionTimes::default();
     let end = match agent::accept(&listener, vm.exit_fd(), deadline) {
         Ok(conn) => {
-            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
             let relay = Relay {
                 stdin: spec.stdin.then_some(libc::STDIN_FILENO),
-                stdout: &mut out,
-                stderr: &mut err,
+                stdout: io.stdout,
+                stderr: io.stderr,
                 signals: Some(&signals),
                 winsize: tty.then_some(&winsize as &dyn Fn() -> Option<(u16, u16)>),
+                on_started: Some(io.on_workload_started),
             };
             agent::run_session(conn, spec.run, relay, vm.exit_fd(), deadline, &mut times)
         }

@@ -28,7 +28,7 @@ pub fn base_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct RuntimeDir {
     path: PathBuf,
-    _lock: std::fs::File,
+    lock: std::fs::File,
 }
 
 fn try_lock(file: &std::fs::File) -> bool {
@@ -37,12 +37,23 @@ fn try_lock(file: &std::fs::File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// The runtime directory of sandbox `id` (named by its short id: socket paths must stay
+/// short).
+pub fn dir_of(id: &str) -> PathBuf {
+    base_dir().join(&id[..id.len().min(12)])
+}
+
 /// Whether the VM `id` is alive: its runtime directory's lock is held by a process.
 pub fn is_live(id: &str) -> bool {
-    match std::fs::File::open(base_dir().join(id).join("lock")) {
+    match std::fs::File::open(dir_of(id).join("lock")) {
         Ok(f) => !try_lock(&f),
         Err(_) => false,
     }
+}
+
+/// The vsock socket of the live VM `id` (host-initiated connections: `CONNECT <port>`).
+pub fn vsock_socket_of(id: &str) -> PathBuf {
+    dir_of(id).join("vsock.sock")
 }
 
 /// Removes runtime directories whose VM is gone (its brig was killed before cleaning up).
@@ -67,7 +78,7 @@ pub fn sweep_stale() {
 }
 
 impl RuntimeDir {
-    /// Creates `<base>/<id>` (mode 0700).
+    /// Creates the runtime directory of sandbox `id` (mode 0700) and locks it.
     pub fn create(id: &str) -> io::Result<Self> {
         use std::os::unix::fs::DirBuilderExt;
         let base = base_dir();
@@ -75,15 +86,45 @@ impl RuntimeDir {
             .recursive(true)
             .mode(0o700)
             .create(&base)?;
-        let path = base.join(id);
+        let path = dir_of(id);
         std::fs::DirBuilder::new().mode(0o700).create(&path)?;
-        let lock = std::fs::File::create(path.join("lock"))?;
+        // Locked before it gets its name, so that no one ever sees an unlocked `lock`.
+        let tmp = path.join("lock.tmp");
+        let lock = std::fs::File::create(&tmp)?;
         if !try_lock(&lock) {
-            return Err(std::io::Error::other(
+            return Err(io::Error::other(
                 "runtime directory is locked by another process",
             ));
         }
-        Ok(Self { path, _lock: lock })
+        std::fs::rename(&tmp, path.join("lock"))?;
+        Ok(Self { path, lock })
+    }
+
+    /// Takes over the runtime directory of `id` whose lock another brig process created and
+    /// handed down as the open descriptor `lock_fd` (the lock goes with the descriptor).
+    pub fn adopt(id: &str, lock_fd: std::os::fd::RawFd) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: `__supervise` is started with this descriptor open and owned by nobody else
+        // in the new process.
+        let lock = unsafe { std::fs::File::from_raw_fd(lock_fd) };
+        let path = dir_of(id);
+        if !path.join("lock").exists() {
+            return Err(io::Error::other(
+                "the runtime directory to adopt is missing",
+            ));
+        }
+        Ok(Self { path, lock })
+    }
+
+    /// The lock's descriptor, to hand down to a `__supervise` process.
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.lock.as_raw_fd()
+    }
+
+    /// Gives up the directory without removing it (a child process now owns it).
+    pub fn release(self) {
+        std::mem::forget(self);
     }
 
     /// The VM's vsock Unix socket (host-initiated connections: `CONNECT <port>`).
@@ -103,19 +144,21 @@ impl Drop for RuntimeDir {
     }
 }
 
-/// A fresh id for a VM: 12 hex digits, as docker's short ids.
+/// A fresh sandbox id: 64 hex digits, as docker's (the first 12 are the short id).
 pub fn new_id() -> String {
-    let mut bytes = [0u8; 6];
+    let mut bytes = [0u8; 32];
     // SAFETY: the buffer is valid for its length; getrandom fills it.
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     if n != bytes.len() as isize {
-        // Fall back to time and pid: unique enough for a runtime directory name.
+        // Fall back to time and pid: unique enough for a sandbox on one host.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default();
-        let mix = (t as u64) ^ (u64::from(std::process::id()) << 32);
-        bytes.copy_from_slice(&mix.to_le_bytes()[..6]);
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mix = (t as u64).rotate_left(i as u32 * 17) ^ (u64::from(std::process::id()) << 32);
+            chunk.copy_from_slice(&mix.to_le_bytes());
+        }
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -129,7 +172,7 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         std::env::set_var("BRIG_RUNTIME_DIR", base.path());
         let id = new_id();
-        assert_eq!(id.len(), 12);
+        assert_eq!(id.len(), 64);
         let path = {
             let dir = RuntimeDir::create(&id).unwrap();
             use std::os::unix::fs::PermissionsExt;

@@ -1,39 +1,343 @@
-//! Persistent per-sandbox state under `$BRIG_HOME/sandboxes/<id>/`: for now the scratch disk
-//! of a running sandbox, removed when it ends (`--rm`), or by the next brig run if this one
-//! was killed first.
+//! Persistent per-sandbox state under `$BRIG_HOME/sandboxes/<id>/`, as docker keeps
+//! /var/lib/docker/containers: `config.json` (what to run, written once), `state.json`
+//! (status, VMM pid, times, exit code; replaced atomically), the workload's log, the guest
+//! console's log and the scratch disk. Runtime files (sockets, the VMM's lock) live apart,
+//! in the runtime directory ([`super::runtime`]).
+//!
+//! A sandbox is running while its runtime lock is held; a state that says running without
+//! a live lock is reported as exited ("the VMM process died").
 
-use std::io;
+use std::fs::{self, File};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use brig_protocol::RunSpec;
+use serde::{Deserialize, Serialize};
+
 use super::runtime;
+use crate::vmm::DiskConfig;
 
 const AUTOREMOVE: &str = "autoremove";
 
-/// A sandbox's state directory; removed on drop.
-#[derive(Debug)]
-pub struct SandboxDir {
-    path: PathBuf,
+/// A sandbox's state could not be read or written, or the name is not known.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No sandbox has this name or id (prefix).
+    #[error("no such sandbox: {0}")]
+    NotFound(String),
+    /// An id prefix matches several sandboxes.
+    #[error("{0} matches several sandboxes ({1}); give more of the id")]
+    Ambiguous(String, String),
+    /// `--name` is taken.
+    #[error("the name {0:?} is already in use by sandbox {1}; remove it (brig rm) or choose another name")]
+    NameInUse(String, String),
+    /// A name docker would not accept.
+    #[error("invalid sandbox name {0:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-]* is allowed")]
+    BadName(String),
+    /// Reading or writing a state file failed.
+    #[error("sandbox state {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A state file is not what brig wrote.
+    #[error("sandbox state {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
-impl SandboxDir {
-    /// Creates `<home>/sandboxes/<id>/`, marked for removal when the sandbox ends.
-    pub fn create(home: &Path, id: &str) -> io::Result<Self> {
-        let path = home.join("sandboxes").join(id);
-        std::fs::create_dir_all(home.join("sandboxes"))?;
-        std::fs::create_dir(&path)?;
-        std::fs::write(path.join(AUTOREMOVE), "")?;
-        Ok(Self { path })
-    }
-
-    /// Where the scratch disk lives.
-    pub fn scratch_path(&self) -> PathBuf {
-        self.path.join("scratch.ext4")
+fn io_err(path: &Path) -> impl Fn(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
-impl Drop for SandboxDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
+/// A disk as the config records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub read_only: bool,
+    pub serial: String,
+}
+
+impl From<&DiskSpec> for DiskConfig {
+    fn from(d: &DiskSpec) -> Self {
+        DiskConfig {
+            path: d.path.clone(),
+            read_only: d.read_only,
+            serial: d.serial.clone(),
+        }
+    }
+}
+
+/// What a sandbox runs; written when it is created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxConfig {
+    /// 64 hex digits; the first 12 are the short id.
+    pub id: String,
+    pub name: String,
+    /// The image as the user named it, and its ID.
+    pub image: String,
+    pub image_id: String,
+    pub created: String,
+    pub kernel: PathBuf,
+    pub mem_mib: u64,
+    pub cpus: u8,
+    pub disks: Vec<DiskSpec>,
+    /// The main workload.
+    pub run: RunSpec,
+    /// The image's StopSignal (`brig stop`), e.g. "SIGTERM".
+    pub stop_signal: String,
+    pub auto_remove: bool,
+    pub detached: bool,
+}
+
+/// Lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+/// What happened to a sandbox so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxState {
+    pub status: Status,
+    /// The VMM process (brig itself for foreground runs).
+    pub pid: u32,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why it ended abnormally (kernel panic, VMM died, ...).
+    pub error: Option<String>,
+}
+
+impl SandboxState {
+    pub fn created() -> Self {
+        Self {
+            status: Status::Created,
+            pid: 0,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: None,
+        }
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T, StateError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    serde_json::from_slice(&bytes).map_err(|source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn sandboxes_dir(home: &Path) -> PathBuf {
+    home.join("sandboxes")
+}
+
+/// Holds `sandboxes/.lock` while names are checked and taken.
+fn names_lock(home: &Path) -> Result<File, StateError> {
+    use std::os::fd::AsRawFd;
+    let dir = sandboxes_dir(home);
+    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+    let path = dir.join(".lock");
+    let f = File::create(&path).map_err(io_err(&path))?;
+    // SAFETY: flock on an open descriptor; blocks until the lock is ours.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_err(&path)(io::Error::last_os_error()));
+    }
+    Ok(f)
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// A name as docker makes them up: adjective_noun.
+pub fn generate_name(id: &str) -> String {
+    const ADJ: [&str; 16] = [
+        "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+        "nifty", "proud", "quiet", "sharp", "tender", "witty",
+    ];
+    const NOUN: [&str; 16] = [
+        "anchor", "barge", "cutter", "dory", "ferry", "galley", "hull", "junk", "keel", "mast",
+        "oar", "pilot", "rudder", "sloop", "tender", "wharf",
+    ];
+    let b = u64::from_str_radix(&id[..id.len().min(12)], 16).unwrap_or(0);
+    format!(
+        "{}_{}_{}",
+        ADJ[(b & 15) as usize],
+        NOUN[((b >> 4) & 15) as usize],
+        &id[..4.min(id.len())]
+    )
+}
+
+/// One sandbox's state directory.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub id: String,
+}
+
+impl Sandbox {
+    /// Creates the state directory for `config`, taking its name (unique).
+    pub fn create(home: &Path, config: &SandboxConfig) -> Result<Self, StateError> {
+        if !valid_name(&config.name) {
+            return Err(StateError::BadName(config.name.clone()));
+        }
+        let _lock = names_lock(home)?;
+        for other in list(home)? {
+            if let Ok(c) = other.config() {
+                if c.name == config.name {
+                    return Err(StateError::NameInUse(
+                        config.name.clone(),
+                        c.id[..12].to_string(),
+                    ));
+                }
+            }
+        }
+        let dir = sandboxes_dir(home).join(&config.id);
+        fs::create_dir(&dir).map_err(io_err(&dir))?;
+        let sandbox = Self {
+            dir,
+            id: config.id.clone(),
+        };
+        if config.auto_remove {
+            let marker = sandbox.dir.join(AUTOREMOVE);
+            File::create(&marker).map_err(io_err(&marker))?;
+        }
+        let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
+        write_atomic(&sandbox.dir.join("config.json"), &bytes)?;
+        sandbox.write_state(&SandboxState::created())?;
+        Ok(sandbox)
+    }
+
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+
+    pub fn config(&self) -> Result<SandboxConfig, StateError> {
+        read_json(&self.dir.join("config.json"))
+    }
+
+    /// The recorded state (see [`Sandbox::current_state`] for what is true now).
+    pub fn state(&self) -> Result<SandboxState, StateError> {
+        read_json(&self.dir.join("state.json"))
+    }
+
+    pub fn write_state(&self, state: &SandboxState) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        write_atomic(&self.dir.join("state.json"), &bytes)
+    }
+
+    /// Whether its VMM is alive (holds the runtime lock).
+    pub fn is_live(&self) -> bool {
+        runtime::is_live(self.short_id())
+    }
+
+    /// The state, corrected for a VMM that died without recording its end.
+    pub fn current_state(&self) -> Result<SandboxState, StateError> {
+        let mut state = self.state()?;
+        if state.status == Status::Running && !self.is_live() {
+            state.status = Status::Exited;
+            state
+                .error
+                .get_or_insert_with(|| "the VMM process died".into());
+            // Record it, so that later readers agree; a racing writer wins either way.
+            let _ = self.write_state(&state);
+        }
+        Ok(state)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("workload.log")
+    }
+
+    pub fn console_path(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+
+    /// Removes the state directory and everything in it.
+    pub fn remove(&self) -> Result<(), StateError> {
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.dir)(e)),
+        }
+    }
+}
+
+/// Every sandbox, oldest first.
+pub fn list(home: &Path) -> Result<Vec<Sandbox>, StateError> {
+    let dir = sandboxes_dir(home);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut all: Vec<(std::time::SystemTime, Sandbox)> = entries
+        .flatten()
+        .filter(|e| e.path().join("config.json").is_file())
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.to_string();
+            let created = e.metadata().and_then(|m| m.modified()).ok()?;
+            Some((created, Sandbox { dir: e.path(), id }))
+        })
+        .collect();
+    all.sort_by_key(|(t, _)| *t);
+    Ok(all.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Finds a sandbox by name, full id, or unique id prefix (as docker does).
+pub fn resolve(home: &Path, name_or_id: &str) -> Result<Sandbox, StateError> {
+    let all = list(home)?;
+    if let Some(s) = all.iter().find(|s| s.id == name_or_id) {
+        return Ok(s.clone());
+    }
+    if let Some(s) = all
+        .iter()
+        .find(|s| s.config().is_ok_and(|c| c.name == name_or_id))
+    {
+        return Ok(s.clone());
+    }
+    let matches: Vec<&Sandbox> = if name_or_id.is_empty() {
+        Vec::new()
+    } else {
+        all.iter()
+            .filter(|s| s.id.starts_with(name_or_id))
+            .collect()
+    };
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(StateError::NotFound(name_or_id.to_string())),
+        many => Err(StateError::Ambiguous(
+            name_or_id.to_string(),
+            many.iter()
+                .map(|s| s.short_id().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )),
     }
 }
 
@@ -41,22 +345,88 @@ impl Drop for SandboxDir {
 /// without a live VM, and auto-removed state directories whose VM is gone.
 pub fn sweep_stale(home: &Path) {
     runtime::sweep_stale();
-    let Ok(entries) = std::fs::read_dir(home.join("sandboxes")) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Some(id) = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
+    let Ok(all) = list(home) else { return };
+    for s in all {
         // A sandbox's runtime directory (and its lock) exists before its state directory,
         // so a state directory without a live lock belongs to a VM that is gone.
-        if path.join(AUTOREMOVE).exists() && !runtime::is_live(&id) {
-            let _ = std::fs::remove_dir_all(&path);
+        if s.dir.join(AUTOREMOVE).exists() && !s.is_live() {
+            let _ = s.remove();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(id: &str, name: &str) -> SandboxConfig {
+        SandboxConfig {
+            id: id.into(),
+            name: name.into(),
+            image: "bb".into(),
+            image_id: "sha256:00".into(),
+            created: "2024-01-01T00:00:00Z".into(),
+            kernel: "/k".into(),
+            mem_mib: 128,
+            cpus: 1,
+            disks: Vec::new(),
+            run: RunSpec::default(),
+            stop_signal: "SIGTERM".into(),
+            auto_remove: false,
+            detached: true,
+        }
+    }
+
+    #[test]
+    fn names_are_unique_and_resolve_by_prefix() {
+        let home = tempfile::tempdir().unwrap();
+        let a = Sandbox::create(home.path(), &config(&"a1".repeat(32), "web")).unwrap();
+        Sandbox::create(home.path(), &config(&"a2".repeat(32), "db")).unwrap();
+        assert!(matches!(
+            Sandbox::create(home.path(), &config(&"b".repeat(64), "web")),
+            Err(StateError::NameInUse(..))
+        ));
+        assert!(matches!(
+            Sandbox::create(home.path(), &config(&"c".repeat(64), "-bad")),
+            Err(StateError::BadName(_))
+        ));
+        assert_eq!(resolve(home.path(), "web").unwrap().id, a.id);
+        assert_eq!(resolve(home.path(), "a1a1").unwrap().id, a.id);
+        assert!(matches!(
+            resolve(home.path(), "a"),
+            Err(StateError::Ambiguous(..))
+        ));
+        assert!(matches!(
+            resolve(home.path(), "zz"),
+            Err(StateError::NotFound(_))
+        ));
+        assert!(matches!(
+            resolve(home.path(), ""),
+            Err(StateError::NotFound(_))
+        ));
+        assert_eq!(list(home.path()).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_dead_vmm_reads_as_exited() {
+        let home = tempfile::tempdir().unwrap();
+        let s = Sandbox::create(home.path(), &config(&"d".repeat(64), "x")).unwrap();
+        assert_eq!(s.state().unwrap().status, Status::Created);
+        let mut st = SandboxState::created();
+        st.status = Status::Running;
+        st.pid = 999_999;
+        s.write_state(&st).unwrap();
+        let now = s.current_state().unwrap();
+        assert_eq!(now.status, Status::Exited);
+        assert_eq!(now.error.as_deref(), Some("the VMM process died"));
+        assert_eq!(s.state().unwrap().status, Status::Exited);
+        s.remove().unwrap();
+        assert!(list(home.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn generated_names_are_valid() {
+        let n = generate_name(&"0123456789ab".repeat(5));
+        assert!(valid_name(&n), "{n}");
     }
 }

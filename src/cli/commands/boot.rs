@@ -11,7 +11,7 @@ use crate::cli::{CliError, Context};
 use crate::devices::serial::ConsoleLog;
 use crate::initramfs::Initramfs;
 use crate::sandbox::agent::SessionEnd;
-use crate::sandbox::launch::{launch, Launch};
+use crate::sandbox::launch::{launch, Launch, LaunchIo};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::vmm::VmConfig;
 
@@ -94,7 +94,15 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
         stdin: false,
         timeout: args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0))),
     };
-    let outcome = launch(spec, &runtime).map_err(|e| CliError::new(e.to_string()))?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let io = LaunchIo {
+        stdout: &mut out,
+        stderr: &mut err,
+        relay_signals: true,
+        on_vm_started: &mut || {},
+        on_workload_started: &mut || {},
+    };
+    let outcome = launch(spec, &runtime, io).map_err(|e| CliError::new(e.to_string()))?;
     drop(runtime);
     if args.timings {
         outcome.print_timings(t0);

@@ -42,7 +42,7 @@ pub fn run(args: ImageArgs) -> Result<i32, CliError> {
             }
             println!(
                 "Total reclaimed space: {}",
-                super::images::human_size(total)
+                crate::cli::fmt::human_size(total)
             );
             Ok(0)
         }

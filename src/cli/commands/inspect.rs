@@ -1,5 +1,6 @@
-//! `brig inspect IMAGE...`: an image's manifest digest, config, layers and rootfs path, as
-//! a JSON array (as `docker inspect` prints).
+//! `brig inspect NAME...`: a sandbox's config, state, VMM pid, sockets, exit code and times,
+//! or an image's manifest digest, config, layers and rootfs path, as a JSON array (as
+//! `docker inspect` prints). Sandboxes are looked up first, as docker looks up containers.
 
 use clap::Args;
 
@@ -8,7 +9,7 @@ use crate::image::{display_name, Store};
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// Image name, ID or digest.
+    /// Sandbox (name or id) or image (name, ID or digest).
     #[arg(required = true)]
     pub images: Vec<String>,
 }
@@ -17,9 +18,13 @@ pub fn run(args: InspectArgs) -> Result<i32, CliError> {
     let store = Store::open_default()?;
     let mut out = Vec::new();
     for image in &args.images {
+        if let Ok(sb) = crate::sandbox::state::resolve(store.home(), image) {
+            out.push(sandbox_json(&sb)?);
+            continue;
+        }
         let found = store.lookup(image)?;
         let Some(first) = found.first() else {
-            return Err(CliError::new(format!("no such image: {image}")));
+            return Err(CliError::new(format!("no such sandbox or image: {image}")));
         };
         let rec = store.record(&first.manifest)?;
         let all = crate::image::names::load(&store)?;
@@ -54,4 +59,54 @@ pub fn run(args: InspectArgs) -> Result<i32, CliError> {
     let text = serde_json::to_string_pretty(&out).map_err(|e| CliError::new(e.to_string()))?;
     println!("{text}");
     Ok(0)
+}
+
+fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> Result<serde_json::Value, CliError> {
+    let config = sb.config().map_err(|e| CliError::new(e.to_string()))?;
+    let state = sb
+        .current_state()
+        .map_err(|e| CliError::new(e.to_string()))?;
+    let runtime = crate::sandbox::runtime::dir_of(&sb.id);
+    let live = sb.is_live();
+    Ok(serde_json::json!({
+        "Id": config.id,
+        "Name": config.name,
+        "Image": config.image,
+        "ImageId": config.image_id,
+        "Created": config.created,
+        "State": {
+            "Status": state.status,
+            "Running": live,
+            "Pid": if live { state.pid } else { 0 },
+            "ExitCode": state.exit_code,
+            "Error": state.error,
+            "StartedAt": state.started_at,
+            "FinishedAt": state.finished_at,
+        },
+        "Config": {
+            "Cmd": config.run.argv,
+            "Env": config.run.env,
+            "WorkingDir": config.run.cwd,
+            "User": config.run.user,
+            "Hostname": config.run.hostname,
+            "Tty": config.run.tty,
+            "OpenStdin": config.run.stdin,
+            "StopSignal": config.stop_signal,
+        },
+        "HostConfig": {
+            "Kernel": config.kernel,
+            "MemoryMiB": config.mem_mib,
+            "MemoryLimit": config.run.memory_limit,
+            "PidsLimit": config.run.pids_limit,
+            "Cpus": config.cpus,
+            "AutoRemove": config.auto_remove,
+            "ReadonlyRootfs": config.run.rootfs.as_ref().is_some_and(|r| r.read_only),
+        },
+        "Disks": config.disks,
+        "StateDir": sb.dir,
+        "LogPath": sb.log_path(),
+        "ConsolePath": sb.console_path(),
+        "RuntimeDir": if live { Some(&runtime) } else { None },
+        "VsockSocket": if live { Some(runtime.join("vsock.sock")) } else { None },
+    }))
 }

@@ -7,18 +7,13 @@ use brig_protocol::RootfsSpec;
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::cli::{CliError, Context};
-use crate::devices::serial::ConsoleLog;
 use crate::image::{self, PullOptions};
-use crate::initramfs::Initramfs;
-use crate::sandbox::agent::SessionEnd;
-use crate::sandbox::launch::{launch, Launch};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::sandbox::spec::{compose, parse_bytes, RunOptions};
+use crate::sandbox::state::{DiskSpec, Sandbox, SandboxConfig};
+use crate::sandbox::supervisor::{supervise, Mode};
 use crate::sandbox::{scratch, state};
-use crate::vmm::{DiskConfig, VmConfig};
 
-/// Exit code of `--timeout` (as coreutils' timeout).
-pub const EXIT_TIMEOUT: i32 = 124;
 /// Guest RAM beyond the workload's `-m`: kernel, agent and page cache headroom.
 pub const GUEST_OVERHEAD_MIB: u64 = 64;
 /// Guest RAM without `-m`.
@@ -45,9 +40,15 @@ pub struct RunArgs {
     /// Allocate a pseudo-terminal.
     #[arg(short = 't', long)]
     tty: bool,
-    /// Remove the sandbox's state when it ends (the default for foreground runs).
+    /// Remove the sandbox's state when it ends.
     #[arg(long)]
     rm: bool,
+    /// Run in the background and print the sandbox's id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Name of the sandbox (default: a generated one).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Override the image's Entrypoint ("" clears it).
     #[arg(long, value_name = "CMD")]
     entrypoint: Option<String>,
@@ -176,6 +177,12 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         Some(c) if c > 0.0 && c <= 255.0 => c.ceil() as u8,
         Some(c) => return Err(CliError::new(format!("--cpus {c} is out of range"))),
     };
+    if args.detach && args.interactive {
+        // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
+        return Err(CliError::new(
+            "-d cannot be combined with -i (brig has no attach yet); use brig exec -it",
+        ));
+    }
     if args.tty && args.interactive && !crate::sandbox::tty::is_tty(libc::STDIN_FILENO) {
         return Err(CliError::new(
             "the input device is not a TTY (drop -t, or run from a terminal)",
@@ -208,30 +215,15 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         pids_limit: args.pids_limit.filter(|p| *p > 0).map_or(0, |p| p as u64),
     };
     let host_env = |k: &str| std::env::var(k).ok();
-    let mut run = compose(&record.config, &opts, &id, &host_env).map_err(CliError::new)?;
+    let mut run = compose(&record.config, &opts, &id[..12], &host_env).map_err(CliError::new)?;
 
     // The runtime directory (and its lock) first: it is what marks the sandbox alive.
     let runtime = RuntimeDir::create(&id).context("runtime directory")?;
-    let sandbox = state::SandboxDir::create(store.home(), &id).context("sandbox state")?;
-    let mut disks = vec![DiskConfig {
+    let mut disks = vec![DiskSpec {
         path: record.rootfs_path.clone(),
         read_only: true,
         serial: "brig-rootfs".into(),
     }];
-    if !args.read_only {
-        let scratch_path = sandbox.scratch_path();
-        scratch::create(
-            &store.home().join("cache"),
-            &scratch_path,
-            scratch::DEFAULT_SIZE,
-        )
-        .map_err(|e| CliError::new(e.to_string()))?;
-        disks.push(DiskConfig {
-            path: scratch_path,
-            read_only: false,
-            serial: "brig-scratch".into(),
-        });
-    }
     run.rootfs = Some(RootfsSpec {
         device: "/dev/vda".into(),
         fstype: "erofs".into(),
@@ -242,44 +234,191 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         },
         read_only: args.read_only,
     });
-    let initrd = Initramfs::with_init().to_bytes().context("initramfs")?;
-    let console = if args.console {
-        ConsoleLog::with_echo(Box::new(std::io::stderr()))
-    } else {
-        ConsoleLog::default()
-    };
-    let spec = Launch {
-        vm: VmConfig {
-            kernel,
-            initrd,
-            cmdline_extra: String::new(),
-            mem_mib,
-            cpus,
-            console,
-            disks,
-            vsock: None,
-        },
+    let scratch_path = store
+        .home()
+        .join("sandboxes")
+        .join(&id)
+        .join("scratch.ext4");
+    if !args.read_only {
+        disks.push(DiskSpec {
+            path: scratch_path.clone(),
+            read_only: false,
+            serial: "brig-scratch".into(),
+        });
+    }
+    let config = SandboxConfig {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| state::generate_name(&id)),
+        id: id.clone(),
+        image: args.image.clone(),
+        image_id: record.config_digest.to_string(),
+        created: crate::cli::fmt::now_rfc3339(),
+        kernel,
+        mem_mib,
+        cpus,
+        disks,
         run,
-        stdin: args.interactive,
-        timeout: args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0))),
+        stop_signal: record
+            .config
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| "SIGTERM".into()),
+        auto_remove: args.rm,
+        detached: args.detach,
     };
-    let outcome = launch(spec, &runtime).map_err(|e| CliError::new(e.to_string()))?;
-    drop(sandbox);
+    let sandbox =
+        Sandbox::create(store.home(), &config).map_err(|e| CliError::new(e.to_string()))?;
+    let created = (|| {
+        if !args.read_only {
+            scratch::create(
+                &store.home().join("cache"),
+                &scratch_path,
+                scratch::DEFAULT_SIZE,
+            )
+            .map_err(|e| CliError::new(e.to_string()))?;
+        }
+        Ok::<(), CliError>(())
+    })();
+    if let Err(e) = created {
+        let _ = sandbox.remove();
+        return Err(e);
+    }
+    let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    if args.detach {
+        return detach(&sandbox, runtime, timeout);
+    }
+    let mode = Mode::Foreground {
+        stdin: args.interactive,
+        console: args.console,
+    };
+    let ended = supervise(&sandbox, &runtime, mode, timeout, &mut |_| {});
+    if args.rm {
+        let _ = sandbox.remove();
+    }
     drop(runtime);
+    let ended = ended.map_err(|e| CliError::new(e.to_string()))?;
     if args.timings {
-        outcome.print_timings(t0);
+        ended.outcome.print_timings(t0);
     }
-    match outcome.end {
-        SessionEnd::Exited(status) => Ok(status.shell_code()),
-        SessionEnd::ExecFailed { kind, message } => Err(crate::cli::exec_error(kind, message)),
-        SessionEnd::TimedOut => Err(CliError::with_code(
-            format!(
-                "the sandbox did not finish within --timeout {}s and was killed",
-                args.timeout.unwrap_or_default()
-            ),
-            EXIT_TIMEOUT,
+    match ended.error {
+        None => Ok(ended.code),
+        Some(msg) => Err(CliError::with_code(msg, ended.code)),
+    }
+}
+
+/// `run -d`: hands the sandbox to a `brig __supervise` process of its own (with the runtime
+/// lock), waits until the workload runs, prints the id.
+fn detach(
+    sandbox: &Sandbox,
+    runtime: RuntimeDir,
+    timeout: Option<Duration>,
+) -> Result<i32, CliError> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(CliError::new(format!(
+            "pipe: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (lock_fd, ready_fd) = (runtime.lock_fd(), write_end.as_raw_fd());
+    let log =
+        std::fs::File::create(sandbox.dir.join("supervisor.log")).context("supervisor log")?;
+    let exe = std::env::current_exe().context("locating the brig binary")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([
+        "__supervise",
+        &sandbox.id,
+        "--lock-fd",
+        &lock_fd.to_string(),
+        "--ready-fd",
+        &ready_fd.to_string(),
+    ]);
+    if let Some(t) = timeout {
+        cmd.args(["--timeout", &t.as_secs_f64().to_string()]);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: in the child before exec, only system calls: a new session (no terminal, no
+    // signals from ours), and the two descriptors kept open across exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            for fd in [lock_fd, ready_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting the sandbox's VMM process")?;
+    drop(write_end);
+    runtime.release();
+    // One line: "ok", or "err CODE MESSAGE" (the child keeps its end open while it runs).
+    let mut answer = Vec::new();
+    let mut pipe = std::fs::File::from(read_end);
+    let mut byte = [0u8; 1];
+    while answer.len() < 4096 && matches!(pipe.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let line = answer.as_str();
+    if line == "ok" {
+        println!("{}", sandbox.id);
+        return Ok(0);
+    }
+    let _ = child;
+    match line.strip_prefix("err ").and_then(|r| r.split_once(' ')) {
+        Some((code, msg)) => Err(CliError::with_code(
+            msg.to_string(),
+            code.parse().unwrap_or(125),
         )),
-        SessionEnd::VmEnded => Err(crate::cli::vm_died(&outcome.console, &outcome.reason)),
-        SessionEnd::Broken(msg) => Err(CliError::new(msg)),
+        None => Err(CliError::new(format!(
+            "the sandbox's VMM process ended before the workload started (see {})",
+            sandbox.dir.join("supervisor.log").display()
+        ))),
     }
+}
+
+/// `brig __supervise ID`: the VMM process of a detached sandbox.
+pub fn supervise_detached(
+    id: &str,
+    lock_fd: i32,
+    ready_fd: i32,
+    timeout: Option<f64>,
+) -> Result<i32, CliError> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    // SAFETY: the parent handed this descriptor down for us alone.
+    let mut ready = unsafe { std::fs::File::from_raw_fd(ready_fd) };
+    let home = image::store::default_home().map_err(|e| CliError::new(e.to_string()))?;
+    let sandbox = state::resolve(&home, id).map_err(|e| CliError::new(e.to_string()))?;
+    let runtime = RuntimeDir::adopt(id, lock_fd).context("runtime directory")?;
+    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    let mut report = |r: Result<(), (i32, String)>| {
+        let line = match r {
+            Ok(()) => "ok\n".to_string(),
+            Err((code, msg)) => format!("err {code} {}\n", msg.replace('\n', " ")),
+        };
+        let _ = ready.write_all(line.as_bytes());
+    };
+    let ended = supervise(&sandbox, &runtime, Mode::Detached, timeout, &mut report);
+    if sandbox.config().is_ok_and(|c| c.auto_remove) {
+        let _ = sandbox.remove();
+    }
+    drop(runtime);
+    ended
+        .map(|e| e.code)
+        .map_err(|e| CliError::new(e.to_string()))
 }

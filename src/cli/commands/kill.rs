@@ -1,0 +1,33 @@
+//! `brig kill`: a signal (default SIGKILL) to a running sandbox's main workload.
+
+use clap::Args;
+
+use crate::cli::CliError;
+use crate::sandbox::control;
+use crate::sandbox::runtime::vsock_socket_of;
+
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Signal to send (name or number).
+    #[arg(short = 's', long = "signal", default_value = "KILL")]
+    signal: String,
+    /// Sandboxes (names or ids).
+    #[arg(required = true)]
+    sandboxes: Vec<String>,
+}
+
+pub fn run(args: KillArgs) -> Result<i32, CliError> {
+    let sig = control::parse_signal(&args.signal)
+        .ok_or_else(|| CliError::new(format!("invalid signal {:?}", args.signal)))?;
+    let home = super::home()?;
+    for name in &args.sandboxes {
+        let sb = super::resolve(&home, name)?;
+        if !sb.is_live() {
+            return Err(CliError::new(format!("sandbox {name} is not running")));
+        }
+        control::kill(&vsock_socket_of(&sb.id), sig)
+            .map_err(|e| CliError::new(format!("{name}: {e}")))?;
+        println!("{name}");
+    }
+    Ok(0)
+}

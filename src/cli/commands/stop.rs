@@ -1,0 +1,83 @@
+//! `brig stop`: the image's StopSignal (default SIGTERM) to the main workload, SIGKILL after
+//! the grace period, and as a last resort the VMM process itself.
+
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+use crate::cli::CliError;
+use crate::sandbox::control;
+use crate::sandbox::runtime::vsock_socket_of;
+use crate::sandbox::state::Sandbox;
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the workload to stop before killing it.
+    #[arg(short = 't', long = "time", default_value_t = 10)]
+    time: u64,
+    /// Sandboxes (names or ids).
+    #[arg(required = true)]
+    sandboxes: Vec<String>,
+}
+
+/// Waits up to `d` for the sandbox's VMM to be gone.
+pub fn wait_gone(sandbox: &Sandbox, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    while sandbox.is_live() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Ends the VMM process: SIGKILL to the pid it recorded.
+pub fn kill_vmm(sandbox: &Sandbox) -> bool {
+    if let Ok(st) = sandbox.state() {
+        if st.pid > 0 && sandbox.is_live() {
+            // SAFETY: kill on the pid the live VMM recorded (it holds the runtime lock, so
+            // the pid has not been reused).
+            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
+        }
+    }
+    wait_gone(sandbox, Duration::from_secs(10))
+}
+
+/// Stops one sandbox (nothing to do when it is not running).
+pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<(), CliError> {
+    if !sandbox.is_live() {
+        return Ok(());
+    }
+    let config = sandbox.config().map_err(|e| CliError::new(e.to_string()))?;
+    let sig = control::parse_signal(&config.stop_signal).unwrap_or(libc::SIGTERM);
+    let socket = vsock_socket_of(&sandbox.id);
+    let _ = control::kill(&socket, sig);
+    if wait_gone(sandbox, grace) {
+        return Ok(());
+    }
+    let _ = control::kill(&socket, libc::SIGKILL);
+    if wait_gone(sandbox, Duration::from_secs(5)) || kill_vmm(sandbox) {
+        return Ok(());
+    }
+    Err(CliError::new(format!(
+        "sandbox {} did not stop",
+        sandbox.short_id()
+    )))
+}
+
+pub fn run(args: StopArgs) -> Result<i32, CliError> {
+    let home = super::home()?;
+    let mut failed = None;
+    for name in &args.sandboxes {
+        match super::resolve(&home, name).and_then(|s| stop(&s, Duration::from_secs(args.time))) {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                eprintln!("brig: {e}");
+                failed = Some(e);
+            }
+        }
+    }
+    // Each failure was reported above; docker exits 1 when any did.
+    Ok(if failed.is_some() { 1 } else { 0 })
+}

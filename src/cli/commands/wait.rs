@@ -1,0 +1,29 @@
+//! `brig wait`: blocks until sandboxes stop, then prints their exit codes.
+
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::cli::CliError;
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Sandboxes (names or ids).
+    #[arg(required = true)]
+    sandboxes: Vec<String>,
+}
+
+pub fn run(args: WaitArgs) -> Result<i32, CliError> {
+    let home = super::home()?;
+    for name in &args.sandboxes {
+        let sb = super::resolve(&home, name)?;
+        while sb.is_live() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let st = sb
+            .current_state()
+            .map_err(|e| CliError::new(e.to_string()))?;
+        println!("{}", st.exit_code.unwrap_or(crate::cli::EXIT_BRIG_ERROR));
+    }
+    Ok(0)
+}

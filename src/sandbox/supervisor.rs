@@ -1,0 +1,227 @@
+//! Running a created sandbox to its end: the VMM side of `brig run`, in the foreground (brig
+//! itself is the VMM process) or detached (a `brig __supervise` process of its own). It
+//! keeps the sandbox's state file, workload log and console log up to date.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::time::Duration;
+
+use super::agent::SessionEnd;
+use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome};
+use super::logs::{LogWriter, Stream, DEFAULT_MAX_BYTES};
+use super::runtime::RuntimeDir;
+use super::state::{Sandbox, SandboxState, StateError, Status};
+use crate::cli::fmt::now_rfc3339;
+use crate::devices::serial::ConsoleLog;
+use crate::initramfs::Initramfs;
+use crate::vmm::{DiskConfig, VmConfig};
+
+/// Exit code of `--timeout` (as coreutils' timeout).
+pub const EXIT_TIMEOUT: i32 = 124;
+/// Most of the guest console kept on disk per sandbox.
+const CONSOLE_MAX_BYTES: u64 = 1 << 20;
+
+/// The sandbox could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// A log file could not be opened.
+    #[error("sandbox log {0}")]
+    Log(io::Error),
+    /// The initramfs could not be built.
+    #[error("initramfs: {0}")]
+    Initramfs(String),
+}
+
+/// How the sandbox's stdio is connected.
+pub enum Mode {
+    /// brig's own terminal/pipes: output also goes there; `stdin` forwards brig's stdin.
+    Foreground { stdin: bool, console: bool },
+    /// Output only to the log.
+    Detached,
+}
+
+/// How a sandbox ended: the exit code brig reports, and why, when it is not the
+/// workload's own.
+pub struct Ended {
+    pub code: i32,
+    pub error: Option<String>,
+    pub outcome: Outcome,
+}
+
+/// The exit code and error message for an outcome (docker's codes; 124 for --timeout).
+pub fn judge(outcome: &Outcome, timeout: Option<Duration>) -> (i32, Option<String>) {
+    match &outcome.end {
+        SessionEnd::Exited(status) => (status.shell_code(), None),
+        SessionEnd::ExecFailed { kind, message } => {
+            let e = crate::cli::exec_error(*kind, message.clone());
+            (e.exit_code(), Some(message.clone()))
+        }
+        SessionEnd::TimedOut => (
+            EXIT_TIMEOUT,
+            Some(format!(
+                "the sandbox did not finish within --timeout {}s and was killed",
+                timeout.unwrap_or_default().as_secs_f64()
+            )),
+        ),
+        SessionEnd::VmEnded => {
+            let e = crate::cli::vm_died(&outcome.console, &outcome.reason);
+            (e.exit_code(), Some(e.to_string()))
+        }
+        SessionEnd::Broken(msg) => (crate::cli::EXIT_BRIG_ERROR, Some(msg.clone())),
+    }
+}
+
+/// A file that stops growing at `max` bytes (the guest console's copy on disk).
+struct CappedFile {
+    file: File,
+    left: u64,
+}
+
+impl Write for CappedFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        if n > 0 {
+            self.file.write_all(&buf[..n])?;
+            self.left -= n as u64;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Writes to two places (the terminal and the log).
+struct Tee<A: Write, B: Write>(A, B);
+
+impl<A: Write, B: Write> Write for Tee<A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // The log must not stop the terminal, nor a closed terminal the log.
+        let a = self.0.write_all(buf).and_then(|_| self.0.flush());
+        let b = self.1.write_all(buf);
+        a.or(b).map(|_| buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let _ = self.0.flush();
+        self.1.flush()
+    }
+}
+
+/// Runs `sandbox` in `runtime` until it ends; `ready` hears once whether the workload
+/// started (`Ok`) or could not (`Err` with the code and message).
+pub fn supervise(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    mode: Mode,
+    timeout: Option<Duration>,
+    ready: &mut dyn FnMut(Result<(), (i32, String)>),
+) -> Result<Ended, SuperviseError> {
+    let config = sandbox.config()?;
+    let log =
+        LogWriter::open(&sandbox.log_path(), DEFAULT_MAX_BYTES).map_err(SuperviseError::Log)?;
+    let console_file = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(sandbox.console_path())
+        .map_err(SuperviseError::Log)?;
+    let console_file = CappedFile {
+        file: console_file,
+        left: CONSOLE_MAX_BYTES,
+    };
+    let (stdin, console) = match mode {
+        Mode::Foreground {
+            stdin,
+            console: true,
+        } => (
+            stdin,
+            ConsoleLog::with_echo(Box::new(Tee(io::stderr(), console_file))),
+        ),
+        Mode::Foreground {
+            stdin,
+            console: false,
+        } => (stdin, ConsoleLog::with_echo(Box::new(console_file))),
+        Mode::Detached => (false, ConsoleLog::with_echo(Box::new(console_file))),
+    };
+    let foreground = matches!(mode, Mode::Foreground { .. });
+    let initrd = Initramfs::with_init()
+        .to_bytes()
+        .map_err(|e| SuperviseError::Initramfs(e.to_string()))?;
+    let spec = Launch {
+        vm: VmConfig {
+            kernel: config.kernel.clone(),
+            initrd,
+            cmdline_extra: String::new(),
+            mem_mib: config.mem_mib,
+            cpus: config.cpus,
+            console,
+            disks: config.disks.iter().map(DiskConfig::from).collect(),
+            vsock: None,
+        },
+        run: config.run.clone(),
+        stdin,
+        timeout,
+    };
+
+    let mut state = SandboxState::created();
+    let mut on_vm_started = || {
+        state.status = Status::Running;
+        state.pid = std::process::id();
+        state.started_at = Some(now_rfc3339());
+        let _ = sandbox.write_state(&state);
+    };
+    let mut started = false;
+    let mut on_workload_started = || {
+        started = true;
+        ready(Ok(()));
+    };
+    let (mut out, mut err): (Box<dyn Write>, Box<dyn Write>) = if foreground {
+        (
+            Box::new(Tee(io::stdout(), log.stream(Stream::Stdout))),
+            Box::new(Tee(io::stderr(), log.stream(Stream::Stderr))),
+        )
+    } else {
+        (
+            Box::new(log.stream(Stream::Stdout)),
+            Box::new(log.stream(Stream::Stderr)),
+        )
+    };
+    let io = LaunchIo {
+        stdout: &mut out,
+        stderr: &mut err,
+        relay_signals: foreground,
+        on_vm_started: &mut on_vm_started,
+        on_workload_started: &mut on_workload_started,
+    };
+    let result = launch(spec, runtime, io);
+    let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
+    state.status = Status::Exited;
+    state.finished_at = Some(now_rfc3339());
+    match result {
+        Ok(outcome) => {
+            let (code, error) = judge(&outcome, timeout);
+            if !started {
+                ready(Err((code, error.clone().unwrap_or_default())));
+            }
+            state.exit_code = Some(code);
+            state.error = error.clone();
+            let _ = sandbox.write_state(&state);
+            Ok(Ended {
+                code,
+                error,
+                outcome,
+            })
+        }
+        Err(e) => {
+            ready(Err((crate::cli::EXIT_BRIG_ERROR, e.to_string())));
+            state.exit_code = Some(crate::cli::EXIT_BRIG_ERROR);
+            state.error = Some(e.to_string());
+            let _ = sandbox.write_state(&state);
+            Err(e.into())
+        }
+    }
+}

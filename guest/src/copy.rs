@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path};
 
-use brig_protocol::{read_message, Message, MAX_DATA};
+use brig_protocol::{read_message, FileKind, Message, PathInfo, MAX_DATA};
 
 use crate::exec::{send, HostWriter};
 
@@ -21,6 +21,34 @@ pub fn check_path(path: &str) -> Result<&Path, String> {
         return Err(format!("{path}: '..' would leave the sandbox"));
     }
     Ok(p)
+}
+
+/// Describes `path`, following symlinks (a dangling one is reported as a symlink).
+pub fn stat(path: &str) -> Result<PathInfo, String> {
+    use std::os::unix::fs::MetadataExt;
+    let p = check_path(path)?;
+    let meta = std::fs::metadata(p)
+        .or_else(|e| match std::fs::symlink_metadata(p) {
+            Ok(m) if m.file_type().is_symlink() => Ok(m),
+            _ => Err(e),
+        })
+        .map_err(|e| format!("{path}: {e}"))?;
+    let ft = meta.file_type();
+    let kind = if ft.is_dir() {
+        FileKind::Directory
+    } else if ft.is_file() {
+        FileKind::File
+    } else if ft.is_symlink() {
+        FileKind::Symlink
+    } else {
+        FileKind::Other
+    };
+    Ok(PathInfo {
+        kind,
+        mode: meta.mode() & 0o7777,
+        size: meta.len(),
+        mtime: meta.mtime(),
+    })
 }
 
 /// Writes the tar stream into Stdout frames.
@@ -133,5 +161,19 @@ mod tests {
         assert!(check_path("/etc/passwd").is_ok());
         assert!(check_path("relative").is_err());
         assert!(check_path("/tmp/../../etc").unwrap_err().contains(".."));
+    }
+
+    #[test]
+    fn stat_follows_symlinks_and_reports_dangling_ones() {
+        let dir = std::env::temp_dir().join(format!("brig-stat-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("to-dir")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", dir.join("dangling")).unwrap();
+        let s = |p: &str| stat(dir.join(p).to_str().unwrap());
+        assert_eq!(s("to-dir").unwrap().kind, FileKind::Directory);
+        assert_eq!(s("dangling").unwrap().kind, FileKind::Symlink);
+        assert!(s("missing").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

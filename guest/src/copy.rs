@@ -27,12 +27,21 @@ pub fn check_path(path: &str) -> Result<&Path, String> {
 pub fn stat(path: &str) -> Result<PathInfo, String> {
     use std::os::unix::fs::MetadataExt;
     let p = check_path(path)?;
-    let meta = std::fs::metadata(p)
-        .or_else(|e| match std::fs::symlink_metadata(p) {
-            Ok(m) if m.file_type().is_symlink() => Ok(m),
-            _ => Err(e),
-        })
-        .map_err(|e| format!("{path}: {e}"))?;
+    let meta = match std::fs::metadata(p).or_else(|e| match std::fs::symlink_metadata(p) {
+        Ok(m) if m.file_type().is_symlink() => Ok(m),
+        _ => Err(e),
+    }) {
+        Ok(m) => m,
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+            return Ok(PathInfo {
+                kind: FileKind::Missing,
+                mode: 0,
+                size: 0,
+                mtime: 0,
+            })
+        }
+        Err(e) => return Err(format!("{path}: {e}")),
+    };
     let ft = meta.file_type();
     let kind = if ft.is_dir() {
         FileKind::Directory
@@ -173,7 +182,9 @@ mod tests {
         let s = |p: &str| stat(dir.join(p).to_str().unwrap());
         assert_eq!(s("to-dir").unwrap().kind, FileKind::Directory);
         assert_eq!(s("dangling").unwrap().kind, FileKind::Symlink);
-        assert!(s("missing").is_err());
+        assert_eq!(s("missing").unwrap().kind, FileKind::Missing);
+        assert_eq!(s("dangling/x").unwrap().kind, FileKind::Missing);
+        assert!(stat("relative").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

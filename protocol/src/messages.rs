@@ -46,7 +46,8 @@ pub enum Message {
     /// guest → host, last frame of Kill, CopyOut and CopyIn: success, or why not.
     Done { error: Option<String> },
     /// host → guest, instead of Run: describe `path` (symlinks followed), answered by
-    /// [`Message::PathInfo`], or by Done with the error when it cannot be looked up.
+    /// [`Message::PathInfo`] (kind `Missing` when nothing is there), or by Done with the error
+    /// when it cannot be looked up.
     Stat { path: String },
     /// guest → host: what Stat found.
     PathInfo(PathInfo),
@@ -56,6 +57,8 @@ pub enum Message {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
+    /// Nothing at that path (ENOENT or ENOTDIR).
+    Missing,
     Directory,
     File,
     /// A symlink whose target does not exist (others are followed).

@@ -251,9 +251,16 @@ impl Sandbox {
         write_atomic(&self.dir.join("state.json"), &bytes)
     }
 
-    /// Whether its VMM is alive (holds the runtime lock).
+    /// Whether a VM of it is alive (its VMM, or a `brig cp` maintenance VM, holds the
+    /// runtime lock).
     pub fn is_live(&self) -> bool {
         runtime::is_live(self.short_id())
+    }
+
+    /// Whether its workload runs: started, and its VMM alive. (A stopped sandbox whose disks
+    /// a maintenance VM has open is live, but not running.)
+    pub fn is_running(&self) -> bool {
+        self.is_live() && self.state().is_ok_and(|s| s.status == Status::Running)
     }
 
     /// The state, corrected for a VMM that died without recording its end.

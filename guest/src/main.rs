@@ -230,6 +230,10 @@ fn serve_request(request: Message, reader: &mut File, writer: &HostWriter) -> Re
         Message::StatsRequest => {
             send(writer, &Message::Stats(stats::sample())).map_err(|e| e.to_string())
         }
+        Message::Stat { path } => match copy::stat(&path) {
+            Ok(info) => send(writer, &Message::PathInfo(info)).map_err(|e| e.to_string()),
+            Err(e) => done(Err(e)),
+        },
         Message::CopyOut { path } => done(copy::copy_out(&path, writer)),
         Message::CopyIn { path } => done(copy::copy_in(&path, reader)),
         other => Err(format!("unexpected request {other:?}")),

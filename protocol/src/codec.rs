@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ExecErrorKind, ExitStatus, Message, RunSpec, Stats};
+use crate::messages::{ExecErrorKind, ExitStatus, Message, PathInfo, RunSpec, Stats};
 use crate::MAX_FRAME;
 
 const HELLO: u8 = 1;
@@ -23,6 +23,8 @@ const STATS: u8 = 13;
 const COPY_OUT: u8 = 14;
 const COPY_IN: u8 = 15;
 const DONE: u8 = 16;
+const STAT: u8 = 17;
+const PATH_INFO: u8 = 18;
 
 /// A frame that cannot be decoded. The connection it came from cannot be trusted any further.
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +142,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             })
             .into(),
         ),
+        Message::Stat { path } => (STAT, json(&PathBody { path: path.clone() }).into()),
+        Message::PathInfo(info) => (PATH_INFO, json(info).into()),
     };
     let len = payload.len() + 1;
     let mut frame = Vec::with_capacity(4 + len);
@@ -204,6 +208,10 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         DONE => Message::Done {
             error: parse::<DoneBody>(kind, payload)?.error,
         },
+        STAT => Message::Stat {
+            path: parse::<PathBody>(kind, payload)?.path,
+        },
+        PATH_INFO => Message::PathInfo(parse::<PathInfo>(kind, payload)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -282,7 +290,7 @@ pub fn write_message<W: Write>(writer: &mut W, msg: &Message) -> io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::{Rlimit, RootfsSpec};
+    use crate::messages::{FileKind, Rlimit, RootfsSpec};
 
     fn all_messages() -> Vec<Message> {
         vec![
@@ -364,6 +372,15 @@ mod tests {
             Message::Done {
                 error: Some("no such file".into()),
             },
+            Message::Stat {
+                path: "/etc/passwd".into(),
+            },
+            Message::PathInfo(PathInfo {
+                kind: FileKind::Directory,
+                mode: 0o1777,
+                size: 4096,
+                mtime: -5,
+            }),
         ]
     }
 

@@ -6,8 +6,8 @@
 //! guest sends [`Message::Exit`] (or [`Message::ExecFailed`] when the command never started).
 //!
 //! Further connections, opened by the host to [`EXEC_PORT`], follow the same pattern: the
-//! agent says Hello, the host sends one request (Run for `exec`, Kill, StatsRequest, CopyOut,
-//! CopyIn) and the agent answers it.
+//! agent says Hello, the host sends one request (Run for `exec`, Kill, StatsRequest, Stat,
+//! CopyOut, CopyIn) and the agent answers it.
 //!
 //! Wire format of a frame: `len: u32 LE | kind: u8 | payload (len - 1 bytes)`. Data frames
 //! (stdin, stdout, stderr) carry raw bytes; control frames carry JSON. A frame longer than
@@ -19,7 +19,9 @@ mod codec;
 mod messages;
 
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
-pub use messages::{ExecErrorKind, ExitStatus, Message, Rlimit, RootfsSpec, RunSpec, Stats};
+pub use messages::{
+    ExecErrorKind, ExitStatus, FileKind, Message, PathInfo, Rlimit, RootfsSpec, RunSpec, Stats,
+};
 
 /// Version of this protocol; the host refuses a guest that speaks another one.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -45,6 +45,37 @@ pub enum Message {
     CopyIn { path: String },
     /// guest → host, last frame of Kill, CopyOut and CopyIn: success, or why not.
     Done { error: Option<String> },
+    /// host → guest, instead of Run: describe `path` (symlinks followed), answered by
+    /// [`Message::PathInfo`] (kind `Missing` when nothing is there), or by Done with the error
+    /// when it cannot be looked up.
+    Stat { path: String },
+    /// guest → host: what Stat found.
+    PathInfo(PathInfo),
+}
+
+/// The type of a file, as Stat reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Nothing at that path (ENOENT or ENOTDIR).
+    Missing,
+    Directory,
+    File,
+    /// A symlink whose target does not exist (others are followed).
+    Symlink,
+    /// A device node, FIFO or socket.
+    Other,
+}
+
+/// A path in the sandbox, as `brig cp` needs to know it before copying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathInfo {
+    pub kind: FileKind,
+    /// Permission bits (st_mode & 0o7777).
+    pub mode: u32,
+    pub size: u64,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
 }
 
 /// Resource usage of the sandbox's workloads (their cgroup) and of the guest.

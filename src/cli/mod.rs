@@ -38,6 +38,8 @@ enum Command {
     Rm(commands::rm::RmArgs),
     /// Show sandboxes' resource usage.
     Stats(commands::stats::StatsArgs),
+    /// Copy files between a sandbox and the host.
+    Cp(commands::cp::CpArgs),
     /// Boot the guest kernel with brig's init and run one command in it (no image).
     Boot(commands::boot::BootArgs),
     /// Download an image from a registry.
@@ -95,6 +97,7 @@ pub fn run() -> Result<i32, CliError> {
         Command::Wait(args) => commands::wait::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Stats(args) => commands::stats::run(args),
+        Command::Cp(args) => commands::cp::run(args),
         Command::Version => commands::info::version(),
         Command::Supervise {
             id,

@@ -71,12 +71,26 @@ struct DirMeta {
     mtime: (i64, u32),
 }
 
+/// How far an archive's metadata is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Image layers: OCI whiteouts apply; as root, owners, device nodes, setuid bits and
+    /// every xattr are kept (the rootfs is for the guest, never used on the host).
+    Layer,
+    /// Files copied out of a sandbox onto the host (`brig cp`): a plain tar, where `.wh.`
+    /// names are ordinary files; files belong to whoever runs brig; device nodes, xattrs
+    /// (file capabilities, security labels) and setuid/setgid bits are dropped, so nothing a
+    /// guest sends can grant privileges on the host.
+    Copy,
+}
+
 /// Unpacks layers into one staging directory.
 #[derive(Debug)]
 pub struct Unpacker {
     root: OwnedFd,
     limits: Limits,
     privileged: bool,
+    policy: Policy,
     dirs: HashMap<Comps, DirMeta>,
     /// Paths written by the layer being applied (whiteouts spare them).
     added: HashSet<Comps>,
@@ -89,8 +103,13 @@ fn errno_io(e: Errno) -> io::Error {
 }
 
 impl Unpacker {
-    /// Unpacks into `stage`, an existing, empty directory.
+    /// Unpacks layers into `stage`, an existing, empty directory.
     pub fn new(stage: &Path, limits: Limits) -> io::Result<Self> {
+        Self::with_policy(stage, limits, Policy::Layer)
+    }
+
+    /// Unpacks into `stage`, an existing, empty directory, trusting what `policy` says.
+    pub fn with_policy(stage: &Path, limits: Limits, policy: Policy) -> io::Result<Self> {
         let root = rustix::fs::open(
             stage,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
@@ -100,6 +119,7 @@ impl Unpacker {
             root,
             limits,
             privileged: rustix::process::geteuid().is_root(),
+            policy,
             dirs: HashMap::new(),
             added: HashSet::new(),
             cache: None,
@@ -247,7 +267,11 @@ impl Unpacker {
         let name_bytes = name.as_bytes();
 
         // Whiteouts.
-        if let Some(target) = name_bytes.strip_prefix(b".wh.") {
+        let whiteout = match self.policy {
+            Policy::Layer => name_bytes.strip_prefix(b".wh."),
+            Policy::Copy => None,
+        };
+        if let Some(target) = whiteout {
             let Some(dir) = self.open_dir(&parent, &raw_path, false)? else {
                 return Ok(()); // nothing below to hide
             };
@@ -280,7 +304,10 @@ impl Unpacker {
         let mode = header
             .mode()
             .map_err(|e| UnpackError::Tar(self.layer.clone(), e))?
-            & 0o7777;
+            & match self.policy {
+                Policy::Layer => 0o7777,
+                Policy::Copy => 0o1777,
+            };
         let (mut uid, mut gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mut mtime = (header.mtime().unwrap_or(0) as i64, 0u32);
         let mut xattrs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
@@ -406,8 +433,8 @@ impl Unpacker {
                     tar::EntryType::Block => FileType::BlockDevice,
                     _ => FileType::Fifo,
                 };
-                if ft != FileType::Fifo && !self.privileged {
-                    tracing::debug!("skipping device node {} (needs root)", raw_path.display());
+                if ft != FileType::Fifo && (!self.privileged || self.policy == Policy::Copy) {
+                    tracing::debug!("skipping device node {}", raw_path.display());
                     return Ok(());
                 }
                 let dev = rustix::fs::makedev(
@@ -503,7 +530,7 @@ impl Unpacker {
     }
 
     fn chown_fd(&self, fd: impl AsFd, o: Owner, path: &Path) -> Result<(), UnpackError> {
-        if !self.privileged {
+        if !self.privileged || self.policy == Policy::Copy {
             return Ok(());
         }
         let (Some(u), Some(g)) = (o.uid(), o.gid()) else {
@@ -519,7 +546,7 @@ impl Unpacker {
         o: Owner,
         path: &Path,
     ) -> Result<(), UnpackError> {
-        if !self.privileged {
+        if !self.privileged || self.policy == Policy::Copy {
             return Ok(());
         }
         let (Some(u), Some(g)) = (o.uid(), o.gid()) else {
@@ -530,6 +557,9 @@ impl Unpacker {
     }
 
     fn set_xattrs(&self, fd: impl AsFd, xattrs: &[(Vec<u8>, Vec<u8>)], path: &Path) {
+        if self.policy == Policy::Copy {
+            return;
+        }
         for (k, v) in xattrs {
             let name = OsStr::from_bytes(k);
             if let Err(e) = rustix::fs::fsetxattr(&fd, name, v, rustix::fs::XattrFlags::empty()) {

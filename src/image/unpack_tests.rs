@@ -189,3 +189,30 @@ fn pax_times_parse() {
     assert_eq!(parse_time(b"12"), Some((12, 0)));
     assert_eq!(parse_time(b"x"), None);
 }
+
+#[test]
+fn copy_policy_keeps_wh_names_and_drops_privileges() {
+    let tar = Tar::new()
+        .dir("t", 0o2755)
+        .file("t/.wh.not-a-whiteout", b"w")
+        .file("t/plain", b"p")
+        .entry(tar::EntryType::Regular, "t/suid", "", b"#!", 0o6755)
+        .entry(tar::EntryType::Regular, "t/sticky", "", b"", 0o1644)
+        .entry(tar::EntryType::Char, "t/null", "", b"", 0o666)
+        .bytes();
+    let dir = tempfile::tempdir().unwrap();
+    let mut u = Unpacker::with_policy(dir.path(), Limits::default(), Policy::Copy).unwrap();
+    u.apply(&tar[..], "copy").unwrap();
+    u.finish().unwrap();
+    let t = dir.path().join("t");
+    assert_eq!(fs::read(t.join(".wh.not-a-whiteout")).unwrap(), b"w");
+    assert_eq!(fs::read(t.join("plain")).unwrap(), b"p");
+    let mode = |p: &str| fs::symlink_metadata(t.join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("suid"), 0o755, "setuid and setgid are dropped");
+    assert_eq!(mode("sticky"), 0o1644);
+    assert_eq!(mode("."), 0o755);
+    assert!(!t.join("null").exists(), "no device nodes on the host");
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    assert_eq!(fs::metadata(t.join("plain")).unwrap().uid(), me);
+}

@@ -2,8 +2,10 @@
 
 pub mod agent;
 pub mod control;
+pub mod copy;
 pub mod launch;
 pub mod logs;
+pub mod maintenance;
 pub mod runtime;
 pub mod scratch;
 pub mod signals;

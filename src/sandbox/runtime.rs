@@ -51,6 +51,22 @@ pub fn is_live(id: &str) -> bool {
     }
 }
 
+/// The pid of the process that holds the live VM `id`'s lock (its VMM: `brig __supervise`,
+/// a foreground `brig run`, or a `brig cp` maintenance VM); `None` when the VM is not live.
+pub fn pid_of(id: &str) -> Option<u32> {
+    let pid = std::fs::read_to_string(dir_of(id).join("pid")).ok()?;
+    let pid = pid.trim().parse().ok()?;
+    // Read before checking the lock: a pid read while the lock was held is the holder's.
+    is_live(id).then_some(pid)
+}
+
+/// Records this process as the lock holder (written atomically: temp file, rename).
+fn write_pid(dir: &std::path::Path) -> io::Result<()> {
+    let tmp = dir.join("pid.tmp");
+    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
+    std::fs::rename(&tmp, dir.join("pid"))
+}
+
 /// The vsock socket of the live VM `id` (host-initiated connections: `CONNECT <port>`).
 pub fn vsock_socket_of(id: &str) -> PathBuf {
     dir_of(id).join("vsock.sock")
@@ -96,8 +112,10 @@ impl RuntimeDir {
                 "runtime directory is locked by another process",
             ));
         }
-        std::fs::rename(&tmp, path.join("lock"))?;
-        Ok(Self { path, lock })
+        let dir = Self { path, lock };
+        write_pid(&dir.path)?;
+        std::fs::rename(&tmp, dir.path.join("lock"))?;
+        Ok(dir)
     }
 
     /// Takes over the runtime directory of `id` whose lock another brig process created and
@@ -113,6 +131,7 @@ impl RuntimeDir {
                 "the runtime directory to adopt is missing",
             ));
         }
+        write_pid(&path)?;
         Ok(Self { path, lock })
     }
 
@@ -181,12 +200,14 @@ mod tests {
             assert_eq!(mode & 0o777, 0o700);
             assert!(dir.vsock_listener(1024).ends_with("vsock.sock_1024"));
             assert!(is_live(&id));
+            assert_eq!(pid_of(&id), Some(std::process::id()));
             sweep_stale();
             assert!(path.exists(), "a live VM's directory stays");
             path
         };
         assert!(!path.exists());
         assert!(!is_live(&id));
+        assert_eq!(pid_of(&id), None);
         // A directory whose lock nobody holds is swept.
         std::fs::create_dir(&path).unwrap();
         std::fs::write(path.join("lock"), "").unwrap();

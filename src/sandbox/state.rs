@@ -154,12 +154,16 @@ fn sandboxes_dir(home: &Path) -> PathBuf {
     home.join("sandboxes")
 }
 
-/// Holds `sandboxes/.lock` while names are checked and taken.
+/// Holds `locks/sandbox-names` while names are checked and taken (with the store's other
+/// locks: nothing but sandboxes lives under `sandboxes/`, so that it is empty once every
+/// sandbox is removed).
 fn names_lock(home: &Path) -> Result<File, StateError> {
     use std::os::fd::AsRawFd;
     let dir = sandboxes_dir(home);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let path = dir.join(".lock");
+    let locks = home.join("locks");
+    fs::create_dir_all(&locks).map_err(io_err(&locks))?;
+    let path = locks.join("sandbox-names");
     let f = File::create(&path).map_err(io_err(&path))?;
     // SAFETY: flock on an open descriptor; blocks until the lock is ours.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
@@ -251,9 +255,16 @@ impl Sandbox {
         write_atomic(&self.dir.join("state.json"), &bytes)
     }
 
-    /// Whether its VMM is alive (holds the runtime lock).
+    /// Whether a VM of it is alive (its VMM, or a `brig cp` maintenance VM, holds the
+    /// runtime lock).
     pub fn is_live(&self) -> bool {
         runtime::is_live(self.short_id())
+    }
+
+    /// Whether its workload runs: started, and its VMM alive. (A stopped sandbox whose disks
+    /// a maintenance VM has open is live, but not running.)
+    pub fn is_running(&self) -> bool {
+        self.is_live() && self.state().is_ok_and(|s| s.status == Status::Running)
     }
 
     /// The state, corrected for a VMM that died without recording its end.
@@ -422,6 +433,11 @@ mod tests {
         assert_eq!(s.state().unwrap().status, Status::Exited);
         s.remove().unwrap();
         assert!(list(home.path()).unwrap().is_empty());
+        let left: Vec<_> = fs::read_dir(sandboxes_dir(home.path())).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "nothing is left under sandboxes/: {left:?}"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn exec_spec(base: &RunSpec, args: &ExecArgs) -> RunSpec {
 pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     let home = super::home()?;
     let sb = super::resolve(&home, &args.sandbox)?;
-    if !sb.is_live() {
+    if !sb.is_running() {
         return Err(CliError::new(format!(
             "sandbox {} is not running",
             args.sandbox

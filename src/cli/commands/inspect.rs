@@ -67,7 +67,8 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> Result<serde_json::Value
         .current_state()
         .map_err(|e| CliError::new(e.to_string()))?;
     let runtime = crate::sandbox::runtime::dir_of(&sb.id);
-    let live = sb.is_live();
+    // Live but not running: a brig cp maintenance VM has the stopped sandbox's disks open.
+    let live = sb.is_live() && state.status == crate::sandbox::state::Status::Running;
     Ok(serde_json::json!({
         "Id": config.id,
         "Name": config.name,

@@ -22,7 +22,7 @@ pub fn run(args: KillArgs) -> Result<i32, CliError> {
     let home = super::home()?;
     for name in &args.sandboxes {
         let sb = super::resolve(&home, name)?;
-        if !sb.is_live() {
+        if !sb.is_running() {
             return Err(CliError::new(format!("sandbox {name} is not running")));
         }
         control::kill(&vsock_socket_of(&sb.id), sig)

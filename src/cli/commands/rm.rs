@@ -23,11 +23,18 @@ pub fn run(args: RmArgs) -> Result<i32, CliError> {
         let result = super::resolve(&home, name).and_then(|sb| {
             if sb.is_live() {
                 if !args.force {
-                    return Err(CliError::new(format!(
-                        "cannot remove running sandbox {name}: stop it first or use brig rm -f"
-                    )));
+                    return Err(CliError::new(if sb.is_running() {
+                        format!(
+                            "cannot remove running sandbox {name}: stop it first or use brig rm -f"
+                        )
+                    } else {
+                        format!("sandbox {name} is in use (brig cp); wait, or use brig rm -f")
+                    }));
                 }
                 super::stop::stop(&sb, Duration::ZERO)?;
+                if !sb.is_running() && sb.is_live() && !super::stop::kill_vmm(&sb) {
+                    return Err(CliError::new(format!("sandbox {name} did not stop")));
+                }
             }
             sb.remove().map_err(|e| CliError::new(e.to_string()))
         });

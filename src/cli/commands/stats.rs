@@ -94,13 +94,13 @@ pub fn run(args: StatsArgs) -> Result<i32, CliError> {
         state::list(&home)
             .map_err(|e| CliError::new(e.to_string()))?
             .into_iter()
-            .filter(Sandbox::is_live)
+            .filter(Sandbox::is_running)
             .collect()
     } else {
         let mut t = Vec::new();
         for n in &args.sandboxes {
             let sb = super::resolve(&home, n)?;
-            if !sb.is_live() {
+            if !sb.is_running() {
                 return Err(CliError::new(format!("sandbox {n} is not running")));
             }
             t.push(sb);

@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::cli::CliError;
 use crate::sandbox::control;
-use crate::sandbox::runtime::vsock_socket_of;
+use crate::sandbox::runtime::{self, vsock_socket_of};
 use crate::sandbox::state::Sandbox;
 
 #[derive(Debug, Args)]
@@ -32,21 +32,20 @@ pub fn wait_gone(sandbox: &Sandbox, d: Duration) -> bool {
     true
 }
 
-/// Ends the VMM process: SIGKILL to the pid it recorded.
+/// Ends the process that holds the sandbox's VM (its VMM, or a `brig cp` maintenance VM):
+/// SIGKILL to the pid recorded in the runtime directory.
 pub fn kill_vmm(sandbox: &Sandbox) -> bool {
-    if let Ok(st) = sandbox.state() {
-        if st.pid > 0 && sandbox.is_live() {
-            // SAFETY: kill on the pid the live VMM recorded (it holds the runtime lock, so
-            // the pid has not been reused).
-            unsafe { libc::kill(st.pid as i32, libc::SIGKILL) };
-        }
+    if let Some(pid) = runtime::pid_of(&sandbox.id) {
+        // SAFETY: kill on integers. The pid was read while its process held the runtime
+        // lock, so it is that process's (not a reused one).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
     }
     wait_gone(sandbox, Duration::from_secs(10))
 }
 
 /// Stops one sandbox (nothing to do when it is not running).
 pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<(), CliError> {
-    if !sandbox.is_live() {
+    if !sandbox.is_running() {
         return Ok(());
     }
     let config = sandbox.config().map_err(|e| CliError::new(e.to_string()))?;

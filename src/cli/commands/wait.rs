@@ -5,6 +5,7 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::CliError;
+use crate::sandbox::state::Status;
 
 #[derive(Debug, Args)]
 pub struct WaitArgs {
@@ -17,12 +18,16 @@ pub fn run(args: WaitArgs) -> Result<i32, CliError> {
     let home = super::home()?;
     for name in &args.sandboxes {
         let sb = super::resolve(&home, name)?;
-        while sb.is_live() {
+        // Until it has exited (a stopped sandbox that brig cp is reading is live, but done).
+        let st = loop {
+            let st = sb
+                .current_state()
+                .map_err(|e| CliError::new(e.to_string()))?;
+            if st.status == Status::Exited || !sb.is_live() {
+                break st;
+            }
             std::thread::sleep(Duration::from_millis(50));
-        }
-        let st = sb
-            .current_state()
-            .map_err(|e| CliError::new(e.to_string()))?;
+        };
         println!("{}", st.exit_code.unwrap_or(crate::cli::EXIT_BRIG_ERROR));
     }
     Ok(0)

@@ -61,6 +61,29 @@ def reexec_under_with_kvm(script, argv):
     sys.exit(rc if rc >= 0 else 128 - rc)
 
 
+def hold_kvm_static_keys():
+    """Creates an idle VM with one vCPU and an in-kernel local APIC that never runs, and
+    returns its fds: keep them open for the whole benchmark. KVM counts vCPUs whose APIC is
+    software-disabled (every vCPU until its guest enables the APIC) in a static key; each VM
+    start flips it on and, a second after the guest enables its APIC, off again, patching
+    kernel text each time. Under QEMU's multi-threaded TCG (the nested VM of a development
+    machine) patching code that another vCPU runs can leave it a stale int3: with two VMs at
+    once, L1 died in kvm_arch_vcpu_ioctl_run. Holding the key on (as any host running other
+    VMs does) avoids the patching."""
+    import fcntl
+    fds = []
+    try:
+        fds.append(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+        fds.append(fcntl.ioctl(fds[0], 0xAE01, 0))  # KVM_CREATE_VM (fds are O_CLOEXEC)
+        fcntl.ioctl(fds[1], 0xAE60, 0)  # KVM_CREATE_IRQCHIP
+        fds.append(fcntl.ioctl(fds[1], 0xAE41, 0))  # KVM_CREATE_VCPU 0
+    except OSError as e:
+        for fd in fds:
+            os.close(fd)
+        raise BenchError(f"cannot create an idle VM on /dev/kvm: {e}")
+    return fds
+
+
 def ensure_brig(path, prog):
     if os.path.exists(path):
         return path

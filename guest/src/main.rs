@@ -89,7 +89,7 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
         "+memory +pids +cpu",
     )
     .map_err(|e| err("controllers", e))?;
-    fs::create_dir_all(&dir).map_err(|e| err("create", e))?;
+    fs::create_dir_all(dir).map_err(|e| err("create", e))?;
     if spec.memory_limit > 0 {
         fs::write(format!("{dir}/memory.max"), spec.memory_limit.to_string())
             .map_err(|e| err("memory.max", e))?;

@@ -182,7 +182,11 @@ pub fn receive_with(
             if !meta.is_dir() {
                 return Err(CopyError(format!("{name}: not a directory in the sandbox")));
             }
-            merge_into(&item, dir)
+            merge_into(&item, dir)?;
+            // The stage may sit in `dir` itself: removing it touches `dir`'s mtime, so `dir`
+            // takes the archive's mode and times again once the stage is gone.
+            drop(stage);
+            take_meta(dir, &meta)
         }
         Landing::At(target) => place(&item, meta.is_dir(), target),
     }
@@ -226,6 +230,11 @@ fn merge_into(src: &Path, dst: &Path) -> Result<(), CopyError> {
         let is_dir = fs::symlink_metadata(&from).map_err(io_err(&from))?.is_dir();
         place(&from, is_dir, &dst.join(&n))?;
     }
+    take_meta(dst, &meta)
+}
+
+/// Gives `dst` the mode and mtime in `meta`.
+fn take_meta(dst: &Path, meta: &fs::Metadata) -> Result<(), CopyError> {
     fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))
         .map_err(io_err(dst))?;
     set_mtime(dst, meta.mtime(), meta.mtime_nsec())

@@ -354,3 +354,18 @@ fn docker_rules_for_copies_into_the_sandbox() {
             .contains("cannot copy a directory to a file")
     );
 }
+
+#[test]
+fn contents_merged_into_a_directory_give_it_the_archives_mode_and_time() {
+    // `brig cp NAME:/dir/. existing`: the stage sits in `existing` itself, and removing it
+    // must not leave `existing` at "now".
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("existing");
+    fs::create_dir(&d).unwrap();
+    let tar = raw_tar(&[(DIR, "t", "", b""), (FILE, "t/f", "", b"x")]);
+    receive(&mut tar.as_slice(), "t", &d, &Landing::Into(d.clone())).unwrap();
+    let m = fs::metadata(&d).unwrap();
+    assert_eq!((m.mtime(), m.mode() & 0o7777), (1_600_000_000, 0o644));
+    assert_eq!(fs::read(d.join("f")).unwrap(), b"x");
+    assert!(leftovers(&d).is_empty());
+}

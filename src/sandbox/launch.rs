@@ -91,7 +91,7 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let vm = vmm::start(&spec.vm)?;
+    let vm = vmm::start(spec.vm)?;
     let vmm_ready = vm.ready_at();
     (io.on_vm_started)();
     let deadline = spec.timeout.map(|t| vmm_ready + t);

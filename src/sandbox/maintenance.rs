@@ -123,7 +123,7 @@ impl MaintenanceVm {
             .to_bytes()
             .map_err(|e| start(format!("initramfs: {e}")))?;
         let console = ConsoleLog::default();
-        let vm = vmm::start(&VmConfig {
+        let vm = vmm::start(VmConfig {
             kernel: config.kernel.clone(),
             initrd,
             cmdline_extra: String::new(),

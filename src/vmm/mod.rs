@@ -93,8 +93,9 @@ fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> VmmError
     move |e| VmmError::VmSetup(what, e.to_string())
 }
 
-/// Builds and starts the VM described by `config`.
-pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
+/// Builds and starts the VM described by `config`. The config is consumed so that the
+/// initramfs, once copied into guest memory, does not stay resident for the VM's life.
+pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("vmm start: {what} at {:?}", t0.elapsed());
     // Everything the user gave is checked before KVM is touched.
@@ -139,6 +140,7 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, VmmError> {
         &cmdline,
         config.cpus,
     )?;
+    drop(config.initrd);
 
     let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
     let mut pio = Bus::new();

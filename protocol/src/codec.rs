@@ -288,11 +288,12 @@ pub fn write_message<W: Write>(writer: &mut W, msg: &Message) -> io::Result<()> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::messages::{FileKind, Rlimit, RootfsSpec};
 
-    fn all_messages() -> Vec<Message> {
+    /// One of every message, with non-default fields.
+    pub(crate) fn all_messages() -> Vec<Message> {
         vec![
             Message::Hello {
                 version: crate::PROTOCOL_VERSION,

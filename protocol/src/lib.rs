@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod messages;
 
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};

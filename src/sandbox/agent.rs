@@ -44,6 +44,8 @@ pub struct SessionTimes {
     pub hello_uptime_ns: u64,
     /// The workload was spawned.
     pub started: Option<Instant>,
+    /// Guest uptime when the workload was spawned, in ns.
+    pub started_uptime_ns: u64,
     /// The workload's exit status arrived.
     pub exited: Option<Instant>,
 }
@@ -166,8 +168,9 @@ pub fn run_session(
                     }
                     sent_spec = true;
                 }
-                Message::Started { .. } => {
+                Message::Started { uptime_ns, .. } => {
                     times.started = Some(Instant::now());
+                    times.started_uptime_ns = uptime_ns;
                     if let Some(f) = on_started.as_mut() {
                         f();
                     }

@@ -166,6 +166,13 @@ impl Outcome {
                 self.times.hello_uptime_ns as f64 / 1e6
             );
         }
+        if let Some(s) = self.times.started {
+            eprintln!(
+                "  command started{}  (guest uptime {:.1} ms)",
+                ms(s - t0),
+                self.times.started_uptime_ns as f64 / 1e6
+            );
+        }
         if let Some(x) = self.times.exited {
             eprintln!("  command exited {}", ms(x - t0));
         }

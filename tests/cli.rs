@@ -77,6 +77,17 @@ fn pvm_host_is_refused_in_one_line() {
         start.elapsed() < std::time::Duration::from_secs(10),
         "no hang"
     );
+    // brig run says so before it pulls anything (this registry does not exist).
+    let home = dir.path().join("home");
+    let out = brig(
+        &["run", "--kernel", &k, "127.0.0.1:1/nothing:here", "true"],
+        &[
+            ("BRIG_PVM_MODULE_PATH", &pvm),
+            ("BRIG_HOME", home.to_str().unwrap()),
+        ],
+    );
+    assert_one_line_125(&out, "PVM");
+    assert!(!home.exists(), "nothing was written before the KVM check");
 }
 
 #[test]

@@ -194,6 +194,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
         env_files.push((f.clone(), text));
     }
 
+    // A host that cannot run the VM says so before anything is pulled.
+    crate::vmm::kvm::open().map_err(|e| CliError::new(e.to_string()))?;
     let store = image::Store::open_default().map_err(|e| CliError::new(e.to_string()))?;
     state::sweep_stale(store.home());
     let record = resolve_image(&args, &store)?;

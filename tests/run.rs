@@ -541,6 +541,25 @@ fn leftovers(f: &Fixture) -> Vec<String> {
     left
 }
 
+/// The agent never reports an exit: the workload resets the VM under it. brig says so in one
+/// line, exits 125 and leaves no state or socket behind.
+fn vm_ending_under_the_workload_is_reported() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&["bb", "/bin/busybox", "reboot", "-f"]);
+    check(
+        out.status.code() == Some(125)
+            && stderr(&out).lines().count() == 1
+            && stderr(&out).contains("before the workload's exit status"),
+        "a VM that ends without the workload's exit status",
+        &out,
+    )?;
+    let left = leftovers(f);
+    if !left.is_empty() {
+        return Err(format!("left behind after the VM ended early: {left:?}"));
+    }
+    Ok(())
+}
+
 fn ten_concurrent_runs_leave_nothing_behind() -> Result<(), String> {
     let f = fixture();
     let handles: Vec<_> = (0..10)
@@ -629,6 +648,10 @@ fn main() {
             ),
             trial("pids_limit_stops_a_fork_bomb", pids_limit_stops_a_fork_bomb),
             trial("writes_stay_in_the_overlay", writes_stay_in_the_overlay),
+            trial(
+                "vm_ending_under_the_workload_is_reported",
+                vm_ending_under_the_workload_is_reported,
+            ),
             trial(
                 "ten_concurrent_runs_leave_nothing_behind",
                 ten_concurrent_runs_leave_nothing_behind,

@@ -2,7 +2,7 @@
 //! loop through a self-pipe.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Write end of the self-pipe, for the handler.
@@ -39,13 +39,8 @@ pub struct SignalPipe {
 impl SignalPipe {
     /// Installs handlers for `signals`, routing them into a pipe.
     pub fn install(signals: &[i32]) -> io::Result<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: fds is a valid array of two ints.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 returned two fresh descriptors we now own.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        use rustix::pipe::{pipe_with, PipeFlags};
+        let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
         PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
         for &sig in signals {
             vmm_sys_util::signal::register_signal_handler(sig, on_signal)

@@ -318,20 +318,11 @@ fn detach(
     timeout: Option<Duration>,
 ) -> Result<i32, CliError> {
     use std::io::Read;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
 
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid array of two ints.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(CliError::new(format!(
-            "pipe: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    // SAFETY: pipe2 returned two fresh descriptors we now own.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| CliError::new(format!("pipe: {}", std::io::Error::from(e))))?;
     let (lock_fd, ready_fd) = (runtime.lock_fd(), write_end.as_raw_fd());
     let log =
         std::fs::File::create(sandbox.dir.join("supervisor.log")).context("supervisor log")?;

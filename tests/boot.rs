@@ -195,6 +195,48 @@ fn timings_name_every_phase() -> Result<(), String> {
     Ok(())
 }
 
+/// Every vCPU thread runs under its seccomp filter (mode 2 in /proc/PID/task/TID/status).
+fn vcpu_threads_are_seccomp_filtered() -> Result<(), String> {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_brig"))
+        .args(["boot", "--cpus", "2", "--add", "/bin/busybox:/bin/busybox"])
+        .args(["--timeout", "300", "--", "/bin/busybox", "sleep", "600"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let vcpus = || -> Vec<(String, String)> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return Vec::new();
+        };
+        tasks
+            .flatten()
+            .filter_map(|t| {
+                let comm = std::fs::read_to_string(t.path().join("comm")).ok()?;
+                let status = std::fs::read_to_string(t.path().join("status")).ok()?;
+                let mode = status.lines().find(|l| l.starts_with("Seccomp:"))?;
+                comm.starts_with("vcpu")
+                    .then(|| (comm.trim().to_string(), mode.to_string()))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = vcpus();
+    while (seen.len() < 2 || seen.iter().any(|(_, m)| !m.ends_with('2')))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        seen = vcpus();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if seen.len() == 2 && seen.iter().all(|(_, m)| m.ends_with("\t2")) {
+        Ok(())
+    } else {
+        Err(format!("vCPU threads and their seccomp modes: {seen:?}"))
+    }
+}
+
 fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
     // Run brig as nobody, who may not open /dev/kvm; the kernel is copied where nobody can read it.
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -264,6 +306,10 @@ fn main() {
             memory_size_is_what_the_guest_sees,
         ),
         trial("timings_name_every_phase", timings_name_every_phase),
+        trial(
+            "vcpu_threads_are_seccomp_filtered",
+            vcpu_threads_are_seccomp_filtered,
+        ),
         trial(
             "permission_denied_on_kvm_is_one_line",
             permission_denied_on_kvm_is_one_line,

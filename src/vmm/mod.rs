@@ -9,6 +9,7 @@ pub mod boot;
 pub mod event_loop;
 pub mod kvm;
 pub mod memory;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 
@@ -159,6 +160,9 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
     phase("vcpus created");
     vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
+    if seccomp::enabled() {
+        seccomp::install_sigsys_handler().map_err(setup_err("seccomp"))?;
+    }
     let event_loop = event_loop::EventLoop::start(devices.subscribers)?;
 
     let shared = vcpu::VcpuShared {

@@ -184,6 +184,13 @@ pub fn spawn(index: u8, mut fd: VcpuFd, shared: VcpuShared) -> Result<JoinHandle
 
 fn run(index: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
     let exit = &shared.exit;
+    // From here on this thread runs guest code: confine it before the first KVM_RUN.
+    if super::seccomp::enabled() {
+        if let Err(e) = super::seccomp::apply_vcpu_filter() {
+            exit.trigger(ExitReason::Error(format!("vCPU {index}: {e}")));
+            return;
+        }
+    }
     while !exit.stopping() {
         if index == 0 {
             shared.first_entry.get_or_init(Instant::now);

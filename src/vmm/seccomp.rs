@@ -2,7 +2,8 @@
 //!
 //! A vCPU thread spends its life in `KVM_RUN` and in the handlers of the exits it gets: port
 //! and MMIO accesses to brig's devices, which touch memory, write eventfds and the console,
-//! and take locks. That is all it may do once the guest runs: each vCPU thread installs
+//! take locks, and (a device reset or activation written by the guest) drop connections and
+//! clone eventfds. That is all it may do once the guest runs: each vCPU thread installs
 //! [`vcpu_filter`] just before its first `KVM_RUN`, so that a guest that found a bug in an
 //! exit handler still cannot open files, create sockets, or execute programs from it (as
 //! Firecracker filters its vCPU threads).
@@ -41,6 +42,11 @@ const VCPU_SYSCALLS: &[libc::c_long] = &[
     // Queue eventfds are cloned (F_DUPFD_CLOEXEC) when a device is activated; fds are closed.
     libc::SYS_fcntl,
     libc::SYS_close,
+    // A device reset written by the guest (status 0) runs here too: the vsock muxer drops its
+    // connections (epoll_ctl DEL, close, shutdown) and rearms its timeout timer.
+    libc::SYS_epoll_ctl,
+    libc::SYS_timerfd_settime,
+    libc::SYS_shutdown,
     // The allocator.
     libc::SYS_mmap,
     libc::SYS_munmap,

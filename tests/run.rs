@@ -4,10 +4,10 @@
 mod common;
 #[path = "common/kvm.rs"]
 mod kvm;
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -268,117 +268,30 @@ fn stdin_is_piped() -> Result<(), String> {
     check(stdout(&out).trim() == "0", "no stdin without -i", &out)
 }
 
-/// Reads from a pty master until `needle` shows up (or the time runs out).
-fn read_until(
-    master: &std::fs::File,
-    seen: &mut String,
-    needle: &str,
-    secs: u64,
-) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !seen.contains(needle) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "{needle:?} did not appear on the terminal; saw {seen:?}"
-            ));
-        }
-        let mut pfd = libc::pollfd {
-            fd: master.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is a valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
-        if pfd.revents != 0 {
-            let mut buf = [0u8; 4096];
-            // SAFETY: buf is valid for its length.
-            let n = unsafe { libc::read(master.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return Err(format!("terminal closed before {needle:?}; saw {seen:?}"));
-            }
-            seen.push_str(&String::from_utf8_lossy(&buf[..n as usize]));
-        }
-    }
-    Ok(())
-}
-
 fn tty_session_through_a_pty() -> Result<(), String> {
     let f = fixture();
-    let (mut master, mut slave) = (0, 0);
-    let ws = libc::winsize {
-        ws_row: 31,
-        ws_col: 101,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: out-pointers are valid; name and termios may be null.
-    if unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &ws,
-        )
-    } != 0
-    {
-        return Err("openpty failed".into());
-    }
-    // SAFETY: openpty returned fresh descriptors we own.
-    let (master, slave) = unsafe {
-        (
-            std::fs::File::from_raw_fd(master),
-            OwnedFd::from_raw_fd(slave),
-        )
-    };
-    let mut cmd = f.cmd(&["run", "--rm", "-it", "--timeout", "600", "bb", "sh"]);
-    cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    // SAFETY: setsid and TIOCSCTTY in the child before exec: no allocation.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            libc::ioctl(0, libc::TIOCSCTTY, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
-    let mut seen = String::new();
-    let mut w = &master;
+    let cmd = f.cmd(&["run", "--rm", "-it", "--timeout", "600", "bb", "sh"]);
+    let mut term = pty::Pty::spawn(cmd, 31, 101)?;
     let result = (|| {
-        read_until(&master, &mut seen, "# ", 300)?;
-        w.write_all(b"stty size\n").map_err(|e| e.to_string())?;
-        read_until(&master, &mut seen, "31 101", 60)?;
-        w.write_all(b"sleep 1000\n").map_err(|e| e.to_string())?;
+        term.read_until("# ", 300)?;
+        term.write(b"stty size\n")?;
+        term.read_until("31 101", 60)?;
+        term.write(b"sleep 1000\n")?;
         std::thread::sleep(Duration::from_secs(2));
-        w.write_all(&[3]).map_err(|e| e.to_string())?; // Ctrl-C
-                                                       // The interactive shell reports the interrupted sleep's status: 128 + SIGINT.
-        w.write_all(b"echo status-$?\n")
-            .map_err(|e| e.to_string())?;
-        read_until(&master, &mut seen, "status-130", 60)?;
-        w.write_all(b"exit 5\n").map_err(|e| e.to_string())?;
-        Ok::<(), String>(())
+        term.write(&[3])?; // Ctrl-C
+                           // The interactive shell reports the interrupted sleep's status: 128 + SIGINT.
+        term.write(b"echo status-$?\n")?;
+        term.read_until("status-130", 60)?;
+        term.write(b"exit 5\n")
     })();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(|e| e.to_string())? {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break None;
-        }
-        // Keep draining the terminal so brig never blocks writing to it.
-        let _ = read_until(&master, &mut seen, "\u{0}never", 0);
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Drains the terminal meanwhile, so brig never blocks writing to it.
+    let status = term.wait(120);
     result?;
     match status {
-        Some(s) if s.code() == Some(5) => Ok(()),
+        Ok(s) if s.code() == Some(5) => Ok(()),
         other => Err(format!(
-            "brig -it should exit 5, got {other:?}; terminal: {seen:?}"
+            "brig -it should exit 5, got {other:?}; terminal: {:?}",
+            term.seen
         )),
     }
 }

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path};
 
-use brig_protocol::{read_message, FileKind, Message, PathInfo, MAX_DATA};
+use brig_protocol::{read_message, ChunkWriter, FileKind, Message, PathInfo};
 
 use crate::exec::{send, HostWriter};
 
@@ -60,31 +60,6 @@ pub fn stat(path: &str) -> Result<PathInfo, String> {
     })
 }
 
-/// Writes the tar stream into Stdout frames.
-struct FrameWriter<'a> {
-    writer: &'a HostWriter,
-    buf: Vec<u8>,
-}
-
-impl Write for FrameWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= MAX_DATA {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        while !self.buf.is_empty() {
-            let n = self.buf.len().min(MAX_DATA);
-            let chunk: Vec<u8> = self.buf.drain(..n).collect();
-            send(self.writer, &Message::Stdout(chunk))?;
-        }
-        Ok(())
-    }
-}
-
 /// Sends `path` (a file, directory or symlink) as a tar stream named by its last component.
 pub fn copy_out(path: &str, writer: &HostWriter) -> Result<(), String> {
     let p = check_path(path)?;
@@ -93,10 +68,7 @@ pub fn copy_out(path: &str, writer: &HostWriter) -> Result<(), String> {
         .file_name()
         .map_or(Path::new("."), Path::new)
         .to_path_buf();
-    let mut out = FrameWriter {
-        writer,
-        buf: Vec::new(),
-    };
+    let mut out = ChunkWriter::new(|chunk| send(writer, &Message::Stdout(chunk)));
     {
         let mut tar = tar::Builder::new(&mut out);
         tar.follow_symlinks(false);

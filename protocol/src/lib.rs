@@ -15,11 +15,13 @@
 //! the other side buffer without bound.
 #![forbid(unsafe_code)]
 
+mod chunks;
 mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod messages;
 
+pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
     ExecErrorKind, ExitStatus, FileKind, Message, PathInfo, Rlimit, RootfsSpec, RunSpec, Stats,

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use brig_protocol::{
-    read_message, write_message, FileKind, Message, PathInfo, EXEC_PORT, MAX_DATA,
+    read_message, write_message, ChunkWriter, FileKind, Message, PathInfo, EXEC_PORT,
 };
 
 use super::control::{self, ControlError};
@@ -204,38 +204,6 @@ impl Read for GuestTar<'_> {
     }
 }
 
-/// Writes a tar stream to the agent as Stdin frames.
-struct FrameWriter<'a> {
-    conn: &'a mut UnixStream,
-    buf: Vec<u8>,
-}
-
-impl Write for FrameWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= MAX_DATA {
-            self.flush()?;
-        }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        let mut start = 0;
-        while self.buf.len() - start >= MAX_DATA {
-            write_message(
-                self.conn,
-                &Message::Stdin(self.buf[start..start + MAX_DATA].to_vec()),
-            )?;
-            start += MAX_DATA;
-        }
-        if start < self.buf.len() {
-            write_message(self.conn, &Message::Stdin(self.buf[start..].to_vec()))?;
-        }
-        self.buf.clear();
-        Ok(())
-    }
-}
-
 /// Reads the agent's Done.
 fn read_done(conn: &mut UnixStream) -> Result<(), CopyError> {
     match read_message(conn) {
@@ -322,18 +290,16 @@ impl Channel {
         self.with(|conn| {
             write_message(conn, &Message::CopyIn { path: dir.into() })
                 .map_err(|e| CopyError(format!("the guest agent: {e}")))?;
-            let mut w = FrameWriter {
-                conn,
-                buf: Vec::new(),
-            };
-            let sent = source(&mut w)
-                .and_then(|_| w.flush().map_err(|e| CopyError(e.to_string())))
-                .and_then(|_| {
-                    write_message(w.conn, &Message::Stdin(Vec::new()))
-                        .map_err(|e| CopyError(e.to_string()))
-                });
+            let sent = {
+                let mut w = ChunkWriter::new(|chunk| write_message(conn, &Message::Stdin(chunk)));
+                source(&mut w).and_then(|_| w.flush().map_err(|e| CopyError(e.to_string())))
+            }
+            .and_then(|_| {
+                write_message(conn, &Message::Stdin(Vec::new()))
+                    .map_err(|e| CopyError(e.to_string()))
+            });
             // When the guest stopped reading, its Done says why.
-            let done = read_done(w.conn);
+            let done = read_done(conn);
             match (sent, done) {
                 (_, Err(e)) => Err(e),
                 (Err(e), Ok(())) => Err(e),

@@ -18,12 +18,7 @@ use kvm::{check, run_tests_with, trial};
 
 /// Where the test layouts are built (on the host, before any nested VM).
 fn layouts_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
-        });
-    base.join("brig/test-images/layouts")
+    images::cache_dir().join("layouts")
 }
 
 /// Host side: build the layouts (debootstrap needs the network and a minute, once).

@@ -16,18 +16,13 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::images::busybox_layer;
+use common::images::{self, busybox_layer};
 use common::{Layer, Layout};
 use kvm::{check, run_tests_with, trial};
 
 /// Where the test image's layout is built (on the host, before any nested VM).
 fn layout_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache")
-        });
-    base.join("brig/test-images/sandbox-layouts")
+    images::cache_dir().join("sandbox-layouts")
 }
 
 /// Host side: the busybox image `sbx` (Cmd `sleep 1000`) with a few more applets.

@@ -47,7 +47,8 @@ const APPLETS: &[&str] = &[
     "uname",
 ];
 
-fn cache_dir() -> PathBuf {
+/// Where test images are cached: `${XDG_CACHE_HOME:-$HOME/.cache}/brig/test-images`.
+pub fn cache_dir() -> PathBuf {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

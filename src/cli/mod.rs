@@ -117,20 +117,9 @@ pub fn run() -> Result<i32, CliError> {
     }
 }
 
-/// The guest kernel `kernels/build.sh` builds for the current sources, or `BRIG_KERNEL`.
+/// The guest kernel to boot when `--kernel` is not given.
 pub fn default_kernel() -> Result<std::path::PathBuf, CliError> {
-    if let Some(k) = std::env::var_os("BRIG_KERNEL") {
-        return Ok(k.into());
-    }
-    let path = crate::kernel_cache_path();
-    if path.exists() {
-        Ok(path)
-    } else {
-        Err(CliError::new(format!(
-            "no guest kernel at {} (build it with kernels/build.sh, or pass --kernel)",
-            path.display()
-        )))
-    }
+    crate::vmm::boot::default_kernel().map_err(|e| CliError::new(e.to_string()))
 }
 
 /// The error for a workload that could not be started, with docker's exit code.

@@ -20,7 +20,7 @@ use super::launch::GUEST_CID;
 use super::runtime::{self, RuntimeDir};
 use super::state::{Sandbox, StateError};
 use crate::devices::serial::ConsoleLog;
-use crate::initramfs::Initramfs;
+use crate::vmm::initramfs::Initramfs;
 use crate::vmm::{self, DiskConfig, RunningVm, VmConfig, VsockConfig};
 
 /// How long the guest may take to boot and mount the sandbox's root.

@@ -13,7 +13,7 @@ use super::runtime::RuntimeDir;
 use super::state::{Sandbox, SandboxState, StateError, Status};
 use crate::cli::fmt::now_rfc3339;
 use crate::devices::serial::ConsoleLog;
-use crate::initramfs::Initramfs;
+use crate::vmm::initramfs::Initramfs;
 use crate::vmm::{DiskConfig, VmConfig};
 
 /// Exit code of `--timeout` (as coreutils' timeout).

@@ -20,9 +20,34 @@ use crate::arch::x86_64::{bootparams, mptable, regs};
 pub const BASE_CMDLINE: &str =
     "console=ttyS0 reboot=k panic=-1 quiet io_delay=none no_timer_check tsc=reliable";
 
+/// Where `kernels/build.sh` leaves the guest kernel brig boots by default.
+fn kernel_cache_path() -> std::path::PathBuf {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| "/root/.cache".into());
+    cache.join("brig/kernels/current/vmlinux")
+}
+
+/// The guest kernel `kernels/build.sh` builds for the current sources, or `BRIG_KERNEL`.
+pub fn default_kernel() -> Result<std::path::PathBuf, BootError> {
+    if let Some(k) = std::env::var_os("BRIG_KERNEL") {
+        return Ok(k.into());
+    }
+    let path = kernel_cache_path();
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(BootError::NoKernel(path))
+    }
+}
+
 /// The guest could not be put in memory.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
+    /// No kernel was given and none is built.
+    #[error("no guest kernel at {} (build it with kernels/build.sh, or pass --kernel)", .0.display())]
+    NoKernel(std::path::PathBuf),
     /// The kernel file cannot be opened.
     #[error("kernel {path}: {source}")]
     KernelFile {

@@ -7,6 +7,7 @@
 
 pub mod boot;
 pub mod event_loop;
+pub mod initramfs;
 pub mod kvm;
 pub mod memory;
 pub mod seccomp;

@@ -9,10 +9,10 @@ use clap::Args;
 
 use crate::cli::{CliError, Context};
 use crate::devices::serial::ConsoleLog;
-use crate::initramfs::Initramfs;
 use crate::sandbox::agent::SessionEnd;
 use crate::sandbox::launch::{launch, Launch, LaunchIo};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
+use crate::vmm::initramfs::Initramfs;
 use crate::vmm::VmConfig;
 
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ pub fn version() -> Result<i32, CliError> {
     println!("protocol {}", brig_protocol::PROTOCOL_VERSION);
     println!(
         "guest init {} bytes (embedded)",
-        crate::initramfs::GUEST_INIT.len()
+        crate::vmm::initramfs::GUEST_INIT.len()
     );
     Ok(0)
 }

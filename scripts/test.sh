@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all -- --check
+echo "test.sh: scripts/check-layers (no module imports from a layer above it)" >&2
+scripts/check-layers
 echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --locked --all-targets -- -D warnings
 echo "test.sh: tests/with_kvm.sh (the nested-KVM harness itself)" >&2

@@ -2,12 +2,8 @@
 
 use std::fmt;
 
-/// Exit code for brig's own errors (as docker's 125).
-pub const EXIT_BRIG_ERROR: i32 = 125;
-/// The command could not be executed (docker's 126).
-pub const EXIT_NOT_EXECUTABLE: i32 = 126;
-/// The command was not found (docker's 127).
-pub const EXIT_NOT_FOUND: i32 = 127;
+use crate::sandbox::outcome::Failure;
+pub use crate::sandbox::outcome::EXIT_BRIG_ERROR;
 
 /// An error as the user sees it: a message (context first, cause last) and an exit code.
 #[derive(Debug)]
@@ -35,6 +31,12 @@ impl CliError {
 
     pub fn exit_code(&self) -> i32 {
         self.code
+    }
+}
+
+impl From<Failure> for CliError {
+    fn from(f: Failure) -> Self {
+        Self::with_code(f.message, f.code)
     }
 }
 

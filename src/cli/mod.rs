@@ -104,7 +104,7 @@ pub fn run() -> Result<i32, CliError> {
             lock_fd,
             ready_fd,
             timeout,
-        } => commands::run::supervise_detached(&id, lock_fd, ready_fd, timeout),
+        } => commands::run::supervise(&id, lock_fd, ready_fd, timeout),
         Command::Info => commands::info::info(),
         Command::Pull(args) => commands::pull::run(args),
         Command::Load(args) => commands::load::run(args),
@@ -120,38 +120,6 @@ pub fn run() -> Result<i32, CliError> {
 /// The guest kernel to boot when `--kernel` is not given.
 pub fn default_kernel() -> Result<std::path::PathBuf, CliError> {
     crate::vmm::boot::default_kernel().map_err(|e| CliError::new(e.to_string()))
-}
-
-/// The error for a workload that could not be started, with docker's exit code.
-pub fn exec_error(kind: brig_protocol::ExecErrorKind, message: String) -> CliError {
-    use brig_protocol::ExecErrorKind::*;
-    let code = match kind {
-        NotFound => error::EXIT_NOT_FOUND,
-        NotExecutable => error::EXIT_NOT_EXECUTABLE,
-        Setup => EXIT_BRIG_ERROR,
-    };
-    CliError::with_code(message, code)
-}
-
-/// The error for a VM that ended before its workload reported: the kernel's panic line when
-/// there is one, else the last thing the console said.
-pub fn vm_died(
-    console: &crate::devices::serial::ConsoleLog,
-    reason: &crate::vmm::ExitReason,
-) -> CliError {
-    use crate::vmm::ExitReason;
-    if let Some(panic) = console.panic_line() {
-        return CliError::new(format!("the guest kernel panicked: {panic}"));
-    }
-    let why = match reason {
-        ExitReason::Error(e) => e.clone(),
-        ExitReason::Shutdown => "the guest shut down (triple fault)".into(),
-        _ => "the VM ended before the command finished".into(),
-    };
-    match console.last_line() {
-        Some(line) => CliError::new(format!("{why} (last console line: {line})")),
-        None => CliError::new(why),
-    }
 }
 
 /// Logs go to stderr, off unless `BRIG_LOG` asks for them (e.g. `BRIG_LOG=debug`).

@@ -3,20 +3,17 @@
 //! VM's end. `brig boot` and `brig run` differ only in what they put in the VM.
 
 use std::io::Write;
-use std::os::unix::net::UnixListener;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use brig_protocol::{RunSpec, AGENT_PORT};
+use brig_protocol::RunSpec;
 
 use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::runtime::RuntimeDir;
 use super::signals::{SignalPipe, FORWARDED};
 use super::tty;
-use crate::devices::serial::ConsoleLog;
-use crate::vmm::{self, ExitReason, VmConfig, VsockConfig};
-
-/// Guest context id of every brig VM (each VM has its own vsock device and socket).
-pub const GUEST_CID: u64 = 3;
+use super::vm::{self, VmError};
+use crate::vmm::{ConsoleLog, ExitReason, VmConfig};
 
 /// What to launch.
 pub struct Launch {
@@ -58,12 +55,9 @@ pub struct Outcome {
 /// A launch that failed before the workload could run.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    /// The runtime directory or its socket.
-    #[error("runtime directory: {0}")]
-    Runtime(std::io::Error),
     /// The VM did not start.
     #[error(transparent)]
-    Vmm(#[from] vmm::VmmError),
+    Vm(#[from] VmError),
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
@@ -75,12 +69,6 @@ pub fn launch(
     runtime: &RuntimeDir,
     io: LaunchIo<'_>,
 ) -> Result<Outcome, LaunchError> {
-    let listener =
-        UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(LaunchError::Runtime)?;
-    spec.vm.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
-        uds_path: runtime.vsock_socket(),
-    });
     let console = spec.vm.console.clone();
     let tty = spec.run.tty;
     if tty {
@@ -91,7 +79,8 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let vm = vmm::start(spec.vm)?;
+    let agent_vm = vm::start(spec.vm, runtime)?;
+    let vm = &agent_vm.vm;
     let vmm_ready = vm.ready_at();
     (io.on_vm_started)();
     let deadline = spec.timeout.map(|t| vmm_ready + t);
@@ -114,7 +103,7 @@ pub fn launch(
     let winsize = || tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO));
 
     let mut times = SessionTimes::default();
-    let end = match agent::accept(&listener, vm.exit_fd(), deadline) {
+    let end = match agent_vm.accept(deadline) {
         Ok(conn) => {
             let relay = Relay {
                 stdin: spec.stdin.then_some(libc::STDIN_FILENO),
@@ -124,7 +113,8 @@ pub fn launch(
                 winsize: tty.then_some(&winsize as &dyn Fn() -> Option<(u16, u16)>),
                 on_started: Some(io.on_workload_started),
             };
-            agent::run_session(conn, spec.run, relay, vm.exit_fd(), deadline, &mut times)
+            let exit_fd = vm.exit_fd().as_raw_fd();
+            agent::run_session(conn, spec.run, relay, exit_fd, deadline, &mut times)
         }
         Err(end) => end,
     };
@@ -135,7 +125,7 @@ pub fn launch(
         vm.wait(Some(agent::VM_EXIT_GRACE));
     }
     let kernel_entry = vm.kernel_entry();
-    let reason = vm.shutdown();
+    let reason = agent_vm.vm.shutdown();
     Ok(Outcome {
         end,
         reason,

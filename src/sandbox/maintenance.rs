@@ -8,20 +8,19 @@
 //! (or a sandbox and one) ever share the scratch disk, and `brig rm -f` can end it.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use brig_protocol::{read_message, write_message, Message, RunSpec, AGENT_PORT, PROTOCOL_VERSION};
+use brig_protocol::{read_message, write_message, Message, RunSpec, PROTOCOL_VERSION};
 
-use super::agent::{self, SessionEnd};
-use super::launch::GUEST_CID;
+use super::agent::SessionEnd;
+use super::outcome::Failure;
 use super::runtime::{self, RuntimeDir};
 use super::state::{Sandbox, StateError};
-use crate::devices::serial::ConsoleLog;
-use crate::vmm::initramfs::Initramfs;
-use crate::vmm::{self, DiskConfig, RunningVm, VmConfig, VsockConfig};
+use super::vm::{self, VmError};
+use crate::vmm::{ConsoleLog, RunningVm};
 
 /// How long the guest may take to boot and mount the sandbox's root.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
@@ -36,9 +35,15 @@ pub enum MaintenanceError {
     /// Another process holds the sandbox (it runs, or another `brig cp` uses it).
     #[error("sandbox {0} is in use (running, or another brig cp is copying from it)")]
     Busy(String),
-    /// The runtime directory, the initramfs, or the VM.
+    /// The runtime directory or its lock.
+    #[error("runtime directory: {0}")]
+    Runtime(#[source] io::Error),
+    /// The VM did not start.
     #[error("starting a VM on the sandbox's disks: {0}")]
-    Start(String),
+    Start(#[from] VmError),
+    /// The connection watcher could not be set up.
+    #[error("watching the maintenance VM: {0}")]
+    Watch(#[source] io::Error),
     /// The guest did not get as far as serving requests.
     #[error("the sandbox's file system could not be mounted: {0}")]
     Guest(String),
@@ -107,54 +112,26 @@ impl MaintenanceVm {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 busy()
             } else {
-                MaintenanceError::Start(format!("runtime directory: {e}"))
+                MaintenanceError::Runtime(e)
             }
         })?;
-        let start = |e: String| MaintenanceError::Start(e);
-        let listener = UnixListener::bind(runtime.vsock_listener(AGENT_PORT))
-            .map_err(|e| start(format!("runtime directory: {e}")))?;
-        let initrd = Initramfs::with_init()
-            .to_bytes()
-            .map_err(|e| start(format!("initramfs: {e}")))?;
         let console = ConsoleLog::default();
-        let vm = vmm::start(VmConfig {
-            kernel: config.kernel.clone(),
-            initrd,
-            cmdline_extra: String::new(),
-            mem_mib: config.mem_mib,
-            cpus: config.cpus,
-            console: console.clone(),
-            disks: config.disks.iter().map(DiskConfig::from).collect(),
-            vsock: Some(VsockConfig {
-                cid: GUEST_CID,
-                uds_path: runtime.vsock_socket(),
-            }),
-        })
-        .map_err(|e| start(e.to_string()))?;
-        let deadline = Some(Instant::now() + BOOT_DEADLINE);
-        let conn = match agent::accept(&listener, vm.exit_fd(), deadline) {
+        let agent_vm = vm::start(vm::config_of(&config, console.clone())?, &runtime)?;
+        let conn = match agent_vm.accept(Some(Instant::now() + BOOT_DEADLINE)) {
             Ok(c) => c,
             Err(end) => {
+                let reason = agent_vm.vm.shutdown();
                 let why = match end {
                     SessionEnd::TimedOut => "the guest did not connect in time".to_string(),
                     SessionEnd::Broken(m) => m,
-                    _ => console
-                        .panic_line()
-                        .or_else(|| console.last_line())
-                        .unwrap_or_else(|| "the VM ended".into()),
+                    _ => Failure::vm_died(&console, &reason).message,
                 };
-                vm.shutdown();
                 return Err(MaintenanceError::Guest(why));
             }
         };
+        let vm = agent_vm.vm;
         let setup = || -> io::Result<(OwnedFd, JoinHandle<()>)> {
-            // SAFETY: dup of the VM's exit eventfd, which is open for the VM's life.
-            let exit = unsafe { libc::dup(vm.exit_fd()) };
-            if exit < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: dup returned a fresh descriptor that we now own.
-            let exit = unsafe { OwnedFd::from_raw_fd(exit) };
+            let exit = vm.exit_fd().try_clone_to_owned()?;
             let (stop_r, stop_w) = pipe()?;
             Ok((stop_w, watch(exit, stop_r, conn.try_clone()?)))
         };
@@ -162,7 +139,7 @@ impl MaintenanceVm {
             Ok(s) => s,
             Err(e) => {
                 vm.shutdown();
-                return Err(start(e.to_string()));
+                return Err(MaintenanceError::Watch(e));
             }
         };
         let mut this = Self {

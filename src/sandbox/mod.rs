@@ -1,11 +1,25 @@
-//! Sandboxes: the runtime files of a VM and the host side of the guest agent's protocol.
+//! Sandboxes: a workload in a microVM of its own, from creation to removal.
+//!
+//! - lifecycle: [`lifecycle::create`] a sandbox from an image, run it in the foreground or
+//!   detached ([`lifecycle::supervise_detached`] is the detached VMM process), and the
+//!   supervisor that keeps its state, logs and console up to date while it runs.
+//! - the VM: [`vm`] (the one VM-start path), [`launch`] (a workload from boot to teardown),
+//!   [`maintenance`] (a stopped sandbox's disks booted for `brig cp`), and [`outcome`]
+//!   (docker's exit codes for how a run ended).
+//! - the guest agent's protocol: [`agent`] (the session), [`control`] (requests to a running
+//!   sandbox), [`copy`] (`brig cp`'s tar streams).
+//! - on disk: [`state`] (config and state files), [`runtime`] (the runtime directory and its
+//!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags).
+//! - the host terminal: [`tty`], [`signals`].
 
 pub mod agent;
 pub mod control;
 pub mod copy;
 pub mod launch;
+pub mod lifecycle;
 pub mod logs;
 pub mod maintenance;
+pub mod outcome;
 pub mod runtime;
 pub mod scratch;
 pub mod signals;
@@ -13,3 +27,4 @@ pub mod spec;
 pub mod state;
 pub mod supervisor;
 pub mod tty;
+pub mod vm;

@@ -179,6 +179,14 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A name as docker makes them up: adjective_noun.
+/// The current time in RFC 3339 with nanoseconds (`2024-01-02T03:04:05.123456789Z`), as
+/// the state files and docker's `inspect` write it.
+pub fn now_rfc3339() -> String {
+    jiff::fmt::temporal::DateTimePrinter::new()
+        .precision(Some(9))
+        .timestamp_to_string(&jiff::Timestamp::now())
+}
+
 pub fn generate_name(id: &str) -> String {
     const ADJ: [&str; 16] = [
         "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",

@@ -4,20 +4,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::time::Duration;
 
-use super::agent::SessionEnd;
 use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome};
 use super::logs::{LogWriter, Stream, DEFAULT_MAX_BYTES};
+use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
-use super::state::{Sandbox, SandboxState, StateError, Status};
-use crate::cli::fmt::now_rfc3339;
-use crate::devices::serial::ConsoleLog;
-use crate::vmm::initramfs::Initramfs;
-use crate::vmm::{DiskConfig, VmConfig};
+use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
+use super::vm;
+use crate::vmm::ConsoleLog;
 
-/// Exit code of `--timeout` (as coreutils' timeout).
-pub const EXIT_TIMEOUT: i32 = 124;
 /// Most of the guest console kept on disk per sandbox.
 const CONSOLE_MAX_BYTES: u64 = 1 << 20;
 
@@ -31,9 +26,8 @@ pub enum SuperviseError {
     /// A log file could not be opened.
     #[error("sandbox log {0}")]
     Log(io::Error),
-    /// The initramfs could not be built.
-    #[error("initramfs: {0}")]
-    Initramfs(String),
+    #[error(transparent)]
+    Vm(#[from] vm::VmError),
 }
 
 /// How the sandbox's stdio is connected.
@@ -44,35 +38,11 @@ pub enum Mode {
     Detached,
 }
 
-/// How a sandbox ended: the exit code brig reports, and why, when it is not the
-/// workload's own.
+/// How a sandbox ended: the exit code brig reports (or why it is not the workload's own),
+/// and the run's details.
 pub struct Ended {
-    pub code: i32,
-    pub error: Option<String>,
+    pub verdict: Result<i32, Failure>,
     pub outcome: Outcome,
-}
-
-/// The exit code and error message for an outcome (docker's codes; 124 for --timeout).
-pub fn judge(outcome: &Outcome, timeout: Option<Duration>) -> (i32, Option<String>) {
-    match &outcome.end {
-        SessionEnd::Exited(status) => (status.shell_code(), None),
-        SessionEnd::ExecFailed { kind, message } => {
-            let e = crate::cli::exec_error(*kind, message.clone());
-            (e.exit_code(), Some(message.clone()))
-        }
-        SessionEnd::TimedOut => (
-            EXIT_TIMEOUT,
-            Some(format!(
-                "the sandbox did not finish within --timeout {}s and was killed",
-                timeout.unwrap_or_default().as_secs_f64()
-            )),
-        ),
-        SessionEnd::VmEnded => {
-            let e = crate::cli::vm_died(&outcome.console, &outcome.reason);
-            (e.exit_code(), Some(e.to_string()))
-        }
-        SessionEnd::Broken(msg) => (crate::cli::EXIT_BRIG_ERROR, Some(msg.clone())),
-    }
 }
 
 /// A file that stops growing at `max` bytes (the guest console's copy on disk).
@@ -117,8 +87,8 @@ pub fn supervise(
     sandbox: &Sandbox,
     runtime: &RuntimeDir,
     mode: Mode,
-    timeout: Option<Duration>,
-    ready: &mut dyn FnMut(Result<(), (i32, String)>),
+    timeout: Option<TimeoutPolicy>,
+    ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<Ended, SuperviseError> {
     let config = sandbox.config()?;
     let log =
@@ -148,23 +118,13 @@ pub fn supervise(
         Mode::Detached => (false, ConsoleLog::with_echo(Box::new(console_file))),
     };
     let foreground = matches!(mode, Mode::Foreground { .. });
-    let initrd = Initramfs::with_init()
-        .to_bytes()
-        .map_err(|e| SuperviseError::Initramfs(e.to_string()))?;
     let spec = Launch {
-        vm: VmConfig {
-            kernel: config.kernel.clone(),
-            initrd,
-            cmdline_extra: String::new(),
-            mem_mib: config.mem_mib,
-            cpus: config.cpus,
-            console,
-            disks: config.disks.iter().map(DiskConfig::from).collect(),
-            vsock: None,
-        },
+        vm: vm::config_of(&config, console)?,
         run: config.run.clone(),
         stdin,
-        timeout,
+        timeout: timeout.map(|t| match t {
+            TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
+        }),
     };
 
     let mut state = SandboxState::created();
@@ -203,22 +163,20 @@ pub fn supervise(
     state.finished_at = Some(now_rfc3339());
     match result {
         Ok(outcome) => {
-            let (code, error) = judge(&outcome, timeout);
+            let verdict = judge(&outcome.end, &outcome.console, &outcome.reason, timeout);
             if !started {
-                ready(Err((code, error.clone().unwrap_or_default())));
+                ready(Err(verdict.clone().err().unwrap_or_else(|| {
+                    Failure::brig("the workload did not start")
+                })));
             }
-            state.exit_code = Some(code);
-            state.error = error.clone();
+            state.exit_code = Some(verdict.as_ref().map_or_else(|f| f.code, |c| *c));
+            state.error = verdict.as_ref().err().map(|f| f.message.clone());
             let _ = sandbox.write_state(&state);
-            Ok(Ended {
-                code,
-                error,
-                outcome,
-            })
+            Ok(Ended { verdict, outcome })
         }
         Err(e) => {
-            ready(Err((crate::cli::EXIT_BRIG_ERROR, e.to_string())));
-            state.exit_code = Some(crate::cli::EXIT_BRIG_ERROR);
+            ready(Err(Failure::brig(e.to_string())));
+            state.exit_code = Some(EXIT_BRIG_ERROR);
             state.error = Some(e.to_string());
             let _ = sandbox.write_state(&state);
             Err(e.into())

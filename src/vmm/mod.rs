@@ -29,10 +29,19 @@ use crate::arch::x86_64::layout::{KVM_TSS_ADDRESS, SERIAL_IRQ};
 use crate::arch::x86_64::mptable;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
-use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
+use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 
+pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{DiskConfig, VsockConfig};
+
+/// The most vCPUs a brig VM can have (the MP table's limit).
+pub fn max_cpus() -> u8 {
+    mptable::max_cpus()
+}
+
+/// Guest context id of every brig VM (each VM has its own vsock device and socket).
+pub const GUEST_CID: u64 = 3;
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -203,8 +212,10 @@ impl RunningVm {
     }
 
     /// File descriptor that becomes readable when the VM ends (for poll loops).
-    pub fn exit_fd(&self) -> std::os::fd::RawFd {
-        self.exit.eventfd().as_raw_fd()
+    pub fn exit_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the eventfd belongs to `self.exit`, which `self` keeps alive, so the
+        // descriptor stays open for as long as the borrow lasts.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.exit.eventfd().as_raw_fd()) }
     }
 
     /// When everything was set up, just before the vCPUs started.
@@ -235,7 +246,7 @@ impl RunningVm {
                 }
             };
             let mut pfd = libc::pollfd {
-                fd: self.exit_fd(),
+                fd: self.exit_fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };

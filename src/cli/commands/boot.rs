@@ -8,12 +8,11 @@ use brig_protocol::RunSpec;
 use clap::Args;
 
 use crate::cli::{CliError, Context};
-use crate::devices::serial::ConsoleLog;
-use crate::sandbox::agent::SessionEnd;
 use crate::sandbox::launch::{launch, Launch, LaunchIo};
+use crate::sandbox::outcome::{judge, TimeoutPolicy};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::vmm::initramfs::Initramfs;
-use crate::vmm::VmConfig;
+use crate::vmm::{ConsoleLog, VmConfig};
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -75,6 +74,7 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
         ConsoleLog::default()
     };
     let runtime = RuntimeDir::create(&new_id()).context("runtime directory")?;
+    let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     let spec = Launch {
         vm: VmConfig {
             kernel,
@@ -92,7 +92,7 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
             ..Default::default()
         },
         stdin: false,
-        timeout: args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0))),
+        timeout,
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let io = LaunchIo {
@@ -107,16 +107,13 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
     if args.timings {
         outcome.print_timings(t0);
     }
-    match outcome.end {
-        SessionEnd::Exited(status) => Ok(status.shell_code()),
-        SessionEnd::ExecFailed { kind, message } => Err(crate::cli::exec_error(kind, message)),
-        SessionEnd::TimedOut => Err(CliError::new(format!(
-            "the guest did not finish within --timeout {}s",
-            args.timeout.unwrap_or_default()
-        ))),
-        SessionEnd::VmEnded => Err(crate::cli::vm_died(&outcome.console, &outcome.reason)),
-        SessionEnd::Broken(msg) => Err(CliError::new(msg)),
-    }
+    let code = judge(
+        &outcome.end,
+        &outcome.console,
+        &outcome.reason,
+        timeout.map(TimeoutPolicy::GiveUp),
+    )?;
+    Ok(code)
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use brig_protocol::{RunSpec, EXEC_PORT};
 use crate::cli::CliError;
 use crate::sandbox::agent::{self, Relay, SessionEnd, SessionTimes};
 use crate::sandbox::control;
+use crate::sandbox::outcome::Failure;
 use crate::sandbox::runtime::vsock_socket_of;
 use crate::sandbox::signals::{SignalPipe, FORWARDED};
 use crate::sandbox::tty;
@@ -128,7 +129,7 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     drop(signals);
     match end {
         SessionEnd::Exited(status) => Ok(status.shell_code()),
-        SessionEnd::ExecFailed { kind, message } => Err(crate::cli::exec_error(kind, message)),
+        SessionEnd::ExecFailed { kind, message } => Err(Failure::exec(kind, message).into()),
         SessionEnd::Broken(msg) => Err(CliError::new(format!(
             "{}: {msg} (did the sandbox stop?)",
             args.sandbox

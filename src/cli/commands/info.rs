@@ -46,7 +46,7 @@ pub fn info() -> Result<i32, CliError> {
     );
     println!(
         "limits:        vCPUs 1..={}, memory >= {} MiB (guest), scratch disk {} GiB sparse",
-        crate::arch::x86_64::mptable::max_cpus(),
+        crate::vmm::max_cpus(),
         crate::vmm::memory::MIN_MEM_MIB,
         crate::sandbox::scratch::DEFAULT_SIZE >> 30
     );

@@ -1,0 +1,354 @@
+//! A sandbox's lifecycle, as every front end drives it: [`create`] a sandbox from an image
+//! (its state directory, disks and runtime lock), then run it in the foreground
+//! ([`Created::run`]) or hand it to a VMM process of its own ([`Created::detach`], served by
+//! [`supervise_detached`]). `brig run` is a thin layer over this.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use brig_protocol::RootfsSpec;
+
+use super::outcome::{Failure, TimeoutPolicy};
+use super::runtime::{new_id, RuntimeDir};
+use super::scratch::{self, ScratchError};
+use super::spec::{compose, parse_bytes, RunOptions};
+use super::state::{self, DiskSpec, Sandbox, SandboxConfig, StateError};
+use super::supervisor::{supervise, Ended, Mode, SuperviseError};
+use crate::image::ImageRecord;
+
+/// Guest RAM beyond the workload's `-m`: kernel, agent and page cache headroom.
+pub const GUEST_OVERHEAD_MIB: u64 = 64;
+/// Guest RAM without `-m`.
+pub const DEFAULT_MEM_MIB: u64 = 1024;
+/// Docker's smallest `-m`.
+pub const MIN_MEMORY: u64 = 6 << 20;
+/// The hidden `brig` subcommand that is a detached sandbox's VMM process.
+pub const SUPERVISE_COMMAND: &str = "__supervise";
+
+/// The sandbox could not be created or run.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// `--memory` or `--cpus` out of range or malformed.
+    #[error("{0}")]
+    Resources(String),
+    /// The image's config and the flags do not make a workload.
+    #[error("{0}")]
+    Spec(String),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Scratch(#[from] ScratchError),
+    #[error(transparent)]
+    Supervise(#[from] SuperviseError),
+    /// The runtime directory (and its lock) could not be made or taken over.
+    #[error("runtime directory: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// Starting the detached VMM process, or talking to it.
+    #[error("{what}: {source}")]
+    Detach {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The workload did not start (its exit code is docker's).
+    #[error(transparent)]
+    Failed(#[from] Failure),
+}
+
+/// The VM's size, from docker's `-m` and `--cpus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    /// The workload's memory limit in bytes (0: none).
+    pub memory_limit: u64,
+    /// Guest RAM.
+    pub mem_mib: u64,
+    pub cpus: u8,
+}
+
+impl Resources {
+    /// `-m 512m` gives the workload a 512 MiB limit and the guest 64 MiB more; `--cpus 1.5`
+    /// gives 2 vCPUs.
+    pub fn from_flags(memory: Option<&str>, cpus: Option<f64>) -> Result<Self, LifecycleError> {
+        let bad = LifecycleError::Resources;
+        let memory_limit = match memory {
+            Some(m) => {
+                let bytes = parse_bytes(m).map_err(|e| bad(format!("--memory: {e}")))?;
+                if bytes < MIN_MEMORY {
+                    return Err(bad(format!("--memory {m} is below the minimum of 6 MiB")));
+                }
+                bytes
+            }
+            None => 0,
+        };
+        let mem_mib = if memory_limit > 0 {
+            memory_limit.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB
+        } else {
+            DEFAULT_MEM_MIB
+        };
+        let cpus = match cpus {
+            None => 1,
+            Some(c) if c > 0.0 && c <= 255.0 => {
+                // In 1..=255 after ceil, so the cast is exact.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let n = c.ceil() as u8;
+                n
+            }
+            Some(c) => return Err(bad(format!("--cpus {c} is out of range"))),
+        };
+        Ok(Self {
+            memory_limit,
+            mem_mib,
+            cpus,
+        })
+    }
+}
+
+/// Everything a sandbox is made of.
+pub struct CreateOptions<'a> {
+    /// The image as the user named it, and what the store resolved it to.
+    pub image: String,
+    pub record: &'a ImageRecord,
+    /// The workload's flags (`-e`, `-u`, `-w`, the command, ...).
+    pub run: RunOptions,
+    pub kernel: PathBuf,
+    pub resources: Resources,
+    /// `--read-only`: the image's root without an overlay (no scratch disk).
+    pub read_only: bool,
+    pub name: Option<String>,
+    /// `--rm`: the sandbox's state goes when it ends.
+    pub auto_remove: bool,
+    pub detached: bool,
+}
+
+/// A created sandbox, not yet running; it holds its runtime lock.
+pub struct Created {
+    pub sandbox: Sandbox,
+    runtime: RuntimeDir,
+}
+
+/// Creates a sandbox under `home` (the store's home): its config, its runtime directory and
+/// lock, and its scratch disk. Nothing is left behind when it fails.
+pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, LifecycleError> {
+    let id = new_id();
+    let mut run_opts = opts.run;
+    run_opts.memory_limit = opts.resources.memory_limit;
+    let host_env = |k: &str| std::env::var(k).ok();
+    let mut run = compose(&opts.record.config, &run_opts, &id[..12], &host_env)
+        .map_err(LifecycleError::Spec)?;
+
+    // The runtime directory (and its lock) first: it is what marks the sandbox alive.
+    let runtime = RuntimeDir::create(&id).map_err(LifecycleError::Runtime)?;
+    let mut disks = vec![DiskSpec {
+        path: opts.record.rootfs_path.clone(),
+        read_only: true,
+        serial: "brig-rootfs".into(),
+    }];
+    run.rootfs = Some(RootfsSpec {
+        device: "/dev/vda".into(),
+        fstype: "erofs".into(),
+        scratch: if opts.read_only {
+            String::new()
+        } else {
+            "/dev/vdb".into()
+        },
+        read_only: opts.read_only,
+    });
+    let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
+    if !opts.read_only {
+        disks.push(DiskSpec {
+            path: scratch_path.clone(),
+            read_only: false,
+            serial: "brig-scratch".into(),
+        });
+    }
+    let config = SandboxConfig {
+        name: opts.name.unwrap_or_else(|| state::generate_name(&id)),
+        id: id.clone(),
+        image: opts.image,
+        image_id: opts.record.config_digest.to_string(),
+        created: state::now_rfc3339(),
+        kernel: opts.kernel,
+        mem_mib: opts.resources.mem_mib,
+        cpus: opts.resources.cpus,
+        disks,
+        run,
+        stop_signal: opts
+            .record
+            .config
+            .stop_signal
+            .clone()
+            .unwrap_or_else(|| "SIGTERM".into()),
+        auto_remove: opts.auto_remove,
+        detached: opts.detached,
+    };
+    let sandbox = Sandbox::create(home, &config)?;
+    if !opts.read_only {
+        if let Err(e) = scratch::create(&home.join("cache"), &scratch_path, scratch::DEFAULT_SIZE) {
+            let _ = sandbox.remove();
+            return Err(e.into());
+        }
+    }
+    Ok(Created { sandbox, runtime })
+}
+
+impl Created {
+    /// Runs the sandbox with brig as its VMM process, its output on brig's stdout/stderr (and
+    /// in its log); `stdin` forwards brig's stdin, `console` copies the guest console to
+    /// stderr. With `--rm`, the sandbox's state is gone when this returns.
+    pub fn run(
+        self,
+        stdin: bool,
+        console: bool,
+        timeout: Option<Duration>,
+    ) -> Result<Ended, LifecycleError> {
+        let mode = Mode::Foreground { stdin, console };
+        let ended = supervise(
+            &self.sandbox,
+            &self.runtime,
+            mode,
+            timeout.map(TimeoutPolicy::Kill),
+            &mut |_| {},
+        );
+        if self.sandbox.config().is_ok_and(|c| c.auto_remove) {
+            let _ = self.sandbox.remove();
+        }
+        drop(self.runtime);
+        Ok(ended?)
+    }
+
+    /// Hands the sandbox to a VMM process of its own (`brig __supervise`, with the runtime
+    /// lock) and returns once the workload runs; `Err(Failed)` with docker's code when it
+    /// could not be started.
+    pub fn detach(self, timeout: Option<Duration>) -> Result<(), LifecycleError> {
+        let Created { sandbox, runtime } = self;
+        let io = |what| move |source| LifecycleError::Detach { what, source };
+        let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| io("pipe")(e.into()))?;
+        let (lock_fd, ready_fd) = (runtime.lock_fd(), write_end.as_raw_fd());
+        let log_path = sandbox.dir.join("supervisor.log");
+        let log = std::fs::File::create(&log_path).map_err(io("supervisor log"))?;
+        let exe = std::env::current_exe().map_err(io("locating the brig binary"))?;
+        let mut cmd = std::process::Command::new(exe);
+        cmd.args([
+            SUPERVISE_COMMAND,
+            &sandbox.id,
+            "--lock-fd",
+            &lock_fd.to_string(),
+            "--ready-fd",
+            &ready_fd.to_string(),
+        ]);
+        if let Some(t) = timeout {
+            cmd.args(["--timeout", &t.as_secs_f64().to_string()]);
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log);
+        // SAFETY: in the child between fork and exec: only system calls (a new session, so no
+        // terminal and no signals from ours; the two descriptors kept open across exec), no
+        // allocation, no locks.
+        unsafe {
+            cmd.pre_exec(move || {
+                rustix::process::setsid()?;
+                for fd in [lock_fd, ready_fd] {
+                    // SAFETY: both descriptors are open in this child (inherited from the
+                    // parent, which keeps them open until spawn returns).
+                    let fd = rustix::fd::BorrowedFd::borrow_raw(fd);
+                    rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+                }
+                Ok(())
+            });
+        }
+        cmd.spawn()
+            .map_err(io("starting the sandbox's VMM process"))?;
+        drop(write_end);
+        runtime.release();
+        // One line: "ok", or "err CODE MESSAGE" (the child keeps its end open while it runs).
+        let mut answer = Vec::new();
+        let mut pipe = std::fs::File::from(read_end);
+        let mut byte = [0u8; 1];
+        while answer.len() < 4096 && matches!(pipe.read(&mut byte), Ok(1)) && byte[0] != b'\n' {
+            answer.push(byte[0]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        if answer == "ok" {
+            return Ok(());
+        }
+        Err(
+            match answer.strip_prefix("err ").and_then(|r| r.split_once(' ')) {
+                Some((code, msg)) => Failure {
+                    code: code.parse().unwrap_or(super::outcome::EXIT_BRIG_ERROR),
+                    message: msg.to_string(),
+                },
+                None => Failure::brig(format!(
+                    "the sandbox's VMM process ended before the workload started (see {})",
+                    log_path.display()
+                )),
+            }
+            .into(),
+        )
+    }
+}
+
+/// `brig __supervise ID`: the VMM process of a detached sandbox. `lock_fd` is the runtime
+/// lock and `ready_fd` the pipe on which [`Created::detach`] waits, both handed down by it.
+pub fn supervise_detached(
+    id: &str,
+    lock_fd: RawFd,
+    ready_fd: RawFd,
+    timeout: Option<Duration>,
+) -> Result<i32, LifecycleError> {
+    // SAFETY: the parent handed this descriptor down for this process alone; nothing else
+    // here owns it.
+    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    // It came across exec without close-on-exec; the VMM's own children must not hold it.
+    let _ = rustix::io::fcntl_setfd(&ready, rustix::io::FdFlags::CLOEXEC);
+    let mut ready = std::fs::File::from(ready);
+    let home = crate::image::store::default_home()
+        .map_err(|e| LifecycleError::Runtime(std::io::Error::other(format!("brig's home: {e}"))))?;
+    let sandbox = state::resolve(&home, id)?;
+    let runtime = RuntimeDir::adopt(id, lock_fd).map_err(LifecycleError::Runtime)?;
+    let mut report = |r: Result<(), Failure>| {
+        let line = match r {
+            Ok(()) => "ok\n".to_string(),
+            Err(f) => format!("err {} {}\n", f.code, f.message.replace('\n', " ")),
+        };
+        let _ = ready.write_all(line.as_bytes());
+    };
+    let ended = supervise(
+        &sandbox,
+        &runtime,
+        Mode::Detached,
+        timeout.map(TimeoutPolicy::Kill),
+        &mut report,
+    );
+    if sandbox.config().is_ok_and(|c| c.auto_remove) {
+        let _ = sandbox.remove();
+    }
+    drop(runtime);
+    let ended = ended?;
+    Ok(ended.verdict.unwrap_or_else(|f| f.code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_follow_docker_flags() {
+        let r = Resources::from_flags(None, None).unwrap();
+        assert_eq!((r.memory_limit, r.mem_mib, r.cpus), (0, DEFAULT_MEM_MIB, 1));
+        let r = Resources::from_flags(Some("512m"), Some(1.5)).unwrap();
+        assert_eq!(
+            (r.memory_limit, r.mem_mib, r.cpus),
+            (512 << 20, 512 + GUEST_OVERHEAD_MIB, 2)
+        );
+        let e = Resources::from_flags(Some("1m"), None).unwrap_err();
+        assert_eq!(e.to_string(), "--memory 1m is below the minimum of 6 MiB");
+        let e = Resources::from_flags(None, Some(0.0)).unwrap_err();
+        assert_eq!(e.to_string(), "--cpus 0 is out of range");
+        assert!(Resources::from_flags(Some("lots"), None).is_err());
+    }
+}

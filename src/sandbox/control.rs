@@ -8,6 +8,8 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
+
 use brig_protocol::{read_message, write_message, Message, Stats, EXEC_PORT, PROTOCOL_VERSION};
 
 /// A request to a running sandbox failed.
@@ -120,39 +122,42 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     }
     let name = s.trim().to_ascii_uppercase();
     let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Some(match name {
-        "HUP" => libc::SIGHUP,
-        "INT" => libc::SIGINT,
-        "QUIT" => libc::SIGQUIT,
-        "ILL" => libc::SIGILL,
-        "TRAP" => libc::SIGTRAP,
-        "ABRT" | "IOT" => libc::SIGABRT,
-        "BUS" => libc::SIGBUS,
-        "FPE" => libc::SIGFPE,
-        "KILL" => libc::SIGKILL,
-        "USR1" => libc::SIGUSR1,
-        "SEGV" => libc::SIGSEGV,
-        "USR2" => libc::SIGUSR2,
-        "PIPE" => libc::SIGPIPE,
-        "ALRM" => libc::SIGALRM,
-        "TERM" => libc::SIGTERM,
-        "CHLD" => libc::SIGCHLD,
-        "CONT" => libc::SIGCONT,
-        "STOP" => libc::SIGSTOP,
-        "TSTP" => libc::SIGTSTP,
-        "TTIN" => libc::SIGTTIN,
-        "TTOU" => libc::SIGTTOU,
-        "URG" => libc::SIGURG,
-        "XCPU" => libc::SIGXCPU,
-        "XFSZ" => libc::SIGXFSZ,
-        "VTALRM" => libc::SIGVTALRM,
-        "PROF" => libc::SIGPROF,
-        "WINCH" => libc::SIGWINCH,
-        "IO" | "POLL" => libc::SIGIO,
-        "PWR" => libc::SIGPWR,
-        "SYS" => libc::SIGSYS,
-        _ => return None,
-    })
+    Some(
+        match name {
+            "HUP" => Signal::HUP,
+            "INT" => Signal::INT,
+            "QUIT" => Signal::QUIT,
+            "ILL" => Signal::ILL,
+            "TRAP" => Signal::TRAP,
+            "ABRT" | "IOT" => Signal::ABORT,
+            "BUS" => Signal::BUS,
+            "FPE" => Signal::FPE,
+            "KILL" => Signal::KILL,
+            "USR1" => Signal::USR1,
+            "SEGV" => Signal::SEGV,
+            "USR2" => Signal::USR2,
+            "PIPE" => Signal::PIPE,
+            "ALRM" => Signal::ALARM,
+            "TERM" => Signal::TERM,
+            "CHLD" => Signal::CHILD,
+            "CONT" => Signal::CONT,
+            "STOP" => Signal::STOP,
+            "TSTP" => Signal::TSTP,
+            "TTIN" => Signal::TTIN,
+            "TTOU" => Signal::TTOU,
+            "URG" => Signal::URG,
+            "XCPU" => Signal::XCPU,
+            "XFSZ" => Signal::XFSZ,
+            "VTALRM" => Signal::VTALARM,
+            "PROF" => Signal::PROF,
+            "WINCH" => Signal::WINCH,
+            "IO" | "POLL" => Signal::IO,
+            "PWR" => Signal::POWER,
+            "SYS" => Signal::SYS,
+            _ => return None,
+        }
+        .as_raw(),
+    )
 }
 
 #[cfg(test)]
@@ -167,6 +172,21 @@ mod tests {
         assert_eq!(parse_signal("KILL"), Some(9));
         assert_eq!(parse_signal("0"), None);
         assert_eq!(parse_signal("SIGNOPE"), None);
+        // Linux numbers, which the guest shares (the names come from rustix now, not libc).
+        let linux = [
+            ("HUP", 1),
+            ("ABRT", 6),
+            ("IOT", 6),
+            ("USR1", 10),
+            ("ALRM", 14),
+        ];
+        let linux = linux
+            .into_iter()
+            .chain([("CHLD", 17), ("STOP", 19), ("VTALRM", 26)]);
+        let linux = linux.chain([("WINCH", 28), ("POLL", 29), ("PWR", 30), ("SYS", 31)]);
+        for (name, n) in linux {
+            assert_eq!(parse_signal(name), Some(n), "{name}");
+        }
     }
 
     #[test]

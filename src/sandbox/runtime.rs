@@ -5,6 +5,7 @@
 //! runtime directory of their own. The directory is removed when the VM ends.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 /// The base runtime directory for this user.
@@ -12,14 +13,13 @@ pub fn base_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("BRIG_RUNTIME_DIR") {
         return PathBuf::from(dir);
     }
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
         return PathBuf::from("/run/brig");
     }
     match std::env::var_os("XDG_RUNTIME_DIR") {
         Some(dir) => PathBuf::from(dir).join("brig"),
-        None => PathBuf::from(format!("/tmp/brig-{uid}")),
+        None => PathBuf::from(format!("/tmp/brig-{}", uid.as_raw())),
     }
 }
 
@@ -32,9 +32,8 @@ pub struct RuntimeDir {
 }
 
 fn try_lock(file: &std::fs::File) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on an open descriptor.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    use rustix::fs::{flock, FlockOperation};
+    flock(file, FlockOperation::NonBlockingLockExclusive).is_ok()
 }
 
 /// The runtime directory of sandbox `id` (named by its short id: socket paths must stay
@@ -56,8 +55,31 @@ pub fn is_live(id: &str) -> bool {
 pub fn pid_of(id: &str) -> Option<u32> {
     let pid = std::fs::read_to_string(dir_of(id).join("pid")).ok()?;
     let pid = pid.trim().parse().ok()?;
-    // Read before checking the lock: a pid read while the lock was held is the holder's.
+    // Read before checking the lock, so that a pid its holder wrote is not returned after the
+    // holder let go. It can still go stale (and be reused) once returned: to signal the
+    // process, pin it with `holder_pidfd`.
     is_live(id).then_some(pid)
+}
+
+/// A pidfd for the process that holds the live VM `id`'s lock: unlike a pid, it cannot come
+/// to name another process, so a signal sent through it reaches that process or none
+/// (`ESRCH` once it is gone). `None` when the VM is not live, or its holder changed meanwhile.
+///
+/// The pid is read and the lock seen held both before and after the pidfd is opened. The
+/// pid file is written by each holder with its own pid, and a holder that still holds the
+/// lock is alive, so the process pinned is the one the file names. The one exception is the
+/// hand-over from `brig run -d` to its `__supervise` child: the lock is shared, and if the
+/// parent is killed before the child records its pid, the file names a dead process for that
+/// moment (whose pid would have to be reused within it to pin a wrong one).
+pub fn holder_pidfd(id: &str) -> Option<OwnedFd> {
+    use rustix::process::{pidfd_open, Pid, PidfdFlags};
+    let pid = pid_of(id)?;
+    let pidfd = pidfd_open(
+        Pid::from_raw(i32::try_from(pid).ok()?)?,
+        PidfdFlags::empty(),
+    )
+    .ok()?;
+    (pid_of(id) == Some(pid)).then_some(pidfd)
 }
 
 /// Records this process as the lock holder (written atomically: temp file, rename).
@@ -125,6 +147,10 @@ impl RuntimeDir {
         // SAFETY: `__supervise` is started with this descriptor open and owned by nobody else
         // in the new process.
         let lock = unsafe { std::fs::File::from_raw_fd(lock_fd) };
+        // It crossed exec with close-on-exec cleared; set it again, so that the lock does not
+        // leak into this process's children (mkfs), which would keep the VM looking live, its
+        // pid file naming a dead process, after the VMM died.
+        rustix::io::fcntl_setfd(&lock, rustix::io::FdFlags::CLOEXEC)?;
         let path = dir_of(id);
         if !path.join("lock").exists() {
             return Err(io::Error::other(
@@ -166,9 +192,8 @@ impl Drop for RuntimeDir {
 /// A fresh sandbox id: 64 hex digits, as docker's (the first 12 are the short id).
 pub fn new_id() -> String {
     let mut bytes = [0u8; 32];
-    // SAFETY: the buffer is valid for its length; getrandom fills it.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if n != bytes.len() as isize {
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+    if filled.ok() != Some(bytes.len()) {
         // Fall back to time and pid: unique enough for a sandbox on one host.
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -201,6 +226,8 @@ mod tests {
             assert!(dir.vsock_listener(1024).ends_with("vsock.sock_1024"));
             assert!(is_live(&id));
             assert_eq!(pid_of(&id), Some(std::process::id()));
+            let pidfd = holder_pidfd(&id).expect("a pidfd for this process");
+            rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::CONT).unwrap();
             sweep_stale();
             assert!(path.exists(), "a live VM's directory stays");
             path
@@ -208,6 +235,7 @@ mod tests {
         assert!(!path.exists());
         assert!(!is_live(&id));
         assert_eq!(pid_of(&id), None);
+        assert!(holder_pidfd(&id).is_none());
         // A directory whose lock nobody holds is swept.
         std::fs::create_dir(&path).unwrap();
         std::fs::write(path.join("lock"), "").unwrap();

@@ -9,7 +9,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,11 +58,10 @@ pub fn template(cache_dir: &Path, size: u64) -> Result<PathBuf, ScratchError> {
     Ok(path)
 }
 
-/// FICLONE from linux/fs.h: share all extents (btrfs, xfs).
-const FICLONE: libc::c_ulong = 0x4004_9409;
-
-/// Copies `src` to a new file `dst`, keeping holes.
+/// Copies `src` to a new file `dst`, keeping holes: a reflink (FICLONE: all extents shared,
+/// on btrfs and xfs) where the file system offers one, else the data extents one by one.
 pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), ScratchError> {
+    use rustix::fs::{copy_file_range, ioctl_ficlone, seek, SeekFrom};
     let input = File::open(src).map_err(io_err(src))?;
     let len = input.metadata().map_err(io_err(src))?.len();
     let output = OpenOptions::new()
@@ -71,37 +69,21 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), ScratchError> {
         .create_new(true)
         .open(dst)
         .map_err(io_err(dst))?;
-    // SAFETY: both descriptors are open; FICLONE takes the source fd as its argument.
-    if unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) } == 0 {
+    if ioctl_ficlone(&output, &input).is_ok() {
         return Ok(());
     }
     output.set_len(len).map_err(io_err(dst))?;
-    let mut pos: i64 = 0;
-    while (pos as u64) < len {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(input.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if data < 0 {
+    let mut pos = 0u64;
+    while pos < len {
+        let Ok(data) = seek(&input, SeekFrom::Data(pos)) else {
             break; // ENXIO: no data past pos
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(input.as_raw_fd(), data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
+        };
+        let end = seek(&input, SeekFrom::Hole(data)).unwrap_or(len);
         let (mut off_in, mut off_out) = (data, data);
         while off_in < end {
-            // SAFETY: offsets are valid pointers to i64; both fds are open.
-            let n = unsafe {
-                libc::copy_file_range(
-                    input.as_raw_fd(),
-                    &mut off_in,
-                    output.as_raw_fd(),
-                    &mut off_out,
-                    (end - off_in) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(io_err(dst)(io::Error::last_os_error()));
-            }
+            let want = (end - off_in) as usize;
+            let n = copy_file_range(&input, Some(&mut off_in), &output, Some(&mut off_out), want)
+                .map_err(|e| io_err(dst)(e.into()))?;
             if n == 0 {
                 break;
             }
@@ -152,11 +134,11 @@ fn reports_holes(path: &Path) -> bool {
     let Ok(len) = f.metadata().map(|m| m.len()) else {
         return false;
     };
-    // SAFETY: lseek on an open descriptor.
-    let data = unsafe { libc::lseek(f.as_raw_fd(), 0, libc::SEEK_DATA) };
-    // SAFETY: as above.
-    let hole = unsafe { libc::lseek(f.as_raw_fd(), data.max(0), libc::SEEK_HOLE) };
-    data >= 0 && hole >= 0 && (hole as u64) < len
+    use rustix::fs::{seek, SeekFrom};
+    let Ok(data) = seek(&f, SeekFrom::Data(0)) else {
+        return false;
+    };
+    seek(&f, SeekFrom::Hole(data)).is_ok_and(|hole| hole < len)
 }
 
 /// A fresh scratch disk at `dst` of `size` bytes: a copy of the template where holes can be

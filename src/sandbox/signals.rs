@@ -1,38 +1,56 @@
 //! Signals brig relays to the workload (as docker's sig-proxy does), delivered to a poll
 //! loop through a self-pipe.
+//!
+//! The handler writes the signal's number into the pipe with a raw `write(2)` (rustix: no
+//! errno touched, nothing allocated). `signal-hook` would not keep today's behaviour: its
+//! pipe writes one fixed byte per registration (a pipe per signal to tell them apart) and
+//! unregistering leaves its own handler installed instead of the default disposition, so a
+//! Ctrl-C after the session would be swallowed rather than end brig.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-/// Write end of the self-pipe, for the handler.
+use rustix::process::Signal;
+
+/// Write end of the self-pipe, for the handler; -1 when no `SignalPipe` is installed.
 static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
+/// Handlers between reading `PIPE_WRITE` and finishing their write: `SignalPipe`'s drop
+/// waits for none before it closes the descriptor.
+static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 /// Signals forwarded to the workload; SIGWINCH becomes a resize.
 pub const FORWARDED: [i32; 7] = [
-    libc::SIGINT,
-    libc::SIGTERM,
-    libc::SIGHUP,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGWINCH,
+    Signal::INT.as_raw(),
+    Signal::TERM.as_raw(),
+    Signal::HUP.as_raw(),
+    Signal::QUIT.as_raw(),
+    Signal::USR1.as_raw(),
+    Signal::USR2.as_raw(),
+    Signal::WINCH.as_raw(),
 ];
 
 extern "C" fn on_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    let fd = PIPE_WRITE.load(Ordering::Relaxed);
+    IN_HANDLER.fetch_add(1, Ordering::SeqCst);
+    let fd = PIPE_WRITE.load(Ordering::SeqCst);
     if fd >= 0 {
-        let b = sig as u8;
-        // SAFETY: write(2) is async-signal-safe; b is a valid one-byte buffer.
-        unsafe { libc::write(fd, (&b as *const u8).cast(), 1) };
+        // SAFETY: a non-negative PIPE_WRITE is the write end owned by the installed
+        // SignalPipe, and it stays open until this handler is done: the pipe's drop clears
+        // PIPE_WRITE, then waits for IN_HANDLER (raised above, before the load; SeqCst
+        // orders the two) to reach zero, and only then closes the descriptor.
+        let pipe = unsafe { BorrowedFd::borrow_raw(fd) };
+        // write(2) is async-signal-safe; a full pipe (nonblocking) drops the byte, which is
+        // fine: the reader is woken by the ones already there.
+        let _ = rustix::io::write(pipe, &[sig as u8]);
     }
+    IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Receives the relayed signals; readable when one arrived.
 #[derive(Debug)]
 pub struct SignalPipe {
     read: OwnedFd,
-    _write: OwnedFd,
+    write: Option<OwnedFd>,
     signals: Vec<i32>,
 }
 
@@ -41,18 +59,22 @@ impl SignalPipe {
     pub fn install(signals: &[i32]) -> io::Result<Self> {
         use rustix::pipe::{pipe_with, PipeFlags};
         let (read, write) = pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
-        PIPE_WRITE.store(write.as_raw_fd(), Ordering::Relaxed);
+        PIPE_WRITE.store(write.as_raw_fd(), Ordering::SeqCst);
+        // Built before the handlers go in, so that a failure below restores what was set.
+        let mut pipe = Self {
+            read,
+            write: Some(write),
+            signals: Vec::with_capacity(signals.len()),
+        };
         for &sig in signals {
             vmm_sys_util::signal::register_signal_handler(sig, on_signal)
                 .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+            pipe.signals.push(sig);
         }
-        Ok(Self {
-            read,
-            _write: write,
-            signals: signals.to_vec(),
-        })
+        Ok(pipe)
     }
 
+    /// The read end, to poll. (`as_fd` borrows it.)
     pub fn fd(&self) -> RawFd {
         self.read.as_raw_fd()
     }
@@ -61,25 +83,58 @@ impl SignalPipe {
     pub fn drain(&self) -> Vec<i32> {
         let mut buf = [0u8; 64];
         let mut out = Vec::new();
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                break;
-            }
-            out.extend(buf[..n as usize].iter().map(|b| i32::from(*b)));
+        // Until EAGAIN (the pipe is nonblocking) or an error.
+        while let Ok(n @ 1..) = rustix::io::read(&self.read, &mut buf) {
+            out.extend(buf[..n].iter().map(|b| i32::from(*b)));
         }
         out
+    }
+}
+
+impl AsFd for SignalPipe {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
     }
 }
 
 impl Drop for SignalPipe {
     fn drop(&mut self) {
         for &sig in &self.signals {
-            // SAFETY: restoring the default disposition of a valid signal number.
+            // SAFETY: SIG_DFL runs no code of ours, so it is sound for any signal number;
+            // `sig` was accepted by sigaction when the handler went in.
             unsafe { libc::signal(sig, libc::SIG_DFL) };
         }
-        PIPE_WRITE.store(-1, Ordering::Relaxed);
+        // Only the installed pipe clears the handler's descriptor (another SignalPipe may
+        // have replaced it since).
+        let write = self.write.take();
+        let mine = write.as_ref().map_or(-1, |w| w.as_raw_fd());
+        let _ = PIPE_WRITE.compare_exchange(mine, -1, Ordering::SeqCst, Ordering::SeqCst);
+        while IN_HANDLER.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+        drop(write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_raised_signal_is_read_from_the_pipe_and_the_default_comes_back() {
+        let sig = Signal::USR2;
+        let pipe = SignalPipe::install(&[sig.as_raw()]).unwrap();
+        assert!(pipe.drain().is_empty());
+        rustix::process::kill_process(rustix::process::getpid(), sig).unwrap();
+        // Any thread of the test process may take it: wait for the handler's byte.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut got = pipe.drain();
+        while got.is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            got = pipe.drain();
+        }
+        assert_eq!(got, vec![sig.as_raw()]);
+        drop(pipe);
+        assert_eq!(PIPE_WRITE.load(Ordering::SeqCst), -1);
     }
 }

@@ -158,17 +158,15 @@ fn sandboxes_dir(home: &Path) -> PathBuf {
 /// locks: nothing but sandboxes lives under `sandboxes/`, so that it is empty once every
 /// sandbox is removed).
 fn names_lock(home: &Path) -> Result<File, StateError> {
-    use std::os::fd::AsRawFd;
     let dir = sandboxes_dir(home);
     fs::create_dir_all(&dir).map_err(io_err(&dir))?;
     let locks = home.join("locks");
     fs::create_dir_all(&locks).map_err(io_err(&locks))?;
     let path = locks.join("sandbox-names");
     let f = File::create(&path).map_err(io_err(&path))?;
-    // SAFETY: flock on an open descriptor; blocks until the lock is ours.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io_err(&path)(io::Error::last_os_error()));
-    }
+    // Blocks until the lock is ours.
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err(&path)(e.into()))?;
     Ok(f)
 }
 

@@ -1,7 +1,11 @@
 //! `brig exec`: one more process in a running sandbox, over a new vsock connection, with
 //! `run`'s stdio, TTY and exit-code behaviour.
 
+use std::os::fd::AsRawFd;
+
 use clap::Args;
+use rustix::process::Signal;
+use rustix::{stdio, termios};
 
 use brig_protocol::{RunSpec, EXEC_PORT};
 
@@ -79,17 +83,16 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
             args.sandbox
         )));
     }
-    if args.tty && args.interactive && !tty::is_tty(libc::STDIN_FILENO) {
+    if args.tty && args.interactive && !termios::isatty(stdio::stdin()) {
         return Err(CliError::new(
             "the input device is not a TTY (drop -t, or run from a terminal)",
         ));
     }
     let config = sb.config().map_err(|e| CliError::new(e.to_string()))?;
     let mut spec = exec_spec(&config.run, &args);
+    let winsize = || tty::winsize(stdio::stdout()).or_else(|| tty::winsize(stdio::stdin()));
     if args.tty {
-        if let Some((rows, cols)) =
-            tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO))
-        {
+        if let Some((rows, cols)) = winsize() {
             spec.rows = rows;
             spec.cols = cols;
         }
@@ -102,18 +105,17 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     .map_err(|e| CliError::new(format!("{}: {e}", args.sandbox)))?;
     let mut relayed: Vec<i32> = FORWARDED.to_vec();
     if !args.tty {
-        relayed.retain(|s| *s != libc::SIGWINCH);
+        relayed.retain(|s| *s != Signal::WINCH.as_raw());
     }
     let signals = SignalPipe::install(&relayed).map_err(|e| CliError::new(e.to_string()))?;
     let raw = if args.tty && args.interactive {
-        tty::RawMode::enter(libc::STDIN_FILENO)
+        tty::RawMode::new(stdio::stdin())
     } else {
         None
     };
-    let winsize = || tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO));
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let relay = Relay {
-        stdin: args.interactive.then_some(libc::STDIN_FILENO),
+        stdin: args.interactive.then(|| stdio::stdin().as_raw_fd()),
         stdout: &mut out,
         stderr: &mut err,
         signals: Some(&signals),

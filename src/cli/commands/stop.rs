@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use rustix::process::{pidfd_send_signal, Signal};
 
 use crate::cli::CliError;
 use crate::sandbox::control;
@@ -33,12 +34,13 @@ pub fn wait_gone(sandbox: &Sandbox, d: Duration) -> bool {
 }
 
 /// Ends the process that holds the sandbox's VM (its VMM, or a `brig cp` maintenance VM):
-/// SIGKILL to the pid recorded in the runtime directory.
+/// SIGKILL through a pidfd for the pid recorded in the runtime directory, opened while that
+/// process holds the runtime lock (see `runtime::holder_pidfd`). A pid could be reused between
+/// the check and the kill; the pidfd cannot, so the signal reaches the holder or no one.
 pub fn kill_vmm(sandbox: &Sandbox) -> bool {
-    if let Some(pid) = runtime::pid_of(&sandbox.id) {
-        // SAFETY: kill on integers. The pid was read while its process held the runtime
-        // lock, so it is that process's (not a reused one).
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    if let Some(pidfd) = runtime::holder_pidfd(&sandbox.id) {
+        // ESRCH: it ended by itself meanwhile, which is what we want.
+        let _ = pidfd_send_signal(&pidfd, Signal::KILL);
     }
     wait_gone(sandbox, Duration::from_secs(10))
 }
@@ -49,13 +51,13 @@ pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<(), CliError> {
         return Ok(());
     }
     let config = sandbox.config().map_err(|e| CliError::new(e.to_string()))?;
-    let sig = control::parse_signal(&config.stop_signal).unwrap_or(libc::SIGTERM);
+    let sig = control::parse_signal(&config.stop_signal).unwrap_or(Signal::TERM.as_raw());
     let socket = vsock_socket_of(&sandbox.id);
     let _ = control::kill(&socket, sig);
     if wait_gone(sandbox, grace) {
         return Ok(());
     }
-    let _ = control::kill(&socket, libc::SIGKILL);
+    let _ = control::kill(&socket, Signal::KILL.as_raw());
     if wait_gone(sandbox, Duration::from_secs(5)) || kill_vmm(sandbox) {
         return Ok(());
     }

@@ -7,13 +7,16 @@
 //! malformed frame end the session with a reason the caller can report.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
 use brig_protocol::{
     encode, Decoder, ExecErrorKind, ExitStatus, Message, RunSpec, MAX_DATA, PROTOCOL_VERSION,
 };
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::Signal;
 
 use super::signals::SignalPipe;
 
@@ -53,7 +56,7 @@ pub struct SessionTimes {
 /// What the session relays besides the agent's connection.
 pub struct Relay<'a> {
     /// Forward this fd's bytes as stdin (EOF closes the workload's stdin).
-    pub stdin: Option<RawFd>,
+    pub stdin: Option<BorrowedFd<'a>>,
     pub stdout: &'a mut dyn Write,
     pub stderr: &'a mut dyn Write,
     /// Relayed signals (SIGWINCH becomes a resize from `winsize`).
@@ -64,35 +67,29 @@ pub struct Relay<'a> {
     pub on_started: Option<&'a mut dyn FnMut()>,
 }
 
-fn poll(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> io::Result<()> {
-    let ms = deadline.map_or(-1, |d| {
-        d.saturating_duration_since(Instant::now())
-            .as_millis()
-            .min(i32::MAX as u128) as i32
+/// Waits until one of `fds` is readable, or `deadline` passes; EINTR is a wake-up.
+fn poll(fds: &mut [PollFd<'_>], deadline: Option<Instant>) -> io::Result<()> {
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        })
     });
-    // SAFETY: fds is a valid slice of pollfd.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
+    match rustix::event::poll(fds, timeout.as_ref()) {
+        Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
-fn pfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
+fn readable(fd: &impl AsFd) -> PollFd<'_> {
+    PollFd::new(fd, PollFlags::IN)
 }
 
 /// Waits for the agent to connect to `listener`; `Err(end)` if the VM ends or time runs out.
 pub fn accept(
     listener: &UnixListener,
-    vm_exit: RawFd,
+    vm_exit: BorrowedFd<'_>,
     deadline: Option<Instant>,
 ) -> Result<UnixStream, SessionEnd> {
     listener
@@ -109,9 +106,9 @@ pub fn accept(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(SessionEnd::Broken(format!("accepting the agent: {e}"))),
         }
-        let mut fds = [pfd(listener.as_raw_fd()), pfd(vm_exit)];
+        let mut fds = [readable(listener), readable(&vm_exit)];
         poll(&mut fds, deadline).map_err(|e| SessionEnd::Broken(e.to_string()))?;
-        if fds[1].revents != 0 {
+        if !fds[1].revents().is_empty() {
             return Err(SessionEnd::VmEnded);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -121,11 +118,13 @@ pub fn accept(
 }
 
 /// Runs one workload over `conn`: waits for Hello, sends `spec`, relays until the end.
+/// `vm_exit` becomes readable when the VM ends (none for `brig exec`, where the connection
+/// closing is how a stopped sandbox shows).
 pub fn run_session(
     mut conn: UnixStream,
     spec: RunSpec,
     relay: Relay<'_>,
-    vm_exit: RawFd,
+    vm_exit: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
     times: &mut SessionTimes,
 ) -> SessionEnd {
@@ -196,19 +195,31 @@ pub fn run_session(
             }
         }
 
-        let mut fds = vec![pfd(conn.as_raw_fd()), pfd(vm_exit)];
-        let sig_idx = signals.map(|s| {
-            fds.push(pfd(s.fd()));
-            fds.len() - 1
-        });
-        let stdin_idx = stdin.filter(|_| sent_spec).map(|fd| {
-            fds.push(pfd(fd));
-            fds.len() - 1
-        });
-        if let Err(e) = poll(&mut fds, deadline) {
-            return SessionEnd::Broken(e.to_string());
-        }
-        let conn_ready = fds[0].revents != 0;
+        let (conn_ready, vm_ended, signalled, stdin_ready) = {
+            let mut fds = vec![readable(&conn)];
+            let vm_idx = vm_exit.as_ref().map(|fd| {
+                fds.push(readable(fd));
+                fds.len() - 1
+            });
+            let sig_idx = signals.map(|s| {
+                fds.push(readable(s));
+                fds.len() - 1
+            });
+            let stdin_idx = stdin.as_ref().filter(|_| sent_spec).map(|fd| {
+                fds.push(readable(fd));
+                fds.len() - 1
+            });
+            if let Err(e) = poll(&mut fds, deadline) {
+                return SessionEnd::Broken(e.to_string());
+            }
+            let ready = |i: Option<usize>| i.is_some_and(|i| !fds[i].revents().is_empty());
+            (
+                ready(Some(0)),
+                ready(vm_idx),
+                ready(sig_idx),
+                ready(stdin_idx),
+            )
+        };
         if conn_ready {
             match conn.read(&mut buf) {
                 Ok(0) => {
@@ -223,34 +234,32 @@ pub fn run_session(
             }
         }
         // The VM's end counts once everything it sent has been read.
-        if fds[1].revents != 0 && !conn_ready {
+        if vm_ended && !conn_ready {
             return SessionEnd::VmEnded;
         }
-        if let (Some(i), Some(pipe)) = (sig_idx, signals) {
-            if fds[i].revents != 0 {
-                for sig in pipe.drain() {
-                    let msg = if sig == libc::SIGWINCH {
-                        match winsize.and_then(|w| w()) {
-                            Some((rows, cols)) => Message::Resize { rows, cols },
-                            None => continue,
-                        }
-                    } else {
-                        Message::Signal(sig)
-                    };
-                    if sent_spec {
-                        let _ = send(&mut conn, &msg);
+        if let Some(pipe) = signals.filter(|_| signalled) {
+            for sig in pipe.drain() {
+                let msg = if sig == Signal::WINCH.as_raw() {
+                    match winsize.and_then(|w| w()) {
+                        Some((rows, cols)) => Message::Resize { rows, cols },
+                        None => continue,
                     }
+                } else {
+                    Message::Signal(sig)
+                };
+                if sent_spec {
+                    let _ = send(&mut conn, &msg);
                 }
             }
         }
-        if let (Some(i), Some(fd)) = (stdin_idx, stdin) {
-            if fds[i].revents != 0 {
-                // SAFETY: buf is valid for MAX_DATA bytes; fd is the caller's open stdin.
-                let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), MAX_DATA) };
-                if n > 0 {
-                    let _ = send(&mut conn, &Message::Stdin(buf[..n as usize].to_vec()));
-                } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
-                {
+        if let Some(fd) = stdin.filter(|_| stdin_ready) {
+            match rustix::io::read(fd, &mut buf[..MAX_DATA]) {
+                Ok(n) if n > 0 => {
+                    let _ = send(&mut conn, &Message::Stdin(buf[..n].to_vec()));
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                // End of input (or an unreadable stdin) closes the workload's stdin.
+                _ => {
                     let _ = send(&mut conn, &Message::Stdin(Vec::new()));
                     stdin = None;
                 }

@@ -3,10 +3,11 @@
 //! VM's end. `brig boot` and `brig run` differ only in what they put in the VM.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use brig_protocol::RunSpec;
+use rustix::process::Signal;
+use rustix::stdio;
 
 use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::runtime::RuntimeDir;
@@ -72,9 +73,7 @@ pub fn launch(
     let console = spec.vm.console.clone();
     let tty = spec.run.tty;
     if tty {
-        if let Some((rows, cols)) =
-            tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO))
-        {
+        if let Some((rows, cols)) = terminal_size() {
             spec.run.rows = rows;
             spec.run.cols = cols;
         }
@@ -89,32 +88,37 @@ pub fn launch(
     // Without one, signals are relayed as docker's sig-proxy does.
     let mut relayed: Vec<i32> = FORWARDED.to_vec();
     if !tty {
-        relayed.retain(|s| *s != libc::SIGWINCH);
+        relayed.retain(|s| *s != Signal::WINCH.as_raw());
     }
     if !io.relay_signals {
         relayed.clear();
     }
     let signals = SignalPipe::install(&relayed).map_err(LaunchError::Signals)?;
     let raw = if tty && spec.stdin {
-        tty::RawMode::enter(libc::STDIN_FILENO)
+        tty::RawMode::new(stdio::stdin())
     } else {
         None
     };
-    let winsize = || tty::size(libc::STDOUT_FILENO).or_else(|| tty::size(libc::STDIN_FILENO));
 
     let mut times = SessionTimes::default();
     let end = match agent_vm.accept(deadline) {
         Ok(conn) => {
             let relay = Relay {
-                stdin: spec.stdin.then_some(libc::STDIN_FILENO),
+                stdin: spec.stdin.then(stdio::stdin),
                 stdout: io.stdout,
                 stderr: io.stderr,
                 signals: Some(&signals),
-                winsize: tty.then_some(&winsize as &dyn Fn() -> Option<(u16, u16)>),
+                winsize: tty.then_some(&terminal_size as &dyn Fn() -> Option<(u16, u16)>),
                 on_started: Some(io.on_workload_started),
             };
-            let exit_fd = vm.exit_fd().as_raw_fd();
-            agent::run_session(conn, spec.run, relay, exit_fd, deadline, &mut times)
+            agent::run_session(
+                conn,
+                spec.run,
+                relay,
+                Some(vm.exit_fd()),
+                deadline,
+                &mut times,
+            )
         }
         Err(end) => end,
     };
@@ -135,6 +139,11 @@ pub fn launch(
         kernel_entry,
         vm_gone: Instant::now(),
     })
+}
+
+/// The host terminal's size (stdout's, else stdin's), when there is one.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    tty::winsize(stdio::stdout()).or_else(|| tty::winsize(stdio::stdin()))
 }
 
 fn ms(d: Duration) -> String {

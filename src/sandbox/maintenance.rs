@@ -8,7 +8,7 @@
 //! (or a sandbox and one) ever share the scratch disk, and `brig rm -f` can end it.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,25 +74,17 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// forever on a connection whose guest is gone.
 fn watch(vm_exit: OwnedFd, stop: OwnedFd, conn: UnixStream) -> JoinHandle<()> {
     std::thread::spawn(move || loop {
+        use rustix::event::{poll, PollFd, PollFlags};
         let mut fds = [
-            libc::pollfd {
-                fd: vm_exit.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(&vm_exit, PollFlags::IN),
+            PollFd::new(&stop, PollFlags::IN),
         ];
-        // SAFETY: fds is a valid array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if fds[0].revents != 0 {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+        match poll(&mut fds, None) {
+            Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) if !fds[0].revents().is_empty() => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+            }
+            _ => {}
         }
         return;
     })

@@ -8,7 +8,7 @@
 //! Ctrl-C after the session would be swallowed rather than end brig.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
 use rustix::process::Signal;
@@ -72,11 +72,6 @@ impl SignalPipe {
             pipe.signals.push(sig);
         }
         Ok(pipe)
-    }
-
-    /// The read end, to poll. (`as_fd` borrows it.)
-    pub fn fd(&self) -> RawFd {
-        self.read.as_raw_fd()
     }
 
     /// Signals received since the last call.

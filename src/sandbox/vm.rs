@@ -3,7 +3,6 @@
 //! disks, a vsock device whose guest-initiated connections land in the runtime directory,
 //! and the guest agent's connection.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Instant;
 
@@ -62,6 +61,6 @@ pub fn start(mut config: VmConfig, runtime: &RuntimeDir) -> Result<AgentVm, VmEr
 impl AgentVm {
     /// Waits for the guest agent to connect; `Err(end)` if the VM ends or time runs out.
     pub fn accept(&self, deadline: Option<Instant>) -> Result<UnixStream, SessionEnd> {
-        agent::accept(&self.listener, self.vm.exit_fd().as_raw_fd(), deadline)
+        agent::accept(&self.listener, self.vm.exit_fd(), deadline)
     }
 }

@@ -35,6 +35,12 @@ pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{DiskConfig, VsockConfig};
 
+/// A wait longer than any deadline a caller can express.
+const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
+    tv_sec: i64::MAX,
+    tv_nsec: 0,
+};
+
 /// The most vCPUs a brig VM can have (the MP table's limit).
 pub fn max_cpus() -> u8 {
     mptable::max_cpus()
@@ -235,23 +241,23 @@ impl RunningVm {
             if let Some(r) = self.exit_reason() {
                 return Some(r);
             }
-            let ms = match deadline {
-                None => -1,
+            let timeout = match deadline {
+                None => None,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return None;
                     }
-                    left.as_millis().min(i32::MAX as u128) as i32
+                    Some(rustix::event::Timespec::try_from(left).unwrap_or(MAX_WAIT))
                 }
             };
-            let mut pfd = libc::pollfd {
-                fd: self.exit_fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: pfd is a valid pollfd array of length 1.
-            unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
+            let exit_fd = self.exit_fd();
+            let mut fds = [rustix::event::PollFd::new(
+                &exit_fd,
+                rustix::event::PollFlags::IN,
+            )];
+            // Woken, interrupted or timed out: the loop looks at the reason and the clock.
+            let _ = rustix::event::poll(&mut fds, timeout.as_ref());
         }
     }
 

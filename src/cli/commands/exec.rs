@@ -1,8 +1,6 @@
 //! `brig exec`: one more process in a running sandbox, over a new vsock connection, with
 //! `run`'s stdio, TTY and exit-code behaviour.
 
-use std::os::fd::AsRawFd;
-
 use clap::Args;
 use rustix::process::Signal;
 use rustix::{stdio, termios};
@@ -115,7 +113,7 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let relay = Relay {
-        stdin: args.interactive.then(|| stdio::stdin().as_raw_fd()),
+        stdin: args.interactive.then(stdio::stdin),
         stdout: &mut out,
         stderr: &mut err,
         signals: Some(&signals),
@@ -126,7 +124,7 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     };
     let mut times = SessionTimes::default();
     // No VM exit event here: the connection closing is how a stopped sandbox shows.
-    let end = agent::run_session(conn, spec, relay, -1, None, &mut times);
+    let end = agent::run_session(conn, spec, relay, None, None, &mut times);
     drop(raw);
     drop(signals);
     match end {

@@ -153,7 +153,7 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
             "-d cannot be combined with -i (brig has no attach yet); use brig exec -it",
         ));
     }
-    if args.tty && args.interactive && !crate::sandbox::tty::is_tty(libc::STDIN_FILENO) {
+    if args.tty && args.interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
         return Err(CliError::new(
             "the input device is not a TTY (drop -t, or run from a terminal)",
         ));

@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -694,6 +695,41 @@ fn auth_basic_htpasswd_and_login() {
     );
     env.ok(&["pull", &image]);
     env.assert_store_consistent();
+
+    // A credential helper named in credHelpers wins over a wrong `auths` entry: brig runs
+    // `docker-credential-NAME get`, writes the registry to its stdin and reads JSON back.
+    let bin = env.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-brigtest");
+    let asked = env.path("helper-asked");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {}\necho '{{\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        env.path("docker/config.json"),
+        json!({"auths": {reg.host(): {"auth": bad}}, "credHelpers": {reg.host(): "brigtest"}})
+            .to_string(),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = env
+        .cmd()
+        .env("PATH", path)
+        .args(["pull", &image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&asked).unwrap(), reg.host());
 }
 
 #[test]

@@ -212,7 +212,6 @@ fn copy_policy_keeps_wh_names_and_drops_privileges() {
     assert_eq!(mode("sticky"), 0o1644);
     assert_eq!(mode("."), 0o755);
     assert!(!t.join("null").exists(), "no device nodes on the host");
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     assert_eq!(fs::metadata(t.join("plain")).unwrap().uid(), me);
 }

@@ -4,8 +4,8 @@
 //! The grammar and Docker Hub normalization (`busybox` is `docker.io/library/busybox:latest`)
 //! are oci-spec's `distribution::Reference`, a port of distribution's `reference` package.
 //! On top of it brig adds what the crate lacks: a sha256 [`Digest`] (it names files in the
-//! store), docker's short names for display, IPv6 registry hosts (`[::1]:5000/x`), ASCII-only
-//! tags, and the API host of Docker Hub.
+//! store), docker's short names for display, IPv6 registry hosts (`[::1]:5000/x`), two checks
+//! the crate misses (lowercase repositories, ASCII tags), and the API host of Docker Hub.
 
 use std::fmt;
 use std::net::Ipv6Addr;
@@ -92,6 +92,14 @@ impl Reference {
             if !repository.contains('/') {
                 repository = format!("library/{repository}");
             }
+        }
+        // The crate lets an uppercase first component through when it is not a registry
+        // (`UPPER/x`); distribution refuses it as the crate's own error says.
+        if repository.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(ReferenceError::Grammar {
+                input: input.to_string(),
+                source: ParseError::NameContainsUppercase,
+            });
         }
         // The crate's `\w` is Unicode; docker's tags are ASCII.
         if r.tag().is_some_and(|t| !t.is_ascii()) {
@@ -208,6 +216,7 @@ mod tests {
         for bad in [
             "",
             "UPPER",
+            "UPPER/case",
             "a b",
             "x:",
             "x:-tag",
@@ -230,6 +239,10 @@ mod tests {
         }
         let e = |s: &str| Reference::parse(s).unwrap_err().to_string();
         assert_eq!(e("UPPER"), r#"invalid reference format: "UPPER""#);
+        assert_eq!(
+            e("UPPER/case"),
+            r#"invalid reference format: "UPPER/case": repository name must be lowercase"#
+        );
         assert_eq!(e("x:é"), r#"invalid reference format: "x:é": invalid tag"#);
         assert!(e(&format!("x@sha512:{}", "a".repeat(128))).contains("only sha256"));
     }

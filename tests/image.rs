@@ -5,6 +5,7 @@
 mod common;
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -190,22 +191,22 @@ fn pull_multilayer_image_matches_umoci() {
     env.ok(&["inspect", &id[7..19]]);
 }
 
+/// Tags in `layout` an index of two busybox images, amd64 and arm64, each with `/arch`
+/// naming its architecture; returns the index digest.
+fn multi_arch(layout: &mut Layout, tag: &str) -> String {
+    let platforms = ["amd64", "arm64"].map(|arch| {
+        let layer = Layer::new().busybox().file("arch", arch.as_bytes(), 0o644);
+        (arch, layout.image(vec![layer], arch, config()).0)
+    });
+    layout.add_index(tag, platforms.into())
+}
+
 #[test]
 fn pull_multiplatform_index_resolves_platform() {
     let env = Env::new();
     let reg = Registry::start(None);
     let mut layout = Layout::new(env.path("layout"));
-    let (amd, _) = layout.image(
-        vec![Layer::new().busybox().file("arch", b"amd64", 0o644)],
-        "amd64",
-        config(),
-    );
-    let (arm, _) = layout.image(
-        vec![Layer::new().busybox().file("arch", b"arm64", 0o644)],
-        "arm64",
-        config(),
-    );
-    let index = layout.add_index("multi", vec![("amd64", amd), ("arm64", arm)]);
+    let index = multi_arch(&mut layout, "multi");
     let image = format!("{}/test/multi:latest", reg.host());
     push(&layout.dir, "multi", &image, None);
 
@@ -241,17 +242,7 @@ fn pull_docker_schema2_manifest_and_list() {
     let env = Env::new();
     let reg = Registry::start(None);
     let mut layout = Layout::new(env.path("layout"));
-    let (amd, _) = layout.image(
-        vec![Layer::new().busybox().file("arch", b"amd64", 0o644)],
-        "amd64",
-        config(),
-    );
-    let (arm, _) = layout.image(
-        vec![Layer::new().busybox().file("arch", b"arm64", 0o644)],
-        "arm64",
-        config(),
-    );
-    layout.add_index("list", vec![("amd64", amd), ("arm64", arm)]);
+    multi_arch(&mut layout, "list");
     layout.add(
         "single",
         vec![Layer::new().busybox().file("one", b"1", 0o644)],
@@ -694,6 +685,41 @@ fn auth_basic_htpasswd_and_login() {
     );
     env.ok(&["pull", &image]);
     env.assert_store_consistent();
+
+    // A credential helper named in credHelpers wins over a wrong `auths` entry: brig runs
+    // `docker-credential-NAME get`, writes the registry to its stdin and reads JSON back.
+    let bin = env.path("bin");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-brigtest");
+    let asked = env.path("helper-asked");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\ncat > {}\necho '{{\"Username\":\"alice\",\"Secret\":\"s3cret\"}}'\n",
+            asked.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        env.path("docker/config.json"),
+        json!({"auths": {reg.host(): {"auth": bad}}, "credHelpers": {reg.host(): "brigtest"}})
+            .to_string(),
+    )
+    .unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = env
+        .cmd()
+        .env("PATH", path)
+        .args(["pull", &image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read_to_string(&asked).unwrap(), reg.host());
 }
 
 #[test]

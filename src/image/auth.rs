@@ -1,9 +1,10 @@
 //! Registry credentials and authentication challenges.
 //!
 //! Credentials live where docker keeps them, `$DOCKER_CONFIG/config.json` (default
-//! `~/.docker/config.json`), under `auths.<registry>.auth` as base64 `user:password`;
-//! `brig login` writes them the same way, so docker, podman, skopeo and brig share logins.
-//! Credential helpers (`credsStore`, `credHelpers`) are not consulted.
+//! `~/.docker/config.json`): under `auths.<registry>.auth` as base64 `user:password`, or in
+//! the credential helper that `credHelpers.<registry>` or `credsStore` names
+//! (`docker-credential-NAME get`). The `docker_credential` crate reads them; `brig login`
+//! writes `auths` entries the way docker does, so docker, podman, skopeo and brig share logins.
 //!
 //! A registry answers an anonymous request with 401 and a `WWW-Authenticate` challenge:
 //! `Basic realm=...` (send the credentials) or `Bearer realm=...,service=...,scope=...`
@@ -15,11 +16,16 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use base64::Engine as _;
+use docker_credential::{CredentialRetrievalError, DockerCredential};
 
 use super::reference::DEFAULT_REGISTRY;
 
-/// The key docker uses for Docker Hub in `config.json`.
+/// The key docker uses for Docker Hub in `config.json` and with credential helpers.
 const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
+
+/// What a credential helper prints when it has nothing for a registry (docker's
+/// `credentials.errCredentialsNotFound`): not an error, the registry is used anonymously.
+const HELPER_NOT_FOUND: &str = "credentials not found";
 
 /// Errors reading or writing the credentials file.
 #[derive(Debug, thiserror::Error)]
@@ -29,10 +35,46 @@ pub enum AuthError {
     NoConfigDir,
     /// The file could not be read or written.
     #[error("{0}: {1}")]
-    Io(PathBuf, std::io::Error),
-    /// The file is not valid JSON of the expected shape.
-    #[error("{0}: malformed docker config: {1}")]
-    Malformed(PathBuf, String),
+    Io(PathBuf, #[source] std::io::Error),
+    /// The file is not valid JSON, or an `auth` entry is not base64 `user:password`.
+    #[error("{path}: malformed docker config: {source}")]
+    Malformed {
+        path: PathBuf,
+        source: CredentialRetrievalError,
+    },
+    /// The file to update is not JSON.
+    #[error("{path}: malformed docker config: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    /// The file to update is JSON of another shape.
+    #[error("{path}: malformed docker config: {what} is not a JSON object")]
+    NotObject { path: PathBuf, what: &'static str },
+    /// The credential helper for a registry failed.
+    #[error("credentials for {registry}: {}", helper_failure(.source))]
+    Helper {
+        registry: String,
+        source: CredentialRetrievalError,
+    },
+}
+
+/// A helper's failure in one line (the crate's message spans lines, with stdout and stderr).
+fn helper_failure(e: &CredentialRetrievalError) -> String {
+    match e {
+        CredentialRetrievalError::HelperFailure {
+            helper,
+            stdout,
+            stderr,
+        } => {
+            let said = [stderr, stdout]
+                .into_iter()
+                .find_map(|s| s.lines().map(str::trim).find(|l| !l.is_empty()))
+                .unwrap_or("no output");
+            format!("{helper} failed: {said}")
+        }
+        e => format!("credential helper: {e}"),
+    }
 }
 
 /// A user name and password (or token) for one registry.
@@ -73,14 +115,14 @@ pub fn config_path() -> Result<PathBuf, AuthError> {
 fn read_config() -> Result<(PathBuf, serde_json::Value), AuthError> {
     let path = config_path()?;
     match fs::read(&path) {
-        Ok(bytes) => {
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| AuthError::Malformed(path.clone(), e.to_string()))?;
-            if !v.is_object() {
-                return Err(AuthError::Malformed(path, "not a JSON object".into()));
-            }
-            Ok((path, v))
-        }
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(v @ serde_json::Value::Object(_)) => Ok((path, v)),
+            Ok(_) => Err(AuthError::NotObject {
+                path,
+                what: "the file",
+            }),
+            Err(source) => Err(AuthError::Json { path, source }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Ok((path, serde_json::Value::Object(Default::default())))
         }
@@ -89,66 +131,66 @@ fn read_config() -> Result<(PathBuf, serde_json::Value), AuthError> {
 }
 
 /// The key that `registry` is stored under.
-fn config_key(registry: &str) -> String {
+fn config_key(registry: &str) -> &str {
     if registry == DEFAULT_REGISTRY {
-        DOCKER_HUB_KEY.to_string()
+        DOCKER_HUB_KEY
     } else {
-        registry.to_string()
+        registry
     }
 }
 
-/// Strips a scheme and path from a config key: `https://host:5000/v1/` → `host:5000`.
-fn key_host(key: &str) -> &str {
-    let k = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(key);
-    k.split('/').next().unwrap_or(k)
-}
-
-/// The stored credentials for `registry`, if any.
+/// The stored credentials for `registry`, if any (`None`: use it anonymously).
 pub fn lookup(registry: &str) -> Result<Option<Credentials>, AuthError> {
-    let (path, v) = read_config()?;
-    let Some(auths) = v.get("auths").and_then(|a| a.as_object()) else {
-        return Ok(None);
+    let path = config_path()?;
+    let config = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AuthError::Io(path, e)),
     };
-    let want = config_key(registry);
-    let want_host = key_host(&want);
-    let entry = auths.get(&want).or_else(|| {
-        auths.iter().find_map(|(k, e)| {
-            let h = key_host(k);
-            let hub = registry == DEFAULT_REGISTRY && (h == "index.docker.io" || h == "docker.io");
-            (h == want_host || hub).then_some(e)
-        })
-    });
-    let Some(entry) = entry else { return Ok(None) };
-    let malformed = |why: &str| AuthError::Malformed(path.clone(), why.to_string());
-    if let Some(auth) = entry
-        .get("auth")
-        .and_then(|a| a.as_str())
-        .filter(|a| !a.is_empty())
+    lookup_in(path, &config, registry)
+}
+
+/// The credentials for `registry` in `config`, the contents of the file at `path`.
+fn lookup_in(
+    path: PathBuf,
+    config: &[u8],
+    registry: &str,
+) -> Result<Option<Credentials>, AuthError> {
+    let get = |server| docker_credential::get_credential_from_reader(config, server);
+    let mut found = get(config_key(registry));
+    if registry == DEFAULT_REGISTRY
+        && found == Err(CredentialRetrievalError::NoCredentialConfigured)
     {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.trim())
-            .map_err(|_| malformed("auth is not base64"))?;
-        let raw = String::from_utf8(raw).map_err(|_| malformed("auth is not UTF-8"))?;
-        let (u, p) = raw
-            .split_once(':')
-            .ok_or_else(|| malformed("auth is not user:password"))?;
-        return Ok(Some(Credentials {
-            username: u.to_string(),
-            password: p.to_string(),
-        }));
+        // Podman and older tools key Docker Hub as `docker.io` or `index.docker.io`: the
+        // crate matches any of those spellings when asked for `docker.io`.
+        found = get(DEFAULT_REGISTRY);
     }
-    match (
-        entry.get("username").and_then(|u| u.as_str()),
-        entry.get("password").and_then(|p| p.as_str()),
-    ) {
-        (Some(u), Some(p)) => Ok(Some(Credentials {
-            username: u.to_string(),
-            password: p.to_string(),
-        })),
-        _ => Ok(None),
+    match found {
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(Credentials { username, password }))
+        }
+        Ok(DockerCredential::IdentityToken(_)) => {
+            tracing::warn!(
+                registry,
+                "ignoring an identity token: brig does not support them"
+            );
+            Ok(None)
+        }
+        Err(CredentialRetrievalError::NoCredentialConfigured) => Ok(None),
+        Err(CredentialRetrievalError::HelperFailure { stdout, stderr, .. })
+            if stdout.contains(HELPER_NOT_FOUND) || stderr.contains(HELPER_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(
+            source @ (CredentialRetrievalError::ConfigReadError
+            | CredentialRetrievalError::CredentialDecodingError
+            | CredentialRetrievalError::CredentialMismatchError),
+        ) => Err(AuthError::Malformed { path, source }),
+        Err(source) => Err(AuthError::Helper {
+            registry: registry.to_string(),
+            source,
+        }),
     }
 }
 
@@ -157,18 +199,25 @@ pub fn store(registry: &str, creds: &Credentials) -> Result<PathBuf, AuthError> 
     let (path, mut v) = read_config()?;
     let encoded = base64::engine::general_purpose::STANDARD
         .encode(format!("{}:{}", creds.username, creds.password));
-    let obj = v
-        .as_object_mut()
-        .ok_or_else(|| AuthError::Malformed(path.clone(), "not a JSON object".into()))?;
+    let obj = v.as_object_mut().ok_or_else(|| AuthError::NotObject {
+        path: path.clone(),
+        what: "the file",
+    })?;
     let auths = obj
         .entry("auths")
         .or_insert_with(|| serde_json::Value::Object(Default::default()));
-    let auths = auths
-        .as_object_mut()
-        .ok_or_else(|| AuthError::Malformed(path.clone(), "auths is not an object".into()))?;
-    auths.insert(config_key(registry), serde_json::json!({ "auth": encoded }));
-    let text = serde_json::to_vec_pretty(&v)
-        .map_err(|e| AuthError::Malformed(path.clone(), e.to_string()))?;
+    let auths = auths.as_object_mut().ok_or_else(|| AuthError::NotObject {
+        path: path.clone(),
+        what: "auths",
+    })?;
+    auths.insert(
+        config_key(registry).to_string(),
+        serde_json::json!({ "auth": encoded }),
+    );
+    let text = serde_json::to_vec_pretty(&v).map_err(|source| AuthError::Json {
+        path: path.clone(),
+        source,
+    })?;
     let dir = path.parent().ok_or(AuthError::NoConfigDir)?;
     fs::create_dir_all(dir).map_err(|e| AuthError::Io(dir.to_path_buf(), e))?;
     let tmp = dir.join(format!(".config.json.tmp-{}", std::process::id()));
@@ -275,8 +324,37 @@ mod tests {
 
     #[test]
     fn config_keys() {
-        assert_eq!(key_host("https://index.docker.io/v1/"), "index.docker.io");
-        assert_eq!(key_host("localhost:5000"), "localhost:5000");
         assert_eq!(config_key("docker.io"), DOCKER_HUB_KEY);
+        assert_eq!(config_key("localhost:5000"), "localhost:5000");
+    }
+
+    #[test]
+    fn looks_up_auths_under_docker_and_podman_keys() {
+        let find = |config: &str, registry| lookup_in("c".into(), config.as_bytes(), registry);
+        let alice = Some(Credentials {
+            username: "alice".into(),
+            password: "pw:1".into(),
+        });
+        // base64("alice:pw:1")
+        let auth = |key: &str| format!(r#"{{"auths":{{"{key}":{{"auth":"YWxpY2U6cHc6MQ=="}}}}}}"#);
+        assert_eq!(find(&auth(DOCKER_HUB_KEY), "docker.io").unwrap(), alice);
+        assert_eq!(find(&auth("docker.io"), "docker.io").unwrap(), alice);
+        assert_eq!(find(&auth("https://h:5000/v1/"), "h:5000").unwrap(), alice);
+        assert_eq!(find(&auth("h:5000"), "other:5000").unwrap(), None);
+        assert_eq!(find("{}", "h:5000").unwrap(), None);
+        let plain = r#"{"auths":{"h":{"username":"alice","password":"pw:1"}}}"#;
+        assert_eq!(find(plain, "h").unwrap(), alice);
+        assert!(matches!(
+            find("not json", "h"),
+            Err(AuthError::Malformed { .. })
+        ));
+        assert!(matches!(
+            find(r#"{"auths":{"h":{"auth":"%%%"}}}"#, "h"),
+            Err(AuthError::Malformed { .. })
+        ));
+        // A helper that is not installed is an error naming the registry, on one line.
+        let e = find(r#"{"credHelpers":{"h":"brig-test-absent"}}"#, "h").unwrap_err();
+        assert!(matches!(e, AuthError::Helper { .. }), "{e:?}");
+        assert!(!e.to_string().contains('\n'), "{e}");
     }
 }

@@ -1,30 +1,32 @@
 //! Content digests (`sha256:<64 hex>`): parsing, validation and hashing while streaming.
 //!
 //! A digest names a blob in the store and, through it, a path on disk, so only
-//! well-formed sha256 digests are ever accepted: lowercase hex, exactly 64 characters.
+//! well-formed sha256 digests are ever accepted. Validation is oci-spec's
+//! [`Sha256Digest`] (exactly 64 lowercase hex characters); brig's [`Digest`] wraps it to
+//! print and serialize as `sha256:<hex>` and to hash bytes.
 
 use std::fmt;
 use std::io::{self, Write};
 use std::str::FromStr;
 
+use oci_spec::image::{DigestAlgorithm, Sha256Digest};
+use oci_spec::OciSpecError;
 use sha2::{Digest as _, Sha256};
 
 /// Errors from parsing a digest.
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
     /// The algorithm is not sha256 (the only one brig stores).
-    #[error("unsupported digest algorithm in {0:?} (only sha256 is supported)")]
+    #[error("unsupported digest algorithm {0:?} (only sha256 is supported)")]
     Algorithm(String),
     /// The hex part is not 64 lowercase hex characters.
-    #[error("malformed digest {0:?}")]
-    Malformed(String),
+    #[error("malformed digest {input:?}: {source}")]
+    Malformed { input: String, source: OciSpecError },
 }
 
 /// A sha256 content digest.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest {
-    hex: String,
-}
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Digest(Sha256Digest);
 
 impl Digest {
     /// The digest of `bytes`.
@@ -32,34 +34,29 @@ impl Digest {
         Self::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    fn from_hasher(h: Sha256) -> Self {
-        let out = h.finalize();
-        let mut hex = String::with_capacity(64);
-        for b in out {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        Self { hex }
+    /// The digest of what `h` has hashed.
+    pub fn from_hasher(h: Sha256) -> Self {
+        Self::from_hex(&format!("{:x}", h.finalize())).expect("sha256 output is 64 hex digits")
     }
 
     /// Parses a bare 64-character hex string (as used in file names).
     pub fn from_hex(hex: &str) -> Result<Self, DigestError> {
-        if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            Ok(Self {
-                hex: hex.to_string(),
+        hex.parse()
+            .map(Self)
+            .map_err(|source| DigestError::Malformed {
+                input: hex.to_string(),
+                source,
             })
-        } else {
-            Err(DigestError::Malformed(hex.to_string()))
-        }
     }
 
     /// The hex part, 64 characters.
     pub fn hex(&self) -> &str {
-        &self.hex
+        self.0.digest()
     }
 
     /// The first 12 hex characters, as docker shows IDs.
     pub fn short(&self) -> &str {
-        &self.hex[..12]
+        &self.hex()[..12]
     }
 }
 
@@ -67,19 +64,29 @@ impl FromStr for Digest {
     type Err = DigestError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.split_once(':') {
-            Some(("sha256", hex)) => {
-                Self::from_hex(hex).map_err(|_| DigestError::Malformed(s.to_string()))
-            }
-            Some((alg, _)) => Err(DigestError::Algorithm(alg.to_string())),
-            None => Err(DigestError::Malformed(s.to_string())),
+        let d: oci_spec::image::Digest = s.parse().map_err(|source| DigestError::Malformed {
+            input: s.to_string(),
+            source,
+        })?;
+        d.try_into()
+    }
+}
+
+impl TryFrom<oci_spec::image::Digest> for Digest {
+    type Error = DigestError;
+
+    /// Keeps sha256 digests (whose hex oci-spec has already checked), refuses the others.
+    fn try_from(d: oci_spec::image::Digest) -> Result<Self, Self::Error> {
+        match d.algorithm() {
+            DigestAlgorithm::Sha256 => Self::from_hex(d.digest()),
+            other => Err(DigestError::Algorithm(other.to_string())),
         }
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex)
+        write!(f, "sha256:{}", self.hex())
     }
 }
 

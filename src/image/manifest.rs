@@ -197,7 +197,7 @@ pub fn check_manifest(m: &ImageManifest) -> Result<(), ManifestError> {
 
 /// The digest of a descriptor, as brig's validated type.
 pub fn descriptor_digest(d: &Descriptor) -> Result<Digest, ManifestError> {
-    Ok(d.digest().to_string().parse()?)
+    Ok(d.digest().clone().try_into()?)
 }
 
 /// Picks the manifest for `want` from an index.

@@ -245,7 +245,7 @@ impl Store {
                 .filter(|n| n.config.hex().starts_with(id) || n.manifest.hex() == id)
                 .cloned()
                 .collect();
-            let ids: std::collections::BTreeSet<_> = by_id.iter().map(|n| &n.manifest).collect();
+            let ids: std::collections::HashSet<_> = by_id.iter().map(|n| &n.manifest).collect();
             match ids.len() {
                 0 => {}
                 1 => return Ok(by_id),

@@ -345,7 +345,7 @@ fn fetch_blob(
     if got < size {
         return Err(truncated(got, String::new()));
     }
-    let actual = Digest::from_hex(&hex(&hasher.finalize()))?;
+    let actual = Digest::from_hasher(hasher);
     if &actual != d {
         drop(file);
         let _ = fs::remove_file(&partial);
@@ -363,8 +363,4 @@ fn fetch_blob(
     sync_parent(&dest);
     bar.done("Download complete");
     Ok(())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

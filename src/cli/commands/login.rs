@@ -5,6 +5,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use clap::Args;
 
+use crate::cli::commands::pull::InsecureRegistryArgs;
 use crate::cli::{CliError, Context};
 use crate::image::auth::{self, Credentials};
 use crate::image::reference::DEFAULT_REGISTRY;
@@ -21,14 +22,8 @@ pub struct LoginArgs {
     /// Read the password from standard input.
     #[arg(long)]
     pub password_stdin: bool,
-    /// Registry that may be used over plain HTTP (localhost always may).
-    #[arg(
-        long = "insecure-registry",
-        value_name = "HOST[:PORT]",
-        env = "BRIG_INSECURE_REGISTRIES",
-        value_delimiter = ','
-    )]
-    pub insecure_registry: Vec<String>,
+    #[command(flatten)]
+    pub insecure: InsecureRegistryArgs,
     /// Registry host[:port] (default: Docker Hub).
     pub registry: Option<String>,
 }
@@ -108,8 +103,12 @@ pub fn run(args: LoginArgs) -> Result<i32, CliError> {
         ));
     }
     let creds = Credentials { username, password };
-    let client = Client::new(&registry, "brig-login-check", &args.insecure_registry)?
-        .with_credentials(creds.clone());
+    let client = Client::new(
+        &registry,
+        "brig-login-check",
+        &args.insecure.insecure_registry,
+    )?
+    .with_credentials(creds.clone());
     client
         .ping()
         .map_err(|e| CliError::new(format!("login to {registry} failed: {e}")))?;

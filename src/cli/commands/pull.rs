@@ -5,11 +5,9 @@ use clap::Args;
 use crate::cli::CliError;
 use crate::image::{self, Platform, Progress, PullOptions, Reference, Store};
 
+/// `--insecure-registry`, shared by `brig pull` and `brig login`.
 #[derive(Debug, Args)]
-pub struct PullArgs {
-    /// Platform to pull for, os/arch[/variant] (default: this host's).
-    #[arg(long)]
-    pub platform: Option<String>,
+pub struct InsecureRegistryArgs {
     /// Registry that may be used over plain HTTP (repeatable; localhost always may).
     #[arg(
         long = "insecure-registry",
@@ -18,6 +16,15 @@ pub struct PullArgs {
         value_delimiter = ','
     )]
     pub insecure_registry: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Platform to pull for, os/arch[/variant] (default: this host's).
+    #[arg(long)]
+    pub platform: Option<String>,
+    #[command(flatten)]
+    pub insecure: InsecureRegistryArgs,
     /// Print only the image name at the end.
     #[arg(short, long)]
     pub quiet: bool,
@@ -30,7 +37,7 @@ pub fn run(args: PullArgs) -> Result<i32, CliError> {
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
     let opts = PullOptions {
         platform,
-        insecure_registries: args.insecure_registry,
+        insecure_registries: args.insecure.insecure_registry,
         ..PullOptions::default()
     };
     let store = Store::open_default()?;

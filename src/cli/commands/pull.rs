@@ -5,7 +5,7 @@ use clap::Args;
 use crate::cli::CliError;
 use crate::image::{self, Platform, Progress, PullOptions, Reference, Store};
 
-/// `--insecure-registry`, shared by `brig pull` and `brig login`.
+/// `--insecure-registry`, shared by `brig pull`, `brig login` and `brig run`.
 #[derive(Debug, Args)]
 pub struct InsecureRegistryArgs {
     /// Registry that may be used over plain HTTP (repeatable; localhost always may).

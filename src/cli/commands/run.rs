@@ -87,9 +87,8 @@ pub struct RunArgs {
     /// When to pull the image.
     #[arg(long, value_enum, default_value = "missing")]
     pull: PullPolicy,
-    /// Registry that may be spoken to over plain HTTP.
-    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
-    insecure_registry: Vec<String>,
+    #[command(flatten)]
+    insecure: super::pull::InsecureRegistryArgs,
     /// Suppress pull progress.
     #[arg(short = 'q', long)]
     quiet: bool,
@@ -118,7 +117,7 @@ fn resolve_image(args: &RunArgs, store: &image::Store) -> Result<image::ImageRec
             Some(image::Platform::parse(p).map_err(|e| CliError::new(format!("--platform: {e}")))?);
     }
     opts.insecure_registries
-        .extend(args.insecure_registry.iter().cloned());
+        .extend(args.insecure.insecure_registry.iter().cloned());
     let progress = image::Progress::new(args.quiet);
     match args.pull {
         PullPolicy::Never => store

@@ -9,8 +9,8 @@ fn main() -> ExitCode {
     let code = match brig::cli::run() {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("brig: {err}");
-            err.exit_code()
+            eprintln!("brig: {}", brig::cli::one_line(&err));
+            brig::cli::exit_code(&err)
         }
     };
     ExitCode::from(u8::try_from(code).unwrap_or(brig::cli::EXIT_BRIG_ERROR as u8))

@@ -1,72 +1,67 @@
-//! The error every command returns: one line for the user and the exit code to leave with.
-
-use std::fmt;
+//! Errors at the CLI's edge. Commands return `anyhow::Result`: any typed error of the library,
+//! with context added here, keeps its causes. The user sees one line (each cause once) and
+//! the exit code a [`Failure`] in the chain carries (docker's 124/126/127), else 125.
 
 use crate::sandbox::outcome::Failure;
+
 pub use crate::sandbox::outcome::EXIT_BRIG_ERROR;
 
-/// An error as the user sees it: a message (context first, cause last) and an exit code.
-#[derive(Debug)]
-pub struct CliError {
-    message: String,
-    code: i32,
+/// The exit code for `err`: the first [`Failure`]'s in its chain, else 125.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    err.chain()
+        .find_map(|c| c.downcast_ref::<Failure>())
+        .map_or(EXIT_BRIG_ERROR, |f| f.code)
 }
 
-impl CliError {
-    /// A brig error (exit 125).
-    pub fn new(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            code: EXIT_BRIG_ERROR,
+/// `err` and its causes as one line, `context: cause: cause`. Many of the library's errors
+/// already say their cause in their own message; such a cause is not repeated.
+pub fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
         }
-    }
-
-    /// An error with a specific exit code.
-    pub fn with_code(message: impl Into<String>, code: i32) -> Self {
-        Self {
-            message: message.into(),
-            code,
+        if !line.is_empty() {
+            line.push_str(": ");
         }
+        line.push_str(&text);
     }
-
-    pub fn exit_code(&self) -> i32 {
-        self.code
-    }
-}
-
-impl From<Failure> for CliError {
-    fn from(f: Failure) -> Self {
-        Self::with_code(f.message, f.code)
-    }
-}
-
-impl fmt::Display for CliError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One line, whatever the causes contained.
-        f.write_str(&self.message.replace('\n', " "))
-    }
-}
-
-/// Adds context to any displayable error: `"<context>: <error>"`.
-pub trait Context<T> {
-    fn context(self, what: impl fmt::Display) -> Result<T, CliError>;
-}
-
-impl<T, E: fmt::Display> Context<T> for Result<T, E> {
-    fn context(self, what: impl fmt::Display) -> Result<T, CliError> {
-        self.map_err(|e| CliError::new(format!("{what}: {e}")))
-    }
+    line.replace('\n', " ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use anyhow::Context;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("sandbox state /x: {source}")]
+    struct SaysItsCause {
+        #[source]
+        source: std::io::Error,
+    }
 
     #[test]
-    fn context_prefixes_and_keeps_one_line() {
-        let r: Result<(), String> = Err("line one\nline two".into());
+    fn context_prefixes_and_causes_appear_once() {
+        let io = std::io::Error::other("line one\nline two");
+        let r: Result<(), _> = Err(SaysItsCause { source: io });
         let e = r.context("loading kernel").unwrap_err();
-        assert_eq!(e.to_string(), "loading kernel: line one line two");
-        assert_eq!(e.exit_code(), EXIT_BRIG_ERROR);
+        assert_eq!(
+            one_line(&e),
+            "loading kernel: sandbox state /x: line one line two"
+        );
+        assert_eq!(exit_code(&e), EXIT_BRIG_ERROR);
+    }
+
+    #[test]
+    fn a_failure_anywhere_in_the_chain_sets_the_code() {
+        let f = Failure {
+            code: 127,
+            message: "not found".into(),
+        };
+        let e = anyhow::Error::from(f).context("exec");
+        assert_eq!(exit_code(&e), 127);
+        assert_eq!(one_line(&e), "exec: not found");
     }
 }

@@ -8,7 +8,7 @@ pub mod fmt;
 
 use clap::{Parser, Subcommand};
 
-pub use error::{CliError, Context, EXIT_BRIG_ERROR};
+pub use error::{exit_code, one_line, EXIT_BRIG_ERROR};
 
 /// Run OCI container images in KVM microVMs.
 #[derive(Debug, Parser)]
@@ -76,7 +76,7 @@ enum Command {
 }
 
 /// Parses the command line and runs the command; returns the process exit code.
-pub fn run() -> Result<i32, CliError> {
+pub fn run() -> anyhow::Result<i32> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -118,8 +118,8 @@ pub fn run() -> Result<i32, CliError> {
 }
 
 /// The guest kernel to boot when `--kernel` is not given.
-pub fn default_kernel() -> Result<std::path::PathBuf, CliError> {
-    crate::vmm::boot::default_kernel().map_err(|e| CliError::new(e.to_string()))
+pub fn default_kernel() -> anyhow::Result<std::path::PathBuf> {
+    crate::vmm::boot::default_kernel().map_err(anyhow::Error::from)
 }
 
 /// Logs go to stderr, off unless `BRIG_LOG` asks for them (e.g. `BRIG_LOG=debug`).

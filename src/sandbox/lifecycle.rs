@@ -53,8 +53,9 @@ pub enum LifecycleError {
         #[source]
         source: std::io::Error,
     },
-    /// The workload did not start (its exit code is docker's).
-    #[error(transparent)]
+    /// The workload did not start (its exit code is docker's). Not transparent: the Failure
+    /// stays in the error's chain, where the CLI finds the exit code.
+    #[error("{0}")]
     Failed(#[from] Failure),
 }
 

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 use brig_protocol::RunSpec;
 use clap::Args;
 
-use crate::cli::{CliError, Context};
 use crate::sandbox::launch::{launch, Launch, LaunchIo};
 use crate::sandbox::outcome::{judge, TimeoutPolicy};
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::vmm::initramfs::Initramfs;
 use crate::vmm::{ConsoleLog, VmConfig};
+use anyhow::Context;
 
 #[derive(Debug, Args)]
 pub struct BootArgs {
@@ -56,7 +56,7 @@ fn parse_add(spec: &str) -> (PathBuf, String) {
     }
 }
 
-pub fn run(args: BootArgs) -> Result<i32, CliError> {
+pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
@@ -102,7 +102,7 @@ pub fn run(args: BootArgs) -> Result<i32, CliError> {
         on_vm_started: &mut || {},
         on_workload_started: &mut || {},
     };
-    let outcome = launch(spec, &runtime, io).map_err(|e| CliError::new(e.to_string()))?;
+    let outcome = launch(spec, &runtime, io)?;
     drop(runtime);
     if args.timings {
         outcome.print_timings(t0);

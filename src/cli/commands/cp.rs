@@ -3,7 +3,6 @@
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::sandbox::copy::{self, SandboxPath};
 
 #[derive(Debug, Args)]
@@ -37,14 +36,14 @@ fn split(arg: &str) -> Option<(&str, &str)> {
     }
 }
 
-pub fn run(args: CpArgs) -> Result<i32, CliError> {
+pub fn run(args: CpArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
-    let fail = |e: copy::CopyError| CliError::new(format!("cp: {e}"));
+    let fail = |e: copy::CopyError| anyhow::anyhow!("cp: {e}");
     match (split(&args.src), split(&args.dest)) {
-        (Some(_), Some(_)) => Err(CliError::new(
+        (Some(_), Some(_)) => Err(anyhow::anyhow!(
             "cp: copying between sandboxes is not supported; copy to the host first",
         )),
-        (None, None) => Err(CliError::new(
+        (None, None) => Err(anyhow::anyhow!(
             "cp: one of SRC and DEST must be NAME:PATH, a path in a sandbox",
         )),
         (Some((name, path)), None) => {

@@ -7,7 +7,6 @@ use rustix::{stdio, termios};
 
 use brig_protocol::{RunSpec, EXEC_PORT};
 
-use crate::cli::CliError;
 use crate::sandbox::agent::{self, Relay, SessionEnd, SessionTimes};
 use crate::sandbox::control;
 use crate::sandbox::outcome::Failure;
@@ -72,21 +71,16 @@ fn exec_spec(base: &RunSpec, args: &ExecArgs) -> RunSpec {
     }
 }
 
-pub fn run(args: ExecArgs) -> Result<i32, CliError> {
+pub fn run(args: ExecArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let sb = super::resolve(&home, &args.sandbox)?;
     if !sb.is_running() {
-        return Err(CliError::new(format!(
-            "sandbox {} is not running",
-            args.sandbox
-        )));
+        anyhow::bail!("sandbox {} is not running", args.sandbox);
     }
     if args.tty && args.interactive && !termios::isatty(stdio::stdin()) {
-        return Err(CliError::new(
-            "the input device is not a TTY (drop -t, or run from a terminal)",
-        ));
+        anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)",);
     }
-    let config = sb.config().map_err(|e| CliError::new(e.to_string()))?;
+    let config = sb.config()?;
     let mut spec = exec_spec(&config.run, &args);
     let winsize = || tty::winsize(stdio::stdout()).or_else(|| tty::winsize(stdio::stdin()));
     if args.tty {
@@ -100,12 +94,12 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
         EXEC_PORT,
         std::time::Duration::from_secs(10),
     )
-    .map_err(|e| CliError::new(format!("{}: {e}", args.sandbox)))?;
+    .map_err(|e| anyhow::anyhow!("{}: {e}", args.sandbox))?;
     let mut relayed: Vec<i32> = FORWARDED.to_vec();
     if !args.tty {
         relayed.retain(|s| *s != Signal::WINCH.as_raw());
     }
-    let signals = SignalPipe::install(&relayed).map_err(|e| CliError::new(e.to_string()))?;
+    let signals = SignalPipe::install(&relayed)?;
     let raw = if args.tty && args.interactive {
         tty::RawMode::new(stdio::stdin())
     } else {
@@ -130,12 +124,12 @@ pub fn run(args: ExecArgs) -> Result<i32, CliError> {
     match end {
         SessionEnd::Exited(status) => Ok(status.shell_code()),
         SessionEnd::ExecFailed { kind, message } => Err(Failure::exec(kind, message).into()),
-        SessionEnd::Broken(msg) => Err(CliError::new(format!(
+        SessionEnd::Broken(msg) => Err(anyhow::anyhow!(
             "{}: {msg} (did the sandbox stop?)",
             args.sandbox
-        ))),
+        )),
         SessionEnd::VmEnded | SessionEnd::TimedOut => {
-            Err(CliError::new(format!("sandbox {} stopped", args.sandbox)))
+            Err(anyhow::anyhow!("sandbox {} stopped", args.sandbox))
         }
     }
 }

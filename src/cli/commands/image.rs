@@ -2,7 +2,6 @@
 
 use clap::{Args, Subcommand};
 
-use crate::cli::CliError;
 use crate::image::{gc, Store};
 
 #[derive(Debug, Args)]
@@ -27,7 +26,7 @@ pub struct PruneArgs {
     pub all: bool,
 }
 
-pub fn run(args: ImageArgs) -> Result<i32, CliError> {
+pub fn run(args: ImageArgs) -> anyhow::Result<i32> {
     match args.command {
         ImageCommand::Prune(_) => {
             let store = Store::open_default()?;

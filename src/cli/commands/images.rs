@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use clap::{Args, ValueEnum};
 
 use crate::cli::fmt::{human_size, now_secs, parse_rfc3339, since};
-use crate::cli::CliError;
 use crate::image::{names, Store};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -39,7 +38,7 @@ struct Row {
     rootfs: String,
 }
 
-pub fn run(args: ImagesArgs) -> Result<i32, CliError> {
+pub fn run(args: ImagesArgs) -> anyhow::Result<i32> {
     let store = Store::open_default()?;
     let mut entries = names::load(&store)?;
     entries.sort_by(|a, b| b.added.cmp(&a.added).then(a.repository.cmp(&b.repository)));
@@ -94,8 +93,7 @@ pub fn run(args: ImagesArgs) -> Result<i32, CliError> {
     }
     match args.format {
         Format::Json => {
-            let text =
-                serde_json::to_string_pretty(&rows).map_err(|e| CliError::new(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&rows)?;
             println!("{text}");
         }
         Format::Table => {

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::image::{self, archive::Loaded, unpack::Limits, Store};
 
 #[derive(Debug, Args)]
@@ -19,12 +18,9 @@ pub struct ImportArgs {
     pub reference: Option<String>,
 }
 
-pub fn run(args: ImportArgs) -> Result<i32, CliError> {
+pub fn run(args: ImportArgs) -> anyhow::Result<i32> {
     if !args.path.exists() {
-        return Err(CliError::new(format!(
-            "{}: no such file or directory",
-            args.path.display()
-        )));
+        anyhow::bail!("{}: no such file or directory", args.path.display());
     }
     if let Some(r) = &args.reference {
         image::Reference::parse(r)?;

@@ -1,9 +1,8 @@
 //! `brig version` and `brig info`.
 
-use crate::cli::CliError;
 use crate::vmm::kvm;
 
-pub fn version() -> Result<i32, CliError> {
+pub fn version() -> anyhow::Result<i32> {
     println!("brig {}", env!("CARGO_PKG_VERSION"));
     println!("protocol {}", brig_protocol::PROTOCOL_VERSION);
     println!(
@@ -29,7 +28,7 @@ fn kvm_kind() -> String {
     }
 }
 
-pub fn info() -> Result<i32, CliError> {
+pub fn info() -> anyhow::Result<i32> {
     let kernel = crate::cli::default_kernel()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|e| e.to_string());

@@ -4,7 +4,6 @@
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::image::{display_name, Store};
 
 #[derive(Debug, Args)]
@@ -14,7 +13,7 @@ pub struct InspectArgs {
     pub images: Vec<String>,
 }
 
-pub fn run(args: InspectArgs) -> Result<i32, CliError> {
+pub fn run(args: InspectArgs) -> anyhow::Result<i32> {
     let store = Store::open_default()?;
     let mut out = Vec::new();
     for image in &args.images {
@@ -24,7 +23,7 @@ pub fn run(args: InspectArgs) -> Result<i32, CliError> {
         }
         let found = store.lookup(image)?;
         let Some(first) = found.first() else {
-            return Err(CliError::new(format!("no such sandbox or image: {image}")));
+            anyhow::bail!("no such sandbox or image: {image}");
         };
         let rec = store.record(&first.manifest)?;
         let all = crate::image::names::load(&store)?;
@@ -56,16 +55,14 @@ pub fn run(args: InspectArgs) -> Result<i32, CliError> {
             "RootfsSize": size,
         }));
     }
-    let text = serde_json::to_string_pretty(&out).map_err(|e| CliError::new(e.to_string()))?;
+    let text = serde_json::to_string_pretty(&out)?;
     println!("{text}");
     Ok(0)
 }
 
-fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> Result<serde_json::Value, CliError> {
-    let config = sb.config().map_err(|e| CliError::new(e.to_string()))?;
-    let state = sb
-        .current_state()
-        .map_err(|e| CliError::new(e.to_string()))?;
+fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_json::Value> {
+    let config = sb.config()?;
+    let state = sb.current_state()?;
     let runtime = crate::sandbox::runtime::dir_of(&sb.id);
     // Live but not running: a brig cp maintenance VM has the stopped sandbox's disks open.
     let live = sb.is_live() && state.status == crate::sandbox::state::Status::Running;

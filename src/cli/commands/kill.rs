@@ -2,7 +2,6 @@
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::sandbox::control;
 use crate::sandbox::runtime::vsock_socket_of;
 
@@ -16,17 +15,16 @@ pub struct KillArgs {
     sandboxes: Vec<String>,
 }
 
-pub fn run(args: KillArgs) -> Result<i32, CliError> {
+pub fn run(args: KillArgs) -> anyhow::Result<i32> {
     let sig = control::parse_signal(&args.signal)
-        .ok_or_else(|| CliError::new(format!("invalid signal {:?}", args.signal)))?;
+        .ok_or_else(|| anyhow::anyhow!("invalid signal {:?}", args.signal))?;
     let home = super::home()?;
     for name in &args.sandboxes {
         let sb = super::resolve(&home, name)?;
         if !sb.is_running() {
-            return Err(CliError::new(format!("sandbox {name} is not running")));
+            anyhow::bail!("sandbox {name} is not running");
         }
-        control::kill(&vsock_socket_of(&sb.id), sig)
-            .map_err(|e| CliError::new(format!("{name}: {e}")))?;
+        control::kill(&vsock_socket_of(&sb.id), sig).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         println!("{name}");
     }
     Ok(0)

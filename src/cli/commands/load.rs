@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::{CliError, Context};
 use crate::image::{self, unpack::Limits, Store};
+use anyhow::Context;
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -17,27 +17,25 @@ pub struct LoadArgs {
     pub quiet: bool,
 }
 
-pub fn run(args: LoadArgs) -> Result<i32, CliError> {
+pub fn run(args: LoadArgs) -> anyhow::Result<i32> {
     let store = Store::open_default()?;
     let (path, _tmp) = match args.input {
         Some(p) => (p, None),
         None => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                return Err(CliError::new(
-                    "requested load from stdin, but stdin is a terminal (use -i FILE)",
-                ));
+                anyhow::bail!("requested load from stdin, but stdin is a terminal (use -i FILE)",);
             }
             let tmp = store
                 .tmp_dir()
                 .join(format!("load-{}", image::store::tmp_suffix()));
-            let mut f = std::fs::File::create(&tmp).context(tmp.display())?;
+            let mut f = std::fs::File::create(&tmp).with_context(|| tmp.display().to_string())?;
             let guard = TmpFile(tmp.clone());
             std::io::copy(&mut std::io::stdin().lock(), &mut f).context("reading stdin")?;
             (tmp, Some(guard))
         }
     };
     if !path.exists() {
-        return Err(CliError::new(format!("{}: no such file", path.display())));
+        anyhow::bail!("{}: no such file", path.display());
     }
     let loaded = image::archive::load(&store, &path, Limits::from_env())?;
     if !args.quiet {

@@ -6,10 +6,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use clap::Args;
 
 use crate::cli::commands::pull::InsecureRegistryArgs;
-use crate::cli::{CliError, Context};
 use crate::image::auth::{self, Credentials};
 use crate::image::reference::DEFAULT_REGISTRY;
 use crate::image::registry::Client;
+use anyhow::Context;
 
 #[derive(Debug, Args)]
 pub struct LoginArgs {
@@ -28,7 +28,7 @@ pub struct LoginArgs {
     pub registry: Option<String>,
 }
 
-fn prompt(label: &str) -> Result<String, CliError> {
+fn prompt(label: &str) -> anyhow::Result<String> {
     eprint!("{label}");
     let _ = std::io::stderr().flush();
     let mut line = String::new();
@@ -40,7 +40,7 @@ fn prompt(label: &str) -> Result<String, CliError> {
 }
 
 /// Reads a password from the terminal without echo.
-fn prompt_hidden(label: &str) -> Result<String, CliError> {
+fn prompt_hidden(label: &str) -> anyhow::Result<String> {
     use rustix::termios::{self, LocalModes, OptionalActions};
     let stdin = std::io::stdin();
     let saved = termios::tcgetattr(&stdin).ok();
@@ -57,7 +57,7 @@ fn prompt_hidden(label: &str) -> Result<String, CliError> {
     r
 }
 
-pub fn run(args: LoginArgs) -> Result<i32, CliError> {
+pub fn run(args: LoginArgs) -> anyhow::Result<i32> {
     let registry = args
         .registry
         .unwrap_or_else(|| DEFAULT_REGISTRY.to_string());
@@ -73,13 +73,13 @@ pub fn run(args: LoginArgs) -> Result<i32, CliError> {
         _ => registry,
     };
     if registry.is_empty() || registry.contains('/') {
-        return Err(CliError::new(format!("invalid registry {registry:?}")));
+        anyhow::bail!("invalid registry {registry:?}");
     }
     let interactive = std::io::stdin().is_terminal();
     let username = match args.username {
         Some(u) => u,
         None if interactive && !args.password_stdin => prompt("Username: ")?,
-        None => return Err(CliError::new("login: --username is required")),
+        None => anyhow::bail!("login: --username is required"),
     };
     let password = if args.password_stdin {
         let mut s = String::new();
@@ -93,14 +93,10 @@ pub fn run(args: LoginArgs) -> Result<i32, CliError> {
     } else if interactive {
         prompt_hidden("Password: ")?
     } else {
-        return Err(CliError::new(
-            "login: no password given (use --password-stdin)",
-        ));
+        anyhow::bail!("login: no password given (use --password-stdin)",);
     };
     if username.is_empty() || password.is_empty() {
-        return Err(CliError::new(
-            "login: user name and password must not be empty",
-        ));
+        anyhow::bail!("login: user name and password must not be empty",);
     }
     let creds = Credentials { username, password };
     let client = Client::new(
@@ -111,7 +107,7 @@ pub fn run(args: LoginArgs) -> Result<i32, CliError> {
     .with_credentials(creds.clone());
     client
         .ping()
-        .map_err(|e| CliError::new(format!("login to {registry} failed: {e}")))?;
+        .map_err(|e| anyhow::anyhow!("login to {registry} failed: {e}"))?;
     let path = auth::store(&registry, &creds)?;
     eprintln!("Credentials stored in {}", path.display());
     println!("Login Succeeded");

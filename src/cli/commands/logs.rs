@@ -6,7 +6,6 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::cli::fmt::format_rfc3339;
-use crate::cli::CliError;
 use crate::sandbox::logs::{lines, read_all, Record, Stream};
 
 #[derive(Debug, Args)]
@@ -45,7 +44,7 @@ fn emit(records: &[Record], timestamps: bool) {
     let _ = err.flush();
 }
 
-pub fn run(args: LogsArgs) -> Result<i32, CliError> {
+pub fn run(args: LogsArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let sb = super::resolve(&home, &args.sandbox)?;
     let path = sb.log_path();
@@ -53,10 +52,10 @@ pub fn run(args: LogsArgs) -> Result<i32, CliError> {
         "all" => None,
         n => Some(
             n.parse()
-                .map_err(|_| CliError::new(format!("--tail {n}: not a number")))?,
+                .map_err(|_| anyhow::anyhow!("--tail {n}: not a number"))?,
         ),
     };
-    let read = || read_all(&path).map_err(|e| CliError::new(format!("{}: {e}", path.display())));
+    let read = || read_all(&path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
     let records = read()?;
     let all = lines(&records);
     let skip = tail.map_or(0, |n| all.len().saturating_sub(n));

@@ -4,7 +4,6 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::cli::fmt::{duration_words, now_secs, parse_rfc3339, print_table};
-use crate::cli::CliError;
 use crate::sandbox::state::{self, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,11 +63,11 @@ fn status_words(st: &state::SandboxState, now: i64) -> String {
     }
 }
 
-pub fn run(args: PsArgs) -> Result<i32, CliError> {
+pub fn run(args: PsArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let now = now_secs();
     let mut rows = Vec::new();
-    for sb in state::list(&home).map_err(|e| CliError::new(e.to_string()))? {
+    for sb in state::list(&home)? {
         let (Ok(config), Ok(st)) = (sb.config(), sb.current_state()) else {
             continue;
         };
@@ -97,10 +96,7 @@ pub fn run(args: PsArgs) -> Result<i32, CliError> {
         return Ok(0);
     }
     if args.format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| CliError::new(e.to_string()))?
-        );
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
     let table: Vec<Vec<String>> = rows

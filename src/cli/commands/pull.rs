@@ -2,7 +2,6 @@
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::image::{self, Platform, Progress, PullOptions, Reference, Store};
 
 /// `--insecure-registry`, shared by `brig pull`, `brig login` and `brig run`.
@@ -32,7 +31,7 @@ pub struct PullArgs {
     pub image: String,
 }
 
-pub fn run(args: PullArgs) -> Result<i32, CliError> {
+pub fn run(args: PullArgs) -> anyhow::Result<i32> {
     let reference = Reference::parse(&args.image)?;
     let platform = args.platform.as_deref().map(Platform::parse).transpose()?;
     let opts = PullOptions {

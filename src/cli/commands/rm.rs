@@ -4,8 +4,6 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::CliError;
-
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Stop running sandboxes first (SIGKILL).
@@ -16,27 +14,27 @@ pub struct RmArgs {
     sandboxes: Vec<String>,
 }
 
-pub fn run(args: RmArgs) -> Result<i32, CliError> {
+pub fn run(args: RmArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let mut failed = None;
     for name in &args.sandboxes {
         let result = super::resolve(&home, name).and_then(|sb| {
             if sb.is_live() {
                 if !args.force {
-                    return Err(CliError::new(if sb.is_running() {
+                    anyhow::bail!(if sb.is_running() {
                         format!(
                             "cannot remove running sandbox {name}: stop it first or use brig rm -f"
                         )
                     } else {
                         format!("sandbox {name} is in use (brig cp); wait, or use brig rm -f")
-                    }));
+                    });
                 }
                 super::stop::stop(&sb, Duration::ZERO)?;
                 if !sb.is_running() && sb.is_live() && !super::stop::kill_vmm(&sb) {
-                    return Err(CliError::new(format!("sandbox {name} did not stop")));
+                    anyhow::bail!("sandbox {name} did not stop");
                 }
             }
-            sb.remove().map_err(|e| CliError::new(e.to_string()))
+            sb.remove().map_err(anyhow::Error::from)
         });
         match result {
             Ok(()) => println!("{name}"),

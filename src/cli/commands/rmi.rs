@@ -3,7 +3,6 @@
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::image::{gc, Store};
 
 #[derive(Debug, Args)]
@@ -16,17 +15,17 @@ pub struct RmiArgs {
     pub images: Vec<String>,
 }
 
-pub fn run(args: RmiArgs) -> Result<i32, CliError> {
+pub fn run(args: RmiArgs) -> anyhow::Result<i32> {
     let store = Store::open_default()?;
     for image in &args.images {
         let found = store.lookup(image)?;
         let names: std::collections::BTreeSet<_> =
             found.iter().map(|n| (&n.repository, &n.tag)).collect();
         if names.len() > 1 && !args.force {
-            return Err(CliError::new(format!(
+            anyhow::bail!(
                 "unable to delete {image}: image is referenced by {} names (use -f, or remove each name)",
                 names.len()
-            )));
+            );
         }
         let removed = gc::remove(&store, &found)?;
         for u in removed.untagged {

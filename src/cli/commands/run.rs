@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use clap::{ArgAction, Args, ValueEnum};
 
-use crate::cli::{CliError, Context};
 use crate::image::{self, PullOptions};
 use crate::sandbox::lifecycle::{self, CreateOptions, Resources};
 use crate::sandbox::spec::RunOptions;
 use crate::sandbox::state;
+use anyhow::Context;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PullPolicy {
@@ -110,52 +110,41 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-fn resolve_image(args: &RunArgs, store: &image::Store) -> Result<image::ImageRecord, CliError> {
+fn resolve_image(args: &RunArgs, store: &image::Store) -> anyhow::Result<image::ImageRecord> {
     let mut opts = PullOptions::default();
     if let Some(p) = &args.platform {
         opts.platform =
-            Some(image::Platform::parse(p).map_err(|e| CliError::new(format!("--platform: {e}")))?);
+            Some(image::Platform::parse(p).map_err(|e| anyhow::anyhow!("--platform: {e}"))?);
     }
     opts.insecure_registries
         .extend(args.insecure.insecure_registry.iter().cloned());
     let progress = image::Progress::new(args.quiet);
     match args.pull {
-        PullPolicy::Never => store
-            .resolve_local(&args.image, &opts)
-            .map_err(|e| CliError::new(e.to_string()))?
-            .ok_or_else(|| {
-                CliError::new(format!(
-                    "image {} is not present locally (--pull never)",
-                    args.image
-                ))
-            }),
+        PullPolicy::Never => store.resolve_local(&args.image, &opts)?.ok_or_else(|| {
+            anyhow::anyhow!("image {} is not present locally (--pull never)", args.image)
+        }),
         PullPolicy::Always => store
             .pull_record(&args.image, &opts, &progress)
-            .map_err(|e| CliError::new(e.to_string())),
+            .map_err(anyhow::Error::from),
         PullPolicy::Missing => store
             .resolve_or_pull(&args.image, &opts, &progress)
-            .map_err(|e| CliError::new(e.to_string())),
+            .map_err(anyhow::Error::from),
     }
 }
 
-pub fn run(args: RunArgs) -> Result<i32, CliError> {
+pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let t0 = Instant::now();
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => crate::cli::default_kernel()?,
     };
-    let resources = Resources::from_flags(args.memory.as_deref(), args.cpus)
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let resources = Resources::from_flags(args.memory.as_deref(), args.cpus)?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
-        return Err(CliError::new(
-            "-d cannot be combined with -i (brig has no attach yet); use brig exec -it",
-        ));
+        anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it",);
     }
     if args.tty && args.interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
-        return Err(CliError::new(
-            "the input device is not a TTY (drop -t, or run from a terminal)",
-        ));
+        anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)",);
     }
     let mut env_files = Vec::new();
     for f in &args.env_file {
@@ -164,8 +153,8 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
     }
 
     // A host that cannot run the VM says so before anything is pulled.
-    crate::vmm::kvm::open().map_err(|e| CliError::new(e.to_string()))?;
-    let store = image::Store::open_default().map_err(|e| CliError::new(e.to_string()))?;
+    crate::vmm::kvm::open()?;
+    let store = image::Store::open_default()?;
     state::sweep_stale(store.home());
     let record = resolve_image(&args, &store)?;
 
@@ -200,18 +189,15 @@ pub fn run(args: RunArgs) -> Result<i32, CliError> {
             auto_remove: args.rm,
             detached: args.detach,
         },
-    )
-    .map_err(lifecycle_error)?;
+    )?;
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     if args.detach {
         let id = created.sandbox.id.clone();
-        created.detach(timeout).map_err(lifecycle_error)?;
+        created.detach(timeout)?;
         println!("{id}");
         return Ok(0);
     }
-    let ended = created
-        .run(args.interactive, args.console, timeout)
-        .map_err(lifecycle_error)?;
+    let ended = created.run(args.interactive, args.console, timeout)?;
     if args.timings {
         ended.outcome.print_timings(t0);
     }
@@ -224,14 +210,9 @@ pub fn supervise(
     lock_fd: i32,
     ready_fd: i32,
     timeout: Option<f64>,
-) -> Result<i32, CliError> {
+) -> anyhow::Result<i32> {
     let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-    lifecycle::supervise_detached(id, lock_fd, ready_fd, timeout).map_err(lifecycle_error)
-}
-
-fn lifecycle_error(e: lifecycle::LifecycleError) -> CliError {
-    match e {
-        lifecycle::LifecycleError::Failed(f) => f.into(),
-        e => CliError::new(e.to_string()),
-    }
+    Ok(lifecycle::supervise_detached(
+        id, lock_fd, ready_fd, timeout,
+    )?)
 }

@@ -8,7 +8,6 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::cli::fmt::print_table;
-use crate::cli::CliError;
 use crate::sandbox::control;
 use crate::sandbox::runtime::vsock_socket_of;
 use crate::sandbox::state::{self, Sandbox};
@@ -88,11 +87,10 @@ fn mib(n: u64) -> String {
     format!("{:.1}MiB", n as f64 / f64::from(1 << 20))
 }
 
-pub fn run(args: StatsArgs) -> Result<i32, CliError> {
+pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let targets: Vec<Sandbox> = if args.sandboxes.is_empty() {
-        state::list(&home)
-            .map_err(|e| CliError::new(e.to_string()))?
+        state::list(&home)?
             .into_iter()
             .filter(Sandbox::is_running)
             .collect()
@@ -101,7 +99,7 @@ pub fn run(args: StatsArgs) -> Result<i32, CliError> {
         for n in &args.sandboxes {
             let sb = super::resolve(&home, n)?;
             if !sb.is_running() {
-                return Err(CliError::new(format!("sandbox {n} is not running")));
+                anyhow::bail!("sandbox {n} is not running");
             }
             t.push(sb);
         }
@@ -109,7 +107,7 @@ pub fn run(args: StatsArgs) -> Result<i32, CliError> {
     };
     let sample = |sb: &Sandbox| {
         control::stats(&vsock_socket_of(&sb.id))
-            .map_err(|e| CliError::new(format!("{}: {e}", sb.short_id())))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", sb.short_id()))
     };
     let mut last: Vec<Stats> = targets.iter().map(sample).collect::<Result<_, _>>()?;
     loop {
@@ -121,10 +119,7 @@ pub fn run(args: StatsArgs) -> Result<i32, CliError> {
             .map(|(sb, (a, b))| row(sb, a, b))
             .collect();
         if args.format == Format::Json {
-            println!(
-                "{}",
-                serde_json::to_string(&rows).map_err(|e| CliError::new(e.to_string()))?
-            );
+            println!("{}", serde_json::to_string(&rows)?);
         } else {
             if !args.no_stream {
                 print!("\x1b[2J\x1b[H");

@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use rustix::process::{pidfd_send_signal, Signal};
 
-use crate::cli::CliError;
 use crate::sandbox::control;
 use crate::sandbox::runtime::{self, vsock_socket_of};
 use crate::sandbox::state::Sandbox;
@@ -46,11 +45,11 @@ pub fn kill_vmm(sandbox: &Sandbox) -> bool {
 }
 
 /// Stops one sandbox (nothing to do when it is not running).
-pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<(), CliError> {
+pub fn stop(sandbox: &Sandbox, grace: Duration) -> anyhow::Result<()> {
     if !sandbox.is_running() {
         return Ok(());
     }
-    let config = sandbox.config().map_err(|e| CliError::new(e.to_string()))?;
+    let config = sandbox.config()?;
     let sig = control::parse_signal(&config.stop_signal).unwrap_or(Signal::TERM.as_raw());
     let socket = vsock_socket_of(&sandbox.id);
     let _ = control::kill(&socket, sig);
@@ -61,13 +60,13 @@ pub fn stop(sandbox: &Sandbox, grace: Duration) -> Result<(), CliError> {
     if wait_gone(sandbox, Duration::from_secs(5)) || kill_vmm(sandbox) {
         return Ok(());
     }
-    Err(CliError::new(format!(
+    Err(anyhow::anyhow!(
         "sandbox {} did not stop",
         sandbox.short_id()
-    )))
+    ))
 }
 
-pub fn run(args: StopArgs) -> Result<i32, CliError> {
+pub fn run(args: StopArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     let mut failed = None;
     for name in &args.sandboxes {

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::CliError;
 use crate::sandbox::state::Status;
 
 #[derive(Debug, Args)]
@@ -14,15 +13,13 @@ pub struct WaitArgs {
     sandboxes: Vec<String>,
 }
 
-pub fn run(args: WaitArgs) -> Result<i32, CliError> {
+pub fn run(args: WaitArgs) -> anyhow::Result<i32> {
     let home = super::home()?;
     for name in &args.sandboxes {
         let sb = super::resolve(&home, name)?;
         // Until it has exited (a stopped sandbox that brig cp is reading is live, but done).
         let st = loop {
-            let st = sb
-                .current_state()
-                .map_err(|e| CliError::new(e.to_string()))?;
+            let st = sb.current_state()?;
             if st.status == Status::Exited || !sb.is_live() {
                 break st;
             }

@@ -6,13 +6,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use brig_protocol::RunSpec;
-use rustix::process::Signal;
 use rustix::stdio;
 
 use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::runtime::RuntimeDir;
-use super::signals::{SignalPipe, FORWARDED};
-use super::tty;
+use super::tty::{terminal_size, HostTerminal};
 use super::vm::{self, VmError};
 use crate::vmm::{ConsoleLog, ExitReason, VmConfig};
 
@@ -84,22 +82,8 @@ pub fn launch(
     (io.on_vm_started)();
     let deadline = spec.timeout.map(|t| vmm_ready + t);
 
-    // With a TTY, the host terminal is raw: Ctrl-C is a byte for the guest's terminal.
-    // Without one, signals are relayed as docker's sig-proxy does.
-    let mut relayed: Vec<i32> = FORWARDED.to_vec();
-    if !tty {
-        relayed.retain(|s| *s != Signal::WINCH.as_raw());
-    }
-    if !io.relay_signals {
-        relayed.clear();
-    }
-    let signals = SignalPipe::install(&relayed).map_err(LaunchError::Signals)?;
-    let raw = if tty && spec.stdin {
-        tty::RawMode::new(stdio::stdin())
-    } else {
-        None
-    };
-
+    let terminal =
+        HostTerminal::attach(tty, spec.stdin, io.relay_signals).map_err(LaunchError::Signals)?;
     let mut times = SessionTimes::default();
     let end = match agent_vm.accept(deadline) {
         Ok(conn) => {
@@ -107,7 +91,7 @@ pub fn launch(
                 stdin: spec.stdin.then(stdio::stdin),
                 stdout: io.stdout,
                 stderr: io.stderr,
-                signals: Some(&signals),
+                signals: Some(&terminal.signals),
                 winsize: tty.then_some(&terminal_size as &dyn Fn() -> Option<(u16, u16)>),
                 on_started: Some(io.on_workload_started),
             };
@@ -122,8 +106,7 @@ pub fn launch(
         }
         Err(end) => end,
     };
-    drop(raw);
-    drop(signals);
+    drop(terminal);
     // After its status, the guest resets itself; give it a moment, then stop it regardless.
     if matches!(end, SessionEnd::Exited(_) | SessionEnd::ExecFailed { .. }) {
         vm.wait(Some(agent::VM_EXIT_GRACE));
@@ -139,11 +122,6 @@ pub fn launch(
         kernel_entry,
         vm_gone: Instant::now(),
     })
-}
-
-/// The host terminal's size (stdout's, else stdin's), when there is one.
-pub fn terminal_size() -> Option<(u16, u16)> {
-    tty::winsize(stdio::stdout()).or_else(|| tty::winsize(stdio::stdin()))
 }
 
 fn ms(d: Duration) -> String {

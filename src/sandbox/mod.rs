@@ -6,15 +6,18 @@
 //! - the VM: [`vm`] (the one VM-start path), [`launch`] (a workload from boot to teardown),
 //!   [`maintenance`] (a stopped sandbox's disks booted for `brig cp`), and [`outcome`]
 //!   (docker's exit codes for how a run ended).
-//! - the guest agent's protocol: [`agent`] (the session), [`control`] (requests to a running
-//!   sandbox), [`copy`] (`brig cp`'s tar streams).
+//! - the guest agent's protocol: [`agent`] (the session), [`exec`] (one more process in a
+//!   running sandbox), [`control`] (requests to a running sandbox), [`copy`] (`brig cp`'s
+//!   tar streams).
 //! - on disk: [`state`] (config and state files), [`runtime`] (the runtime directory and its
 //!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags).
-//! - the host terminal: [`tty`], [`signals`].
+//! - the host terminal: [`tty`] (raw mode, size, the session's [`tty::HostTerminal`]),
+//!   [`signals`].
 
 pub mod agent;
 pub mod control;
 pub mod copy;
+pub mod exec;
 pub mod launch;
 pub mod lifecycle;
 pub mod logs;

@@ -6,7 +6,54 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
+use rustix::process::Signal;
+use rustix::stdio;
 use rustix::termios::{self, OptionalActions, Termios};
+
+use super::outcome::Failure;
+use super::signals::{SignalPipe, FORWARDED};
+
+/// The host side of a session's terminal while it runs: the relayed signals, and raw mode
+/// on brig's terminal when the workload has a TTY and brig's stdin; restored when dropped.
+pub struct HostTerminal {
+    pub signals: SignalPipe,
+    _raw: Option<RawMode>,
+}
+
+impl HostTerminal {
+    /// `tty`: the workload has a pseudo-terminal (resizes are relayed, and with `stdin` the
+    /// host terminal goes raw: Ctrl-C is then a byte for the guest's terminal). `relay`:
+    /// forward the host's signals to the workload, as docker's sig-proxy does.
+    pub fn attach(tty: bool, stdin: bool, relay: bool) -> std::io::Result<Self> {
+        let mut relayed: Vec<i32> = FORWARDED.to_vec();
+        if !tty {
+            relayed.retain(|s| *s != Signal::WINCH.as_raw());
+        }
+        if !relay {
+            relayed.clear();
+        }
+        let signals = SignalPipe::install(&relayed)?;
+        let raw = (tty && stdin)
+            .then(|| RawMode::new(stdio::stdin()))
+            .flatten();
+        Ok(Self { signals, _raw: raw })
+    }
+}
+
+/// The host terminal's size (stdout's, else stdin's), when there is one.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    winsize(stdio::stdout()).or_else(|| winsize(stdio::stdin()))
+}
+
+/// `-it` needs brig's stdin to be a terminal, as docker's does.
+pub fn check_interactive(tty: bool, interactive: bool) -> Result<(), Failure> {
+    if tty && interactive && !termios::isatty(stdio::stdin()) {
+        return Err(Failure::brig(
+            "the input device is not a TTY (drop -t, or run from a terminal)",
+        ));
+    }
+    Ok(())
+}
 
 /// Puts a terminal in raw mode until dropped.
 pub struct RawMode {

@@ -23,7 +23,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<i32> {
         Some(p) => (p, None),
         None => {
             if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-                anyhow::bail!("requested load from stdin, but stdin is a terminal (use -i FILE)",);
+                anyhow::bail!("requested load from stdin, but stdin is a terminal (use -i FILE)");
             }
             let tmp = store
                 .tmp_dir()

@@ -93,10 +93,10 @@ pub fn run(args: LoginArgs) -> anyhow::Result<i32> {
     } else if interactive {
         prompt_hidden("Password: ")?
     } else {
-        anyhow::bail!("login: no password given (use --password-stdin)",);
+        anyhow::bail!("login: no password given (use --password-stdin)");
     };
     if username.is_empty() || password.is_empty() {
-        anyhow::bail!("login: user name and password must not be empty",);
+        anyhow::bail!("login: user name and password must not be empty");
     }
     let creds = Credentials { username, password };
     let client = Client::new(

@@ -141,11 +141,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let resources = Resources::from_flags(args.memory.as_deref(), args.cpus)?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
-        anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it",);
+        anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it");
     }
-    if args.tty && args.interactive && !rustix::termios::isatty(rustix::stdio::stdin()) {
-        anyhow::bail!("the input device is not a TTY (drop -t, or run from a terminal)",);
-    }
+    crate::sandbox::tty::check_interactive(args.tty, args.interactive)?;
     let mut env_files = Vec::new();
     for f in &args.env_file {
         let text = std::fs::read_to_string(f).context(format!("--env-file {}", f.display()))?;

@@ -3,18 +3,32 @@
 
 use super::*;
 use crate::devices::virtio::test_utils::{guest_memory, GuestQueue};
-use crate::devices::virtio::ActivateError;
+use crate::devices::virtio::{ActivateError, DeviceCommon};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 
-#[derive(Default)]
+/// A device that records what the transport asks of it (it overrides every default method).
 struct Recorder {
+    common: DeviceCommon,
     acked: Option<u64>,
     activations: usize,
     resets: usize,
-    active: bool,
     fail_activate: bool,
     queue_sizes: Vec<u16>,
     evts: Vec<EventFd>,
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Self {
+            common: DeviceCommon::new(2).unwrap(),
+            acked: None,
+            activations: 0,
+            resets: 0,
+            fail_activate: false,
+            queue_sizes: Vec::new(),
+            evts: Vec::new(),
+        }
+    }
 }
 
 impl MutEventSubscriber for Recorder {
@@ -50,22 +64,20 @@ impl VirtioDevice for Recorder {
             return Err(ActivateError::AlreadyActive);
         }
         self.activations += 1;
-        self.active = true;
         self.queue_sizes = queues.iter().map(|q| q.size()).collect();
         self.evts = evts;
         Ok(())
     }
-    fn is_active(&self) -> bool {
-        self.active
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn reset(&mut self) {
         self.resets += 1;
-        self.active = false;
     }
 }
 
 fn setup() -> (MmioTransport, Arc<Mutex<Recorder>>) {
-    let dev = Arc::new(Mutex::new(Recorder::default()));
+    let dev = Arc::new(Mutex::new(Recorder::new()));
     let t = MmioTransport::new(guest_memory(), dev.clone()).unwrap();
     (t, dev)
 }

@@ -6,15 +6,12 @@
 //! not all inside guest memory is returned unused (length 0).
 
 use std::io::Write;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
 
 use super::common::{DeviceCommon, Dispatch};
-use super::{device_type, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Largest number of random bytes one request gets.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -106,28 +103,12 @@ impl VirtioDevice for Rng {
     fn features(&self) -> u64 {
         VIRTIO_F_VERSION_1
     }
-    fn ack_features(&mut self, features: u64) {
-        self.common.acked_features = features;
-    }
     fn read_config(&self, _: u64, data: &mut [u8]) {
         // No config space (§5.4.4).
         data.fill(0);
     }
-    fn write_config(&mut self, _: u64, _: &[u8]) {}
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        queue_evts: Vec<EventFd>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        self.common.activate(mem, queues, queue_evts, interrupt)
-    }
-    fn is_active(&self) -> bool {
-        self.common.active.is_some()
-    }
-    fn reset(&mut self) {
-        self.common.reset();
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 }
 
@@ -146,7 +127,7 @@ impl MutEventSubscriber for Rng {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{activate, guest_memory, GuestQueue};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
@@ -190,7 +171,7 @@ mod tests {
         assert_eq!(rng.lock().unwrap().process_queue(), 0);
         activate(&mut *rng.lock().unwrap(), &[&gq]);
         rng.lock().unwrap().reset();
-        assert!(!rng.lock().unwrap().is_active());
+        assert!(rng.lock().unwrap().common_mut().active.is_none());
         assert_eq!(rng.lock().unwrap().process_queue(), 0);
         assert!(gq.take_used().is_empty());
     }

@@ -120,5 +120,5 @@ fn vsock_through_bus_transport_and_event_manager() {
 
     // A reset stops the device; the eventfds stay registered for the next activation.
     wr(&bus, b, reg::VIRTIO_MMIO_STATUS, 0);
-    assert!(!dev.lock().unwrap().is_active());
+    assert!(dev.lock().unwrap().common_mut().active.is_none());
 }

@@ -395,7 +395,7 @@ fn reset_closes_every_connection() {
     g.drain();
     assert_eq!(g.dev.muxer().connection_count(), 2);
     g.dev.reset();
-    assert!(!g.dev.is_active());
+    assert!(g.dev.common_mut().active.is_none());
     assert_eq!(g.dev.muxer().connection_count(), 0);
     let mut b = [0u8; 1];
     assert_eq!(host.read(&mut b).unwrap(), 0);

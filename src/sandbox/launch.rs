@@ -15,9 +15,6 @@ use super::tty;
 use crate::devices::serial::ConsoleLog;
 use crate::vmm::{self, ExitReason, VmConfig, VsockConfig};
 
-/// Guest context id of every brig VM (each VM has its own vsock device and socket).
-pub const GUEST_CID: u64 = 3;
-
 /// What to launch.
 pub struct Launch {
     /// The VM, without its vsock device (added here).
@@ -78,7 +75,7 @@ pub fn launch(
     let listener =
         UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(LaunchError::Runtime)?;
     spec.vm.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
+        cid: vmm::DEFAULT_GUEST_CID,
         uds_path: runtime.vsock_socket(),
     });
     let console = spec.vm.console.clone();

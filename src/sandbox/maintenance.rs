@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use brig_protocol::{read_message, write_message, Message, RunSpec, AGENT_PORT, PROTOCOL_VERSION};
 
 use super::agent::{self, SessionEnd};
-use super::launch::GUEST_CID;
 use super::runtime::{self, RuntimeDir};
 use super::state::{Sandbox, StateError};
 use crate::devices::serial::ConsoleLog;
@@ -126,7 +125,7 @@ impl MaintenanceVm {
             console: console.clone(),
             disks: config.disks.iter().map(DiskConfig::from).collect(),
             vsock: Some(VsockConfig {
-                cid: GUEST_CID,
+                cid: vmm::DEFAULT_GUEST_CID,
                 uds_path: runtime.vsock_socket(),
             }),
         })

@@ -32,7 +32,7 @@ use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use vcpu::{ExitReason, ExitSignal};
-pub use virtio::{DiskConfig, VsockConfig};
+pub use virtio::{DiskConfig, VsockConfig, DEFAULT_GUEST_CID};
 
 /// What to boot.
 #[derive(Debug, Clone)]

@@ -123,11 +123,6 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The device's Status register (for tests and diagnostics).
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
     fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }

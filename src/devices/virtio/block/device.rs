@@ -81,11 +81,6 @@ impl Block {
         })
     }
 
-    /// Capacity in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        self.disk.capacity
-    }
-
     /// Serves every available request.
     pub fn process_queue(&mut self) {
         let Self {

@@ -16,7 +16,7 @@ use super::packet::{read_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLOA
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use crate::devices::virtio::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 
-/// The guest CID when none is configured.
+/// The guest CID of every brig VM (each VM has its own vsock device and Unix socket).
 pub const DEFAULT_GUEST_CID: u64 = 3;
 /// Size of each of the three queues.
 const QUEUE_SIZE: u16 = 256;
@@ -67,13 +67,9 @@ impl Vsock {
         })
     }
 
-    /// The guest's CID.
-    pub fn guest_cid(&self) -> u64 {
-        self.guest_cid
-    }
-
-    /// The host-side backend (tests and diagnostics).
-    pub fn muxer(&self) -> &Muxer {
+    /// The host-side backend.
+    #[cfg(test)]
+    pub(super) fn muxer(&self) -> &Muxer {
         &self.muxer
     }
 

@@ -69,13 +69,6 @@ pub enum PacketError {
     BadOp(u16),
 }
 
-impl PacketError {
-    /// Whether the guest should get an RST for it (the packet was well addressed).
-    pub fn wants_rst(&self) -> bool {
-        matches!(self, Self::BadType(_) | Self::BadOp(_))
-    }
-}
-
 /// A packet header, in host byte order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
@@ -316,16 +309,14 @@ mod tests {
     }
 
     #[test]
-    fn type_and_op_checks_want_rst() {
+    fn type_and_op_are_checked() {
         let bad_type = Header { type_: 2, ..hdr(0) }.check_type_op().unwrap_err();
         assert_eq!(bad_type, PacketError::BadType(2));
-        assert!(bad_type.wants_rst());
         for bad in [0, 8, 0xffff] {
             let e = Header { op: bad, ..hdr(0) }.check_type_op().unwrap_err();
             assert_eq!(e, PacketError::BadOp(bad));
         }
         assert!(hdr(0).check_type_op().is_ok());
-        assert!(!PacketError::BadSrcCid(1).wants_rst());
     }
 
     #[test]

@@ -79,16 +79,11 @@ impl Rng {
 /// Fills `buf` from getrandom(2), retrying on short reads and EINTR.
 fn fill_random(mut buf: &mut [u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match rustix::rand::getrandom(&mut *buf, rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
         }
-        buf = &mut buf[n as usize..];
     }
     Ok(())
 }

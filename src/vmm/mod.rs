@@ -28,7 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::layout::{KVM_TSS_ADDRESS, SERIAL_IRQ};
 use crate::arch::x86_64::mptable;
 use crate::devices::bus::Bus;
-use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
+use crate::devices::i8042::{ResetLine, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use vcpu::{ExitReason, ExitSignal};
@@ -153,7 +153,9 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORTS)
         .map_err(setup_err("serial"))?;
     let reset_exit = exit.clone();
-    let i8042 = I8042::new(Box::new(move || reset_exit.trigger(ExitReason::Reset)));
+    let i8042 = I8042::new(ResetLine::new(move || {
+        reset_exit.trigger(ExitReason::Reset)
+    }));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
         .map_err(setup_err("i8042"))?;
 

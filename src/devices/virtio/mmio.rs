@@ -243,7 +243,7 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_DEVICE_ID => self.device_type,
             reg::VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             reg::VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device_features as u32,
+                0 => (self.device_features & 0xffff_ffff) as u32,
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
@@ -346,11 +346,15 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
+        let Ok(offset) = u32::try_from(offset) else {
+            data.fill(0);
+            return;
+        };
         if data.len() != 4 || offset % 4 != 0 {
             data.fill(0);
             return;
         }
-        let value = self.read_register(offset as u32);
+        let value = self.read_register(offset);
         data.copy_from_slice(&value.to_le_bytes());
     }
 
@@ -369,10 +373,13 @@ impl BusDevice for MmioTransport {
             );
             return;
         };
+        let Ok(offset) = u32::try_from(offset) else {
+            return;
+        };
         if offset % 4 != 0 {
             return;
         }
-        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }
 

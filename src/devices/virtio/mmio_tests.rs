@@ -113,11 +113,23 @@ fn to_features_ok(t: &mut MmioTransport) {
 fn setup_queue(t: &mut MmioTransport, sel: u32, g: &GuestQueue) {
     wr(t, reg::VIRTIO_MMIO_QUEUE_SEL, sel);
     wr(t, reg::VIRTIO_MMIO_QUEUE_NUM, u32::from(g.size));
-    wr(t, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, g.desc as u32);
+    wr(
+        t,
+        reg::VIRTIO_MMIO_QUEUE_DESC_LOW,
+        u32::try_from(g.desc).unwrap(),
+    );
     wr(t, reg::VIRTIO_MMIO_QUEUE_DESC_HIGH, 0);
-    wr(t, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, g.avail as u32);
+    wr(
+        t,
+        reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+        u32::try_from(g.avail).unwrap(),
+    );
     wr(t, reg::VIRTIO_MMIO_QUEUE_AVAIL_HIGH, 0);
-    wr(t, reg::VIRTIO_MMIO_QUEUE_USED_LOW, g.used as u32);
+    wr(
+        t,
+        reg::VIRTIO_MMIO_QUEUE_USED_LOW,
+        u32::try_from(g.used).unwrap(),
+    );
     wr(t, reg::VIRTIO_MMIO_QUEUE_USED_HIGH, 0);
     wr(t, reg::VIRTIO_MMIO_QUEUE_READY, 1);
 }

@@ -14,7 +14,7 @@ use super::common::{DeviceCommon, Dispatch};
 use super::{device_type, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Largest number of random bytes one request gets.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Size of the request queue.
 const QUEUE_SIZE: u16 = 256;
 
@@ -37,7 +37,7 @@ impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             common: DeviceCommon::new(1).map_err(RngError::EventFd)?,
-            buf: vec![0; MAX_REQUEST_BYTES],
+            buf: vec![0; MAX_REQUEST_BYTES as usize],
         })
     }
 
@@ -52,9 +52,13 @@ impl Rng {
             let head = chain.head_index();
             let len = match chain.writer(&active.mem) {
                 Ok(mut writer) => {
-                    let n = writer.available_bytes().min(MAX_REQUEST_BYTES);
-                    match fill_random(&mut self.buf[..n]) {
-                        Ok(()) => writer.write_all(&self.buf[..n]).map_or(0, |_| n),
+                    // A chain of 4 GiB or more saturates to u32::MAX, above the cap anyway.
+                    let n = u32::try_from(writer.available_bytes())
+                        .unwrap_or(u32::MAX)
+                        .min(MAX_REQUEST_BYTES);
+                    let buf = &mut self.buf[..n as usize];
+                    match fill_random(buf) {
+                        Ok(()) => writer.write_all(buf).map_or(0, |_| n),
                         Err(err) => {
                             tracing::error!("virtio-rng: getrandom failed: {err}");
                             0
@@ -66,7 +70,7 @@ impl Rng {
                     0
                 }
             };
-            notify |= active.add_used(0, head, len as u32);
+            notify |= active.add_used(0, head, len);
             used += 1;
         }
         if notify {
@@ -153,7 +157,7 @@ mod tests {
         assert_eq!(rng.process_queue(), 3);
         assert_eq!(
             gq.take_used(),
-            vec![(big, MAX_REQUEST_BYTES as u32), (ro, 0), (outside, 0)]
+            vec![(big, MAX_REQUEST_BYTES), (ro, 0), (outside, 0)]
         );
     }
 

@@ -140,7 +140,7 @@ impl Vsock {
             match muxer.recv_pkt(&mut rx_payload[..room]) {
                 Some((hdr, n)) => {
                     let len = write_rx_packet(&mut writer, &hdr, &rx_payload[..n]).unwrap_or(0);
-                    notify |= active.add_used(RXQ, head, len as u32);
+                    notify |= active.add_used(RXQ, head, len);
                 }
                 None if room == 0 => {
                     // Only data waits and the buffer has no room for any: it is useless (Linux

@@ -180,17 +180,20 @@ pub fn rx_payload_room(writer: &Writer<'_>) -> Option<usize> {
 }
 
 /// Writes an RX packet (header with `len` set from `payload`) into a chain; returns the bytes
-/// written.
+/// written, the used-ring length. A payload whose length does not fit the header's u32 is
+/// refused (InvalidInput) before anything is written.
 pub fn write_rx_packet(
     writer: &mut Writer<'_>,
     hdr: &Header,
     payload: &[u8],
-) -> std::io::Result<usize> {
+) -> std::io::Result<u32> {
+    let too_long = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let mut hdr = *hdr;
-    hdr.len = payload.len() as u32;
+    hdr.len = u32::try_from(payload.len()).map_err(too_long)?;
+    let used = u32::try_from(HDR_SIZE + payload.len()).map_err(too_long)?;
     writer.write_all(&hdr.to_bytes())?;
     writer.write_all(payload)?;
-    Ok(HDR_SIZE + payload.len())
+    Ok(used)
 }
 
 #[cfg(test)]

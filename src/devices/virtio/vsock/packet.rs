@@ -8,6 +8,14 @@
 //! guest's own CID and the destination the host (CID 2). Anything else is dropped (bad
 //! addressing, bad length, broken chain) or answered with RST (a well-addressed packet of an
 //! unsupported type or op). The header is parsed field by field: no unsafe casts of guest bytes.
+//!
+//! Not rust-vmm's `virtio-vsock` crate (0.12, on the same virtio-queue/vm-memory 0.18): its
+//! `VsockPacket::from_tx_virtq_chain` wants the whole header in the head descriptor and the
+//! payload in at most one more, each in one contiguous memory region, whereas virtio 1.2
+//! §2.6.4 lets a driver lay a message out over descriptors as it likes; brig reads chains
+//! through virtio-queue's `Reader`/`Writer`, which accept any layout
+//! (`reads_header_and_payload_across_descriptors`, which the crate would fail). The CID
+//! checks below would stay in brig either way.
 
 use std::io::{Read, Write};
 

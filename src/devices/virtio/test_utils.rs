@@ -1,5 +1,11 @@
 //! Test helpers: guest memory and a split virtqueue driven from the guest's side (virtio 1.2
 //! §2.7), built by hand so tests can also build the broken rings a hostile guest would.
+//!
+//! Not `virtio_queue::mock::MockSplitQueue` (feature `test-utils`): it indexes the available
+//! ring with the free-running index instead of modulo the queue size, so a queue takes at
+//! most `size` chains in its life (the vsock tests post far more), it borrows the guest
+//! memory (the fixtures that own memory, queues and device would become self-referential),
+//! and it has no used-ring reader or descriptor allocator, which tests would rebuild on top.
 
 use std::sync::Arc;
 

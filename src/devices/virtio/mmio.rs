@@ -384,5 +384,4 @@ impl BusDevice for MmioTransport {
 }
 
 #[cfg(test)]
-#[path = "mmio_tests.rs"]
 mod tests;

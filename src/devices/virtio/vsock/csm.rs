@@ -486,5 +486,4 @@ impl Connection {
 }
 
 #[cfg(test)]
-#[path = "csm_tests.rs"]
 mod tests;

@@ -137,14 +137,18 @@ impl BusDevice for SerialConsole {
             data.fill(0xff);
             return;
         }
-        data[0] = self.uart.read(offset as u8);
+        #[allow(clippy::cast_possible_truncation)] // offset < UART_PORTS (8): checked above.
+        let offset = offset as u8;
+        data[0] = self.uart.read(offset);
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if data.len() != 1 || offset >= UART_PORTS {
             return;
         }
-        if let Err(e) = self.uart.write(offset as u8, data[0]) {
+        #[allow(clippy::cast_possible_truncation)] // offset < UART_PORTS (8): checked above.
+        let offset = offset as u8;
+        if let Err(e) = self.uart.write(offset, data[0]) {
             tracing::warn!("serial write failed: {e:?}");
         }
     }

@@ -12,7 +12,9 @@ use super::agent::{self, SessionEnd};
 use super::runtime::RuntimeDir;
 use super::state::SandboxConfig;
 use crate::vmm::initramfs::{Initramfs, InitramfsError};
-use crate::vmm::{self, ConsoleLog, DiskConfig, RunningVm, VmConfig, VsockConfig, GUEST_CID};
+use crate::vmm::{
+    self, ConsoleLog, DiskConfig, RunningVm, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
+};
 
 /// The VM could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ pub fn start(mut config: VmConfig, runtime: &RuntimeDir) -> Result<AgentVm, VmEr
     let listener =
         UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(VmError::Runtime)?;
     config.vsock = Some(VsockConfig {
-        cid: GUEST_CID,
+        cid: DEFAULT_GUEST_CID,
         uds_path: runtime.vsock_socket(),
     });
     let vm = vmm::start(config)?;

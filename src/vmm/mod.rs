@@ -28,12 +28,12 @@ use vmm_sys_util::eventfd::EventFd;
 use crate::arch::x86_64::layout::{KVM_TSS_ADDRESS, SERIAL_IRQ};
 use crate::arch::x86_64::mptable;
 use crate::devices::bus::Bus;
-use crate::devices::i8042::{I8042, I8042_PORT, I8042_PORTS};
+use crate::devices::i8042::{ResetLine, I8042, I8042_PORT, I8042_PORTS};
 use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
-pub use virtio::{DiskConfig, VsockConfig};
+pub use virtio::{DiskConfig, VsockConfig, DEFAULT_GUEST_CID};
 
 /// A wait longer than any deadline a caller can express.
 const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
@@ -45,9 +45,6 @@ const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
 pub fn max_cpus() -> u8 {
     mptable::max_cpus()
 }
-
-/// Guest context id of every brig VM (each VM has its own vsock device and socket).
-pub const GUEST_CID: u64 = 3;
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -168,7 +165,9 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORTS)
         .map_err(setup_err("serial"))?;
     let reset_exit = exit.clone();
-    let i8042 = I8042::new(Box::new(move || reset_exit.trigger(ExitReason::Reset)));
+    let i8042 = I8042::new(ResetLine::new(move || {
+        reset_exit.trigger(ExitReason::Reset)
+    }));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
         .map_err(setup_err("i8042"))?;
 

@@ -17,10 +17,12 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioSlot, SharedVirtioDevice, VirtioDevice, MMIO_SLOT_SIZE};
 
+pub use crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
+
 /// A vsock device whose host side is a Unix socket.
 #[derive(Debug, Clone)]
 pub struct VsockConfig {
-    /// The guest's context id (3 or more).
+    /// The guest's context id (3 or more; brig uses [`DEFAULT_GUEST_CID`]).
     pub cid: u64,
     /// Host Unix socket; guest-initiated connections to port P go to `<uds_path>_P`.
     pub uds_path: PathBuf,

@@ -6,7 +6,7 @@ use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::{
-    CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_START,
+    addr32, CMDLINE_START, EBDA_START, HIMEM_START, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_START,
 };
 
 const KERNEL_BOOT_FLAG_MAGIC: u16 = 0xaa55;
@@ -22,6 +22,9 @@ pub enum BootParamsError {
     /// More e820 entries than the zero page holds.
     #[error("too many e820 entries")]
     E820Full,
+    /// The command line is longer than the setup header can say.
+    #[error("kernel command line of {0} bytes is too long")]
+    CmdlineTooLong(usize),
     /// Guest memory does not hold the zero page.
     #[error("cannot write the zero page to guest memory")]
     Write,
@@ -32,10 +35,9 @@ pub fn ram_regions(mem_size: u64) -> Vec<(GuestAddress, usize)> {
     let low = mem_size.min(MMIO_GAP_START);
     let mut regions = vec![(GuestAddress(0), low as usize)];
     if mem_size > MMIO_GAP_START {
-        regions.push((
-            GuestAddress(MMIO_GAP_END),
-            (mem_size - MMIO_GAP_START) as usize,
-        ));
+        #[allow(clippy::cast_possible_truncation)] // usize is 64 bits (asserted in layout.rs).
+        let high = (mem_size - MMIO_GAP_START) as usize;
+        regions.push((GuestAddress(MMIO_GAP_END), high));
     }
     regions
 }
@@ -76,12 +78,14 @@ pub fn build(
     params.hdr.type_of_loader = KERNEL_LOADER_OTHER;
     params.hdr.boot_flag = KERNEL_BOOT_FLAG_MAGIC;
     params.hdr.header = KERNEL_HDR_MAGIC;
-    params.hdr.cmd_line_ptr = CMDLINE_START as u32;
-    params.hdr.cmdline_size = cmdline_size as u32;
+    params.hdr.cmd_line_ptr = const { addr32(CMDLINE_START) };
+    params.hdr.cmdline_size =
+        u32::try_from(cmdline_size).map_err(|_| BootParamsError::CmdlineTooLong(cmdline_size))?;
     params.hdr.kernel_alignment = KERNEL_MIN_ALIGNMENT_BYTES;
     if let Some((addr, size)) = initrd {
-        params.hdr.ramdisk_image = addr as u32;
-        params.hdr.ramdisk_size = size as u32;
+        // The low 32 bits here, the high ones in the ext_ fields.
+        params.hdr.ramdisk_image = (addr & 0xffff_ffff) as u32;
+        params.hdr.ramdisk_size = (size & 0xffff_ffff) as u32;
         params.ext_ramdisk_image = (addr >> 32) as u32;
         params.ext_ramdisk_size = (size >> 32) as u32;
     }
@@ -96,7 +100,7 @@ pub fn build(
             r#type: *kind,
         };
     }
-    params.e820_entries = map.len() as u8;
+    params.e820_entries = u8::try_from(map.len()).map_err(|_| BootParamsError::E820Full)?;
     Ok(params)
 }
 
@@ -123,7 +127,7 @@ mod tests {
         );
         assert_eq!(
             ram_regions(128 * MIB),
-            vec![(GuestAddress(0), (128 * MIB) as usize)]
+            vec![(GuestAddress(0), usize::try_from(128 * MIB).unwrap())]
         );
     }
 
@@ -140,7 +144,10 @@ mod tests {
         let regions = ram_regions(size);
         assert_eq!(
             regions[1],
-            (GuestAddress(1 << 32), (size - MMIO_GAP_START) as usize)
+            (
+                GuestAddress(1 << 32),
+                usize::try_from(size - MMIO_GAP_START).unwrap()
+            )
         );
         let total: usize = regions.iter().map(|r| r.1).sum();
         assert_eq!(total as u64, size);

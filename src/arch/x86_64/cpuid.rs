@@ -177,7 +177,7 @@ fn normalize_xsave(entries: &mut [kvm_cpuid_entry2]) {
         .find(|e| e.function == LEAF_XSAVE && e.index == 0)
     {
         let keep = (allowed & 0b11) | offered;
-        e.eax &= keep as u32;
+        e.eax &= (keep & 0xffff_ffff) as u32;
         e.edx &= (keep >> 32) as u32;
         e.ebx = size;
         e.ecx = size;

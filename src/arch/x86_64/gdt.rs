@@ -32,7 +32,9 @@ fn bit(entry: u64, n: u32) -> u8 {
 /// The `kvm_segment` KVM needs for the descriptor at `index` of the GDT.
 pub fn segment_from_entry(entry: u64, index: u16) -> kvm_segment {
     let base = ((entry >> 16) & 0x00ff_ffff) | ((entry >> 32) & 0xff00_0000);
-    let raw_limit = (entry & 0xffff) | ((entry >> 32) & 0x000f_0000);
+    // The limit is 20 bits (the mask says so to the cast): at most 0xffff_ffff once scaled
+    // to 4 KiB pages below.
+    let raw_limit = (((entry & 0xffff) | ((entry >> 32) & 0x000f_0000)) & 0xf_ffff) as u32;
     let granularity = bit(entry, 55);
     // With 4 KiB granularity the limit counts pages.
     let limit = if granularity == 1 {
@@ -43,7 +45,7 @@ pub fn segment_from_entry(entry: u64, index: u16) -> kvm_segment {
     let present = bit(entry, 47);
     kvm_segment {
         base,
-        limit: limit as u32,
+        limit,
         selector: index * 8,
         type_: ((entry >> 40) & 0xf) as u8,
         present,

@@ -12,6 +12,19 @@
 //! 0x1_0000_0000 RAM above 4 GiB, when the VM has more than 3.25 GiB
 //! ```
 
+// brig runs on 64-bit hosts only (KVM on x86_64): a u64 size or address always fits usize.
+const _: () = assert!(usize::BITS == u64::BITS);
+
+/// `addr` as a 32-bit guest-physical address, for boot structures with 32-bit fields. Meant
+/// for consts (`const { addr32(X) }`): an address at or above 4 GiB then fails the build
+/// instead of being truncated.
+pub const fn addr32(addr: u64) -> u32 {
+    assert!(addr <= u32::MAX as u64, "address at or above 4 GiB");
+    #[allow(clippy::cast_possible_truncation)] // In range: asserted above.
+    let low = addr as u32;
+    low
+}
+
 /// Global descriptor table, 4 entries of 8 bytes.
 pub const GDT_START: u64 = 0x500;
 /// Interrupt descriptor table (a single empty entry: the kernel installs its own at once).

@@ -6,7 +6,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX, MPTABLE_START};
+use super::layout::{addr32, APIC_START, EBDA_START, IOAPIC_START, IRQ_MAX, MPTABLE_START};
 
 const MPC_SPEC: u8 = 4;
 const APIC_VERSION: u8 = 0x14;
@@ -42,10 +42,29 @@ fn table_len(cpus: usize) -> usize {
     16 + 44 + 20 * cpus + 8 + 8 + 8 * irqs + 2 * 8
 }
 
+/// Most vCPUs whose entries fit between the EBDA start and 640 KiB (37), computed at compile
+/// time.
+const MAX_CPUS: u8 = {
+    let room = 0xa0000 - EBDA_START;
+    let fixed = 16 + 44 + 8 + 8 + 8 * (IRQ_MAX as u64 + 1) + 16;
+    let cpus = (room - fixed) / 20;
+    assert!(cpus <= u8::MAX as u64);
+    #[allow(clippy::cast_possible_truncation)] // In range: asserted above.
+    let cpus = cpus as u8;
+    cpus
+};
+
+/// Highest IOAPIC pin, as the one-byte field the table stores it in.
+const MAX_PIN: u8 = {
+    assert!(IRQ_MAX <= u8::MAX as u32);
+    #[allow(clippy::cast_possible_truncation)] // In range: asserted above.
+    let pin = IRQ_MAX as u8;
+    pin
+};
+
 /// Most vCPUs whose entries fit between the EBDA start and 640 KiB.
 pub const fn max_cpus() -> u8 {
-    let room = (0xa0000 - EBDA_START) as usize;
-    ((room - (16 + 44 + 8 + 8 + 8 * (IRQ_MAX as usize + 1) + 16)) / 20) as u8
+    MAX_CPUS
 }
 
 fn checksum(bytes: &[u8]) -> u8 {
@@ -61,7 +80,7 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
         return Err(MptableError::TooManyCpus(cpus));
     }
     let ioapic_id = cpus; // after the CPUs' APIC ids
-    let table_start = MPTABLE_START as u32 + 16;
+    let table_start = const { addr32(MPTABLE_START) + 16 };
 
     // Entries first: the header needs their count, length and checksum.
     let mut entries = Vec::new();
@@ -79,10 +98,10 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
     entries.extend_from_slice(b"ISA   ");
     count += 1;
     entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
-    entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
+    entries.extend_from_slice(&const { addr32(IOAPIC_START) }.to_le_bytes());
     count += 1;
     // ISA IRQ n → IOAPIC pin n, as KVM's default routing has it.
-    for irq in 0..=IRQ_MAX as u8 {
+    for irq in 0..=MAX_PIN {
         entries.extend_from_slice(&[ENTRY_INTSRC, IRQ_TYPE_INT, 0, 0, 0, irq, ioapic_id, irq]);
         count += 1;
     }
@@ -93,7 +112,9 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
 
     let mut header = Vec::with_capacity(44);
     header.extend_from_slice(b"PCMP");
-    header.extend_from_slice(&((44 + entries.len()) as u16).to_le_bytes());
+    let base_len =
+        u16::try_from(44 + entries.len()).map_err(|_| MptableError::TooManyCpus(cpus))?;
+    header.extend_from_slice(&base_len.to_le_bytes());
     header.push(MPC_SPEC);
     header.push(0); // checksum, below
     header.extend_from_slice(b"BRIG    ");
@@ -101,7 +122,7 @@ pub fn build(cpus: u8) -> Result<Vec<u8>, MptableError> {
     header.extend_from_slice(&0u32.to_le_bytes()); // OEM table pointer
     header.extend_from_slice(&0u16.to_le_bytes()); // OEM table size
     header.extend_from_slice(&count.to_le_bytes());
-    header.extend_from_slice(&(APIC_START as u32).to_le_bytes());
+    header.extend_from_slice(&const { addr32(APIC_START) }.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes()); // extended table length, checksum
     let mut table = header;
     table.extend_from_slice(&entries);
@@ -149,7 +170,7 @@ mod tests {
             assert_eq!(sum(table), 0, "table checksum");
             let count = u16::from_le_bytes([table[34], table[35]]) as usize;
             assert_eq!(count, cpus as usize + 1 + 1 + 24 + 2);
-            assert!(MPTABLE_START as usize + t.len() <= 0xa0000);
+            assert!(usize::try_from(MPTABLE_START).unwrap() + t.len() <= 0xa0000);
         }
     }
 

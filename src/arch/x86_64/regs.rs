@@ -68,7 +68,9 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     let tss = segment_from_entry(gdt[3], 3);
 
     sregs.gdt.base = GDT_START;
-    sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    #[allow(clippy::cast_possible_truncation)] // 4 entries of 8 bytes: the limit is 31.
+    let gdt_limit = (std::mem::size_of_val(&gdt) - 1) as u16;
+    sregs.gdt.limit = gdt_limit;
     sregs.idt.base = IDT_START;
     sregs.idt.limit = 7;
 
@@ -114,13 +116,15 @@ const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
 fn get_reg(lapic: &kvm_lapic_state, offset: usize) -> u32 {
-    let b = &lapic.regs[offset..offset + 4];
-    u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8])
+    // The registers are C chars (i8): reinterpret each byte, bit for bit.
+    u32::from_le_bytes(std::array::from_fn(|i| {
+        lapic.regs[offset + i].to_ne_bytes()[0]
+    }))
 }
 
 fn set_reg(lapic: &mut kvm_lapic_state, offset: usize, value: u32) {
     for (i, b) in value.to_le_bytes().iter().enumerate() {
-        lapic.regs[offset + i] = *b as _;
+        lapic.regs[offset + i] = i8::from_ne_bytes([*b]);
     }
 }
 

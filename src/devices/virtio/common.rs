@@ -134,12 +134,9 @@ impl DeviceCommon {
         }
         if data == CONTROL_DATA {
             let _ = self.control_evt.read();
-            for (i, evt) in std::mem::take(&mut self.pending_evts)
-                .into_iter()
-                .enumerate()
-            {
-                let data = QUEUE_DATA_BASE + i as u32;
+            for (data, evt) in (QUEUE_DATA_BASE..).zip(std::mem::take(&mut self.pending_evts)) {
                 if let Err(err) = ops.add(Events::with_data(&evt, data, EventSet::IN)) {
+                    let i = data - QUEUE_DATA_BASE;
                     tracing::error!("virtio: cannot register queue {i} eventfd: {err}");
                 }
                 self.registered_evts.push(evt);

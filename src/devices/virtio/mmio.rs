@@ -123,11 +123,6 @@ impl MmioTransport {
         &self.queue_evts
     }
 
-    /// The device's Status register (for tests and diagnostics).
-    pub fn status(&self) -> u32 {
-        self.status
-    }
-
     fn device(&self) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
         self.device.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -248,7 +243,7 @@ impl MmioTransport {
             reg::VIRTIO_MMIO_DEVICE_ID => self.device_type,
             reg::VIRTIO_MMIO_VENDOR_ID => VENDOR_ID,
             reg::VIRTIO_MMIO_DEVICE_FEATURES => match self.device_features_sel {
-                0 => self.device_features as u32,
+                0 => (self.device_features & 0xffff_ffff) as u32,
                 1 => (self.device_features >> 32) as u32,
                 _ => 0,
             },
@@ -351,11 +346,15 @@ impl BusDevice for MmioTransport {
             }
             return;
         }
+        let Ok(offset) = u32::try_from(offset) else {
+            data.fill(0);
+            return;
+        };
         if data.len() != 4 || offset % 4 != 0 {
             data.fill(0);
             return;
         }
-        let value = self.read_register(offset as u32);
+        let value = self.read_register(offset);
         data.copy_from_slice(&value.to_le_bytes());
     }
 
@@ -374,13 +373,15 @@ impl BusDevice for MmioTransport {
             );
             return;
         };
+        let Ok(offset) = u32::try_from(offset) else {
+            return;
+        };
         if offset % 4 != 0 {
             return;
         }
-        self.write_register(offset as u32, u32::from_le_bytes(bytes));
+        self.write_register(offset, u32::from_le_bytes(bytes));
     }
 }
 
 #[cfg(test)]
-#[path = "mmio_tests.rs"]
 mod tests;

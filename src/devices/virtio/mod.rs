@@ -57,6 +57,8 @@ use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+pub use common::DeviceCommon;
+
 /// VIRTIO_F_VERSION_1 (§6): every brig device is a modern (non-legacy) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 
@@ -116,6 +118,11 @@ pub enum ActivateError {
 
 /// A virtio device model, independent of its transport.
 ///
+/// A device supplies its identity (type, queues, features, config space) and its
+/// [`DeviceCommon`]; feature acknowledgement, activation and reset have default methods over
+/// that common state, which a device overrides only to add its own steps (as vsock does for
+/// reset).
+///
 /// Config-space accessors take offsets relative to the start of the device's config space;
 /// they must tolerate any offset and width (the guest chooses them).
 pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
@@ -125,12 +132,23 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
     fn queue_max_sizes(&self) -> &[u16];
     /// Feature bits the device offers; must include [`VIRTIO_F_VERSION_1`].
     fn features(&self) -> u64;
-    /// The driver accepted `features` (a subset of [`Self::features`]) at FEATURES_OK.
-    fn ack_features(&mut self, features: u64);
     /// Reads device config space at `offset`; bytes past its end read as zero.
     fn read_config(&self, offset: u64, data: &mut [u8]);
-    /// Writes device config space; devices with read-only config ignore it.
-    fn write_config(&mut self, offset: u64, data: &[u8]);
+    /// The state every device shares (the default methods below work on it).
+    fn common_mut(&mut self) -> &mut DeviceCommon;
+
+    /// Writes device config space; by default it is read-only and writes are ignored.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        tracing::debug!(
+            "virtio: device type {} ignores a {}-byte config write at {offset:#x}",
+            self.device_type(),
+            data.len()
+        );
+    }
+    /// The driver accepted `features` (a subset of [`Self::features`]) at FEATURES_OK.
+    fn ack_features(&mut self, features: u64) {
+        self.common_mut().acked_features = features;
+    }
     /// The driver set DRIVER_OK: start serving `queues` (validated by the transport, one per
     /// entry of [`Self::queue_max_sizes`]), woken by `queue_evts` (same order), and
     /// interrupting the guest through `interrupt`.
@@ -140,12 +158,15 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
         queues: Vec<Queue>,
         queue_evts: Vec<EventFd>,
         interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError>;
-    /// Whether the device is active (between activate and reset).
-    fn is_active(&self) -> bool;
+    ) -> Result<(), ActivateError> {
+        self.common_mut()
+            .activate(mem, queues, queue_evts, interrupt)
+    }
     /// The driver wrote 0 to Status: drop the queues and all in-flight work, back to the state
     /// of a freshly created device (backends such as a vsock listener stay open).
-    fn reset(&mut self);
+    fn reset(&mut self) {
+        self.common_mut().reset();
+    }
 }
 
 /// A device shared by its transport (vCPU threads) and the event-manager thread.

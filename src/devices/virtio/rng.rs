@@ -6,18 +6,15 @@
 //! not all inside guest memory is returned unused (length 0).
 
 use std::io::Write;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
 
 use super::common::{DeviceCommon, Dispatch};
-use super::{device_type, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{device_type, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Largest number of random bytes one request gets.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_BYTES: u32 = 64 * 1024;
 /// Size of the request queue.
 const QUEUE_SIZE: u16 = 256;
 
@@ -40,7 +37,7 @@ impl Rng {
     pub fn new() -> Result<Self, RngError> {
         Ok(Self {
             common: DeviceCommon::new(1).map_err(RngError::EventFd)?,
-            buf: vec![0; MAX_REQUEST_BYTES],
+            buf: vec![0; MAX_REQUEST_BYTES as usize],
         })
     }
 
@@ -55,9 +52,13 @@ impl Rng {
             let head = chain.head_index();
             let len = match chain.writer(&active.mem) {
                 Ok(mut writer) => {
-                    let n = writer.available_bytes().min(MAX_REQUEST_BYTES);
-                    match fill_random(&mut self.buf[..n]) {
-                        Ok(()) => writer.write_all(&self.buf[..n]).map_or(0, |_| n),
+                    // A chain of 4 GiB or more saturates to u32::MAX, above the cap anyway.
+                    let n = u32::try_from(writer.available_bytes())
+                        .unwrap_or(u32::MAX)
+                        .min(MAX_REQUEST_BYTES);
+                    let buf = &mut self.buf[..n as usize];
+                    match fill_random(buf) {
+                        Ok(()) => writer.write_all(buf).map_or(0, |_| n),
                         Err(err) => {
                             tracing::error!("virtio-rng: getrandom failed: {err}");
                             0
@@ -69,7 +70,7 @@ impl Rng {
                     0
                 }
             };
-            notify |= active.add_used(0, head, len as u32);
+            notify |= active.add_used(0, head, len);
             used += 1;
         }
         if notify {
@@ -82,16 +83,11 @@ impl Rng {
 /// Fills `buf` from getrandom(2), retrying on short reads and EINTR.
 fn fill_random(mut buf: &mut [u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
-        // SAFETY: `buf` is a valid, writable slice of `buf.len()` bytes for the whole call.
-        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
+        match rustix::rand::getrandom(&mut *buf, rustix::rand::GetRandomFlags::empty()) {
+            Ok(n) => buf = &mut buf[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(err) => return Err(err.into()),
         }
-        buf = &mut buf[n as usize..];
     }
     Ok(())
 }
@@ -106,28 +102,12 @@ impl VirtioDevice for Rng {
     fn features(&self) -> u64 {
         VIRTIO_F_VERSION_1
     }
-    fn ack_features(&mut self, features: u64) {
-        self.common.acked_features = features;
-    }
     fn read_config(&self, _: u64, data: &mut [u8]) {
         // No config space (§5.4.4).
         data.fill(0);
     }
-    fn write_config(&mut self, _: u64, _: &[u8]) {}
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        queue_evts: Vec<EventFd>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        self.common.activate(mem, queues, queue_evts, interrupt)
-    }
-    fn is_active(&self) -> bool {
-        self.common.active.is_some()
-    }
-    fn reset(&mut self) {
-        self.common.reset();
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 }
 
@@ -146,7 +126,7 @@ impl MutEventSubscriber for Rng {
 mod tests {
     use super::*;
     use crate::devices::virtio::test_utils::{activate, guest_memory, GuestQueue};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
     use vm_memory::{Bytes, GuestAddress};
 
     #[test]
@@ -177,7 +157,7 @@ mod tests {
         assert_eq!(rng.process_queue(), 3);
         assert_eq!(
             gq.take_used(),
-            vec![(big, MAX_REQUEST_BYTES as u32), (ro, 0), (outside, 0)]
+            vec![(big, MAX_REQUEST_BYTES), (ro, 0), (outside, 0)]
         );
     }
 
@@ -190,7 +170,7 @@ mod tests {
         assert_eq!(rng.lock().unwrap().process_queue(), 0);
         activate(&mut *rng.lock().unwrap(), &[&gq]);
         rng.lock().unwrap().reset();
-        assert!(!rng.lock().unwrap().is_active());
+        assert!(rng.lock().unwrap().common_mut().active.is_none());
         assert_eq!(rng.lock().unwrap().process_queue(), 0);
         assert!(gq.take_used().is_empty());
     }

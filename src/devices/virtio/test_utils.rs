@@ -1,5 +1,11 @@
 //! Test helpers: guest memory and a split virtqueue driven from the guest's side (virtio 1.2
 //! §2.7), built by hand so tests can also build the broken rings a hostile guest would.
+//!
+//! Not `virtio_queue::mock::MockSplitQueue` (feature `test-utils`): it indexes the available
+//! ring with the free-running index instead of modulo the queue size, so a queue takes at
+//! most `size` chains in its life (the vsock tests post far more), it borrows the guest
+//! memory (the fixtures that own memory, queues and device would become self-referential),
+//! and it has no used-ring reader or descriptor allocator, which tests would rebuild on top.
 
 use std::sync::Arc;
 
@@ -53,9 +59,12 @@ impl GuestQueue {
     pub fn queue(&self) -> Queue {
         let mut q = Queue::new(self.size).unwrap();
         q.set_size(self.size);
-        q.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
-        q.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
-        q.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        let [desc_lo, desc_hi] = halves(self.desc);
+        let [avail_lo, avail_hi] = halves(self.avail);
+        let [used_lo, used_hi] = halves(self.used);
+        q.set_desc_table_address(Some(desc_lo), Some(desc_hi));
+        q.set_avail_ring_address(Some(avail_lo), Some(avail_hi));
+        q.set_used_ring_address(Some(used_lo), Some(used_hi));
         q.set_ready(true);
         q
     }
@@ -104,11 +113,16 @@ impl GuestQueue {
             let at = GuestAddress(self.used + 4 + 8 * slot);
             let id: u32 = self.mem.read_obj(at).unwrap();
             let len: u32 = self.mem.read_obj(at.unchecked_add(4)).unwrap();
-            out.push((id as u16, len));
+            out.push((u16::try_from(id).unwrap(), len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         out
     }
+}
+
+/// The low and high 32 bits of a guest address, as the queue registers take it.
+fn halves(addr: u64) -> [u32; 2] {
+    [addr & 0xffff_ffff, addr >> 32].map(|half| u32::try_from(half).unwrap())
 }
 
 /// Activates `dev` directly (no transport) on queues built from `gqs`.

@@ -67,12 +67,32 @@ fn vsock_through_bus_transport_and_event_manager() {
         .map(|i| GuestQueue::new(&mem, 0x1_0000 * (i + 1), 64))
         .collect();
     for (i, q) in queues.iter().enumerate() {
-        wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_SEL, i as u32);
+        wr(
+            &bus,
+            b,
+            reg::VIRTIO_MMIO_QUEUE_SEL,
+            u32::try_from(i).unwrap(),
+        );
         assert_eq!(rd(&bus, b, reg::VIRTIO_MMIO_QUEUE_NUM_MAX), 256);
         wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_NUM, 64);
-        wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_DESC_LOW, q.desc as u32);
-        wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW, q.avail as u32);
-        wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_USED_LOW, q.used as u32);
+        wr(
+            &bus,
+            b,
+            reg::VIRTIO_MMIO_QUEUE_DESC_LOW,
+            u32::try_from(q.desc).unwrap(),
+        );
+        wr(
+            &bus,
+            b,
+            reg::VIRTIO_MMIO_QUEUE_AVAIL_LOW,
+            u32::try_from(q.avail).unwrap(),
+        );
+        wr(
+            &bus,
+            b,
+            reg::VIRTIO_MMIO_QUEUE_USED_LOW,
+            u32::try_from(q.used).unwrap(),
+        );
         wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_READY, 1);
     }
     wr(&bus, b, reg::VIRTIO_MMIO_STATUS, 0xf);
@@ -96,7 +116,7 @@ fn vsock_through_bus_transport_and_event_manager() {
         .unwrap();
     queues[0].add_chain(&[(0x20_0000, 4096, true)]);
     wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 0);
-    queues[1].add_chain(&[(0x10_0000, HDR_SIZE as u32, false)]);
+    queues[1].add_chain(&[(0x10_0000, u32::try_from(HDR_SIZE).unwrap(), false)]);
     wr(&bus, b, reg::VIRTIO_MMIO_QUEUE_NOTIFY, 1);
     let until = Instant::now() + Duration::from_secs(5);
     let used = loop {
@@ -107,7 +127,7 @@ fn vsock_through_bus_transport_and_event_manager() {
         }
         assert!(Instant::now() < until, "no answer from the device");
     };
-    assert_eq!(used[0].1, HDR_SIZE as u32);
+    assert_eq!(used[0].1, u32::try_from(HDR_SIZE).unwrap());
     let mut raw = [0u8; HDR_SIZE];
     mem.read_slice(&mut raw, GuestAddress(0x20_0000)).unwrap();
     assert_eq!(Header::from_bytes(&raw).op, op::RST);
@@ -120,5 +140,5 @@ fn vsock_through_bus_transport_and_event_manager() {
 
     // A reset stops the device; the eventfds stay registered for the next activation.
     wr(&bus, b, reg::VIRTIO_MMIO_STATUS, 0);
-    assert!(!dev.lock().unwrap().is_active());
+    assert!(dev.lock().unwrap().common_mut().active.is_none());
 }

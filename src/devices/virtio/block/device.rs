@@ -5,21 +5,16 @@
 
 use std::fs::OpenOptions;
 use std::path::Path;
-use std::sync::Arc;
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX, VIRTIO_BLK_ID_BYTES,
 };
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::QueueT;
 
 use super::request::{execute, Disk, BOUNCE_SIZE, SECTOR_SIZE};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch};
-use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 
 /// Size of the request queue.
 const QUEUE_SIZE: u16 = 256;
@@ -86,11 +81,6 @@ impl Block {
         })
     }
 
-    /// Capacity in 512-byte sectors.
-    pub fn capacity(&self) -> u64 {
-        self.disk.capacity
-    }
-
     /// Serves every available request.
     pub fn process_queue(&mut self) {
         let Self {
@@ -145,31 +135,11 @@ impl VirtioDevice for Block {
         }
         f
     }
-    fn ack_features(&mut self, features: u64) {
-        self.common.acked_features = features;
-    }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
     }
-    fn write_config(&mut self, _: u64, _: &[u8]) {
-        // Only the writeback field is writable, and only with VIRTIO_BLK_F_CONFIG_WCE.
-        tracing::debug!("virtio-blk: ignoring write to read-only config space");
-    }
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        queue_evts: Vec<EventFd>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        self.common.activate(mem, queues, queue_evts, interrupt)
-    }
-    fn is_active(&self) -> bool {
-        self.common.active.is_some()
-    }
-    fn reset(&mut self) {
-        // Requests complete synchronously: nothing is in flight.
-        self.common.reset();
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
 }
 

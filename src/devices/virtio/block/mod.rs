@@ -12,5 +12,4 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-#[allow(unused_imports)] // The VMM names these when it wires the device in.
-pub use device::{Block, BlockError};
+pub use device::Block;

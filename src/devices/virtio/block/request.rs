@@ -24,6 +24,18 @@ const HEADER_SIZE: usize = 16;
 /// Size of the bounce buffer data is copied through, in one chunk at a time.
 pub const BOUNCE_SIZE: usize = 128 * 1024;
 
+/// Status byte values (§5.2.6), which the bindings declare as u32.
+pub(super) const S_OK: u8 = status_byte(VIRTIO_BLK_S_OK);
+pub(super) const S_IOERR: u8 = status_byte(VIRTIO_BLK_S_IOERR);
+pub(super) const S_UNSUPP: u8 = status_byte(VIRTIO_BLK_S_UNSUPP);
+
+const fn status_byte(status: u32) -> u8 {
+    assert!(status <= u8::MAX as u32);
+    #[allow(clippy::cast_possible_truncation)] // In range: asserted above, at compile time.
+    let byte = status as u8;
+    byte
+}
+
 /// Why a request failed; the guest sees IOERR or UNSUPP.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
@@ -42,6 +54,9 @@ pub enum RequestError {
     /// The request reaches past the end of the disk.
     #[error("request at sector {sector} of {len} bytes is past the end of the disk")]
     OutOfRange { sector: u64, len: usize },
+    /// Data plus status byte would not fit the used ring's 32-bit length.
+    #[error("data length {0} does not fit a used-ring length")]
+    TooLong(usize),
     /// Reading or writing the backing file (or guest memory) failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -50,8 +65,8 @@ pub enum RequestError {
 impl RequestError {
     fn status(&self) -> u8 {
         match self {
-            Self::Unsupported(_) => VIRTIO_BLK_S_UNSUPP as u8,
-            _ => VIRTIO_BLK_S_IOERR as u8,
+            Self::Unsupported(_) => S_UNSUPP,
+            _ => S_IOERR,
         }
     }
 }
@@ -101,16 +116,20 @@ pub fn execute(
     let mut data_written = 0usize;
     let result = run(disk, reader, writer, bounce, &mut data_written);
     let status = match &result {
-        Ok(()) => VIRTIO_BLK_S_OK as u8,
+        Ok(()) => S_OK,
         Err(err) => {
             tracing::debug!("virtio-blk: request failed: {err}");
             err.status()
         }
     };
-    if status_writer.write_all(&[status]).is_err() {
-        return data_written as u32;
-    }
-    data_written as u32 + 1
+    let written = if status_writer.write_all(&[status]).is_ok() {
+        data_written + 1
+    } else {
+        data_written
+    };
+    // `run` refuses data that would not fit with the status byte, so this never falls back;
+    // if it did, the guest would see nothing written rather than a wrapped length.
+    u32::try_from(written).unwrap_or(0)
 }
 
 fn run(
@@ -133,6 +152,17 @@ fn run(
     match type_ {
         VIRTIO_BLK_T_IN => {
             let len = data.available_bytes();
+            // The used length, data plus status byte, must fit a u32. virtio-queue already
+            // cuts a chain off before 2^32 bytes (virtio 1.2 §2.7.5.2 forbids longer ones),
+            // so this holds today; checked here, before any I/O, so that it does not rest on
+            // that.
+            if len
+                .checked_add(1)
+                .and_then(|n| u32::try_from(n).ok())
+                .is_none()
+            {
+                return Err(RequestError::TooLong(len));
+            }
             let mut offset = disk.check_range(sector, len)?;
             let mut left = len;
             while left > 0 {

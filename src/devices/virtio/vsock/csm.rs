@@ -238,15 +238,18 @@ impl Connection {
     }
 
     fn guest_data(&mut self, payload: &[u8]) {
-        if self.guest_shut_send || payload.len() > self.advertised_credit() as usize {
+        let within_credit = u32::try_from(payload.len())
+            .ok()
+            .filter(|&len| len <= self.advertised_credit() && !self.guest_shut_send);
+        let Some(len) = within_credit else {
             tracing::warn!(
                 "vsock: guest port {} broke flow control; resetting",
                 self.peer_port
             );
             self.kill();
             return;
-        }
-        self.rx_cnt += Wrapping(payload.len() as u32);
+        };
+        self.rx_cnt += Wrapping(len);
         self.tx_buf.extend(payload);
         self.flush_tx();
     }
@@ -262,7 +265,12 @@ impl Connection {
                 }
                 Ok(n) => {
                     self.tx_buf.drain(..n);
-                    self.fwd_cnt += Wrapping(n as u32);
+                    // n <= tx_buf's length, which the credit check bounds to CONN_BUF_SIZE.
+                    let Ok(n) = u32::try_from(n) else {
+                        self.kill();
+                        return;
+                    };
+                    self.fwd_cnt += Wrapping(n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -453,9 +461,14 @@ impl Connection {
                     return None;
                 }
                 Ok(got) => {
-                    self.tx_cnt += Wrapping(got as u32);
+                    // got <= the guest's credit, a u32.
+                    let Ok(len) = u32::try_from(got) else {
+                        self.kill();
+                        return None;
+                    };
+                    self.tx_cnt += Wrapping(len);
                     let mut h = self.header(op::RW);
-                    h.len = got as u32;
+                    h.len = len;
                     return Some((h, got));
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -473,5 +486,4 @@ impl Connection {
 }
 
 #[cfg(test)]
-#[path = "csm_tests.rs"]
 mod tests;

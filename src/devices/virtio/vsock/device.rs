@@ -7,21 +7,16 @@
 //! are left for a future TRANSPORT_RESET (snapshot restore).
 
 use std::path::Path;
-use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
+use virtio_queue::{QueueOwnedT, QueueT};
 
 use super::muxer::{Muxer, MuxerError};
 use super::packet::{read_tx_packet, rx_payload_room, write_rx_packet, MAX_PAYLOAD};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
-use crate::devices::virtio::{
-    device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
-};
+use crate::devices::virtio::{device_type, read_config_bytes, VirtioDevice, VIRTIO_F_VERSION_1};
 
-/// The guest CID when none is configured.
+/// The guest CID of every brig VM (each VM has its own vsock device and Unix socket).
 pub const DEFAULT_GUEST_CID: u64 = 3;
 /// Size of each of the three queues.
 const QUEUE_SIZE: u16 = 256;
@@ -72,13 +67,9 @@ impl Vsock {
         })
     }
 
-    /// The guest's CID.
-    pub fn guest_cid(&self) -> u64 {
-        self.guest_cid
-    }
-
-    /// The host-side backend (tests and diagnostics).
-    pub fn muxer(&self) -> &Muxer {
+    /// The host-side backend.
+    #[cfg(test)]
+    pub(super) fn muxer(&self) -> &Muxer {
         &self.muxer
     }
 
@@ -149,7 +140,7 @@ impl Vsock {
             match muxer.recv_pkt(&mut rx_payload[..room]) {
                 Some((hdr, n)) => {
                     let len = write_rx_packet(&mut writer, &hdr, &rx_payload[..n]).unwrap_or(0);
-                    notify |= active.add_used(RXQ, head, len as u32);
+                    notify |= active.add_used(RXQ, head, len);
                 }
                 None if room == 0 => {
                     // Only data waits and the buffer has no room for any: it is useless (Linux
@@ -186,27 +177,12 @@ impl VirtioDevice for Vsock {
     fn features(&self) -> u64 {
         VIRTIO_F_VERSION_1
     }
-    fn ack_features(&mut self, features: u64) {
-        self.common.acked_features = features;
-    }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         // struct virtio_vsock_config { le64 guest_cid; } (§5.10.4)
         read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
     }
-    fn write_config(&mut self, _: u64, _: &[u8]) {
-        tracing::debug!("vsock: ignoring write to read-only config space");
-    }
-    fn activate(
-        &mut self,
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
-        queue_evts: Vec<EventFd>,
-        interrupt: Arc<Interrupt>,
-    ) -> Result<(), ActivateError> {
-        self.common.activate(mem, queues, queue_evts, interrupt)
-    }
-    fn is_active(&self) -> bool {
-        self.common.active.is_some()
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
     }
     fn reset(&mut self) {
         self.common.reset();

@@ -35,5 +35,4 @@ pub mod packet;
 mod tests;
 mod unix;
 
-#[allow(unused_imports)] // The VMM names these when it wires the device in.
-pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID};
+pub use device::{Vsock, DEFAULT_GUEST_CID};

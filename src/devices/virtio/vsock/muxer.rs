@@ -18,11 +18,10 @@ use std::time::{Duration, Instant};
 
 use event_manager::EventSet;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent};
-use vmm_sys_util::timerfd::TimerFd;
 
 use super::csm::{Connection, State};
 use super::packet::{op, Header, HOST_CID, TYPE_STREAM};
-use super::unix::{connect_nonblocking, set_nonblocking};
+use super::unix::{connect_nonblocking, Timer};
 
 /// Most connections (including host connections still sending `CONNECT`) per VM.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -86,7 +85,7 @@ pub struct Muxer {
     listener: UnixListener,
     uds_path: PathBuf,
     guest_cid: u64,
-    timer: TimerFd,
+    timer: Timer,
     targets: HashMap<u64, Target>,
     next_token: u64,
     pending: HashMap<u64, PendingHost>,
@@ -108,9 +107,7 @@ impl Muxer {
         let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let epoll = Epoll::new().map_err(MuxerError::Setup)?;
-        let timer = TimerFd::new()
-            .map_err(|e| MuxerError::Setup(std::io::Error::from_raw_os_error(e.errno())))?;
-        set_nonblocking(timer.as_raw_fd()).map_err(MuxerError::Setup)?;
+        let timer = Timer::new().map_err(MuxerError::Setup)?;
         let muxer = Self {
             epoll,
             listener,
@@ -367,8 +364,8 @@ impl Muxer {
     }
 
     fn sweep_timeouts(&mut self) {
-        // The timer fd is nonblocking; rearm_timer below resets it in any case.
-        let _ = self.timer.wait();
+        // rearm_timer below resets the timer in any case.
+        self.timer.drain();
         let now = Instant::now();
         let expired: Vec<u64> = self
             .pending
@@ -409,9 +406,9 @@ impl Muxer {
         let result = match next {
             Some(d) => {
                 let wait = d.saturating_duration_since(Instant::now());
-                self.timer.reset(wait.max(Duration::from_millis(1)), None)
+                self.timer.arm(wait.max(Duration::from_millis(1)))
             }
-            None => self.timer.clear(),
+            None => self.timer.disarm(),
         };
         if let Err(e) = result {
             tracing::error!("vsock: cannot arm the connection timer: {e}");

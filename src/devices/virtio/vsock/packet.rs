@@ -8,6 +8,14 @@
 //! guest's own CID and the destination the host (CID 2). Anything else is dropped (bad
 //! addressing, bad length, broken chain) or answered with RST (a well-addressed packet of an
 //! unsupported type or op). The header is parsed field by field: no unsafe casts of guest bytes.
+//!
+//! Not rust-vmm's `virtio-vsock` crate (0.12, on the same virtio-queue/vm-memory 0.18): its
+//! `VsockPacket::from_tx_virtq_chain` wants the whole header in the head descriptor and the
+//! payload in at most one more, each in one contiguous memory region, whereas virtio 1.2
+//! §2.6.4 lets a driver lay a message out over descriptors as it likes; brig reads chains
+//! through virtio-queue's `Reader`/`Writer`, which accept any layout
+//! (`reads_header_and_payload_across_descriptors`, which the crate would fail). The CID
+//! checks below would stay in brig either way.
 
 use std::io::{Read, Write};
 
@@ -67,13 +75,6 @@ pub enum PacketError {
     /// Not an operation of the virtio-vsock spec.
     #[error("unknown operation {0}")]
     BadOp(u16),
-}
-
-impl PacketError {
-    /// Whether the guest should get an RST for it (the packet was well addressed).
-    pub fn wants_rst(&self) -> bool {
-        matches!(self, Self::BadType(_) | Self::BadOp(_))
-    }
 }
 
 /// A packet header, in host byte order.
@@ -187,17 +188,20 @@ pub fn rx_payload_room(writer: &Writer<'_>) -> Option<usize> {
 }
 
 /// Writes an RX packet (header with `len` set from `payload`) into a chain; returns the bytes
-/// written.
+/// written, the used-ring length. A payload whose length does not fit the header's u32 is
+/// refused (InvalidInput) before anything is written.
 pub fn write_rx_packet(
     writer: &mut Writer<'_>,
     hdr: &Header,
     payload: &[u8],
-) -> std::io::Result<usize> {
+) -> std::io::Result<u32> {
+    let too_long = |_| std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let mut hdr = *hdr;
-    hdr.len = payload.len() as u32;
+    hdr.len = u32::try_from(payload.len()).map_err(too_long)?;
+    let used = u32::try_from(HDR_SIZE + payload.len()).map_err(too_long)?;
     writer.write_all(&hdr.to_bytes())?;
     writer.write_all(payload)?;
-    Ok(HDR_SIZE + payload.len())
+    Ok(used)
 }
 
 #[cfg(test)]
@@ -316,16 +320,14 @@ mod tests {
     }
 
     #[test]
-    fn type_and_op_checks_want_rst() {
+    fn type_and_op_are_checked() {
         let bad_type = Header { type_: 2, ..hdr(0) }.check_type_op().unwrap_err();
         assert_eq!(bad_type, PacketError::BadType(2));
-        assert!(bad_type.wants_rst());
         for bad in [0, 8, 0xffff] {
             let e = Header { op: bad, ..hdr(0) }.check_type_op().unwrap_err();
             assert_eq!(e, PacketError::BadOp(bad));
         }
         assert!(hdr(0).check_type_op().is_ok());
-        assert!(!PacketError::BadSrcCid(1).wants_rst());
     }
 
     #[test]

@@ -17,7 +17,9 @@ use crate::devices::virtio::test_utils::{guest_memory, GuestQueue};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 
 const CID: u64 = 3;
-const RX_BUF: u32 = (HDR_SIZE + 4096) as u32;
+/// An RX buffer: a header and 4 KiB of payload, as Linux posts them.
+const RX_BUF: u32 = 44 + 4096;
+const _: () = assert!(RX_BUF as usize == HDR_SIZE + 4096);
 const TX_AREA: u64 = 0x80_0000;
 
 struct Guest {
@@ -99,14 +101,15 @@ impl Guest {
         let mut raw = hdr.to_bytes().to_vec();
         raw.extend_from_slice(payload);
         self.mem.write_slice(&raw, GuestAddress(addr)).unwrap();
-        self.txq.add_chain(&[(addr, len as u32, false)]);
+        self.txq
+            .add_chain(&[(addr, u32::try_from(len).unwrap(), false)]);
         self.dev.process_tx();
         self.dev.process_rx();
         assert!(self.txq.take_used().iter().all(|&(_, l)| l == 0));
     }
 
     fn send(&mut self, mut hdr: Header, payload: &[u8]) {
-        hdr.len = payload.len() as u32;
+        hdr.len = u32::try_from(payload.len()).unwrap();
         self.send_raw(&hdr, payload);
     }
 
@@ -395,7 +398,7 @@ fn reset_closes_every_connection() {
     g.drain();
     assert_eq!(g.dev.muxer().connection_count(), 2);
     g.dev.reset();
-    assert!(!g.dev.is_active());
+    assert!(g.dev.common_mut().active.is_none());
     assert_eq!(g.dev.muxer().connection_count(), 0);
     let mut b = [0u8; 1];
     assert_eq!(host.read(&mut b).unwrap(), 0);
@@ -439,7 +442,9 @@ fn rx_buffers_without_room_for_data_do_not_hang() {
     // Only a header-sized buffer: the data cannot go; the useless buffer comes back empty
     // instead of blocking the queue (or spinning the event thread).
     host.write_all(b"more").unwrap();
-    let head = g.rxq.add_chain(&[(0x10_0000, HDR_SIZE as u32, true)]);
+    let head = g
+        .rxq
+        .add_chain(&[(0x10_0000, u32::try_from(HDR_SIZE).unwrap(), true)]);
     let until = Instant::now() + Duration::from_secs(5);
     let used = loop {
         g.dev.process_backend();

@@ -1,62 +1,89 @@
-//! Unix-socket helpers for the vsock backend that std does not offer: a nonblocking
-//! `connect(2)` (so a listener with a full backlog cannot stall the event thread) and setting
-//! O_NONBLOCK on an arbitrary fd.
+//! Host-socket helpers for the vsock backend that std does not offer, through rustix: a
+//! nonblocking `connect(2)` (so a listener with a full backlog cannot stall the event thread)
+//! and a nonblocking one-shot timer for the connection deadlines.
 
 use std::io::ErrorKind;
-use std::os::fd::{FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::time::Duration;
 
-/// Sets O_NONBLOCK on `fd`.
-pub fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
-    // SAFETY: fcntl on an fd we own, with integer arguments only; the result is checked.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    // SAFETY: as above.
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+use rustix::time::{Itimerspec, TimerfdClockId, TimerfdFlags, TimerfdTimerFlags, Timespec};
 
 /// Connects to a Unix stream socket without blocking: a listener whose backlog is full
 /// refuses (EAGAIN) instead of stalling the event thread.
 pub fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
-    // SAFETY: sockaddr_un is plain old data; all zeroes is a valid (empty) value.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.as_os_str().as_bytes();
-    // Leave room for the terminating NUL.
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "socket path too long",
-        ));
+    // A path that does not fit in sun_path (with its NUL) is the caller's mistake, not the OS's.
+    let addr =
+        SocketAddrUnix::new(path).map_err(|e| std::io::Error::new(ErrorKind::InvalidInput, e))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// A nonblocking, one-shot CLOCK_MONOTONIC timerfd: readable once it has fired.
+#[derive(Debug)]
+pub struct Timer(OwnedFd);
+
+impl Timer {
+    pub fn new() -> std::io::Result<Self> {
+        let flags = TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC;
+        Ok(Self(rustix::time::timerfd_create(
+            TimerfdClockId::Monotonic,
+            flags,
+        )?))
     }
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
+
+    /// Fires once, `after` from now (replacing any earlier setting). `after` must not be zero:
+    /// a zero value disarms a timerfd.
+    pub fn arm(&self, after: Duration) -> std::io::Result<()> {
+        let value = Timespec::try_from(after).map_err(|_| ErrorKind::InvalidInput)?;
+        self.set(value)
     }
-    let flags = libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_UNIX, flags, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
+
+    /// Stops the timer.
+    pub fn disarm(&self) -> std::io::Result<()> {
+        self.set(Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        })
     }
-    // SAFETY: `fd` is a socket we just created and own; the stream closes it on drop.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
-    // SAFETY: `addr` is a valid sockaddr_un that outlives the call, and `len` lies within it.
-    let ret = unsafe {
-        libc::connect(
-            fd,
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
+
+    fn set(&self, it_value: Timespec) -> std::io::Result<()> {
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value,
+        };
+        rustix::time::timerfd_settime(&self.0, TimerfdTimerFlags::empty(), &spec)?;
+        Ok(())
     }
-    Ok(stream)
+
+    /// Clears a pending expiry so the fd stops being readable (nothing happens if none is).
+    pub fn drain(&self) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.0, &mut count);
+    }
+}
+
+impl AsFd for Timer {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl AsRawFd for Timer {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 #[cfg(test)]
@@ -83,5 +110,28 @@ mod tests {
             connect_nonblocking(&long).unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn timer_fires_once_and_drains() {
+        let timer = Timer::new().unwrap();
+        let readable = |t: &Timer| {
+            let mut fds = [rustix::event::PollFd::new(t, rustix::event::PollFlags::IN)];
+            rustix::event::poll(&mut fds, None).unwrap() == 1
+        };
+        timer.arm(Duration::from_millis(1)).unwrap();
+        assert!(readable(&timer));
+        timer.drain();
+        timer.arm(Duration::from_secs(3600)).unwrap();
+        timer.disarm().unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &timer,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 0);
     }
 }

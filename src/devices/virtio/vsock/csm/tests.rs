@@ -96,7 +96,10 @@ fn guest_exceeding_our_credit_is_reset() {
     let chunk = vec![1u8; 60 * 1024];
     let mut sent = 0usize;
     while c.state() == State::Established {
-        c.on_guest_packet(&guest_hdr(op::RW, chunk.len() as u32, 4096, 0), &chunk);
+        c.on_guest_packet(
+            &guest_hdr(op::RW, u32::try_from(chunk.len()).unwrap(), 4096, 0),
+            &chunk,
+        );
         sent += chunk.len();
         assert!(c.tx_buf.len() <= CONN_BUF_SIZE as usize);
         assert!(sent < 16 << 20, "never reset");
@@ -114,7 +117,10 @@ fn buffered_data_is_flushed_and_credit_updated() {
     let chunk = vec![2u8; 32 * 1024];
     // Fill until some data waits in our buffer.
     while c.tx_buf.is_empty() {
-        c.on_guest_packet(&guest_hdr(op::RW, chunk.len() as u32, 4096, 0), &chunk);
+        c.on_guest_packet(
+            &guest_hdr(op::RW, u32::try_from(chunk.len()).unwrap(), 4096, 0),
+            &chunk,
+        );
     }
     assert!(c.interest().contains(EventSet::OUT));
     let total = c.rx_cnt.0 as usize;
@@ -131,7 +137,7 @@ fn buffered_data_is_flushed_and_credit_updated() {
         let mut buf = [0u8; 64];
         let (h, _) = c.next_packet(&mut buf).unwrap();
         assert_eq!(h.op, op::CREDIT_UPDATE);
-        assert_eq!(h.fwd_cnt, total as u32);
+        assert_eq!(h.fwd_cnt, u32::try_from(total).unwrap());
     }
     assert_eq!(c.advertised_credit(), CONN_BUF_SIZE);
 }

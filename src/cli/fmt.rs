@@ -47,67 +47,20 @@ pub fn since(now: i64, t: i64) -> String {
     }
 }
 
-/// Seconds since the epoch of an RFC 3339 time (`2024-05-01T10:00:00.123Z`, `+02:00`).
+/// Seconds since the epoch of an RFC 3339 time (`2024-05-01T10:00:00.123Z`, `+02:00`); a
+/// time without an offset is taken as UTC.
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
-            let sign = if r.starts_with('-') { -1 } else { 1 };
-            sign * (r.get(1..3)?.parse::<i64>().ok()? * 3600
-                + r.get(4..6)?.parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146097 + doe - 719468;
-    Some(days * 86400 + h * 3600 + mi * 60 + sec - offset)
+    let t = s.parse::<jiff::Timestamp>().ok().or_else(|| {
+        let civil: jiff::civil::DateTime = s.parse().ok()?;
+        jiff::tz::Offset::UTC.to_timestamp(civil).ok()
+    })?;
+    Some(t.as_second())
 }
 
 /// `2024-01-02T03:04:05.123456789Z` for seconds and nanoseconds since the epoch.
 pub fn format_rfc3339(secs: i64, nanos: u32) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// The current time in RFC 3339.
-pub fn now_rfc3339() -> String {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    format_rfc3339(d.as_secs() as i64, d.subsec_nanos())
+    let nanos = i32::try_from(nanos).unwrap_or(0);
+    jiff::Timestamp::new(secs, nanos).map_or_else(|_| String::new(), crate::sandbox::state::rfc3339)
 }
 
 /// "3 minutes", "About an hour", as docker's `Up ...` and `Exited (0) ... ago` say it.
@@ -165,6 +118,7 @@ mod tests {
             parse_rfc3339("2024-01-01T02:00:00+02:00"),
             Some(1_704_067_200)
         );
+        assert_eq!(parse_rfc3339("2024-01-01T00:00:00"), Some(1_704_067_200));
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(since(100_000, 100_000 - 3 * 86400), "3 days ago");
     }

@@ -177,12 +177,17 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// A name as docker makes them up: adjective_noun.
-/// The current time in RFC 3339 with nanoseconds (`2024-01-02T03:04:05.123456789Z`), as
-/// the state files and docker's `inspect` write it.
-pub fn now_rfc3339() -> String {
+/// `t` in RFC 3339 with nanoseconds (`2024-01-02T03:04:05.123456789Z`), as the state files
+/// and docker's `inspect` write times.
+pub fn rfc3339(t: jiff::Timestamp) -> String {
     jiff::fmt::temporal::DateTimePrinter::new()
         .precision(Some(9))
-        .timestamp_to_string(&jiff::Timestamp::now())
+        .timestamp_to_string(&t)
+}
+
+/// The current time as [`rfc3339`] writes it.
+pub fn now_rfc3339() -> String {
+    rfc3339(jiff::Timestamp::now())
 }
 
 pub fn generate_name(id: &str) -> String {

@@ -21,7 +21,10 @@ pub enum MemoryError {
     TooLarge { asked: u64, host: u64 },
     /// mmap failed.
     #[error("cannot allocate {0} MiB of guest memory: {1}")]
-    Allocate(u64, String),
+    Allocate(u64, #[source] vm_memory::mmap::FromRangesError),
+    /// A region just mapped has no host address (cannot happen with mmap'd regions).
+    #[error("guest memory region at {0:#x} has no host address: {1}")]
+    HostAddress(u64, #[source] vm_memory::GuestMemoryError),
     /// KVM refused a memory slot.
     #[error("cannot register guest memory with KVM: {0}")]
     Register(kvm_ioctls::Error),
@@ -55,7 +58,7 @@ pub fn check_size(mem_mib: u64) -> Result<(), MemoryError> {
 pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(mem_mib)?;
     GuestMemoryMmap::from_ranges(&ram_regions(mem_mib << 20))
-        .map_err(|e| MemoryError::Allocate(mem_mib, e.to_string()))
+        .map_err(|e| MemoryError::Allocate(mem_mib, e))
 }
 
 /// Registers every region of `mem` with the VM.
@@ -63,7 +66,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
     for (slot, region) in mem.iter().enumerate() {
         let host_addr = mem
             .get_host_address(region.start_addr())
-            .map_err(|e| MemoryError::Allocate(0, e.to_string()))?;
+            .map_err(|e| MemoryError::HostAddress(region.start_addr().0, e))?;
         let desc = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,

@@ -85,9 +85,13 @@ pub enum VmmError {
     /// vCPU count out of range.
     #[error("--cpus {0} is out of range (1..={1})")]
     Cpus(u8, u8),
-    /// A KVM VM-level call failed.
-    #[error("{0}: {1}")]
-    VmSetup(&'static str, String),
+    /// A KVM VM-level call, or setting up a legacy device, failed.
+    #[error("{what}: {source}")]
+    VmSetup {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// A running VM. Dropping it stops it.
@@ -103,8 +107,13 @@ pub struct RunningVm {
     _kvm: Kvm,
 }
 
-fn setup_err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> VmmError {
-    move |e| VmmError::VmSetup(what, e.to_string())
+fn setup_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl Fn(E) -> VmmError {
+    move |e| VmmError::VmSetup {
+        what,
+        source: Box::new(e),
+    }
 }
 
 /// Builds and starts the VM described by `config`. The config is consumed so that the

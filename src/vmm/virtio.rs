@@ -41,14 +41,18 @@ pub struct DiskConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
     /// Creating the device model failed.
-    #[error("{0}")]
-    Device(String),
+    #[error(transparent)]
+    Block(#[from] crate::devices::virtio::block::BlockError),
+    #[error(transparent)]
+    Vsock(#[from] crate::devices::virtio::vsock::VsockError),
+    #[error(transparent)]
+    Rng(#[from] crate::devices::virtio::rng::RngError),
     /// Out of IOAPIC pins.
     #[error("too many virtio devices (at most {})", IRQ_MAX - VIRTIO_IRQ_START + 1)]
     TooMany,
-    /// KVM refused an irqfd or ioeventfd, or the bus a window.
+    /// The transport could not be made, KVM refused its irqfd, or the bus its window.
     #[error("attaching virtio device: {0}")]
-    Attach(String),
+    Attach(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// One device of the plan.
@@ -113,10 +117,10 @@ impl Attached {
     ) -> Result<(), VirtioError> {
         let device = Arc::new(Mutex::new(device));
         let shared: SharedVirtioDevice = device.clone();
-        let err = |e: &dyn std::fmt::Display| VirtioError::Attach(e.to_string());
-        let transport = MmioTransport::new(mem.clone(), shared).map_err(|e| err(&e))?;
+        let transport =
+            MmioTransport::new(mem.clone(), shared).map_err(|e| VirtioError::Attach(e.into()))?;
         vm.register_irqfd(transport.interrupt_evt(), slot.gsi)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| VirtioError::Attach(e.into()))?;
         for (queue, evt) in transport.queue_evts().iter().enumerate() {
             // Without an ioeventfd the transport signals the same eventfd itself.
             if let Err(e) =
@@ -129,7 +133,7 @@ impl Attached {
             }
         }
         mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_SLOT_SIZE)
-            .map_err(|e| err(&e))?;
+            .map_err(|e| VirtioError::Attach(e.into()))?;
         self.subscribers.push(device);
         Ok(())
     }
@@ -143,19 +147,18 @@ pub fn attach_all(
     plan: &Plan,
 ) -> Result<Attached, VirtioError> {
     let mut attached = Attached::default();
-    let dev_err = |e: &dyn std::fmt::Display| VirtioError::Device(e.to_string());
     for (slot, kind) in &plan.devices {
         match kind {
             DeviceKind::Disk(d) => {
-                let dev = Block::new(&d.path, d.read_only, &d.serial).map_err(|e| dev_err(&e))?;
+                let dev = Block::new(&d.path, d.read_only, &d.serial)?;
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
             DeviceKind::Vsock(v) => {
-                let dev = Vsock::new(v.cid, &v.uds_path).map_err(|e| dev_err(&e))?;
+                let dev = Vsock::new(v.cid, &v.uds_path)?;
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
             DeviceKind::Rng => {
-                let dev = Rng::new().map_err(|e| dev_err(&e))?;
+                let dev = Rng::new()?;
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
         }

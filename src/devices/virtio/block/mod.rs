@@ -12,4 +12,4 @@ pub mod request;
 #[cfg(test)]
 mod tests;
 
-pub use device::Block;
+pub use device::{Block, BlockError};

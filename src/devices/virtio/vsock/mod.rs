@@ -35,4 +35,4 @@ pub mod packet;
 mod tests;
 mod unix;
 
-pub use device::{Vsock, DEFAULT_GUEST_CID};
+pub use device::{Vsock, VsockError, DEFAULT_GUEST_CID};

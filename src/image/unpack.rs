@@ -592,5 +592,4 @@ impl Unpacker {
 }
 
 #[cfg(test)]
-#[path = "unpack_tests.rs"]
 mod tests;

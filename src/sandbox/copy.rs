@@ -432,5 +432,4 @@ pub fn copy_to(sandbox: &Sandbox, src: &str, dest: &SandboxPath) -> Result<(), C
 mod place;
 
 #[cfg(test)]
-#[path = "copy/tests.rs"]
 mod tests;

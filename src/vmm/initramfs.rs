@@ -154,59 +154,29 @@ impl Initramfs {
         };
         for (ino, (path, entry)) in self.entries.iter().enumerate() {
             let ino = ino as u32 + 1;
-            match &entry.content {
-                Content::Dir => write_entry(
-                    &mut w,
-                    path,
-                    ino,
-                    S_IFDIR | entry.mode,
-                    2,
-                    (0, 0),
-                    &mut io::empty(),
-                    0,
-                )?,
-                Content::Bytes(b) => {
-                    let mut r = *b;
-                    write_entry(
-                        &mut w,
-                        path,
-                        ino,
-                        S_IFREG | entry.mode,
-                        1,
-                        (0, 0),
-                        &mut r,
-                        b.len() as u64,
-                    )?
-                }
-                Content::File(host) => {
-                    let src = |source| InitramfsError::Source {
-                        path: host.clone(),
-                        source,
-                    };
-                    let mut f = File::open(host).map_err(src)?;
-                    let len = f.metadata().map_err(src)?.len();
-                    write_entry(
-                        &mut w,
-                        path,
-                        ino,
-                        S_IFREG | entry.mode,
-                        1,
-                        (0, 0),
-                        &mut f,
-                        len,
-                    )?
-                }
-                Content::CharDev(major, minor) => write_entry(
-                    &mut w,
-                    path,
-                    ino,
-                    S_IFCHR | entry.mode,
-                    1,
-                    (*major, *minor),
-                    &mut io::empty(),
-                    0,
-                )?,
-            }
+            // Each kind of entry as (mode, links, device, data, data length): one write.
+            let mut file;
+            let mut bytes;
+            let mut empty = io::empty();
+            let (mode, links, dev, data, len): (u32, u32, (u32, u32), &mut dyn Read, u64) =
+                match &entry.content {
+                    Content::Dir => (S_IFDIR, 2, (0, 0), &mut empty, 0),
+                    Content::Bytes(b) => {
+                        bytes = *b;
+                        (S_IFREG, 1, (0, 0), &mut bytes, b.len() as u64)
+                    }
+                    Content::File(host) => {
+                        let src = |source| InitramfsError::Source {
+                            path: host.clone(),
+                            source,
+                        };
+                        file = File::open(host).map_err(src)?;
+                        let len = file.metadata().map_err(src)?.len();
+                        (S_IFREG, 1, (0, 0), &mut file, len)
+                    }
+                    Content::CharDev(major, minor) => (S_IFCHR, 1, (*major, *minor), &mut empty, 0),
+                };
+            write_entry(&mut w, path, ino, mode | entry.mode, links, dev, data, len)?;
         }
         write_entry(&mut w, "TRAILER!!!", 0, 0, 1, (0, 0), &mut io::empty(), 0)?;
         Ok(w.count)

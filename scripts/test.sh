@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 
 echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all -- --check
-echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
-cargo clippy --locked --all-targets -- -D warnings
+echo "test.sh: cargo clippy --workspace --all-targets -- -D warnings" >&2
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "test.sh: tests/with_kvm.sh (the nested-KVM harness itself)" >&2
 tests/with_kvm.sh
 echo "test.sh: cargo test" >&2

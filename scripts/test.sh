@@ -9,8 +9,8 @@ echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test.sh: scripts/check-layers (no module imports from a layer above it)" >&2
 scripts/check-layers
-echo "test.sh: cargo clippy --all-targets -- -D warnings" >&2
-cargo clippy --locked --all-targets -- -D warnings
+echo "test.sh: cargo clippy --workspace --all-targets -- -D warnings" >&2
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "test.sh: tests/with_kvm.sh (the nested-KVM harness itself)" >&2
 tests/with_kvm.sh
 echo "test.sh: cargo test" >&2

@@ -1,14 +1,14 @@
 //! `brig boot` end to end: a real guest kernel, brig's init, a command from the host.
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
-#[path = "common/kvm.rs"]
-mod kvm;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use kvm::{brig, check, run_tests, trial};
+use common::fixture::{check, stderr, stdout};
+use common::kvm::{brig, brig_cmd, run_tests, trial, Limits};
 
 /// `brig boot` with busybox as /bin/sh (and as itself), a generous timeout, then `args`.
 fn boot(extra: &[&str], cmd: &[&str]) -> Output {
@@ -29,14 +29,6 @@ fn boot(extra: &[&str], cmd: &[&str]) -> Output {
 
 fn sh(script: &str) -> Output {
     boot(&[], &["/bin/sh", "-c", script])
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn echo_output_is_returned() -> Result<(), String> {
@@ -197,8 +189,7 @@ fn timings_name_every_phase() -> Result<(), String> {
 
 /// Every vCPU thread runs under its seccomp filter (mode 2 in /proc/PID/task/TID/status).
 fn vcpu_threads_are_seccomp_filtered() -> Result<(), String> {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_brig"))
-        .args(["boot", "--cpus", "2", "--add", "/bin/busybox:/bin/busybox"])
+    let mut child = brig_cmd(&["boot", "--cpus", "2", "--add", "/bin/busybox:/bin/busybox"])
         .args(["--timeout", "300", "--", "/bin/busybox", "sleep", "600"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -288,31 +279,35 @@ fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
 }
 
 fn main() {
-    run_tests(vec![
-        trial("echo_output_is_returned", echo_output_is_returned),
-        trial("exit_codes_0_and_7", exit_codes_0_and_7),
-        trial("stderr_is_kept_apart", stderr_is_kept_apart),
-        trial("sigkill_gives_137", sigkill_gives_137),
-        trial("missing_command_gives_127", missing_command_gives_127),
-        trial("non_executable_gives_126", non_executable_gives_126),
-        trial("kernel_panic_is_reported", kernel_panic_is_reported),
-        trial(
-            "timeout_ends_a_guest_that_never_finishes",
-            timeout_ends_a_guest_that_never_finishes,
-        ),
-        trial("two_cpus_are_seen", two_cpus_are_seen),
-        trial(
-            "memory_size_is_what_the_guest_sees",
-            memory_size_is_what_the_guest_sees,
-        ),
-        trial("timings_name_every_phase", timings_name_every_phase),
-        trial(
-            "vcpu_threads_are_seccomp_filtered",
-            vcpu_threads_are_seccomp_filtered,
-        ),
-        trial(
-            "permission_denied_on_kvm_is_one_line",
-            permission_denied_on_kvm_is_one_line,
-        ),
-    ])
+    // Measured under nested TCG: a trial up to ~6 s, all together under a minute.
+    run_tests(
+        Limits::secs(300, 600),
+        vec![
+            trial("echo_output_is_returned", echo_output_is_returned),
+            trial("exit_codes_0_and_7", exit_codes_0_and_7),
+            trial("stderr_is_kept_apart", stderr_is_kept_apart),
+            trial("sigkill_gives_137", sigkill_gives_137),
+            trial("missing_command_gives_127", missing_command_gives_127),
+            trial("non_executable_gives_126", non_executable_gives_126),
+            trial("kernel_panic_is_reported", kernel_panic_is_reported),
+            trial(
+                "timeout_ends_a_guest_that_never_finishes",
+                timeout_ends_a_guest_that_never_finishes,
+            ),
+            trial("two_cpus_are_seen", two_cpus_are_seen),
+            trial(
+                "memory_size_is_what_the_guest_sees",
+                memory_size_is_what_the_guest_sees,
+            ),
+            trial("timings_name_every_phase", timings_name_every_phase),
+            trial(
+                "vcpu_threads_are_seccomp_filtered",
+                vcpu_threads_are_seccomp_filtered,
+            ),
+            trial(
+                "permission_denied_on_kvm_is_one_line",
+                permission_denied_on_kvm_is_one_line,
+            ),
+        ],
+    )
 }

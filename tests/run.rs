@@ -2,19 +2,16 @@
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
 mod common;
-#[path = "common/kvm.rs"]
-mod kvm;
-#[path = "common/pty.rs"]
-mod pty;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fixture::{check, stderr, stdout, Fixture};
 use common::images;
-use kvm::{check, run_tests_with, trial};
+use common::kvm::{run_tests_with, trial, Limits};
+use common::pty::Pty;
 
 /// Where the test layouts are built (on the host, before any nested VM).
 fn layouts_dir() -> PathBuf {
@@ -37,69 +34,19 @@ fn prepare() {
     }
 }
 
-/// The private store the tests run from: on a tmpfs under /run (scratch disks are made
-/// there; not on 9p), with the test images imported once.
-struct Fixture {
-    home: PathBuf,
-    runtime: PathBuf,
-}
-
+/// The store the tests run from, with the busybox and Debian images imported once.
 fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let base = PathBuf::from(format!("/run/brig-run-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
-        let home = base.join("home");
-        let runtime = base.join("run");
-        std::fs::create_dir_all(&home).unwrap();
-        std::fs::create_dir_all(&runtime).unwrap();
-        let f = Fixture { home, runtime };
-        for layout in ["bb", "bb-entry", "debian"] {
-            let out = f.brig(&[
-                "import",
-                "-q",
-                layouts_dir().join(layout).to_str().unwrap(),
-                layout,
-            ]);
-            assert!(
-                out.status.success(),
-                "import {layout}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        f
-    })
+    let images = ["bb", "bb-entry", "debian"].map(|name| (name, layouts_dir().join(name)));
+    Fixture::shared("run", &images)
 }
 
 impl Fixture {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_brig"));
-        c.args(args)
-            .env("BRIG_HOME", &self.home)
-            .env("BRIG_RUNTIME_DIR", &self.runtime);
-        c
-    }
-
-    fn brig(&self, args: &[&str]) -> Output {
-        self.cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running brig")
-    }
-
+    /// `brig run --rm --timeout 600 ARGS`.
     fn run(&self, args: &[&str]) -> Output {
         let mut all = vec!["run", "--rm", "--timeout", "600"];
         all.extend_from_slice(args);
         self.brig(&all)
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 fn stdout_and_stderr_are_apart() -> Result<(), String> {
@@ -239,20 +186,16 @@ fn debian_image_runs() -> Result<(), String> {
 
 fn stdin_is_piped() -> Result<(), String> {
     let f = fixture();
-    let mut child = f
-        .cmd(&["run", "--rm", "-i", "bb", "sort"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut child = common::procs::Running::spawn(
+        f.cmd(&["run", "--rm", "-i", "bb", "sort"])
+            .stdin(Stdio::piped()),
+    )?;
     child
-        .stdin
-        .take()
+        .stdin()
         .unwrap()
         .write_all(b"b\na\n")
         .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = child.output();
     check(
         out.status.success() && stdout(&out) == "a\nb\n",
         "sort of stdin",
@@ -266,15 +209,19 @@ fn stdin_is_piped() -> Result<(), String> {
 fn tty_session_through_a_pty() -> Result<(), String> {
     let f = fixture();
     let cmd = f.cmd(&["run", "--rm", "-it", "--timeout", "600", "bb", "sh"]);
-    let mut term = pty::Pty::spawn(cmd, 31, 101)?;
+    let mut term = Pty::spawn(cmd, 31, 101)?;
     let result = (|| {
         term.read_until("# ", 300)?;
         term.write(b"stty size\n")?;
         term.read_until("31 101", 60)?;
-        term.write(b"sleep 1000\n")?;
-        std::thread::sleep(Duration::from_secs(2));
+        // A foreground job that says when it runs: "sleeping-42" is in its output only (the
+        // terminal echoes the command line with $((6*7)) unexpanded). From then on the job's
+        // process is there to take Ctrl-C, as the subshell that is about to become `sleep`
+        // or as `sleep` itself; either dies of SIGINT.
+        term.write(b"(echo sleeping-$((6*7)); exec sleep 1000)\n")?;
+        term.read_until("sleeping-42", 120)?;
         term.write(&[3])?; // Ctrl-C
-                           // The interactive shell reports the interrupted sleep's status: 128 + SIGINT.
+                           // The interactive shell reports the interrupted job's status: 128 + SIGINT.
         term.write(b"echo status-$?\n")?;
         term.read_until("status-130", 60)?;
         term.write(b"exit 5\n")
@@ -439,16 +386,6 @@ fn writes_stay_in_the_overlay() -> Result<(), String> {
     )
 }
 
-fn leftovers(f: &Fixture) -> Vec<String> {
-    let mut left = Vec::new();
-    for dir in [f.home.join("sandboxes"), f.runtime.clone()] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            left.extend(entries.flatten().map(|e| e.path().display().to_string()));
-        }
-    }
-    left
-}
-
 /// The agent never reports an exit: the workload resets the VM under it. brig says so in one
 /// line, exits 125 and leaves no state or socket behind.
 fn vm_ending_under_the_workload_is_reported() -> Result<(), String> {
@@ -461,7 +398,7 @@ fn vm_ending_under_the_workload_is_reported() -> Result<(), String> {
         "a VM that ends without the workload's exit status",
         &out,
     )?;
-    let left = leftovers(f);
+    let left = f.leftovers();
     if !left.is_empty() {
         return Err(format!("left behind after the VM ended early: {left:?}"));
     }
@@ -483,7 +420,7 @@ fn ten_concurrent_runs_leave_nothing_behind() -> Result<(), String> {
             &out,
         )?;
     }
-    let left = leftovers(f);
+    let left = f.leftovers();
     if !left.is_empty() {
         return Err(format!("left behind: {left:?}"));
     }
@@ -492,19 +429,28 @@ fn ten_concurrent_runs_leave_nothing_behind() -> Result<(), String> {
 
 fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
     let f = fixture();
-    let mut child = f
-        .cmd(&["run", "--rm", "bb", "sleep", "1000"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs(5));
-    child.kill().map_err(|e| e.to_string())?;
-    child.wait().map_err(|e| e.to_string())?;
+    let mut child = f.spawn(&[
+        "run",
+        "--rm",
+        "bb",
+        "sh",
+        "-c",
+        "echo workload-started; exec sleep 1000",
+    ])?;
+    // Killed only once the VM runs the workload, not while brig is still starting it.
+    child.wait_for_stdout("workload-started\n", 300)?;
+    child.kill();
+    let stray = common::procs::ours();
+    if !stray.is_empty() {
+        return Err(format!(
+            "processes outlived the killed brig:\n{}",
+            common::procs::threads_report(&stray)
+        ));
+    }
     // The VMM was brig's own threads: gone with it. Its files are swept by the next run.
     let out = f.run(&["bb", "true"]);
     check(out.status.success(), "next run", &out)?;
-    let left = leftovers(f);
+    let left = f.leftovers();
     if !left.is_empty() {
         return Err(format!("left behind after a killed run: {left:?}"));
     }
@@ -534,8 +480,14 @@ fn bad_input_is_one_line() -> Result<(), String> {
 }
 
 fn main() {
+    // Measured under nested TCG: importing the images ~2.5 minutes, a trial up to ~2
+    // (large_output_arrives_intact), all together ~10.
     run_tests_with(
+        Limits::secs(300, 1800),
         prepare,
+        || {
+            fixture();
+        },
         vec![
             trial("stdout_and_stderr_are_apart", stdout_and_stderr_are_apart),
             trial("exit_codes_follow_docker", exit_codes_follow_docker),

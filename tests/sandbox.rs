@@ -3,22 +3,20 @@
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
 mod common;
-#[path = "common/kvm.rs"]
-mod kvm;
-#[path = "common/pty.rs"]
-mod pty;
 
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::fixture::{check, eventually, process_gone, stderr, stdout, Fixture};
 use common::images::{self, busybox_layer};
+use common::kvm::{run_tests_with, trial, Limits};
+use common::procs::Running;
+use common::pty::Pty;
 use common::{Layer, Layout};
-use kvm::{check, run_tests_with, trial};
 
 /// Where the test image's layout is built (on the host, before any nested VM).
 fn layout_dir() -> PathBuf {
@@ -40,55 +38,12 @@ fn prepare() {
     );
 }
 
-/// The private store and runtime directory the tests use: on a tmpfs under /run (sockets
-/// cannot live on 9p), with the test image imported once.
-struct Fixture {
-    base: PathBuf,
-    home: PathBuf,
-    runtime: PathBuf,
-}
-
+/// The store the tests run from, with the test image imported once.
 fn fixture() -> &'static Fixture {
-    static F: OnceLock<Fixture> = OnceLock::new();
-    F.get_or_init(|| {
-        let base = PathBuf::from(format!("/run/brig-sandbox-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&base);
-        let f = Fixture {
-            home: base.join("home"),
-            runtime: base.join("run"),
-            base,
-        };
-        fs::create_dir_all(&f.home).unwrap();
-        fs::create_dir_all(&f.runtime).unwrap();
-        let out = f.brig(&[
-            "import",
-            "-q",
-            layout_dir().join("sbx").to_str().unwrap(),
-            "sbx",
-        ]);
-        assert!(
-            out.status.success(),
-            "import: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        f
-    })
+    Fixture::shared("sandbox", &[("sbx", layout_dir().join("sbx"))])
 }
 
 impl Fixture {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_brig"));
-        c.args(args)
-            .env("BRIG_HOME", &self.home)
-            .env("BRIG_RUNTIME_DIR", &self.runtime)
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn brig(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("running brig")
-    }
-
     /// `brig run -d --name NAME [extra] sbx CMD...`; the guard removes it.
     fn start(&self, name: &str, extra: &[&str], cmd: &[&str]) -> Result<Started, String> {
         let mut args = vec!["run", "-d", "--name", name];
@@ -105,14 +60,13 @@ impl Fixture {
         Ok(Started { id })
     }
 
-    fn sandbox_dirs(&self) -> Vec<String> {
-        let mut left = Vec::new();
-        for dir in [self.home.join("sandboxes"), self.runtime.clone()] {
-            if let Ok(entries) = fs::read_dir(&dir) {
-                left.extend(entries.flatten().map(|e| e.path().display().to_string()));
-            }
-        }
-        left
+    /// Readiness: waits until sandbox `name` has logged `line` (its workload runs).
+    fn logged(&self, name: &str, line: &str) -> Result<(), String> {
+        eventually(120, &format!("{name} logs {line:?}"), || {
+            stdout(&self.brig(&["logs", name]))
+                .lines()
+                .any(|l| l == line)
+        })
     }
 }
 
@@ -125,14 +79,6 @@ impl Drop for Started {
     fn drop(&mut self) {
         let _ = fixture().brig(&["rm", "-f", &self.id]);
     }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Fails unless `out` is brig's one-line error with exit 125 that mentions `needle`.
@@ -148,18 +94,6 @@ fn one_line_error(out: &Output, needle: &str, what: &str) -> Result<(), String> 
 
 fn json(out: &Output) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e}): {:?}", stdout(out)))
-}
-
-/// Waits until `cond` holds, up to `secs`.
-fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        if Instant::now() > deadline {
-            return Err(format!("{what}: not within {secs} s"));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    Ok(())
 }
 
 fn run_detached_shows_up_with_stats() -> Result<(), String> {
@@ -249,27 +183,20 @@ fn exec_relays_output_and_exit_codes() -> Result<(), String> {
     check(stdout(&out) == "1\n/tmp\n1000\n", "exec -e -w -u", &out)?;
     let out = f.brig(&["exec", "-w", "/no/such/dir", "ex", "true"]);
     one_line_error(&out, "/no/such/dir", "exec -w of a missing directory")?;
-    let mut child = f
-        .cmd(&["exec", "-i", "ex", "sort"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
+    let mut child = Running::spawn(f.cmd(&["exec", "-i", "ex", "sort"]).stdin(Stdio::piped()))?;
     child
-        .stdin
-        .take()
+        .stdin()
         .unwrap()
         .write_all(b"b\na\n")
         .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let out = child.output();
     check(stdout(&out) == "a\nb\n", "exec -i: piped stdin", &out)
 }
 
 fn exec_with_a_tty() -> Result<(), String> {
     let f = fixture();
     let _sb = f.start("tty", &[], &[])?;
-    let mut term = pty::Pty::spawn(f.cmd(&["exec", "-it", "tty", "sh"]), 31, 101)?;
+    let mut term = Pty::spawn(f.cmd(&["exec", "-it", "tty", "sh"]), 31, 101)?;
     let result = (|| {
         term.read_until("# ", 120)?;
         term.write(b"stty size; tty\n")?;
@@ -292,23 +219,19 @@ fn two_execs_run_at_once() -> Result<(), String> {
     let f = fixture();
     let _sb = f.start("two", &[], &[])?;
     // The first can only finish once the second has run while it waits.
-    let waiter = std::thread::spawn(|| {
-        fixture().brig(&[
-            "exec",
-            "two",
-            "sh",
-            "-c",
-            "while [ ! -e /tmp/go ]; do sleep 0.1; done; echo first",
-        ])
-    });
-    std::thread::sleep(Duration::from_secs(1));
+    let mut first = f.spawn(&[
+        "exec",
+        "two",
+        "sh",
+        "-c",
+        "echo waiting; while [ ! -e /tmp/go ]; do sleep 0.1; done; echo first",
+    ])?;
+    first.wait_for_stdout("waiting\n", 120)?;
     let out = f.brig(&["exec", "two", "sh", "-c", "touch /tmp/go; echo second"]);
     check(stdout(&out) == "second\n", "second exec", &out)?;
-    let out = waiter
-        .join()
-        .map_err(|_| "exec thread panicked".to_string())?;
+    let out = first.output();
     check(
-        out.status.success() && stdout(&out) == "first\n",
+        out.status.success() && stdout(&out) == "waiting\nfirst\n",
         "first exec, released by the second",
         &out,
     )
@@ -330,25 +253,15 @@ fn logs_and_logs_follow() -> Result<(), String> {
     })?;
     let out = f.brig(&["logs", "logs"]);
     check(stderr(&out) == "err\n", "logs keeps stderr apart", &out)?;
-    let mut follow = f
-        .cmd(&["logs", "-f", "logs"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    std::thread::sleep(Duration::from_secs(1));
+    let mut follow = f.spawn(&["logs", "-f", "logs"])?;
+    // It has caught up with what was logged so far: what comes next, it follows.
+    follow.wait_for_stdout("one\n", 120)?;
     let out = f.brig(&["exec", "logs", "touch", "/tmp/go"]);
     check(out.status.success(), "exec touch", &out)?;
     // The workload ends after "two": logs -f ends with it.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while follow.try_wait().map_err(|e| e.to_string())?.is_none() {
-        if Instant::now() > deadline {
-            let _ = follow.kill();
-            return Err("logs -f did not end with the sandbox".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = follow.wait_with_output().map_err(|e| e.to_string())?;
+    let out = follow
+        .output_within(120)
+        .map_err(|e| format!("logs -f did not end with the sandbox: {e}"))?;
     check(
         stdout(&out) == "one\ntwo\n" && stderr(&out) == "err\n",
         "logs -f saw the output as it came",
@@ -556,14 +469,21 @@ fn stop_is_sigterm_then_sigkill() -> Result<(), String> {
         &[
             "sh",
             "-c",
-            "trap 'echo got-term; exit 7' TERM; while :; do sleep 0.1; done",
+            "trap 'echo got-term; exit 7' TERM; echo trapping; while :; do sleep 0.1; done",
         ],
     )?;
     let _b = f.start(
         "ignores",
         &[],
-        &["sh", "-c", "trap '' TERM; while :; do sleep 0.1; done"],
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ignoring; while :; do sleep 0.1; done",
+        ],
     )?;
+    // Stopped only once the traps are set, not while the shells are starting.
+    f.logged("traps", "trapping")?;
+    f.logged("ignores", "ignoring")?;
     let t = Instant::now();
     let out = f.brig(&["stop", "-t", "60", "traps"]);
     let took = t.elapsed();
@@ -579,7 +499,7 @@ fn stop_is_sigterm_then_sigkill() -> Result<(), String> {
         &out,
     )?;
     let out = f.brig(&["logs", "traps"]);
-    check(stdout(&out) == "got-term\n", "the trap ran", &out)?;
+    check(stdout(&out) == "trapping\ngot-term\n", "the trap ran", &out)?;
     if took >= Duration::from_secs(60) {
         return Err(format!("stop waited out the grace period ({took:?})"));
     }
@@ -615,10 +535,7 @@ fn killed_vmm_reads_as_exited_and_rm_cleans_up() -> Result<(), String> {
     check(pid > 0, "inspect names the VMM's pid", &out)?;
     // SAFETY: kill on the pid brig reported for its VMM.
     unsafe { libc::kill(pid, libc::SIGKILL) };
-    eventually(30, "the VMM process is gone", || {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    })?;
+    eventually(30, "the VMM process is gone", || process_gone(pid as u32))?;
     let out = f.brig(&["ps"]);
     check(
         !stdout(&out).contains("doomed"),
@@ -645,7 +562,7 @@ fn killed_vmm_reads_as_exited_and_rm_cleans_up() -> Result<(), String> {
     let out = f.brig(&["rm", "doomed"]);
     check(out.status.success(), "rm", &out)?;
     let left: Vec<String> = f
-        .sandbox_dirs()
+        .leftovers()
         .into_iter()
         .filter(|d| d.contains(&sb.id[..12]))
         .collect();
@@ -739,7 +656,7 @@ fn twenty_sandboxes_leave_nothing_behind() -> Result<(), String> {
     rm.extend(names.iter().map(String::as_str));
     let out = f.brig(&rm);
     check(out.status.success(), "rm of the 20", &out)?;
-    let left = f.sandbox_dirs();
+    let left = f.leftovers();
     if !left.is_empty() {
         return Err(format!("files left behind: {left:?}"));
     }
@@ -842,8 +759,14 @@ fn bad_input_is_one_line() -> Result<(), String> {
 }
 
 fn main() {
+    // Measured under nested TCG: a trial up to ~100 s (twenty_sandboxes_leave_nothing_behind),
+    // all together ~3.5 minutes.
     run_tests_with(
+        Limits::secs(300, 1200),
         prepare,
+        || {
+            fixture();
+        },
         vec![
             trial(
                 "run_detached_shows_up_with_stats",

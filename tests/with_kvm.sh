@@ -101,9 +101,16 @@ if [ "$expected_mode" = mode=nested ]; then
         grep -q "^  | " "$tmp/err"'
 fi
 
-BRIG_WITH_KVM_TIMEOUT=30 run sleep 1000
+BRIG_WITH_KVM_TIMEOUT=30 run sh -c 'sleep 1000; echo never'
 check "BRIG_WITH_KVM_TIMEOUT ends a command that never finishes (124)" \
-    eval 'rc_is 124 && grep -q "timed out" "$tmp/err"'
+    eval 'rc_is 124 && grep -q "timed out" "$tmp/err" && [ ! -s "$tmp/out" ]'
+if [ "$expected_mode" = mode=nested ]; then
+    check "... and shows what ran in L1, thread by thread" eval \
+        'grep -q "^process [0-9]*: sleep 1000" "$tmp/err" && grep -q "^  thread .* sleep .* wchan=" "$tmp/err"'
+fi
+BRIG_WITH_KVM_TIMEOUT=soon run true
+check "a BRIG_WITH_KVM_TIMEOUT that is not seconds is refused with 125" \
+    eval 'rc_is 125 && [ "$(wc -l <"$tmp/err")" = 1 ]'
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -2,12 +2,10 @@
 //! Debian image from `debootstrap --variant=minbase` (cached as a tarball, since it takes a
 //! minute and a mirror), all as OCI layouts that `brig import` loads.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{descriptor, Layer, Layout};
+use super::layout::{descriptor, Layer, Layout};
 
 /// Applets linked to busybox in the test images.
 const APPLETS: &[&str] = &[

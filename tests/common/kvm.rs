@@ -5,13 +5,61 @@
 //! development machines), the binary re-runs itself under `scripts/with-kvm`, which provides
 //! a real `/dev/kvm` inside a nested VM. `BRIG_TEST_KVM=host|nested|auto` forces a choice.
 //! Nothing is skipped: if KVM cannot be had either way, the tests fail and say why.
-
-#![allow(dead_code)]
+//!
+//! Nothing may hang until CI gives up: each trial runs under a deadline ([`Limits::trial`],
+//! `BRIG_TEST_TRIAL_TIMEOUT`), past which it fails with what it was waiting for (the brig
+//! command, its output so far, the state of every thread of every process the test started)
+//! and those processes are killed; the next trial then runs. The whole binary runs under
+//! [`Limits::all`] (`BRIG_TEST_TIMEOUT`), past which it reports the same and exits, and under
+//! scripts/with-kvm, `BRIG_WITH_KVM_TIMEOUT` (a little more) ends the nested VM itself if
+//! even that cannot happen.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+use super::procs;
+
+/// How long the trials of a test binary may take, each and all together. Under nested TCG
+/// (the slow case) a trial takes seconds to a couple of minutes.
+#[derive(Clone, Copy)]
+pub struct Limits {
+    /// Default per trial; `BRIG_TEST_TRIAL_TIMEOUT=SECS` overrides it.
+    pub trial: Duration,
+    /// All trials together; `BRIG_TEST_TIMEOUT=SECS` overrides it.
+    pub all: Duration,
+}
+
+impl Limits {
+    /// `trial` and `all` in seconds.
+    pub const fn secs(trial: u64, all: u64) -> Self {
+        Self {
+            trial: Duration::from_secs(trial),
+            all: Duration::from_secs(all),
+        }
+    }
+
+    /// With the environment's overrides.
+    fn with_env_overrides(self) -> Self {
+        let secs = |var: &str, default: Duration| match std::env::var(var) {
+            Ok(v) => Duration::from_secs(
+                v.parse()
+                    .unwrap_or_else(|_| panic!("{var} must be a number of seconds, not {v:?}")),
+            ),
+            Err(_) => default,
+        };
+        Self {
+            trial: secs("BRIG_TEST_TRIAL_TIMEOUT", self.trial),
+            all: secs("BRIG_TEST_TIMEOUT", self.all),
+        }
+    }
+}
+
+/// The per-trial deadline in force (set by [`run_tests`]).
+static TRIAL_LIMIT: OnceLock<Duration> = OnceLock::new();
 
 /// The repository root (where scripts/ lives).
 pub fn repo_root() -> PathBuf {
@@ -28,14 +76,17 @@ fn host_kvm_usable() -> bool {
             .is_ok()
 }
 
-/// Runs `tests`, under scripts/with-kvm when this host needs it.
-pub fn run_tests(tests: Vec<Trial>) -> ! {
-    run_tests_with(|| {}, tests)
+/// Runs `tests` within `limits`, under scripts/with-kvm when this host needs it.
+pub fn run_tests(limits: Limits, tests: Vec<Trial>) -> ! {
+    run_tests_with(limits, || {}, || {}, tests)
 }
 
 /// As [`run_tests`], with `prepare` run on this host first (not inside the nested VM): for
-/// fixtures that are slow or need the network, such as debootstrap.
-pub fn run_tests_with(prepare: fn(), tests: Vec<Trial>) -> ! {
+/// fixtures that are slow or need the network, such as debootstrap; and `setup` run where
+/// the trials run, before them, so that what they all share (importing the test images)
+/// counts against the overall limit, not the deadline of whichever trial comes first.
+pub fn run_tests_with(limits: Limits, prepare: fn(), setup: fn(), tests: Vec<Trial>) -> ! {
+    let limits = limits.with_env_overrides();
     let args = Arguments::from_args();
     let mode = std::env::var("BRIG_TEST_KVM").unwrap_or_else(|_| "auto".into());
     let inside = std::env::var_os("BRIG_KVM_MODE").is_some();
@@ -51,7 +102,14 @@ pub fn run_tests_with(prepare: fn(), tests: Vec<Trial>) -> ! {
     }
     if reexec {
         let exe = std::env::current_exe().expect("current_exe");
-        let status = Command::new(repo_root().join("scripts/with-kvm"))
+        let mut with_kvm = Command::new(repo_root().join("scripts/with-kvm"));
+        if std::env::var_os("BRIG_WITH_KVM_TIMEOUT").is_none() {
+            // The nested VM's own deadline, for when this binary cannot keep its (a hung L1):
+            // past `all`, plus time to boot L1 and for the report.
+            let secs = limits.all.as_secs() + 120;
+            with_kvm.env("BRIG_WITH_KVM_TIMEOUT", secs.to_string());
+        }
+        let status = with_kvm
             .arg(exe)
             .args(std::env::args_os().skip(1))
             .status()
@@ -63,32 +121,104 @@ pub fn run_tests_with(prepare: fn(), tests: Vec<Trial>) -> ! {
     if inside && args.test_threads.is_none() {
         args.test_threads = Some(1);
     }
+    let _ = TRIAL_LIMIT.set(limits.trial);
+    if !args.list {
+        watch_all(limits.all);
+        setup();
+    }
     libtest_mimic::run(&args, tests).exit()
 }
 
-/// A test case as a plain function returning an error message on failure.
+/// Past `limit`, reports what is still running, kills it and ends the binary (exit 124).
+fn watch_all(limit: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!(
+            "\nthe trials did not all finish within {} s (BRIG_TEST_TIMEOUT); giving up.\n{}",
+            limit.as_secs(),
+            procs::overrun_report()
+        );
+        procs::kill_ours();
+        std::process::exit(124);
+    });
+}
+
+/// A test case as a plain function returning an error message on failure, run under the
+/// binary's per-trial deadline.
 pub fn trial(name: &str, f: fn() -> Result<(), String>) -> Trial {
-    Trial::test(name, move || f().map_err(Failed::from))
+    let owned = name.to_string();
+    Trial::test(name, move || {
+        let limit = *TRIAL_LIMIT.get_or_init(|| Duration::from_secs(300));
+        within(&owned, limit, f).map_err(Failed::from)
+    })
+}
+
+/// Runs `f` on a thread of its own; past `limit`, fails with an overrun report and kills
+/// the processes the test started (which lets `f` go on, and fail, soon after).
+fn within(name: &str, limit: Duration, f: fn() -> Result<(), String>) -> Result<(), String> {
+    let started = Instant::now();
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| e.to_string())?;
+    let panicked = |worker: std::thread::JoinHandle<()>| match worker.join() {
+        Err(p) => Err(
+            match (p.downcast_ref::<&str>(), p.downcast_ref::<String>()) {
+                (Some(s), _) => format!("panicked: {s}"),
+                (_, Some(s)) => format!("panicked: {s}"),
+                _ => "panicked".into(),
+            },
+        ),
+        Ok(()) => Err("ended without a result".into()),
+    };
+    match rx.recv_timeout(limit) {
+        Ok(result) => {
+            let took = started.elapsed();
+            if took > limit / 2 {
+                eprintln!(
+                    "note: {name} took {} s, more than half its deadline of {} s",
+                    took.as_secs(),
+                    limit.as_secs()
+                );
+            }
+            result
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => panicked(worker),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let report = procs::overrun_report();
+            procs::kill_ours();
+            // Give the trial a moment to notice, so that it does not overlap the next one.
+            let ended = rx.recv_timeout(Duration::from_secs(30)).is_ok();
+            procs::kill_ours();
+            Err(format!(
+                "{name}: did not finish within its deadline of {} s (BRIG_TEST_TRIAL_TIMEOUT); \
+                 killed the processes it started{}.\n{report}",
+                limit.as_secs(),
+                if ended {
+                    format!(
+                        ", after which it ended ({} s in all)",
+                        started.elapsed().as_secs()
+                    )
+                } else {
+                    "; it is still running, alongside the next trials".into()
+                },
+            ))
+        }
+    }
+}
+
+/// A `brig` command, marked as this test's (see [`procs`]), stdin empty.
+pub fn brig_cmd(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_brig"));
+    c.args(args).stdin(Stdio::null());
+    procs::mark(&mut c);
+    c
 }
 
 /// Runs brig with `args` and returns its output.
-pub fn brig(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_brig"))
-        .args(args)
-        .output()
-        .expect("running brig")
-}
-
-/// Fails with a readable report unless `cond` holds.
-pub fn check(cond: bool, what: &str, out: &Output) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}\n  status: {:?}\n  stdout: {:?}\n  stderr: {:?}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+pub fn brig(args: &[&str]) -> std::process::Output {
+    procs::output(&mut brig_cmd(args))
 }

@@ -1,7 +1,5 @@
 //! Driving a command through a pseudo-terminal, as a user at a terminal would.
 
-#![allow(dead_code)]
-
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;

@@ -17,7 +17,6 @@ pub mod virtio;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -82,7 +81,7 @@ pub enum VmmError {
 pub struct RunningVm {
     ready: Instant,
     exit: Arc<ExitSignal>,
-    vcpus: Vec<JoinHandle<()>>,
+    vcpus: Vec<vcpu::VcpuHandle>,
     event_loop: event_loop::EventLoop,
     first_entry: Arc<OnceLock<Instant>>,
     // Kept alive for as long as vCPUs may touch them; dropped after the threads are joined.
@@ -176,7 +175,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     let ready = Instant::now();
     let mut vcpus = Vec::new();
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        match vcpu::spawn(index as u8, fd, shared.clone()) {
+        match vcpu::spawn(index as u8, fd, &vm, shared.clone()) {
             Ok(t) => vcpus.push(t),
             Err(e) => {
                 vcpu::stop_all(vcpus, &exit);

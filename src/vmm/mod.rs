@@ -33,6 +33,9 @@ use crate::devices::serial::{ConsoleLog, SerialConsole, COM1_PORT, UART_PORTS};
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{DiskConfig, VsockConfig};
 
+/// How long tearing a VM down waits for its console echo to be written out.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
+
 /// What to boot.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -84,6 +87,7 @@ pub struct RunningVm {
     vcpus: Vec<vcpu::VcpuHandle>,
     event_loop: event_loop::EventLoop,
     first_entry: Arc<OnceLock<Instant>>,
+    console: ConsoleLog,
     // Kept alive for as long as vCPUs may touch them; dropped after the threads are joined.
     _vm: VmFd,
     _mem: GuestMemoryMmap,
@@ -189,6 +193,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
         vcpus,
         event_loop,
         first_entry,
+        console: config.console,
         _vm: vm,
         _mem: mem,
         _kvm: kvm,
@@ -252,6 +257,9 @@ impl RunningVm {
     fn teardown(&mut self) {
         vcpu::stop_all(std::mem::take(&mut self.vcpus), &self.exit);
         self.event_loop.stop();
+        // The console's last lines (a panic, say) reach the host before the caller reports on
+        // the VM; a host side that reads nothing costs at most this wait.
+        self.console.drain(CONSOLE_DRAIN);
     }
 }
 

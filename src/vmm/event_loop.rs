@@ -1,5 +1,6 @@
 //! The device thread: one event-manager loop that runs every device's event handlers
-//! (virtqueue notifications, host-side sockets), until told to stop.
+//! (virtqueue notifications, host-side sockets), until told to stop, or until it fails, which
+//! ends the VM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,6 +9,8 @@ use std::thread::JoinHandle;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+
+use super::vcpu::{ExitReason, ExitSignal};
 
 /// A device handler as the loop holds it.
 pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -45,8 +48,13 @@ pub enum EventLoopError {
 }
 
 impl EventLoop {
-    /// Starts the loop with these subscribers.
-    pub fn start(subscribers: Vec<Subscriber>) -> Result<Self, EventLoopError> {
+    /// Starts the loop with these subscribers. If the loop fails, or a device handler panics
+    /// (in builds that unwind; release aborts), the VM ends through `exit` with an error: a VM
+    /// whose devices are gone would otherwise look alive until its deadline.
+    pub fn start(
+        subscribers: Vec<Subscriber>,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self, EventLoopError> {
         let err = |e: &dyn std::fmt::Debug| EventLoopError::Start(format!("{e:?}"));
         let mut manager = EventManager::<Subscriber>::new().map_err(|e| err(&e))?;
         let stop_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
@@ -61,12 +69,18 @@ impl EventLoop {
         let thread = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Err(e) = manager.run() {
-                        tracing::error!("device event loop failed: {e:?}");
-                        break;
+                let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    while !stop.load(Ordering::SeqCst) {
+                        manager.run().map_err(|e| format!("{e:?}"))?;
                     }
-                }
+                    Ok::<(), String>(())
+                }));
+                let failure = match ran {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => format!("device event loop failed: {e}"),
+                    Err(_) => "a device's event handler panicked".to_string(),
+                };
+                exit.trigger(ExitReason::Error(failure));
             })
             .map_err(|e| err(&e))?;
         Ok(Self {

@@ -167,7 +167,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     if seccomp::enabled() {
         seccomp::install_sigsys_handler().map_err(setup_err("seccomp"))?;
     }
-    let event_loop = event_loop::EventLoop::start(devices.subscribers)?;
+    let event_loop = event_loop::EventLoop::start(devices.subscribers, exit.clone())?;
 
     let shared = vcpu::VcpuShared {
         pio: Arc::new(pio),

@@ -103,3 +103,56 @@ impl Drop for EventLoop {
         self.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// A device whose handler panics when its eventfd fires.
+    struct Faulty(EventFd);
+
+    impl MutEventSubscriber for Faulty {
+        fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+            panic!("device bug (expected by the test)");
+        }
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.0, EventSet::IN)).unwrap();
+        }
+    }
+
+    fn wait_for(exit: &ExitSignal) -> Option<ExitReason> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(r) = exit.reason() {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+
+    #[test]
+    fn a_panicking_device_ends_the_vm() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let faulty: Subscriber = Arc::new(Mutex::new(Faulty(evt.try_clone().unwrap())));
+        let mut event_loop = EventLoop::start(vec![faulty], exit.clone()).unwrap();
+        assert_eq!(exit.reason(), None);
+        evt.write(1).unwrap();
+        match wait_for(&exit) {
+            Some(ExitReason::Error(msg)) => assert!(msg.contains("panicked"), "{msg}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
+        assert!(exit.stopping());
+        event_loop.stop();
+    }
+
+    #[test]
+    fn stopping_is_not_an_error() {
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut event_loop = EventLoop::start(Vec::new(), exit.clone()).unwrap();
+        event_loop.stop();
+        assert_eq!(exit.reason(), None);
+    }
+}

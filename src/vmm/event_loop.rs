@@ -3,8 +3,10 @@
 //! ends the VM.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -38,7 +40,12 @@ impl MutEventSubscriber for StopHandler {
 pub struct EventLoop {
     stop_evt: EventFd,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the thread ends (its sender is dropped with it, even on a panic).
+    ended: Receiver<()>,
 }
+
+/// How long [`EventLoop::stop`] waits before it says that the device thread does not stop.
+const STOP_WARN_AFTER: Duration = Duration::from_secs(10);
 
 /// The device thread could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +73,11 @@ impl EventLoop {
         for s in subscribers {
             manager.add_subscriber(s);
         }
+        let (ending, ended) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {
+                let _ending = ending;
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     while !stop.load(Ordering::SeqCst) {
                         manager.run().map_err(|e| format!("{e:?}"))?;
@@ -86,6 +95,7 @@ impl EventLoop {
         Ok(Self {
             stop_evt,
             thread: Some(thread),
+            ended,
         })
     }
 
@@ -93,6 +103,14 @@ impl EventLoop {
     pub fn stop(&mut self) {
         let _ = self.stop_evt.write(1);
         if let Some(t) = self.thread.take() {
+            if let Err(RecvTimeoutError::Timeout) = self.ended.recv_timeout(STOP_WARN_AFTER) {
+                // A handler that never returns (a loop, a blocking call): say so rather than
+                // hang silently.
+                tracing::warn!(
+                    "the device thread has not stopped {STOP_WARN_AFTER:?} after being told to; \
+                     still waiting"
+                );
+            }
             let _ = t.join();
         }
     }
@@ -107,7 +125,7 @@ impl Drop for EventLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     /// A device whose handler panics when its eventfd fires.
     struct Faulty(EventFd);

@@ -9,9 +9,10 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{
     CpuId, Msrs, KVM_EXIT_EXCEPTION, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_UNKNOWN,
@@ -189,6 +190,8 @@ pub struct VcpuShared {
 pub struct VcpuHandle {
     index: u8,
     thread: JoinHandle<()>,
+    /// Disconnected when the thread ends (its sender is dropped with it, even on a panic).
+    ended: Receiver<()>,
     /// The same vCPU opened a second time (a dup of its fd, with its own mapping of the shared
     /// `kvm_run` page): the stopper sets `immediate_exit` through it. Only the stopper writes
     /// that byte, so the thread's own mapping is never written by two threads.
@@ -207,13 +210,18 @@ pub fn spawn(
         what: "opening the vCPU a second time (dup, mmap kvm_run)",
         source,
     })?;
+    let (ending, ended) = std::sync::mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{index}"))
-        .spawn(move || run(index, &mut fd, &shared))
+        .spawn(move || {
+            let _ending = ending;
+            run(index, &mut fd, &shared)
+        })
         .map_err(VcpuError::Thread)?;
     Ok(VcpuHandle {
         index,
         thread,
+        ended,
         kick,
     })
 }
@@ -378,6 +386,10 @@ fn run_loop(index: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
     }
 }
 
+/// How long [`stop_all`] waits before it says that a vCPU does not stop (it takes
+/// milliseconds, even under nested emulation).
+const STOP_WARN_AFTER: Duration = Duration::from_secs(10);
+
 /// Stops vCPU threads and joins them.
 ///
 /// No kick can be lost: the stop flag is set first, then each vCPU's `immediate_exit`, then
@@ -399,7 +411,17 @@ pub fn stop_all(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) {
             }
         }
     }
+    let deadline = Instant::now() + STOP_WARN_AFTER;
     for v in vcpus {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(RecvTimeoutError::Timeout) = v.ended.recv_timeout(left) {
+            // A thread outside KVM_RUN that does not come back (blocked in a device): say so
+            // rather than hang silently.
+            tracing::warn!(
+                "vCPU {} has not stopped {STOP_WARN_AFTER:?} after its kick; still waiting",
+                v.index
+            );
+        }
         let _ = v.thread.join();
     }
 }

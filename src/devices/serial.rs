@@ -4,10 +4,18 @@
 //! What the guest prints goes to a [`ConsoleLog`]: the last bytes are kept in memory (to
 //! report a kernel panic line when a VM dies) and are optionally echoed to the host's stderr
 //! or a log file. Console input is not wired: workloads talk to the host over vsock.
+//!
+//! The echo never runs on a vCPU thread: a guest byte is appended to a bounded buffer, and a
+//! writer thread of the log's own copies the buffer out. When the host side is slower than
+//! the guest (`brig run --console 2>&1 | less` with the pager stopped, a pipe nobody reads),
+//! the buffer fills and further bytes are dropped and counted, and the writer notes the gap
+//! once it can write again: the guest never waits for the host's terminal. The in-memory
+//! tail (panic line, last line) keeps every byte.
 
 use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -20,6 +28,11 @@ pub const COM1_PORT: u64 = 0x3f8;
 pub const UART_PORTS: u64 = 8;
 /// How much of the console's most recent output is kept for error reports.
 const TAIL_BYTES: usize = 64 * 1024;
+/// How much echo output may wait for a slow writer before bytes are dropped. A kernel boot
+/// log is ~10-20 KiB; this is a few screens of a chatty workload behind a stopped pager.
+const ECHO_BUFFER_BYTES: usize = 256 * 1024;
+/// How long the last [`ConsoleLog`] waits, when dropped, for the writer to catch up.
+const DROP_DRAIN: Duration = Duration::from_secs(1);
 
 /// Raises the UART's interrupt by writing the irqfd.
 #[derive(Debug)]
@@ -35,13 +48,8 @@ impl Trigger for IrqTrigger {
 /// Where the guest console's bytes go. Cloning shares the same log.
 #[derive(Clone, Default)]
 pub struct ConsoleLog {
-    inner: Arc<Mutex<ConsoleInner>>,
-}
-
-#[derive(Default)]
-struct ConsoleInner {
-    tail: VecDeque<u8>,
-    echo: Option<Box<dyn Write + Send>>,
+    tail: Arc<Mutex<VecDeque<u8>>>,
+    echo: Option<Arc<Echo>>,
 }
 
 impl std::fmt::Debug for ConsoleLog {
@@ -50,22 +58,166 @@ impl std::fmt::Debug for ConsoleLog {
     }
 }
 
-impl ConsoleLog {
-    /// A console log that also copies everything to `echo` (stderr, a file).
-    pub fn with_echo(echo: Box<dyn Write + Send>) -> Self {
-        let log = Self::default();
-        log.lock().echo = Some(echo);
-        log
+/// The echo's buffer, shared by the log (which fills it) and the writer thread (which empties
+/// it).
+#[derive(Default)]
+struct EchoQueue {
+    state: Mutex<EchoState>,
+    /// The writer waits here for bytes (or the end).
+    more: Condvar,
+    /// [`ConsoleLog::drain`] waits here for the writer to be done.
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct EchoState {
+    buf: VecDeque<u8>,
+    /// Bytes dropped because `buf` was full, not yet reported.
+    dropped: u64,
+    /// The writer holds bytes taken from `buf` that it has not finished writing.
+    writing: bool,
+    /// No more bytes will come; the writer ends once `buf` is empty.
+    closed: bool,
+}
+
+impl EchoState {
+    fn pending(&self) -> bool {
+        !self.buf.is_empty() || self.dropped > 0
+    }
+}
+
+/// The echo of one log: its queue, ended (without waiting on a stalled writer) when the last
+/// clone of the log goes.
+struct Echo {
+    queue: Arc<EchoQueue>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.queue.lock().closed = true;
+        self.queue.more.notify_one();
+        // Let the writer finish what it holds, within reason; the thread is not joined, so a
+        // writer blocked for good does not keep brig from exiting.
+        self.queue.wait_idle(DROP_DRAIN);
+    }
+}
+
+impl EchoQueue {
+    fn lock(&self) -> MutexGuard<'_, EchoState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ConsoleInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Queues `buf` (what fits), counting the rest as dropped. Never blocks on the writer.
+    fn push(&self, buf: &[u8]) {
+        let mut s = self.lock();
+        if s.closed {
+            return;
+        }
+        // The writer sleeps only when nothing is pending: wake it on that edge only.
+        let was_pending = s.pending();
+        let room = ECHO_BUFFER_BYTES.saturating_sub(s.buf.len());
+        let n = room.min(buf.len());
+        s.buf.extend(&buf[..n]);
+        s.dropped += (buf.len() - n) as u64;
+        if !was_pending && s.pending() {
+            drop(s);
+            self.more.notify_one();
+        }
+    }
+
+    /// Waits up to `timeout` until everything queued so far has been written; false if the
+    /// writer is still behind then.
+    fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut s = self.lock();
+        while s.pending() || s.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self
+                .idle
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// The writer thread: copies queued bytes to `out` until the log is gone.
+    fn write_out(&self, mut out: Box<dyn Write + Send>) {
+        loop {
+            let (bytes, dropped) = {
+                let mut s = self.lock();
+                while !s.pending() && !s.closed {
+                    s = self.more.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if !s.pending() {
+                    return; // closed and empty
+                }
+                s.writing = true;
+                let bytes: Vec<u8> = s.buf.drain(..).collect();
+                (bytes, std::mem::take(&mut s.dropped))
+            };
+            // A closed or failing output must not stop the guest: errors are ignored (the
+            // bytes are in the tail regardless).
+            let _ = out.write_all(&bytes);
+            if dropped > 0 {
+                // The dropped bytes came after everything taken with them, before anything
+                // queued since.
+                let _ = write!(
+                    out,
+                    "\n[brig: {dropped} bytes of guest console output dropped: the console's \
+                     reader was too slow]\n"
+                );
+            }
+            let _ = out.flush();
+            let mut s = self.lock();
+            s.writing = false;
+            if !s.pending() {
+                self.idle.notify_all();
+            }
+        }
+    }
+}
+
+impl ConsoleLog {
+    /// A console log that also copies everything to `echo` (stderr, a file), from a thread of
+    /// its own (see the module's documentation).
+    pub fn with_echo(echo: Box<dyn Write + Send>) -> Self {
+        let queue = Arc::new(EchoQueue::default());
+        let writer = queue.clone();
+        let spawned = std::thread::Builder::new()
+            .name("console".into())
+            .spawn(move || writer.write_out(echo));
+        match spawned {
+            Ok(_) => Self {
+                tail: Arc::default(),
+                echo: Some(Arc::new(Echo { queue })),
+            },
+            Err(e) => {
+                tracing::warn!("cannot start the console echo thread ({e}); not echoing");
+                Self::default()
+            }
+        }
+    }
+
+    fn lock_tail(&self) -> MutexGuard<'_, VecDeque<u8>> {
+        self.tail.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `timeout` for the echo to have written everything the guest printed so far
+    /// (true when it has, or when there is no echo).
+    pub fn drain(&self, timeout: Duration) -> bool {
+        self.echo
+            .as_ref()
+            .is_none_or(|e| e.queue.wait_idle(timeout))
     }
 
     /// The most recent console output (up to 64 KiB), lossily decoded.
     pub fn tail(&self) -> String {
-        let inner = self.lock();
-        let (a, b) = inner.tail.as_slices();
+        let tail = self.lock_tail();
+        let (a, b) = tail.as_slices();
         let mut bytes = a.to_vec();
         bytes.extend_from_slice(b);
         String::from_utf8_lossy(&bytes).into_owned()
@@ -97,23 +249,24 @@ impl ConsoleLog {
     }
 }
 
+/// The UART's output: called on a vCPU thread for every byte the guest writes. It takes two
+/// short locks and never waits for the echo's writer.
 impl Write for ConsoleLog {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut inner = self.lock();
-        inner.tail.extend(buf);
-        let excess = inner.tail.len().saturating_sub(TAIL_BYTES);
-        inner.tail.drain(..excess);
-        if let Some(echo) = inner.echo.as_mut() {
-            // A closed stderr must not stop the guest.
-            let _ = echo.write_all(buf);
+        {
+            let mut tail = self.lock_tail();
+            tail.extend(buf);
+            let excess = tail.len().saturating_sub(TAIL_BYTES);
+            tail.drain(..excess);
+        }
+        if let Some(echo) = &self.echo {
+            echo.queue.push(buf);
         }
         Ok(buf.len())
     }
 
+    /// Nothing to do: the writer flushes after every batch (the UART calls this per byte).
     fn flush(&mut self) -> io::Result<()> {
-        if let Some(echo) = self.lock().echo.as_mut() {
-            let _ = echo.flush();
-        }
         Ok(())
     }
 }
@@ -175,6 +328,88 @@ mod tests {
         dev.read(0, &mut w);
         assert_eq!(w, [0xff, 0xff]);
         assert_eq!(log.tail(), "hello\n");
+    }
+
+    /// An echo target that blocks every write until released (a pipe nobody reads).
+    #[derive(Clone, Default)]
+    struct Stalled {
+        /// (released, writes entered so far)
+        gate: Arc<(Mutex<(bool, usize)>, Condvar)>,
+        got: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let (state, cv) = &*self.gate;
+            let mut state = state.lock().unwrap();
+            state.1 += 1;
+            cv.notify_all();
+            while !state.0 {
+                state = cv.wait(state).unwrap();
+            }
+            self.got.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_echo_does_not_block_the_guest() {
+        let stalled = Stalled::default();
+        let log = ConsoleLog::with_echo(Box::new(stalled.clone()));
+        let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let mut dev = SerialConsole::new(irq, log.clone());
+        // The writer takes the first byte and gets stuck writing it.
+        dev.write(0, b"<");
+        {
+            let (state, cv) = &*stalled.gate;
+            let mut state = state.lock().unwrap();
+            while state.1 == 0 {
+                state = cv.wait(state).unwrap();
+            }
+        }
+        // The guest writes more than the echo can hold, byte by byte as a vCPU does.
+        let total = 1 + ECHO_BUFFER_BYTES + 4096;
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let guest = std::thread::spawn(move || {
+            for i in 0..total - 2 {
+                dev.write(0, &[b'a' + (i % 26) as u8]);
+            }
+            dev.write(0, b"\n");
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the serial write path waited for a stalled echo writer");
+        guest.join().unwrap();
+        // The tail saw every byte; the panic/last-line helpers work as before.
+        assert_eq!(log.tail().len(), TAIL_BYTES);
+        let last = log.last_line().unwrap();
+        assert!(last.bytes().all(|b| b.is_ascii_lowercase()), "{last}");
+        assert!(
+            !log.drain(Duration::from_millis(50)),
+            "the writer is still stalled"
+        );
+
+        // Released, the writer catches up: what it held, what fit, then a note for the rest.
+        stalled.gate.0.lock().unwrap().0 = true;
+        stalled.gate.1.notify_all();
+        assert!(log.drain(Duration::from_secs(10)));
+        let echoed = String::from_utf8(stalled.got.lock().unwrap().clone()).unwrap();
+        let dropped = total - 1 - ECHO_BUFFER_BYTES;
+        let note = format!(
+            "\n[brig: {dropped} bytes of guest console output dropped: the console's reader \
+             was too slow]\n"
+        );
+        assert_eq!(echoed.len(), 1 + ECHO_BUFFER_BYTES + note.len());
+        assert!(echoed.starts_with("<abc"));
+        assert!(echoed.ends_with(&note), "{}", &echoed[echoed.len() - 100..]);
+        // Later output flows again.
+        log.clone().write_all(b"after\n").unwrap();
+        assert!(log.drain(Duration::from_secs(10)));
+        assert!(stalled.got.lock().unwrap().ends_with(b"too slow]\nafter\n"));
     }
 
     #[test]

@@ -17,7 +17,6 @@ pub mod virtio;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
@@ -45,6 +44,9 @@ const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
 pub fn max_cpus() -> u8 {
     mptable::max_cpus()
 }
+
+/// How long tearing a VM down waits for its console echo to be written out.
+const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 
 /// What to boot.
 #[derive(Debug, Clone)]
@@ -98,9 +100,10 @@ pub enum VmmError {
 pub struct RunningVm {
     ready: Instant,
     exit: Arc<ExitSignal>,
-    vcpus: Vec<JoinHandle<()>>,
+    vcpus: Vec<vcpu::VcpuHandle>,
     event_loop: event_loop::EventLoop,
     first_entry: Arc<OnceLock<Instant>>,
+    console: ConsoleLog,
     // Kept alive for as long as vCPUs may touch them; dropped after the threads are joined.
     _vm: VmFd,
     _mem: GuestMemoryMmap,
@@ -187,7 +190,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     if seccomp::enabled() {
         seccomp::install_sigsys_handler().map_err(setup_err("seccomp"))?;
     }
-    let event_loop = event_loop::EventLoop::start(devices.subscribers)?;
+    let event_loop = event_loop::EventLoop::start(devices.subscribers, exit.clone())?;
 
     let shared = vcpu::VcpuShared {
         pio: Arc::new(pio),
@@ -199,7 +202,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     let ready = Instant::now();
     let mut vcpus = Vec::new();
     for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        match vcpu::spawn(index as u8, fd, shared.clone()) {
+        match vcpu::spawn(index as u8, fd, &vm, shared.clone()) {
             Ok(t) => vcpus.push(t),
             Err(e) => {
                 vcpu::stop_all(vcpus, &exit);
@@ -213,6 +216,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
         vcpus,
         event_loop,
         first_entry,
+        console: config.console,
         _vm: vm,
         _mem: mem,
         _kvm: kvm,
@@ -278,6 +282,9 @@ impl RunningVm {
     fn teardown(&mut self) {
         vcpu::stop_all(std::mem::take(&mut self.vcpus), &self.exit);
         self.event_loop.stop();
+        // The console's last lines (a panic, say) reach the host before the caller reports on
+        // the VM; a host side that reads nothing costs at most this wait.
+        self.console.drain(CONSOLE_DRAIN);
     }
 }
 

@@ -1,8 +1,8 @@
 //! Seccomp filters for the threads that run guest code.
 //!
 //! A vCPU thread spends its life in `KVM_RUN` and in the handlers of the exits it gets: port
-//! and MMIO accesses to brig's devices, which touch memory, write eventfds and the console,
-//! take locks, and (a device reset or activation written by the guest) drop connections and
+//! and MMIO accesses to brig's devices, which touch memory, write eventfds, queue console
+//! output, take locks, and (a device reset or activation written by the guest) drop connections and
 //! clone eventfds. That is all it may do once the guest runs: each vCPU thread installs
 //! [`vcpu_filter`] just before its first `KVM_RUN`, so that a guest that found a bug in an
 //! exit handler still cannot open files, create sockets, or execute programs from it (as
@@ -32,7 +32,8 @@ pub enum SeccompError {
 const VCPU_SYSCALLS: &[libc::c_long] = &[
     // KVM_RUN and the other vCPU/VM ioctls (interrupt lines, eventfd registration).
     libc::SYS_ioctl,
-    // Eventfds, the console echo, tracing to stderr.
+    // Eventfds and tracing to stderr. (The console echo is written by a thread of its own:
+    // a vCPU only queues the bytes, with futex below.)
     libc::SYS_read,
     libc::SYS_write,
     libc::SYS_writev,

@@ -374,8 +374,8 @@ mod tests {
         let total = 1 + ECHO_BUFFER_BYTES + 4096;
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let guest = std::thread::spawn(move || {
-            for i in 0..total - 2 {
-                dev.write(0, &[b'a' + (i % 26) as u8]);
+            for letter in (b'a'..=b'z').cycle().take(total - 2) {
+                dev.write(0, &[letter]);
             }
             dev.write(0, b"\n");
             done_tx.send(()).unwrap();

@@ -51,7 +51,9 @@ const STOP_WARN_AFTER: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum EventLoopError {
     #[error("device event loop: {0}")]
-    Start(String),
+    Manager(#[from] event_manager::Error),
+    #[error("device event loop: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl EventLoop {
@@ -62,12 +64,11 @@ impl EventLoop {
         subscribers: Vec<Subscriber>,
         exit: Arc<ExitSignal>,
     ) -> Result<Self, EventLoopError> {
-        let err = |e: &dyn std::fmt::Debug| EventLoopError::Start(format!("{e:?}"));
-        let mut manager = EventManager::<Subscriber>::new().map_err(|e| err(&e))?;
-        let stop_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(|e| err(&e))?;
+        let mut manager = EventManager::<Subscriber>::new()?;
+        let stop_evt = EventFd::new(libc::EFD_NONBLOCK)?;
         let stop = Arc::new(AtomicBool::new(false));
         manager.add_subscriber(Arc::new(Mutex::new(StopHandler {
-            evt: stop_evt.try_clone().map_err(|e| err(&e))?,
+            evt: stop_evt.try_clone()?,
             stop: stop.clone(),
         })));
         for s in subscribers {
@@ -90,8 +91,7 @@ impl EventLoop {
                     Err(_) => "a device's event handler panicked".to_string(),
                 };
                 exit.trigger(ExitReason::Error(failure));
-            })
-            .map_err(|e| err(&e))?;
+            })?;
         Ok(Self {
             stop_evt,
             thread: Some(thread),

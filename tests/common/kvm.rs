@@ -12,7 +12,11 @@
 //! and those processes are killed; the next trial then runs. The whole binary runs under
 //! [`Limits::all`] (`BRIG_TEST_TIMEOUT`), past which it reports the same and exits, and under
 //! scripts/with-kvm, `BRIG_WITH_KVM_TIMEOUT` (a little more) ends the nested VM itself if
-//! even that cannot happen.
+//! even that cannot happen. Should the nested VM stop running altogether (QEMU's TCG can
+//! livelock under load), with-kvm notices within `BRIG_WITH_KVM_STALL` and runs the binary
+//! again, from the start, in a fresh VM (`BRIG_WITH_KVM_RETRIES`, once by default). The
+//! trials tolerate that: what they write lives in the VM's own /run (a fresh tmpfs) or in
+//! temporary directories of unique names; `prepare` ran on this host, before, and is not rerun.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -111,6 +111,53 @@ fi
 BRIG_WITH_KVM_TIMEOUT=soon run true
 check "a BRIG_WITH_KVM_TIMEOUT that is not seconds is refused with 125" \
     eval 'rc_is 125 && [ "$(wc -l <"$tmp/err")" = 1 ]'
+BRIG_WITH_KVM_STALL=-1 run true
+check "a BRIG_WITH_KVM_STALL that is not seconds is refused with 125" \
+    eval 'rc_is 125 && [ "$(wc -l <"$tmp/err")" = 1 ]'
+
+if [ "$expected_mode" = mode=nested ]; then
+    # A QEMU TCG livelock (L1 stops running; QEMU spins) simulated by SIGSTOPping QEMU: the
+    # command says which L1 it runs in (with_kvm.work= on L1's kernel command line, also on
+    # QEMU's), makes its marker and sleeps; freeze_qemu, on the host, then stops that QEMU.
+    # With the marker there (a rerun), the command just ends.
+    freeze_cmd='if [ ! -e "$1" ]; then
+        : >"$1"; sync
+        echo "freeze-me $(sed -n "s/.*with_kvm\.work=\([^ ]*\).*/\1/p" /proc/cmdline)"
+        sleep 600
+    fi
+    echo ran-to-the-end'
+    freeze_qemu() {   # in the background: SIGSTOPs the QEMU whose L1 printed "freeze-me WORK"
+        local w='' pid
+        for _ in $(seq 600); do
+            w=$(sed -n 's/^freeze-me //p' "$tmp/out" 2>/dev/null) && [ -n "$w" ] && break
+            sleep 0.1
+        done
+        [ -n "$w" ] || return   # (never an empty pattern: it would match others' QEMUs)
+        for pid in $(pgrep -f -- "with_kvm.work=$w "); do   # QEMU, and timeout(1) around it
+            [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = qemu-system-x86 ] || continue
+            echo "$pid" >"$tmp/frozen"; kill -STOP "$pid"
+        done
+    }
+    stopped_qemu_gone() {   # the QEMU freeze_qemu stopped is gone (else: kill it, fail)
+        local pid; pid=$(cat "$tmp/frozen" 2>/dev/null) || return 1
+        ! kill -0 "$pid" 2>/dev/null || { kill -KILL "$pid"; return 1; }
+    }
+    froze() {   # froze RETRIES: runs freeze_cmd under freeze_qemu
+        rm -f "$tmp/frozen"; : >"$tmp/out"
+        freeze_qemu &
+        BRIG_WITH_KVM_STALL=10 BRIG_WITH_KVM_RETRIES=$1 run sh -c "$freeze_cmd" sh "$tmp/marker$1"
+        wait
+    }
+    froze 0
+    check "an L1 that stops running is killed after BRIG_WITH_KVM_STALL, one line, exit 123" eval \
+        'rc_is 123 && stopped_qemu_gone && out_is "$(head -n1 "$tmp/out")
+" && [ "$(grep -c "^with-kvm: L1 stopped running (no heartbeat for [0-9]* s.*): QEMU TCG livelock; .*exit 123" "$tmp/err")" = 1 ] &&
+        ! grep -q "timed out\|again" "$tmp/err"'
+    froze 1
+    check "... and with BRIG_WITH_KVM_RETRIES=1 the command runs again in a fresh L1" eval \
+        'rc_is 0 && stopped_qemu_gone && [ "$(sed -n 2p "$tmp/out")" = ran-to-the-end ] &&
+        grep -q "^with-kvm: L1 stopped running (no heartbeat .*QEMU TCG livelock; .*(rerun 1 of BRIG_WITH_KVM_RETRIES=1)" "$tmp/err"'
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

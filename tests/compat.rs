@@ -325,6 +325,25 @@ fn platform_386_image_runs() -> Result<(), String> {
     )
 }
 
+/// The workload's cgroup has the cpuset controller, as a docker container's has
+/// (cpuset.cpus.effective is what runtimes size their thread pools from).
+fn cpuset_controller_in_the_workload_cgroup() -> Result<(), String> {
+    let out = fixture().run(&[
+        "--cpus",
+        "2",
+        "compat",
+        "sh",
+        "-c",
+        "cg=/sys/fs/cgroup$(busybox cut -d: -f3 /proc/self/cgroup); \
+         grep -o cpuset /sys/fs/cgroup/cgroup.subtree_control; cat $cg/cpuset.cpus.effective",
+    ]);
+    check(
+        out.status.success() && stdout(&out) == "cpuset\n0-1\n",
+        "cpuset is enabled and the workload sees its two CPUs",
+        &out,
+    )
+}
+
 fn main() {
     run_tests_with(
         prepare,
@@ -350,6 +369,10 @@ fn main() {
                 ia32_syscalls_match_the_omitted_list,
             ),
             trial("platform_386_image_runs", platform_386_image_runs),
+            trial(
+                "cpuset_controller_in_the_workload_cgroup",
+                cpuset_controller_in_the_workload_cgroup,
+            ),
         ],
     )
 }

@@ -268,6 +268,18 @@ fn overlay_behaves_as_docker_overlay2() -> Result<(), String> {
     )
 }
 
+/// With --read-only the overlay's upper layer is a tmpfs: inode numbers still agree.
+fn read_only_root_keeps_inode_numbers() -> Result<(), String> {
+    let out = fixture().run(&["--read-only", "compat", "/probe", "fs", "/tmp/fs"]);
+    check(
+        stdout(&out)
+            .lines()
+            .any(|l| l == "ok readdir_inode_matches_stat"),
+        "readdir and stat agree on a read-only root",
+        &out,
+    )
+}
+
 /// The same trials on the guest's tmpfs (/dev/shm) where they apply.
 fn tmpfs_acls_xattrs_and_notifications() -> Result<(), String> {
     let out = fixture().run(&["compat", "/probe", "fs", "/dev/shm/fs"]);
@@ -355,6 +367,10 @@ fn main() {
             trial(
                 "overlay_behaves_as_docker_overlay2",
                 overlay_behaves_as_docker_overlay2,
+            ),
+            trial(
+                "read_only_root_keeps_inode_numbers",
+                read_only_root_keeps_inode_numbers,
             ),
             trial(
                 "tmpfs_acls_xattrs_and_notifications",

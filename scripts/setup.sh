@@ -30,6 +30,16 @@ else
   say "Debian packages: all present"
 fi
 
+# tests/compat.rs runs 32-bit x86 binaries: Debian's busybox-static:i386, fetched with
+# `apt-get download`, which needs apt to know the i386 architecture (nothing is installed).
+if ! dpkg --print-foreign-architectures | grep -qx i386; then
+  say "adding the i386 architecture to apt (for tests/compat.rs)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo dpkg --add-architecture i386
+  $sudo apt-get update -q || say "warning: apt-get update failed; tests/compat.rs may not find busybox-static:i386"
+fi
+
 command -v cargo >/dev/null || { say "error: cargo is not installed (https://rustup.rs)"; exit 1; }
 
 say "guest kernel"

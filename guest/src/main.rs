@@ -89,6 +89,9 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
         "+memory +pids +cpu",
     )
     .map_err(|e| err("controllers", e))?;
+    // cpuset where the kernel has it: runtimes (the JVM, Go, .NET) size their thread pools
+    // from cpuset.cpus.effective, as in a docker container, and runc/systemd inside use it.
+    let _ = fs::write(format!("{root}/cgroup.subtree_control"), "+cpuset");
     fs::create_dir_all(dir).map_err(|e| err("create", e))?;
     if spec.memory_limit > 0 {
         fs::write(format!("{dir}/memory.max"), spec.memory_limit.to_string())

@@ -58,7 +58,13 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     for d in [&upper, &work] {
         fs::create_dir_all(d).map_err(|e| err(d, e))?;
     }
-    let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work}");
+    // xino=on: the image (erofs) and the scratch disk (ext4) are two file systems, so without
+    // it a file's st_ino (from the layer it lives in) differs from the d_ino readdir reports,
+    // and inode numbers of the two layers can collide; os.scandir, find and du rely on them.
+    // ext4's 32-bit inode numbers leave overlayfs the high bits to tell the layers apart, so
+    // every file has one inode number and st_dev (as on docker's overlay2, whose layers share
+    // one file system).
+    let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work},xino=on");
     mount("overlay", NEWROOT, "overlay", 0, &opts).map_err(|e| err("mounting the overlay", e))?;
     write_missing_etc(NEWROOT, hostname);
     // Mount points the image may lack.

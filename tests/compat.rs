@@ -7,16 +7,15 @@
 //! architecture to apt).
 
 mod common;
-#[path = "common/kvm.rs"]
-mod kvm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+use common::fixture::check;
+use common::kvm::{repo_root, run_tests_with, trial, Limits};
 use common::{images, Layer, Layout};
-use kvm::{check, repo_root, run_tests_with, trial};
 
 fn work_dir() -> PathBuf {
     images::cache_dir().join("compat")
@@ -357,8 +356,11 @@ fn cpuset_controller_in_the_workload_cgroup() -> Result<(), String> {
 }
 
 fn main() {
+    // Measured under nested TCG: about 70 s in all; the probe's syscall sweep is the longest.
     run_tests_with(
+        Limits::secs(300, 900),
         prepare,
+        || {},
         vec![
             trial(
                 "syscalls_match_the_omitted_list",

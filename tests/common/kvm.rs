@@ -14,7 +14,7 @@
 //! scripts/with-kvm, `BRIG_WITH_KVM_TIMEOUT` (a little more) ends the nested VM itself if
 //! even that cannot happen. Should the nested VM stop running altogether (QEMU's TCG can
 //! livelock under load), with-kvm notices within `BRIG_WITH_KVM_STALL` and runs the binary
-//! again, from the start, in a fresh VM (`BRIG_WITH_KVM_RETRIES`, twice by default). The
+//! again, from the start, in a fresh VM (`BRIG_WITH_KVM_RETRIES`, up to three times by default). The
 //! trials tolerate that: what they write lives in the VM's own /run (a fresh tmpfs) or in
 //! temporary directories of unique names; `prepare` ran on this host, before, and is not rerun.
 

@@ -8,6 +8,7 @@
 mod copy;
 mod exec;
 mod mount;
+mod net;
 mod reaper;
 mod rootfs;
 mod stats;
@@ -92,6 +93,8 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
     // cpuset where the kernel has it: runtimes (the JVM, Go, .NET) size their thread pools
     // from cpuset.cpus.effective, as in a docker container, and runc/systemd inside use it.
     let _ = fs::write(format!("{root}/cgroup.subtree_control"), "+cpuset");
+    // hugetlb likewise (hugetlb.<size>.max, as in a docker container on a host that has it).
+    let _ = fs::write(format!("{root}/cgroup.subtree_control"), "+hugetlb");
     fs::create_dir_all(dir).map_err(|e| err("create", e))?;
     if spec.memory_limit > 0 {
         fs::write(format!("{dir}/memory.max"), spec.memory_limit.to_string())
@@ -330,6 +333,9 @@ fn main() {
     if let Err(e) = mount::kernel_filesystems("") {
         console!("{e}");
         sys::reboot();
+    }
+    if let Err(e) = net::loopback_up() {
+        console!("cannot bring up the loopback interface: {e}");
     }
     match connect_host() {
         Ok(conn) => {

@@ -355,6 +355,36 @@ fn cpuset_controller_in_the_workload_cgroup() -> Result<(), String> {
     )
 }
 
+/// The hugetlb controller is there too (hugetlb.2MB.max in the workload's cgroup, as on a
+/// docker host that has it), and huge pages can be reserved and mapped.
+fn hugetlb_controller_and_huge_pages() -> Result<(), String> {
+    let out = fixture().run(&[
+        "compat",
+        "sh",
+        "-c",
+        "cg=/sys/fs/cgroup$(busybox cut -d: -f3 /proc/self/cgroup); \
+         grep -o hugetlb /sys/fs/cgroup/cgroup.subtree_control; cat $cg/hugetlb.2MB.max; \
+         echo 2 > /proc/sys/vm/nr_hugepages; grep HugePages_Total /proc/meminfo",
+    ]);
+    check(
+        out.status.success()
+            && stdout(&out).starts_with("hugetlb\nmax\n")
+            && stdout(&out).contains("HugePages_Total:       2"),
+        "hugetlb is enabled, unlimited, and two huge pages can be reserved",
+        &out,
+    )
+}
+
+/// The loopback interface is up (flags IFF_UP|IFF_LOOPBACK), as in a docker container.
+fn loopback_is_up() -> Result<(), String> {
+    let out = fixture().run(&["compat", "cat", "/sys/class/net/lo/flags"]);
+    check(
+        out.status.success() && stdout(&out) == "0x9\n",
+        "lo is up",
+        &out,
+    )
+}
+
 fn main() {
     // Measured under nested TCG: about 70 s in all; the probe's syscall sweep is the longest.
     run_tests_with(
@@ -391,6 +421,11 @@ fn main() {
                 "cpuset_controller_in_the_workload_cgroup",
                 cpuset_controller_in_the_workload_cgroup,
             ),
+            trial(
+                "hugetlb_controller_and_huge_pages",
+                hugetlb_controller_and_huge_pages,
+            ),
+            trial("loopback_is_up", loopback_is_up),
         ],
     )
 }

@@ -169,3 +169,37 @@ fn usage_errors_exit_125() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("boot"));
 }
+
+#[test]
+fn run_resource_flags_are_checked_first_with_docker_messages() {
+    // Checked before KVM, the store or the image: none of them needs to exist.
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "--kernel", "/nonexistent/vmlinux"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["no-such-image", "true"]);
+        brig(&args, &[("BRIG_HOME", "/nonexistent/brig-home")])
+    };
+    let out = run(&["--cpuset-cpus", "1000"]);
+    assert_one_line_125(
+        &out,
+        "Requested CPUs are not available - requested 1000, available: ",
+    );
+    let out = run(&["--cpuset-cpus", "0-x"]);
+    assert_one_line_125(&out, "Invalid value 0-x for cpuset cpus");
+    let out = run(&["--memory-swap", "1g"]);
+    assert_one_line_125(
+        &out,
+        "You should always set the Memory limit when using Memoryswap limit, see usage",
+    );
+    let out = run(&["-m", "64m", "--memory-swap", "32m"]);
+    assert_one_line_125(
+        &out,
+        "Minimum memoryswap limit should be larger than memory limit, see usage",
+    );
+    let out = run(&["--device-write-bps", "vdb:1mb"]);
+    assert_one_line_125(&out, "bad format for device path: vdb:1mb");
+    let out = run(&["--device-read-iops", "/dev/vda:lots"]);
+    assert_one_line_125(&out, "invalid rate for device: /dev/vda:lots");
+    let out = run(&["--cpuset-mems", "1"]);
+    assert_one_line_125(&out, "Requested memory nodes are not available");
+}

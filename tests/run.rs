@@ -2,6 +2,8 @@
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
 mod common;
+#[path = "run/resources.rs"]
+mod resources;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -521,6 +523,22 @@ fn main() {
                 killed_brig_leaves_no_vm_behind,
             ),
             trial("bad_input_is_one_line", bad_input_is_one_line),
+            trial(
+                "resource_flags_cpuset_cpus_pin_the_vm",
+                resources::cpuset_cpus_pin_the_vm_and_size_it,
+            ),
+            trial(
+                "resource_flags_cpuset_cpus_outside_the_host_fail",
+                resources::cpuset_cpus_outside_the_host_fail_like_docker,
+            ),
+            trial(
+                "resource_flags_memory_swap_follows_docker",
+                resources::memory_swap_follows_docker,
+            ),
+            trial(
+                "resource_flags_device_write_bps_throttles",
+                resources::device_write_bps_throttles_the_scratch_disk,
+            ),
         ],
     )
 }

@@ -99,7 +99,24 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
     if spec.memory_limit > 0 {
         fs::write(format!("{dir}/memory.max"), spec.memory_limit.to_string())
             .map_err(|e| err("memory.max", e))?;
-        let _ = fs::write(format!("{dir}/memory.swap.max"), "0");
+    }
+    // docker's -m/--memory-swap rules (RunSpec::swap_max). Without CONFIG_SWAP the file is
+    // missing: an error only when --memory-swap asked for something.
+    if let Some(swap) = spec.swap_max() {
+        let written = fs::write(format!("{dir}/memory.swap.max"), swap);
+        if spec.memory_swap != 0 {
+            written.map_err(|e| err("memory.swap.max", e))?;
+        }
+    }
+    // --cpuset-cpus/--cpuset-mems: the host pins the VM to the CPUs asked for, and the
+    // workload gets every vCPU, as a container gets the CPUs of its set.
+    if !spec.cpuset_cpus.is_empty() {
+        fs::write(format!("{dir}/cpuset.cpus"), &spec.cpuset_cpus)
+            .map_err(|e| err("cpuset.cpus", e))?;
+    }
+    if !spec.cpuset_mems.is_empty() {
+        fs::write(format!("{dir}/cpuset.mems"), &spec.cpuset_mems)
+            .map_err(|e| err("cpuset.mems", e))?;
     }
     if spec.pids_limit > 0 {
         fs::write(format!("{dir}/pids.max"), spec.pids_limit.to_string())

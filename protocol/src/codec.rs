@@ -323,6 +323,9 @@ pub(crate) mod tests {
                 }),
                 memory_limit: 1 << 30,
                 pids_limit: 100,
+                memory_swap: 3 << 29,
+                cpuset_cpus: "0-1".into(),
+                cpuset_mems: "0".into(),
             })),
             Message::Run(Box::default()),
             Message::Started {
@@ -487,6 +490,46 @@ pub(crate) mod tests {
         let mut dec = Decoder::new();
         dec.feed(&wire[..wire.len() - 1]);
         assert!(dec.next_message().unwrap().is_none());
+    }
+
+    #[test]
+    fn run_spec_fields_added_later_default_when_absent() {
+        // A RunSpec from a host that predates memory_swap and the cpuset fields.
+        let body = br#"{"argv":["true"],"memory_limit":67108864}"#;
+        let mut frame = u32::try_from(body.len() + 1)
+            .unwrap()
+            .to_le_bytes()
+            .to_vec();
+        frame.push(RUN);
+        frame.extend_from_slice(body);
+        let Some(Message::Run(spec)) = read_message(&mut frame.as_slice()).unwrap() else {
+            panic!("not a Run");
+        };
+        assert_eq!(spec.memory_swap, 0);
+        assert!(spec.cpuset_cpus.is_empty() && spec.cpuset_mems.is_empty());
+        assert_eq!(spec.swap_max().as_deref(), Some("67108864"));
+    }
+
+    #[test]
+    fn swap_max_follows_docker() {
+        let spec = |memory_limit, memory_swap| RunSpec {
+            memory_limit,
+            memory_swap,
+            ..Default::default()
+        };
+        assert_eq!(spec(0, 0).swap_max(), None);
+        assert_eq!(spec(64 << 20, 0).swap_max().as_deref(), Some("67108864"));
+        assert_eq!(
+            spec(64 << 20, 128 << 20).swap_max().as_deref(),
+            Some("67108864")
+        );
+        assert_eq!(
+            spec(64 << 20, 96 << 20).swap_max().as_deref(),
+            Some("33554432")
+        );
+        assert_eq!(spec(64 << 20, 64 << 20).swap_max().as_deref(), Some("0"));
+        assert_eq!(spec(64 << 20, -1).swap_max().as_deref(), Some("max"));
+        assert_eq!(spec(0, -1).swap_max().as_deref(), Some("max"));
     }
 
     #[test]

@@ -164,6 +164,29 @@ pub struct RunSpec {
     pub memory_limit: u64,
     /// cgroup v2 pids limit for the workload (0: none).
     pub pids_limit: u64,
+    /// docker's MemorySwap: memory plus swap in bytes for the workload; -1: unlimited swap;
+    /// 0: docker's default, swap as large as `memory_limit` (what hosts that predate this
+    /// field meant). The agent writes `memory_swap - memory_limit` to memory.swap.max.
+    pub memory_swap: i64,
+    /// cgroup v2 `cpuset.cpus` for the workload, in the guest's CPU numbers (`0-1`); empty:
+    /// not set (the workload gets every vCPU anyway).
+    pub cpuset_cpus: String,
+    /// cgroup v2 `cpuset.mems` for the workload (`0`); empty: not set.
+    pub cpuset_mems: String,
+}
+
+impl RunSpec {
+    /// The workload cgroup's `memory.swap.max` with docker's rules, or `None` to leave it:
+    /// with a memory limit M, swap is `memory_swap - M` (`max` for -1, M when unset); without
+    /// one, only -1 (unlimited) says anything.
+    pub fn swap_max(&self) -> Option<String> {
+        match (self.memory_limit, self.memory_swap) {
+            (_, -1) => Some("max".into()),
+            (0, _) => None,
+            (m, 0) => Some(m.to_string()),
+            (m, total) => Some(total.unsigned_abs().saturating_sub(m).to_string()),
+        }
+    }
 }
 
 /// A resource limit (`setrlimit`), named as in docker's `--ulimit` (`nofile`, `nproc`, ...).

@@ -10,5 +10,6 @@
 
 pub mod bus;
 pub mod i8042;
+pub mod rate_limiter;
 pub mod serial;
 pub mod virtio;

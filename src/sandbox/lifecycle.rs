@@ -12,28 +12,24 @@ use std::time::Duration;
 use brig_protocol::RootfsSpec;
 
 use super::outcome::{Failure, TimeoutPolicy};
+pub use super::resources::Resources;
+use super::resources::{disk_limits, DiskLimits, NamedDisk, ResourceError};
 use super::runtime::{new_id, RuntimeDir};
 use super::scratch::{self, ScratchError};
-use super::spec::{compose, parse_bytes, RunOptions};
+use super::spec::{compose, RunOptions};
 use super::state::{self, DiskSpec, Sandbox, SandboxConfig, StateError};
 use super::supervisor::{supervise, Ended, Mode, SuperviseError};
 use crate::image::ImageRecord;
 
-/// Guest RAM beyond the workload's `-m`: kernel, agent and page cache headroom.
-pub const GUEST_OVERHEAD_MIB: u64 = 64;
-/// Guest RAM without `-m`.
-pub const DEFAULT_MEM_MIB: u64 = 1024;
-/// Docker's smallest `-m`.
-pub const MIN_MEMORY: u64 = 6 << 20;
 /// The hidden `brig` subcommand that is a detached sandbox's VMM process.
 pub const SUPERVISE_COMMAND: &str = "__supervise";
 
 /// The sandbox could not be created or run.
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
-    /// `--memory` or `--cpus` out of range or malformed.
-    #[error("{0}")]
-    Resources(String),
+    /// A resource flag is malformed or asks for what the host lacks.
+    #[error(transparent)]
+    Resources(#[from] ResourceError),
     /// The image's config and the flags do not make a workload.
     #[error("{0}")]
     Spec(String),
@@ -57,54 +53,6 @@ pub enum LifecycleError {
     /// stays in the error's chain, where the CLI finds the exit code.
     #[error("{0}")]
     Failed(#[from] Failure),
-}
-
-/// The VM's size, from docker's `-m` and `--cpus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resources {
-    /// The workload's memory limit in bytes (0: none).
-    pub memory_limit: u64,
-    /// Guest RAM.
-    pub mem_mib: u64,
-    pub cpus: u8,
-}
-
-impl Resources {
-    /// `-m 512m` gives the workload a 512 MiB limit and the guest 64 MiB more; `--cpus 1.5`
-    /// gives 2 vCPUs.
-    pub fn from_flags(memory: Option<&str>, cpus: Option<f64>) -> Result<Self, LifecycleError> {
-        let bad = LifecycleError::Resources;
-        let memory_limit = match memory {
-            Some(m) => {
-                let bytes = parse_bytes(m).map_err(|e| bad(format!("--memory: {e}")))?;
-                if bytes < MIN_MEMORY {
-                    return Err(bad(format!("--memory {m} is below the minimum of 6 MiB")));
-                }
-                bytes
-            }
-            None => 0,
-        };
-        let mem_mib = if memory_limit > 0 {
-            memory_limit.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB
-        } else {
-            DEFAULT_MEM_MIB
-        };
-        let cpus = match cpus {
-            None => 1,
-            Some(c) if c > 0.0 && c <= 255.0 => {
-                // In 1..=255 after ceil, so the cast is exact.
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let n = c.ceil() as u8;
-                n
-            }
-            Some(c) => return Err(bad(format!("--cpus {c} is out of range"))),
-        };
-        Ok(Self {
-            memory_limit,
-            mem_mib,
-            cpus,
-        })
-    }
 }
 
 /// Everything a sandbox is made of.
@@ -134,11 +82,28 @@ pub struct Created {
 /// lock, and its scratch disk. Nothing is left behind when it fails.
 pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, LifecycleError> {
     let id = new_id();
+    let resources = &opts.resources;
     let mut run_opts = opts.run;
-    run_opts.memory_limit = opts.resources.memory_limit;
+    run_opts.memory_limit = resources.memory_limit;
+    run_opts.memory_swap = resources.memory_swap;
+    run_opts.cpuset_cpus = resources.guest_cpuset();
+    run_opts.cpuset_mems = resources.cpuset_mems.clone();
     let host_env = |k: &str| std::env::var(k).ok();
     let mut run = compose(&opts.record.config, &run_opts, &id[..12], &host_env)
         .map_err(LifecycleError::Spec)?;
+
+    let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
+    let mut named = vec![NamedDisk {
+        guest: "/dev/vda",
+        host: &opts.record.rootfs_path,
+    }];
+    if !opts.read_only {
+        named.push(NamedDisk {
+            guest: "/dev/vdb",
+            host: &scratch_path,
+        });
+    }
+    let limits = disk_limits(&resources.blkio, &named, std::path::Path::new("/sys"))?;
 
     // The runtime directory (and its lock) first: it is what marks the sandbox alive.
     let runtime = RuntimeDir::create(&id).map_err(LifecycleError::Runtime)?;
@@ -146,6 +111,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         path: opts.record.rootfs_path.clone(),
         read_only: true,
         serial: "brig-rootfs".into(),
+        limits: limits[0],
     }];
     run.rootfs = Some(RootfsSpec {
         device: "/dev/vda".into(),
@@ -157,12 +123,12 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         },
         read_only: opts.read_only,
     });
-    let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
     if !opts.read_only {
         disks.push(DiskSpec {
             path: scratch_path.clone(),
             read_only: false,
             serial: "brig-scratch".into(),
+            limits: limits.get(1).copied().unwrap_or_else(DiskLimits::default),
         });
     }
     let config = SandboxConfig {
@@ -172,8 +138,12 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         image_id: opts.record.config_digest.to_string(),
         created: state::now_rfc3339(),
         kernel: opts.kernel,
-        mem_mib: opts.resources.mem_mib,
-        cpus: opts.resources.cpus,
+        mem_mib: resources.mem_mib,
+        cpus: resources.cpus,
+        host_cpus: resources.host_cpus.clone(),
+        cpuset_cpus: resources.cpuset_cpus.clone(),
+        cpuset_mems: resources.cpuset_mems.clone(),
+        blkio: resources.blkio.clone(),
         disks,
         run,
         stop_signal: opts
@@ -331,25 +301,4 @@ pub fn supervise_detached(
     drop(runtime);
     let ended = ended?;
     Ok(ended.verdict.unwrap_or_else(|f| f.code))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resources_follow_docker_flags() {
-        let r = Resources::from_flags(None, None).unwrap();
-        assert_eq!((r.memory_limit, r.mem_mib, r.cpus), (0, DEFAULT_MEM_MIB, 1));
-        let r = Resources::from_flags(Some("512m"), Some(1.5)).unwrap();
-        assert_eq!(
-            (r.memory_limit, r.mem_mib, r.cpus),
-            (512 << 20, 512 + GUEST_OVERHEAD_MIB, 2)
-        );
-        let e = Resources::from_flags(Some("1m"), None).unwrap_err();
-        assert_eq!(e.to_string(), "--memory 1m is below the minimum of 6 MiB");
-        let e = Resources::from_flags(None, Some(0.0)).unwrap_err();
-        assert_eq!(e.to_string(), "--cpus 0 is out of range");
-        assert!(Resources::from_flags(Some("lots"), None).is_err());
-    }
 }

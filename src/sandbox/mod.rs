@@ -10,7 +10,8 @@
 //!   running sandbox), [`control`] (requests to a running sandbox), [`copy`] (`brig cp`'s
 //!   tar streams).
 //! - on disk: [`state`] (config and state files), [`runtime`] (the runtime directory and its
-//!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags).
+//!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags),
+//!   [`resources`] (docker's resource flags: memory, CPUs, blkio throttles).
 //! - the host terminal: [`tty`] (raw mode, size, the session's [`tty::HostTerminal`]),
 //!   [`signals`].
 
@@ -23,6 +24,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod maintenance;
 pub mod outcome;
+pub mod resources;
 pub mod runtime;
 pub mod scratch;
 pub mod signals;

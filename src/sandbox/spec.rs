@@ -29,7 +29,12 @@ pub struct RunOptions {
     /// `--ulimit name=soft[:hard]`.
     pub ulimits: Vec<String>,
     pub memory_limit: u64,
+    /// docker's MemorySwap (see `RunSpec::memory_swap`).
+    pub memory_swap: i64,
     pub pids_limit: u64,
+    /// The workload cgroup's cpuset, in guest CPU numbers ("" leaves it).
+    pub cpuset_cpus: String,
+    pub cpuset_mems: String,
 }
 
 /// Parses docker's `-m` values: a number with an optional b/k/m/g/t suffix (binary units).
@@ -197,7 +202,10 @@ pub fn compose(
             .clone()
             .unwrap_or_else(|| default_hostname.to_string()),
         memory_limit: opts.memory_limit,
+        memory_swap: opts.memory_swap,
         pids_limit: opts.pids_limit,
+        cpuset_cpus: opts.cpuset_cpus.clone(),
+        cpuset_mems: opts.cpuset_mems.clone(),
         ..Default::default()
     })
 }

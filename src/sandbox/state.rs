@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use brig_protocol::RunSpec;
 use serde::{Deserialize, Serialize};
 
+use super::resources::{BlkioThrottle, DiskLimits};
 use super::runtime;
 use crate::vmm::DiskConfig;
 
@@ -63,6 +64,9 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub read_only: bool,
     pub serial: String,
+    /// `--device-*-bps`/`-iops` limits the VMM enforces on this disk.
+    #[serde(default)]
+    pub limits: DiskLimits,
 }
 
 impl From<&DiskSpec> for DiskConfig {
@@ -71,6 +75,7 @@ impl From<&DiskSpec> for DiskConfig {
             path: d.path.clone(),
             read_only: d.read_only,
             serial: d.serial.clone(),
+            limits: d.limits.into(),
         }
     }
 }
@@ -88,6 +93,17 @@ pub struct SandboxConfig {
     pub kernel: PathBuf,
     pub mem_mib: u64,
     pub cpus: u8,
+    /// `--cpuset-cpus`: the host CPUs the VMM runs on (empty: any), and the flag as given.
+    #[serde(default)]
+    pub host_cpus: Vec<usize>,
+    #[serde(default)]
+    pub cpuset_cpus: String,
+    /// `--cpuset-mems` as given.
+    #[serde(default)]
+    pub cpuset_mems: String,
+    /// The blkio throttles as given (each disk's share is in its [`DiskSpec`]).
+    #[serde(default)]
+    pub blkio: BlkioThrottle,
     pub disks: Vec<DiskSpec>,
     /// The main workload.
     pub run: RunSpec,
@@ -391,6 +407,10 @@ mod tests {
             kernel: "/k".into(),
             mem_mib: 128,
             cpus: 1,
+            host_cpus: Vec::new(),
+            cpuset_cpus: String::new(),
+            cpuset_mems: String::new(),
+            blkio: BlkioThrottle::default(),
             disks: Vec::new(),
             run: RunSpec::default(),
             stop_signal: "SIGTERM".into(),

@@ -36,6 +36,7 @@ pub fn config_of(config: &SandboxConfig, console: ConsoleLog) -> Result<VmConfig
         cmdline_extra: String::new(),
         mem_mib: config.mem_mib,
         cpus: config.cpus,
+        host_cpus: config.host_cpus.clone(),
         console,
         disks: config.disks.iter().map(DiskConfig::from).collect(),
         vsock: None,

@@ -32,7 +32,7 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
-pub use virtio::{DiskConfig, VsockConfig, DEFAULT_GUEST_CID};
+pub use virtio::{DiskConfig, IoLimits, VsockConfig, DEFAULT_GUEST_CID};
 
 /// A wait longer than any deadline a caller can express.
 const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
@@ -61,6 +61,8 @@ pub struct VmConfig {
     pub mem_mib: u64,
     /// Number of vCPUs.
     pub cpus: u8,
+    /// Host CPUs every thread of the VMM process runs on (`--cpuset-cpus`); empty: any.
+    pub host_cpus: Vec<usize>,
     /// Where the guest console's output goes.
     pub console: ConsoleLog,
     /// Disks, in the order the guest sees them (/dev/vda, ...).
@@ -87,6 +89,13 @@ pub enum VmmError {
     /// vCPU count out of range.
     #[error("--cpus {0} is out of range (1..={1})")]
     Cpus(u8, u8),
+    /// Pinning the VMM process to `--cpuset-cpus` failed.
+    #[error("pinning the VMM to host CPUs {cpus}: {source}")]
+    Affinity {
+        cpus: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A KVM VM-level call, or setting up a legacy device, failed.
     #[error("{what}: {source}")]
     VmSetup {
@@ -133,6 +142,8 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     let plan = virtio::Plan::new(&config.disks, config.vsock.as_ref())?;
     let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
 
+    // Before any VMM thread is started: they inherit the mask.
+    pin_process(&config.host_cpus)?;
     let kvm = kvm::open()?;
     let max_cpus = mptable::max_cpus().min(kvm.get_max_vcpus().min(255) as u8);
     if config.cpus > max_cpus {
@@ -221,6 +232,44 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
         _mem: mem,
         _kvm: kvm,
     })
+}
+
+/// Pins every thread of this process to the host CPUs `cpus` (nothing when empty); threads
+/// started later inherit the mask from their creator. A thread that ends meanwhile is no
+/// longer there to pin.
+fn pin_process(cpus: &[usize]) -> Result<(), VmmError> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let err = |source: std::io::Error| VmmError::Affinity {
+        cpus: format!("{cpus:?}"),
+        source,
+    };
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in cpus {
+        if c >= rustix::thread::CpuSet::MAX_CPU {
+            return Err(err(std::io::Error::from(std::io::ErrorKind::InvalidInput)));
+        }
+        set.set(c);
+    }
+    // The calling thread first, so that a thread it starts while the others are pinned
+    // already has the mask.
+    rustix::thread::sched_setaffinity(None, &set).map_err(|e| err(e.into()))?;
+    let tasks = std::fs::read_dir("/proc/self/task").map_err(err)?;
+    for task in tasks.flatten() {
+        let tid = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok());
+        let Some(pid) = tid.and_then(rustix::process::Pid::from_raw) else {
+            continue;
+        };
+        match rustix::thread::sched_setaffinity(Some(pid), &set) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+            Err(e) => return Err(err(e.into())),
+        }
+    }
+    Ok(())
 }
 
 impl RunningVm {

@@ -17,6 +17,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioSlot, SharedVirtioDevice, VirtioDevice, MMIO_SLOT_SIZE};
 
+pub use crate::devices::rate_limiter::IoLimits;
 pub use crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// A vsock device whose host side is a Unix socket.
@@ -35,6 +36,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// Serial number the guest sees (`/sys/block/vdX/serial`).
     pub serial: String,
+    /// Rate limits the device enforces on the guest's I/O.
+    pub limits: IoLimits,
 }
 
 /// A device could not be attached.
@@ -150,7 +153,7 @@ pub fn attach_all(
     for (slot, kind) in &plan.devices {
         match kind {
             DeviceKind::Disk(d) => {
-                let dev = Block::new(&d.path, d.read_only, &d.serial)?;
+                let dev = Block::new(&d.path, d.read_only, &d.serial, d.limits)?;
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
             DeviceKind::Vsock(v) => {
@@ -176,6 +179,7 @@ mod tests {
             path: n.into(),
             read_only: true,
             serial: n.into(),
+            limits: IoLimits::default(),
         };
         let vsock = VsockConfig {
             cid: 3,

@@ -82,6 +82,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             cmdline_extra: args.cmdline.clone(),
             mem_mib: args.mem,
             cpus: args.cpus,
+            host_cpus: Vec::new(),
             console,
             disks: Vec::new(),
             vsock: None,

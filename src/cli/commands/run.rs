@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use clap::{ArgAction, Args, ValueEnum};
 
 use crate::image::{self, PullOptions};
-use crate::sandbox::lifecycle::{self, CreateOptions, Resources};
+use crate::sandbox::lifecycle::{self, CreateOptions};
+use crate::sandbox::resources::{ResourceFlags, Resources};
 use crate::sandbox::spec::RunOptions;
 use crate::sandbox::state;
 use anyhow::Context;
@@ -63,9 +64,31 @@ pub struct RunArgs {
     /// Memory limit (e.g. 512m, 2g): the workload's cgroup limit; guest RAM gets 64 MiB more.
     #[arg(short = 'm', long, value_name = "BYTES")]
     memory: Option<String>,
+    /// Memory plus swap limit (-1: unlimited swap); default: twice -m.
+    #[arg(long = "memory-swap", value_name = "BYTES", allow_hyphen_values = true)]
+    memory_swap: Option<String>,
     /// Number of CPUs (vCPUs; fractions round up).
     #[arg(long, value_name = "N")]
     cpus: Option<f64>,
+    /// Host CPUs the VM runs on (0-3, 0,1); one vCPU per CPU unless --cpus says otherwise.
+    #[arg(long = "cpuset-cpus", value_name = "LIST")]
+    cpuset_cpus: Option<String>,
+    /// Memory nodes (the guest has one: 0).
+    #[arg(long = "cpuset-mems", value_name = "LIST")]
+    cpuset_mems: Option<String>,
+    /// Limit read rate from a disk (DEV: /dev/vda, /dev/vdb or a host block device), e.g.
+    /// /dev/vda:10mb.
+    #[arg(long = "device-read-bps", value_name = "DEV:RATE")]
+    device_read_bps: Vec<String>,
+    /// Limit write rate to a disk, e.g. /dev/vdb:1mb.
+    #[arg(long = "device-write-bps", value_name = "DEV:RATE")]
+    device_write_bps: Vec<String>,
+    /// Limit read operations per second from a disk.
+    #[arg(long = "device-read-iops", value_name = "DEV:N")]
+    device_read_iops: Vec<String>,
+    /// Limit write operations per second to a disk.
+    #[arg(long = "device-write-iops", value_name = "DEV:N")]
+    device_write_iops: Vec<String>,
     /// Limit on the number of processes (-1: unlimited).
     #[arg(long = "pids-limit", value_name = "N", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
@@ -138,7 +161,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         Some(k) => k.clone(),
         None => crate::cli::default_kernel()?,
     };
-    let resources = Resources::from_flags(args.memory.as_deref(), args.cpus)?;
+    let resources = Resources::from_flags(&ResourceFlags {
+        memory: args.memory.clone(),
+        memory_swap: args.memory_swap.clone(),
+        cpus: args.cpus,
+        cpuset_cpus: args.cpuset_cpus.clone(),
+        cpuset_mems: args.cpuset_mems.clone(),
+        device_read_bps: args.device_read_bps.clone(),
+        device_write_bps: args.device_write_bps.clone(),
+        device_read_iops: args.device_read_iops.clone(),
+        device_write_iops: args.device_write_iops.clone(),
+    })?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
         anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it");
@@ -169,6 +202,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         interactive: args.interactive,
         ulimits: args.ulimit.clone(),
         memory_limit: resources.memory_limit,
+        memory_swap: resources.memory_swap,
+        cpuset_cpus: resources.guest_cpuset(),
+        cpuset_mems: resources.cpuset_mems.clone(),
         pids_limit: args
             .pids_limit
             .filter(|p| *p > 0)

@@ -17,6 +17,8 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_queue::{Reader, Writer};
 
+use crate::devices::rate_limiter::Direction;
+
 /// Sector size of the virtio-blk protocol, whatever the disk's real block size.
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the request header.
@@ -95,6 +97,30 @@ impl Disk {
             .ok_or(RequestError::OutOfRange { sector, len })?;
         // Cannot overflow: sector <= capacity, and capacity * 512 is the file's size.
         Ok(sector * SECTOR_SIZE)
+    }
+}
+
+/// What a request will cost the rate limiter: its direction and data length, read from a
+/// copy of the chain's readers so that [`execute`] still sees the whole request. `None` for
+/// requests that are not limited (FLUSH, GET_ID) or that will fail their checks anyway.
+pub fn peek_io(reader: &Reader<'_>, writer: &Writer<'_>) -> Option<(Direction, u64)> {
+    let mut reader = reader.clone();
+    if reader.available_bytes() < HEADER_SIZE {
+        return None;
+    }
+    let mut header = [0u8; HEADER_SIZE];
+    reader.read_exact(&mut header).ok()?;
+    match u32::from_le_bytes([header[0], header[1], header[2], header[3]]) {
+        // Everything writable but the status byte is data.
+        VIRTIO_BLK_T_IN => Some((
+            Direction::Read,
+            u64::try_from(writer.available_bytes().saturating_sub(1)).ok()?,
+        )),
+        VIRTIO_BLK_T_OUT => Some((
+            Direction::Write,
+            u64::try_from(reader.available_bytes()).ok()?,
+        )),
+        _ => None,
     }
 }
 

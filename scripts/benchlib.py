@@ -39,7 +39,8 @@ def note(prog, msg):
 def need(*cmds):
     """Raises BenchError naming the Debian package of the first missing command."""
     packages = {"qemu-system-x86_64": "qemu-system-x86", "runc": "runc", "busybox": "busybox-static",
-                "mkfs.erofs": "erofs-utils", "mkfs.ext4": "e2fsprogs", "cargo": "rustup/cargo"}
+                "mkfs.erofs": "erofs-utils", "mkfs.ext4": "e2fsprogs", "cargo": "rustup/cargo",
+                "go": "golang-go", "debootstrap": "debootstrap"}
     for c in cmds:
         if not shutil.which(c):
             raise BenchError(f"'{c}' is missing (Debian package {packages.get(c, c)})")

@@ -14,6 +14,7 @@ packages=(
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc debootstrap                       # image tests, baselines
+  golang-go                                                           # Go stdlib tests (tests/suites.rs)
   util-linux ca-certificates curl
 )
 missing=()

@@ -41,6 +41,10 @@
 pub mod block;
 mod common;
 pub mod mmio;
+// Nothing outside tests builds a virtio-net device yet: the VMM wiring (TAP creation, NAT,
+// the guest's network config) is the next step of the network work.
+#[cfg_attr(not(test), allow(dead_code, unused_imports))]
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 mod test_utils;
@@ -64,6 +68,8 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_
 
 /// The virtio device types brig implements (§5).
 pub mod device_type {
+    /// virtio-net (§5.1).
+    pub const NET: u32 = 1;
     /// virtio-blk (§5.2).
     pub const BLOCK: u32 = 2;
     /// virtio-rng, the entropy device (§5.4).
@@ -114,6 +120,9 @@ pub enum ActivateError {
     /// Telling the device's event loop about the activation failed.
     #[error("cannot signal the device's event loop: {0}")]
     Signal(#[source] io::Error),
+    /// The device's host backend refused the negotiated settings.
+    #[error("cannot configure the device's backend: {0}")]
+    Backend(#[source] io::Error),
 }
 
 /// A virtio device model, independent of its transport.

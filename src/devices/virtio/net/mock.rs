@@ -1,0 +1,106 @@
+//! An in-memory [`Backend`] for tests: frames queued for the guest, frames the guest sent,
+//! and switches for would-block and failures. Its fd is an eventfd written once per queued
+//! frame, so that an event manager sees an edge for each, as with a TAP.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::Backend;
+
+/// What the test sees of a [`MockBackend`] after the device took it.
+#[derive(Debug, Default)]
+pub struct MockState {
+    /// Frames (header included) the device will read, in order.
+    pub rx: VecDeque<Vec<u8>>,
+    /// Frames (header included) the device wrote.
+    pub tx: Vec<Vec<u8>>,
+    /// How many times the device called `read_frame`.
+    pub reads: usize,
+    /// While set, writes fail with WouldBlock.
+    pub tx_would_block: bool,
+    /// While set, writes fail with EINVAL (as a TAP does for a bad vnet header).
+    pub tx_fails: bool,
+    /// The last offload flags set, if any.
+    pub offload: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct MockBackend {
+    state: Arc<Mutex<MockState>>,
+    evt: Arc<EventFd>,
+}
+
+/// The test's handle on a [`MockBackend`].
+#[derive(Clone, Debug)]
+pub struct MockHandle {
+    pub state: Arc<Mutex<MockState>>,
+    evt: Arc<EventFd>,
+}
+
+impl MockHandle {
+    /// Queues a frame for the device to read and signals the fd.
+    pub fn push_rx(&self, frame: Vec<u8>) {
+        self.state.lock().unwrap().rx.push_back(frame);
+        self.evt.write(1).unwrap();
+    }
+
+    /// The frames the device has written, taken.
+    pub fn take_tx(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.state.lock().unwrap().tx)
+    }
+
+    pub fn with<R>(&self, f: impl FnOnce(&mut MockState) -> R) -> R {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+pub fn mock_backend() -> (MockBackend, MockHandle) {
+    let state = Arc::new(Mutex::new(MockState::default()));
+    let evt = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    (
+        MockBackend {
+            state: state.clone(),
+            evt: evt.clone(),
+        },
+        MockHandle { state, evt },
+    )
+}
+
+impl AsRawFd for MockBackend {
+    fn as_raw_fd(&self) -> RawFd {
+        self.evt.as_raw_fd()
+    }
+}
+
+impl Backend for MockBackend {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut s = self.state.lock().unwrap();
+        s.reads += 1;
+        let frame = s.rx.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
+        // As a TAP does: a frame longer than the buffer is cut.
+        let n = frame.len().min(buf.len());
+        buf[..n].copy_from_slice(&frame[..n]);
+        Ok(n)
+    }
+
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        let mut s = self.state.lock().unwrap();
+        if s.tx_would_block {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        if s.tx_fails {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        s.tx.push(frame.to_vec());
+        Ok(())
+    }
+
+    fn set_offload(&mut self, tun_flags: u32) -> io::Result<()> {
+        self.state.lock().unwrap().offload = Some(tun_flags);
+        Ok(())
+    }
+}

@@ -48,6 +48,11 @@ impl MockHandle {
         self.evt.write(1).unwrap();
     }
 
+    /// Signals the fd without a frame, as a socket does when it becomes writable.
+    pub fn poke(&self) {
+        self.evt.write(1).unwrap();
+    }
+
     /// The frames the device has written, taken.
     pub fn take_tx(&self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.state.lock().unwrap().tx)

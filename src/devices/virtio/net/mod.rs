@@ -35,7 +35,11 @@
 
 pub mod backend;
 pub mod device;
+#[cfg(test)]
+mod event_tests;
 pub mod frame;
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod mock;
 // Besides the VMM wiring still to come (see `virtio/mod.rs`), unit tests cannot reach

@@ -12,6 +12,7 @@
 //! # Wiring a device (what the VMM does, once per device)
 //! ```text
 //! // Vsock::new(guest_cid, &uds_path) | Block::new(&path, read_only, serial, limits) | Rng::new()
+//! // | Net::new(NetConfig { mac, mtu }, Box::new(Tap::open("brig%d")?))   (not wired yet)
 //! let dev = Arc::new(Mutex::new(Vsock::new(DEFAULT_GUEST_CID, &uds_path)?));
 //! let transport = MmioTransport::new(mem.clone(), dev.clone())?;   // coerces to SharedVirtioDevice
 //! let slot = MmioSlot { base, gsi };                                 // base: 4 KiB aligned

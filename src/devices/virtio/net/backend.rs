@@ -2,7 +2,7 @@
 //! frames, each behind a 12-byte `virtio_net_hdr_v1`, through a nonblocking fd the device
 //! polls.
 //!
-//! A TAP ([`super::Tap`]) is one; a later rootless backend (passt's length-prefixed stream)
+//! A TAP ([`super::tap::Tap`]) is one; a later rootless backend (passt's length-prefixed stream)
 //! will add and strip the header itself and keep partial reads and writes internally, so
 //! that the device always sees whole frames.
 

@@ -35,7 +35,7 @@ pub(super) const TXQ: usize = 1;
 pub(super) const BACKEND_DATA: u32 = DEVICE_DATA_BASE;
 /// The smallest MTU the spec allows a device to report (§5.1.4.1: 68, IPv4's minimum).
 const MIN_MTU: u16 = 68;
-/// `struct virtio_net_config` up to `mtu`: mac[6], le16 status, le16 max_virtqueue_pairs,
+/// `struct virtio_net_config` up to `mtu`: `u8 mac[6]`, le16 status, le16 max_virtqueue_pairs,
 /// le16 mtu (§5.1.4).
 const CONFIG_LEN: usize = 12;
 

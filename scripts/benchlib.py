@@ -6,9 +6,12 @@
   at the 64-bit entry and ignores the note); built by kernels/build.sh and cached;
 - timing a child from start to exit with its max RSS (wait4), and sampling its RSS split
   into guest RAM and the rest (from /proc/PID/smaps);
-- a cpio (newc) writer for QEMU's initramfs, and the result tables.
+- a cpio (newc) writer for QEMU's initramfs, an OCI image layout writer, and the result
+  tables.
 """
 
+import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -278,6 +281,44 @@ def cpio(entries):
 
 
 # ---- tables -------------------------------------------------------------------------------
+
+def write_oci_layout(layout, layers, config):
+    """An OCI image layout at `layout` holding one image tagged `latest`. `layers` are
+    (blob, media type, diff_id): the blob as bytes or as the path of a file (copied, hashed
+    as it is read), diff_id None for an uncompressed layer (its own digest). `config` is the
+    image config without `rootfs`, which is filled in here."""
+    blobs = os.path.join(layout, "blobs", "sha256")
+    os.makedirs(blobs)
+
+    def put(blob, media):
+        if isinstance(blob, bytes):
+            digest = hashlib.sha256(blob).hexdigest()
+            with open(os.path.join(blobs, digest), "wb") as f:
+                f.write(blob)
+            size = len(blob)
+        else:
+            h = hashlib.sha256()
+            with open(blob, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            digest = h.hexdigest()
+            shutil.copyfile(blob, os.path.join(blobs, digest))
+            size = os.path.getsize(blob)
+        return {"mediaType": media, "digest": f"sha256:{digest}", "size": size}
+
+    descs = [put(blob, media) for blob, media, _ in layers]
+    diff_ids = [diff_id or d["digest"] for (_, _, diff_id), d in zip(layers, descs)]
+    config = dict(config, rootfs={"type": "layers", "diff_ids": diff_ids})
+    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": put(json.dumps(config).encode(), "application/vnd.oci.image.config.v1+json"),
+                "layers": descs}
+    m = put(json.dumps(manifest).encode(), "application/vnd.oci.image.manifest.v1+json")
+    m["annotations"] = {"org.opencontainers.image.ref.name": "latest"}
+    with open(os.path.join(layout, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [m]}, f)
+    with open(os.path.join(layout, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+
 
 def fmt_s(s):
     return f"{s * 1000:9.1f} ms" if s < 10 else f"{s:9.2f} s "

@@ -7,6 +7,7 @@
 
 mod copy;
 mod exec;
+mod inflight;
 mod mount;
 mod net;
 mod reaper;
@@ -228,6 +229,10 @@ fn serve_main(conn: File, boot_uptime: u64) -> Result<(), String> {
     reaper::reap_all();
     let uptime_ns = sys::uptime_ns();
     workload.finish_output();
+    // Execs that ended (or were just killed) report their status before the VM resets.
+    if !inflight::wait_idle(Duration::from_secs(2)) {
+        console!("an exec did not report its exit status in time");
+    }
     let status = status.ok_or("the workload vanished without an exit status")?;
     send(
         &writer,
@@ -286,7 +291,10 @@ fn serve_exec(conn: File) -> Result<(), String> {
     hello(&writer, sys::uptime_ns())?;
     let mut reader = conn;
     match read_message(&mut reader) {
-        Ok(Some(Message::Run(spec))) => exec_process(*spec, reader, writer),
+        Ok(Some(Message::Run(spec))) => {
+            let _session = inflight::Session::begin();
+            exec_process(*spec, reader, writer)
+        }
         Ok(Some(request)) => serve_request(request, &mut reader, &writer),
         Ok(None) => Ok(()),
         Err(e) => Err(e.to_string()),

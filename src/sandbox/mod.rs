@@ -12,6 +12,7 @@
 //! - on disk: [`state`] (config and state files), [`runtime`] (the runtime directory and its
 //!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags),
 //!   [`resources`] (docker's resource flags: memory, CPUs, blkio throttles).
+//! - [`network`]: `-p` and the userland proxy that publishes guest ports on the host.
 //! - the host terminal: [`tty`] (raw mode, size, the session's [`tty::HostTerminal`]),
 //!   [`signals`].
 
@@ -23,6 +24,7 @@ pub mod launch;
 pub mod lifecycle;
 pub mod logs;
 pub mod maintenance;
+pub mod network;
 pub mod outcome;
 pub mod resources;
 pub mod runtime;

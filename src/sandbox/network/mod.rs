@@ -1,5 +1,8 @@
-//! A sandbox's network: docker's `-p/--publish` ([`ports`]).
+//! A sandbox's network: docker's `-p/--publish` ([`ports`]) and the userland proxy in the
+//! VMM process that forwards the published host ports to the guest ([`proxy`]).
 
-// Not wired into run/ps/port yet: only its tests use it. Drop the allow when wiring.
+// Not wired into run/ps/port yet: only their tests use these. Drop the allows when wiring.
 #[allow(dead_code)]
 pub mod ports;
+#[allow(dead_code)]
+pub mod proxy;

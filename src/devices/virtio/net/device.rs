@@ -3,9 +3,13 @@
 //!
 //! Both directions run on the event-manager thread. TX: on a TX kick, each chain is checked,
 //! copied into a buffer and written to the backend, then returned with length 0; a write
-//! that would block puts the chain back and waits for the backend's fd to become writable.
-//! RX: while the backend may hold a frame ([`Net::rx_ready`]) and the guest has posted a
-//! chain, one frame is read into a buffer and copied into the chain.
+//! that would block puts the
+//! chain back and waits for the backend's fd to become writable, and so does a backend that
+//! still holds part of a frame it took ([`Backend::flush`]). RX: while the backend may hold
+//! a frame ([`Net::rx_ready`]) and the guest has posted a chain, one frame is read into a
+//! buffer and copied into the chain. A read error other than would-block ends reading for
+//! good ([`Net::rx_failed`]): the backend's fd is no longer watched for input, so a broken
+//! stream costs no more wakeups.
 
 use std::io;
 use std::sync::Arc;
@@ -101,8 +105,11 @@ pub struct Net {
     /// when a read would block. Stopping early for want of RX chains leaves it set, and the
     /// guest's next RX kick reads on.
     rx_ready: bool,
-    /// Whether a TX chain waits for the backend to become writable.
+    /// Whether the device waits for the backend to become writable: a TX chain it would
+    /// not take, or the rest of a frame it took.
     tx_blocked: bool,
+    /// Whether reading the backend failed for good (see [`Backend::read_frame`]).
+    rx_failed: bool,
     /// The events the backend's fd is registered for now.
     interest: EventSet,
     stats: NetStats,
@@ -140,7 +147,8 @@ impl Net {
             tx_buf: vec![0; MAX_BUFFER_LEN],
             rx_ready: true,
             tx_blocked: false,
-            interest: backend_interest(false),
+            rx_failed: false,
+            interest: backend_interest(false, false),
             stats: NetStats::default(),
         })
     }
@@ -152,7 +160,14 @@ impl Net {
 
     /// Whether the device will read the backend when it next can.
     pub fn rx_ready(&self) -> bool {
-        self.rx_ready
+        self.rx_ready && !self.rx_failed
+    }
+
+    /// Whether reading the backend failed for good: nothing more reaches the guest (passt
+    /// out of step, or a TAP gone). Logged once when it happens; the VMM may poll this to
+    /// report a dead link.
+    pub fn rx_failed(&self) -> bool {
+        self.rx_failed
     }
 
     /// Sends every frame the guest has posted on the TX queue, until the backend would block.
@@ -193,6 +208,15 @@ impl Net {
             }
             notify |= active.add_used(TXQ, head, 0);
         }
+        if !*tx_blocked {
+            // The queue is empty: what is left of a frame the backend took goes now, or
+            // once its fd is writable.
+            match backend.flush() {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => *tx_blocked = true,
+                Err(err) => tracing::debug!("virtio-net: backend cannot finish a frame: {err}"),
+            }
+        }
         if notify {
             active.interrupt.signal_used_queue();
         }
@@ -205,6 +229,7 @@ impl Net {
             backend,
             rx_buf,
             rx_ready,
+            rx_failed,
             stats,
             ..
         } = self;
@@ -212,7 +237,7 @@ impl Net {
             return;
         };
         let mut notify = false;
-        while *rx_ready {
+        while *rx_ready && !*rx_failed {
             // No chain: back-pressure. Frames stay in the backend until the next RX kick.
             let Some(chain) = active.queues[RXQ].pop_descriptor_chain(&active.mem) else {
                 break;
@@ -230,7 +255,11 @@ impl Net {
                         Ok(n) => Some(n),
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
                         Err(err) => {
-                            tracing::warn!("virtio-net: cannot read from the backend: {err}");
+                            tracing::error!(
+                                "virtio-net: cannot read from the backend, \
+                                 no more frames for the guest: {err}"
+                            );
+                            *rx_failed = true;
                             None
                         }
                     };
@@ -263,7 +292,8 @@ impl Net {
 
     /// The backend's fd reported `events`.
     pub fn process_backend(&mut self, events: EventSet) {
-        if events.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+        if events.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) && !self.rx_failed
+        {
             self.rx_ready = true;
             self.process_rx();
         }
@@ -272,10 +302,10 @@ impl Net {
         }
     }
 
-    /// Registers the backend's fd for what the device waits for now: always IN, and OUT
-    /// while a TX frame waits for room.
+    /// Registers the backend's fd for what the device waits for now: IN unless reading
+    /// failed for good, and OUT while a TX frame waits for room.
     fn update_interest(&mut self, ops: &mut EventOps) {
-        let want = backend_interest(self.tx_blocked);
+        let want = backend_interest(self.tx_blocked, self.rx_failed);
         if want == self.interest {
             return;
         }
@@ -287,14 +317,16 @@ impl Net {
     }
 }
 
-/// The event set of the backend's fd, with OUT while `tx_blocked`.
-fn backend_interest(tx_blocked: bool) -> EventSet {
-    let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
-    if tx_blocked {
-        set | EventSet::OUT
-    } else {
-        set
+/// The event set of the backend's fd: IN unless `rx_failed`, OUT while `tx_blocked`.
+fn backend_interest(tx_blocked: bool, rx_failed: bool) -> EventSet {
+    let mut set = EventSet::EDGE_TRIGGERED;
+    if !rx_failed {
+        set |= EventSet::IN;
     }
+    if tx_blocked {
+        set |= EventSet::OUT;
+    }
+    set
 }
 
 /// The TAP offloads (`TUN_F_*`) that match the acked GUEST_ features: what the host may send.

@@ -332,6 +332,30 @@ fn rx_without_buffers_leaves_frames_in_the_backend_until_a_kick() {
 }
 
 #[test]
+fn a_backend_read_error_stops_reading_for_good() {
+    let mut g = Guest::new();
+    g.wire.push_rx(frame(60, 1));
+    g.wire.with(|s| s.rx_fails = true);
+    g.rxq.add_chain(&[(DATA, 2000, true)]);
+    g.dev.process_backend(EventSet::IN);
+    assert!(g.dev.rx_failed());
+    assert!(!g.dev.rx_ready());
+    assert!(g.rxq.take_used().is_empty(), "the buffer stays posted");
+    // Neither readiness nor kicks read again, even once the backend would answer.
+    g.wire.with(|s| s.rx_fails = false);
+    g.wire.push_rx(frame(60, 2));
+    g.dev.process_backend(EventSet::IN | EventSet::HANG_UP);
+    g.dev.process_rx();
+    assert_eq!(g.wire.with(|s| s.reads), 1);
+    assert!(g.rxq.take_used().is_empty());
+    // TX still works.
+    let f = frame(60, 3);
+    let sent = g.send_split(&f, &[], DATA + 0x1000);
+    assert_eq!(g.wire.take_tx(), vec![f]);
+    assert_eq!(g.txq.take_used(), vec![(sent, 0)]);
+}
+
+#[test]
 fn frames_arriving_while_inactive_are_read_after_activation() {
     let mem = guest_memory();
     let rxq = GuestQueue::new(&mem, 0x1_0000, 16);

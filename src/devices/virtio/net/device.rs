@@ -25,7 +25,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::frame::{read_tx, rx_writer, write_rx};
-use super::{Backend, MAX_BUFFER_LEN};
+use super::{Backend, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -81,10 +81,14 @@ pub enum NetError {
 pub struct NetStats {
     /// Frames handed to the backend.
     pub tx_frames: u64,
+    /// Bytes of the frames handed to the backend, vnet headers excluded.
+    pub tx_bytes: u64,
     /// TX chains dropped: malformed, or refused by the backend.
     pub tx_dropped: u64,
     /// Frames put into RX chains.
     pub rx_frames: u64,
+    /// Bytes of the frames put into RX chains, vnet headers excluded.
+    pub rx_bytes: u64,
     /// Backend frames dropped: longer than the chain or shorter than the header.
     pub rx_dropped: u64,
     /// RX chains returned unused because they were malformed.
@@ -189,7 +193,10 @@ impl Net {
             let head = chain.head_index();
             match read_tx(chain, &active.mem, tx_buf) {
                 Ok(len) => match backend.write_frame(&tx_buf[..len]) {
-                    Ok(()) => stats.tx_frames += 1,
+                    Ok(()) => {
+                        stats.tx_frames += 1;
+                        stats.tx_bytes += (len - VNET_HDR_LEN) as u64;
+                    }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                         // Back on the ring; the backend's OUT event resumes the queue.
                         active.queues[TXQ].go_to_previous_position();
@@ -273,6 +280,7 @@ impl Net {
                     match write_rx(&mut writer, &mut rx_buf[..n.min(MAX_BUFFER_LEN)]) {
                         Ok(len) => {
                             stats.rx_frames += 1;
+                            stats.rx_bytes += u64::from(len).saturating_sub(VNET_HDR_LEN as u64);
                             len
                         }
                         Err(err) => {

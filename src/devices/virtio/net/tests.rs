@@ -119,6 +119,7 @@ fn tx_frame_split_over_descriptors_arrives_byte_exact() {
     assert_eq!(g.txq.take_used(), vec![(head, 0)]);
     assert_eq!(g.irq.status() & 1, 1);
     assert_eq!(g.stats().tx_frames, 1);
+    assert_eq!(g.stats().tx_bytes, 1514, "the header is not counted");
 }
 
 #[test]
@@ -236,6 +237,7 @@ fn rx_into_one_buffer() {
     assert_eq!(g.get(DATA, len), as_received(f));
     assert_eq!(g.irq.status() & 1, 1);
     assert_eq!(g.stats().rx_frames, 1);
+    assert_eq!(g.stats().rx_bytes, 1514, "the header is not counted");
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! polls.
 //!
 //! A TAP ([`super::tap::Tap`]) is one: the kernel takes and gives one frame per syscall,
-//! header included. A later rootless backend (passt's length-prefixed stream) will add and
-//! strip the header itself and keep partial reads and partial writes internally, so that
-//! the device always sees whole frames.
+//! header included. passt's length-prefixed stream ([`super::passt::Passt`]) is the other:
+//! it adds and strips the header itself and keeps partial reads and partial writes
+//! internally, so that the device always sees whole frames.
 
 use std::fmt::Debug;
 use std::io;

@@ -2,8 +2,9 @@
 //! transmits, the config space holds the MAC address and MTU, and a [`Backend`] is the wire.
 //!
 //! Both directions run on the event-manager thread. TX: on a TX kick, each chain is checked,
-//! copied into a buffer and written to the backend, then returned with length 0; a write
-//! that would block puts the
+//! copied into a buffer, checked against the egress policy if there is one
+//! ([`Net::set_egress`]: a frame it drops is returned as if sent, a firewall's drop) and
+//! written to the backend, then returned with length 0; a write that would block puts the
 //! chain back and waits for the backend's fd to become writable, and so does a backend that
 //! still holds part of a frame it took ([`Backend::flush`]). RX: while the backend may hold
 //! a frame ([`Net::rx_ready`]) and the guest has posted a chain, one frame is read into a
@@ -24,6 +25,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::filter::{EgressPolicy, Verdict};
 use super::frame::{read_tx, rx_writer, write_rx};
 use super::{Backend, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
@@ -85,6 +87,8 @@ pub struct NetStats {
     pub tx_bytes: u64,
     /// TX chains dropped: malformed, or refused by the backend.
     pub tx_dropped: u64,
+    /// TX frames the egress policy dropped.
+    pub tx_filtered: u64,
     /// Frames put into RX chains.
     pub rx_frames: u64,
     /// Bytes of the frames put into RX chains, vnet headers excluded.
@@ -114,6 +118,8 @@ pub struct Net {
     tx_blocked: bool,
     /// Whether reading the backend failed for good (see [`Backend::read_frame`]).
     rx_failed: bool,
+    /// What the guest may send; `None`: everything.
+    egress: Option<EgressPolicy>,
     /// The events the backend's fd is registered for now.
     interest: EventSet,
     stats: NetStats,
@@ -152,6 +158,7 @@ impl Net {
             rx_ready: true,
             tx_blocked: false,
             rx_failed: false,
+            egress: None,
             interest: backend_interest(false, false),
             stats: NetStats::default(),
         })
@@ -174,6 +181,11 @@ impl Net {
         self.rx_failed
     }
 
+    /// Checks every TX frame from now on against `policy` (`None`: none).
+    pub fn set_egress(&mut self, policy: Option<EgressPolicy>) {
+        self.egress = policy;
+    }
+
     /// Sends every frame the guest has posted on the TX queue, until the backend would block.
     pub fn process_tx(&mut self) {
         let Self {
@@ -181,6 +193,7 @@ impl Net {
             backend,
             tx_buf,
             tx_blocked,
+            egress,
             stats,
             ..
         } = self;
@@ -192,6 +205,9 @@ impl Net {
         while let Some(chain) = active.queues[TXQ].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
             match read_tx(chain, &active.mem, tx_buf) {
+                Ok(len) if filtered(egress.as_ref(), &tx_buf[VNET_HDR_LEN..len]) => {
+                    stats.tx_filtered += 1;
+                }
                 Ok(len) => match backend.write_frame(&tx_buf[..len]) {
                     Ok(()) => {
                         stats.tx_frames += 1;
@@ -335,6 +351,17 @@ fn backend_interest(tx_blocked: bool, rx_failed: bool) -> EventSet {
         set |= EventSet::OUT;
     }
     set
+}
+
+/// Whether `policy` drops `frame` (an Ethernet frame, no vnet header).
+fn filtered(policy: Option<&EgressPolicy>, frame: &[u8]) -> bool {
+    match policy.map(|p| p.check(frame)) {
+        None | Some(Verdict::Pass) => false,
+        Some(Verdict::Drop(reason)) => {
+            tracing::debug!("virtio-net: egress policy drops a frame: {reason:?}");
+            true
+        }
+    }
 }
 
 /// The TAP offloads (`TUN_F_*`) that match the acked GUEST_ features: what the host may send.

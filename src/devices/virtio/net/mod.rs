@@ -2,7 +2,8 @@
 //! (`src/vmm/src/devices/virtio/net/`): one RX and one TX queue, a config space with the MAC
 //! address (and the MTU when one is set), and a host [`Backend`] that moves whole Ethernet
 //! frames: the TAP device ([`tap::Tap`]) for a VMM running as root, passt's stream
-//! ([`passt::Passt`]) for one that is not.
+//! ([`passt::Passt`]) for one that is not. An egress policy ([`filter`]) may check every
+//! frame the guest sends.
 //!
 //! # Frames
 //! Every frame on either queue starts with the 12-byte `struct virtio_net_hdr_v1` (§5.1.6),
@@ -31,14 +32,18 @@
 //!
 //! # Layout
 //! [`backend`] is the host side's interface, [`tap`] the TAP backend, [`passt`] the passt
-//! backend, [`frame`] the checks and copies of one frame, and [`device`] the virtio device
-//! (queues, features, config space, events). Not wired into the VMM yet: that step creates
-//! the TAP (or starts passt), its addresses and NAT, and configures the guest.
+//! backend, [`frame`] the checks and copies of one frame, [`filter`] the egress policy, and
+//! [`device`] the virtio device (queues, features, config space, events). Not wired into
+//! the VMM yet: that step creates the TAP (or starts passt), its addresses and NAT, and
+//! configures the guest.
 
 pub mod backend;
 pub mod device;
 #[cfg(test)]
 mod event_tests;
+pub mod filter;
+#[cfg(test)]
+mod filter_tests;
 pub mod frame;
 #[cfg(test)]
 mod fuzz_tests;

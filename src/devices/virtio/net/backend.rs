@@ -2,9 +2,10 @@
 //! frames, each behind a 12-byte `virtio_net_hdr_v1`, through a nonblocking fd the device
 //! polls.
 //!
-//! A TAP ([`super::tap::Tap`]) is one; a later rootless backend (passt's length-prefixed stream)
-//! will add and strip the header itself and keep partial reads and writes internally, so
-//! that the device always sees whole frames.
+//! A TAP ([`super::tap::Tap`]) is one: the kernel takes and gives one frame per syscall,
+//! header included. passt's length-prefixed stream ([`super::passt::Passt`]) is the other:
+//! it adds and strips the header itself and keeps partial reads and partial writes
+//! internally, so that the device always sees whole frames.
 
 use std::fmt::Debug;
 use std::io;
@@ -13,20 +14,36 @@ use std::os::fd::AsRawFd;
 /// A source and sink of frames for [`super::Net`].
 ///
 /// The fd it exposes is registered edge-triggered for EPOLLIN (and EPOLLOUT while a write
-/// would block): after an IN event the device reads until [`Backend::read_frame`] would
-/// block, unless the guest has no RX buffer, in which case it resumes when the guest posts
-/// one. So a backend must report readiness through its fd the way a socket or TAP does.
+/// would block or [`Backend::flush`] has something left): after an IN event the device
+/// reads until [`Backend::read_frame`] would block, unless the guest has no RX buffer, in
+/// which case it resumes when the guest posts one. So a backend must report readiness
+/// through its fd the way a socket or TAP does: a backend that buffers must not return
+/// `WouldBlock` while it still holds a whole frame.
 pub trait Backend: AsRawFd + Debug + Send {
     /// Reads one frame, header included, into `buf` (at least
     /// [`super::MAX_BUFFER_LEN`] bytes) and returns its length. Errors with
     /// [`io::ErrorKind::WouldBlock`] when no frame waits; `Ok(0)` means the same (a stream
-    /// at its end).
+    /// at its end). Any other error is fatal for reading: the device stops reading this
+    /// backend for good (a TAP has no transient read errors besides EINTR, which it
+    /// retries; a stream that lost its framing cannot find it again).
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
-    /// Writes one frame, header included, whole. [`io::ErrorKind::WouldBlock`] means nothing
-    /// was written and the device should retry once the fd is writable; any other error
-    /// drops the frame.
+    /// Takes one frame, header included. `Ok` means the frame is the backend's: written
+    /// whole, or (a stream) partly written with the rest kept, to go out before any later
+    /// frame, through [`Backend::flush`] or the next `write_frame`.
+    /// [`io::ErrorKind::WouldBlock`] means nothing of this frame was taken and the device
+    /// should retry once the fd is writable; any other error drops the frame.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
+
+    /// Writes what is left of frames taken earlier. `Ok` when nothing is left;
+    /// [`io::ErrorKind::WouldBlock`] when some still waits, and the device then calls again
+    /// once the fd is writable; any other error is only logged (a backend may keep what is
+    /// left and try again on its next write). The device calls it when it has no more
+    /// frames to write. A backend that never keeps part of a frame (a TAP) has nothing to
+    /// do: the default.
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 
     /// The guest accepted frames with these offloads (`TUN_F_*` flags of linux/if_tun.h,
     /// from the acked GUEST_ features): the backend may now hand it such frames, and no

@@ -2,10 +2,15 @@
 //! transmits, the config space holds the MAC address and MTU, and a [`Backend`] is the wire.
 //!
 //! Both directions run on the event-manager thread. TX: on a TX kick, each chain is checked,
-//! copied into a buffer and written to the backend, then returned with length 0; a write
-//! that would block puts the chain back and waits for the backend's fd to become writable.
-//! RX: while the backend may hold a frame ([`Net::rx_ready`]) and the guest has posted a
-//! chain, one frame is read into a buffer and copied into the chain.
+//! copied into a buffer, checked against the egress policy if there is one
+//! ([`Net::set_egress`]: a frame it drops is returned as if sent, a firewall's drop) and
+//! written to the backend, then returned with length 0; a write that would block puts the
+//! chain back and waits for the backend's fd to become writable, and so does a backend that
+//! still holds part of a frame it took ([`Backend::flush`]). RX: while the backend may hold
+//! a frame ([`Net::rx_ready`]) and the guest has posted a chain, one frame is read into a
+//! buffer and copied into the chain. A read error other than would-block ends reading for
+//! good ([`Net::rx_failed`]): the backend's fd is no longer watched for input, so a broken
+//! stream costs no more wakeups.
 
 use std::io;
 use std::sync::Arc;
@@ -20,8 +25,9 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::filter::{EgressPolicy, Verdict};
 use super::frame::{read_tx, rx_writer, write_rx};
-use super::{Backend, MAX_BUFFER_LEN};
+use super::{Backend, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
@@ -77,10 +83,16 @@ pub enum NetError {
 pub struct NetStats {
     /// Frames handed to the backend.
     pub tx_frames: u64,
+    /// Bytes of the frames handed to the backend, vnet headers excluded.
+    pub tx_bytes: u64,
     /// TX chains dropped: malformed, or refused by the backend.
     pub tx_dropped: u64,
+    /// TX frames the egress policy dropped.
+    pub tx_filtered: u64,
     /// Frames put into RX chains.
     pub rx_frames: u64,
+    /// Bytes of the frames put into RX chains, vnet headers excluded.
+    pub rx_bytes: u64,
     /// Backend frames dropped: longer than the chain or shorter than the header.
     pub rx_dropped: u64,
     /// RX chains returned unused because they were malformed.
@@ -101,8 +113,13 @@ pub struct Net {
     /// when a read would block. Stopping early for want of RX chains leaves it set, and the
     /// guest's next RX kick reads on.
     rx_ready: bool,
-    /// Whether a TX chain waits for the backend to become writable.
+    /// Whether the device waits for the backend to become writable: a TX chain it would
+    /// not take, or the rest of a frame it took.
     tx_blocked: bool,
+    /// Whether reading the backend failed for good (see [`Backend::read_frame`]).
+    rx_failed: bool,
+    /// What the guest may send; `None`: everything.
+    egress: Option<EgressPolicy>,
     /// The events the backend's fd is registered for now.
     interest: EventSet,
     stats: NetStats,
@@ -140,7 +157,9 @@ impl Net {
             tx_buf: vec![0; MAX_BUFFER_LEN],
             rx_ready: true,
             tx_blocked: false,
-            interest: backend_interest(false),
+            rx_failed: false,
+            egress: None,
+            interest: backend_interest(false, false),
             stats: NetStats::default(),
         })
     }
@@ -152,7 +171,19 @@ impl Net {
 
     /// Whether the device will read the backend when it next can.
     pub fn rx_ready(&self) -> bool {
-        self.rx_ready
+        self.rx_ready && !self.rx_failed
+    }
+
+    /// Whether reading the backend failed for good: nothing more reaches the guest (passt
+    /// out of step, or a TAP gone). Logged once when it happens; the VMM may poll this to
+    /// report a dead link.
+    pub fn rx_failed(&self) -> bool {
+        self.rx_failed
+    }
+
+    /// Checks every TX frame from now on against `policy` (`None`: none).
+    pub fn set_egress(&mut self, policy: Option<EgressPolicy>) {
+        self.egress = policy;
     }
 
     /// Sends every frame the guest has posted on the TX queue, until the backend would block.
@@ -162,6 +193,7 @@ impl Net {
             backend,
             tx_buf,
             tx_blocked,
+            egress,
             stats,
             ..
         } = self;
@@ -173,8 +205,14 @@ impl Net {
         while let Some(chain) = active.queues[TXQ].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
             match read_tx(chain, &active.mem, tx_buf) {
+                Ok(len) if filtered(egress.as_ref(), &tx_buf[VNET_HDR_LEN..len]) => {
+                    stats.tx_filtered += 1;
+                }
                 Ok(len) => match backend.write_frame(&tx_buf[..len]) {
-                    Ok(()) => stats.tx_frames += 1,
+                    Ok(()) => {
+                        stats.tx_frames += 1;
+                        stats.tx_bytes += (len - VNET_HDR_LEN) as u64;
+                    }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                         // Back on the ring; the backend's OUT event resumes the queue.
                         active.queues[TXQ].go_to_previous_position();
@@ -193,6 +231,15 @@ impl Net {
             }
             notify |= active.add_used(TXQ, head, 0);
         }
+        if !*tx_blocked {
+            // The queue is empty: what is left of a frame the backend took goes now, or
+            // once its fd is writable.
+            match backend.flush() {
+                Ok(()) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => *tx_blocked = true,
+                Err(err) => tracing::debug!("virtio-net: backend cannot finish a frame: {err}"),
+            }
+        }
         if notify {
             active.interrupt.signal_used_queue();
         }
@@ -205,6 +252,7 @@ impl Net {
             backend,
             rx_buf,
             rx_ready,
+            rx_failed,
             stats,
             ..
         } = self;
@@ -212,7 +260,7 @@ impl Net {
             return;
         };
         let mut notify = false;
-        while *rx_ready {
+        while *rx_ready && !*rx_failed {
             // No chain: back-pressure. Frames stay in the backend until the next RX kick.
             let Some(chain) = active.queues[RXQ].pop_descriptor_chain(&active.mem) else {
                 break;
@@ -230,7 +278,11 @@ impl Net {
                         Ok(n) => Some(n),
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => None,
                         Err(err) => {
-                            tracing::warn!("virtio-net: cannot read from the backend: {err}");
+                            tracing::error!(
+                                "virtio-net: cannot read from the backend, \
+                                 no more frames for the guest: {err}"
+                            );
+                            *rx_failed = true;
                             None
                         }
                     };
@@ -244,6 +296,7 @@ impl Net {
                     match write_rx(&mut writer, &mut rx_buf[..n.min(MAX_BUFFER_LEN)]) {
                         Ok(len) => {
                             stats.rx_frames += 1;
+                            stats.rx_bytes += u64::from(len).saturating_sub(VNET_HDR_LEN as u64);
                             len
                         }
                         Err(err) => {
@@ -263,7 +316,8 @@ impl Net {
 
     /// The backend's fd reported `events`.
     pub fn process_backend(&mut self, events: EventSet) {
-        if events.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) {
+        if events.intersects(EventSet::IN | EventSet::ERROR | EventSet::HANG_UP) && !self.rx_failed
+        {
             self.rx_ready = true;
             self.process_rx();
         }
@@ -272,10 +326,10 @@ impl Net {
         }
     }
 
-    /// Registers the backend's fd for what the device waits for now: always IN, and OUT
-    /// while a TX frame waits for room.
+    /// Registers the backend's fd for what the device waits for now: IN unless reading
+    /// failed for good, and OUT while a TX frame waits for room.
     fn update_interest(&mut self, ops: &mut EventOps) {
-        let want = backend_interest(self.tx_blocked);
+        let want = backend_interest(self.tx_blocked, self.rx_failed);
         if want == self.interest {
             return;
         }
@@ -287,13 +341,26 @@ impl Net {
     }
 }
 
-/// The event set of the backend's fd, with OUT while `tx_blocked`.
-fn backend_interest(tx_blocked: bool) -> EventSet {
-    let set = EventSet::IN | EventSet::EDGE_TRIGGERED;
+/// The event set of the backend's fd: IN unless `rx_failed`, OUT while `tx_blocked`.
+fn backend_interest(tx_blocked: bool, rx_failed: bool) -> EventSet {
+    let mut set = EventSet::EDGE_TRIGGERED;
+    if !rx_failed {
+        set |= EventSet::IN;
+    }
     if tx_blocked {
-        set | EventSet::OUT
-    } else {
-        set
+        set |= EventSet::OUT;
+    }
+    set
+}
+
+/// Whether `policy` drops `frame` (an Ethernet frame, no vnet header).
+fn filtered(policy: Option<&EgressPolicy>, frame: &[u8]) -> bool {
+    match policy.map(|p| p.check(frame)) {
+        None | Some(Verdict::Pass) => false,
+        Some(Verdict::Drop(reason)) => {
+            tracing::debug!("virtio-net: egress policy drops a frame: {reason:?}");
+            true
+        }
     }
 }
 

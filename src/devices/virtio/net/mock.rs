@@ -24,6 +24,8 @@ pub struct MockState {
     pub tx_would_block: bool,
     /// While set, writes fail with EINVAL (as a TAP does for a bad vnet header).
     pub tx_fails: bool,
+    /// While set, reads fail with EIO.
+    pub rx_fails: bool,
     /// The last offload flags set, if any.
     pub offload: Option<u32>,
 }
@@ -85,6 +87,9 @@ impl Backend for MockBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let mut s = self.state.lock().unwrap();
         s.reads += 1;
+        if s.rx_fails {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let frame = s.rx.pop_front().ok_or(io::ErrorKind::WouldBlock)?;
         // As a TAP does: a frame longer than the buffer is cut.
         let n = frame.len().min(buf.len());

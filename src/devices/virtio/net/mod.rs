@@ -1,7 +1,9 @@
 //! virtio-net (virtio 1.2 §5.1), brig's own device model after Firecracker's
 //! (`src/vmm/src/devices/virtio/net/`): one RX and one TX queue, a config space with the MAC
 //! address (and the MTU when one is set), and a host [`Backend`] that moves whole Ethernet
-//! frames, the TAP device ([`tap::Tap`]) for a VMM running as root.
+//! frames: the TAP device ([`tap::Tap`]) for a VMM running as root, passt's stream
+//! ([`passt::Passt`]) for one that is not. An egress policy ([`filter`]) may check every
+//! frame the guest sends.
 //!
 //! # Frames
 //! Every frame on either queue starts with the 12-byte `struct virtio_net_hdr_v1` (§5.1.6),
@@ -11,7 +13,8 @@
 //! HOST_UFO guest → host; GUEST_CSUM, GUEST_TSO4/6, GUEST_UFO host → guest, enabled on the TAP
 //! with TUNSETOFFLOAD at activation) pass through untouched, and the host kernel validates
 //! the headers the guest writes. MRG_RXBUF is not offered: each RX frame goes into one
-//! chain, so a guest that acks a GUEST_ offload posts 64 KiB chains (Linux does).
+//! chain, so a guest that acks a GUEST_ offload posts 64 KiB chains (Linux does). passt
+//! takes the same offloaded frames without their header (see [`passt`]).
 //!
 //! # A hostile guest
 //! Every chain is checked before use ([`frame`]): TX chains only device-readable, between
@@ -25,23 +28,30 @@
 //! guest that posts no RX buffers leaves frames in the backend (the TAP queues then drops
 //! them, as a full NIC ring would), and its next RX kick resumes reading. A TX frame the
 //! backend cannot take now (would block) stays on the TX queue until the backend's fd is
-//! writable.
+//! writable, and so does the rest of a frame passt took only part of, in the backend.
 //!
 //! # Layout
-//! [`backend`] is the host side's interface, [`tap`] the TAP backend, [`frame`] the checks
-//! and copies of one frame, and [`device`] the virtio device (queues, features, config
-//! space, events). Not wired into the VMM yet: that step creates the TAP, its addresses and
-//! NAT, and configures the guest.
+//! [`backend`] is the host side's interface, [`tap`] the TAP backend, [`passt`] the passt
+//! backend, [`frame`] the checks and copies of one frame, [`filter`] the egress policy, and
+//! [`device`] the virtio device (queues, features, config space, events). Not wired into
+//! the VMM yet: that step creates the TAP (or starts passt), its addresses and NAT, and
+//! configures the guest.
 
 pub mod backend;
 pub mod device;
 #[cfg(test)]
 mod event_tests;
+pub mod filter;
+#[cfg(test)]
+mod filter_tests;
 pub mod frame;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
 mod mock;
+pub mod passt;
+#[cfg(test)]
+mod passt_tests;
 // Besides the VMM wiring still to come (see `virtio/mod.rs`), unit tests cannot reach
 // `Tap::open` and what needs an open TAP: as root they would create a host interface.
 #[allow(dead_code)]

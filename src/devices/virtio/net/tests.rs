@@ -119,6 +119,7 @@ fn tx_frame_split_over_descriptors_arrives_byte_exact() {
     assert_eq!(g.txq.take_used(), vec![(head, 0)]);
     assert_eq!(g.irq.status() & 1, 1);
     assert_eq!(g.stats().tx_frames, 1);
+    assert_eq!(g.stats().tx_bytes, 1514, "the header is not counted");
 }
 
 #[test]
@@ -236,6 +237,7 @@ fn rx_into_one_buffer() {
     assert_eq!(g.get(DATA, len), as_received(f));
     assert_eq!(g.irq.status() & 1, 1);
     assert_eq!(g.stats().rx_frames, 1);
+    assert_eq!(g.stats().rx_bytes, 1514, "the header is not counted");
 }
 
 #[test]
@@ -329,6 +331,30 @@ fn rx_without_buffers_leaves_frames_in_the_backend_until_a_kick() {
     g.dev.process_backend(EventSet::IN);
     assert_eq!(g.rxq.take_used(), vec![(h3, 62)]);
     assert_eq!(g.get(DATA + 0x2000, 62), as_received(c));
+}
+
+#[test]
+fn a_backend_read_error_stops_reading_for_good() {
+    let mut g = Guest::new();
+    g.wire.push_rx(frame(60, 1));
+    g.wire.with(|s| s.rx_fails = true);
+    g.rxq.add_chain(&[(DATA, 2000, true)]);
+    g.dev.process_backend(EventSet::IN);
+    assert!(g.dev.rx_failed());
+    assert!(!g.dev.rx_ready());
+    assert!(g.rxq.take_used().is_empty(), "the buffer stays posted");
+    // Neither readiness nor kicks read again, even once the backend would answer.
+    g.wire.with(|s| s.rx_fails = false);
+    g.wire.push_rx(frame(60, 2));
+    g.dev.process_backend(EventSet::IN | EventSet::HANG_UP);
+    g.dev.process_rx();
+    assert_eq!(g.wire.with(|s| s.reads), 1);
+    assert!(g.rxq.take_used().is_empty());
+    // TX still works.
+    let f = frame(60, 3);
+    let sent = g.send_split(&f, &[], DATA + 0x1000);
+    assert_eq!(g.wire.take_tx(), vec![f]);
+    assert_eq!(g.txq.take_used(), vec![(sent, 0)]);
 }
 
 #[test]

@@ -15,6 +15,8 @@ packages=(
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc debootstrap                       # image tests, baselines
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
+  nftables passt iproute2                                             # sandbox networking (NAT, rootless)
+  iperf3 socat                                                        # network tests and scripts/bench-net
   util-linux ca-certificates curl
 )
 missing=()

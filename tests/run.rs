@@ -442,7 +442,14 @@ fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
     // Killed only once the VM runs the workload, not while brig is still starting it.
     child.wait_for_stdout("workload-started\n", 300)?;
     child.kill();
-    let stray = common::procs::ours();
+    // The helper that holds the sandbox's nftables table (nft, reading brig's pipe) ends on
+    // end-of-file, a moment after brig: give it that moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stray = common::procs::ours();
+    while !stray.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        stray = common::procs::ours();
+    }
     if !stray.is_empty() {
         return Err(format!(
             "processes outlived the killed brig:\n{}",

@@ -1,23 +1,19 @@
 //! The guest's network interfaces: the loopback interface is up in every sandbox, whatever
-//! its network mode (docker's containers have `lo` up; servers on 127.0.0.1 need it).
+//! its network mode (docker's containers have `lo` up; servers on 127.0.0.1 need it); a
+//! networked sandbox's `eth0` is configured from the [`NetworkSpec`] the host sends.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use brig_protocol::NetworkSpec;
 
 use crate::sys::check;
 
 /// Brings `lo` up (its 127.0.0.1/8 and ::1 come with it).
 pub fn loopback_up() -> io::Result<()> {
-    // SAFETY: plain system call on integers; the result is checked before use.
-    let fd =
-        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: fd is a socket just created and owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
+    let sock = ioctl_socket()?;
+    let mut req = ifreq("lo")?;
     // SAFETY: req is a valid ifreq naming "lo" that outlives the call; SIOCGIFFLAGS fills in
     // its flags.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) })?;
@@ -25,5 +21,161 @@ pub fn loopback_up() -> io::Result<()> {
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
     // SAFETY: as above; SIOCSIFFLAGS reads the name and flags.
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) })?;
+    Ok(())
+}
+
+/// A datagram socket for interface ioctls.
+fn ioctl_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain system call on integers; the result is checked before use.
+    let fd =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: fd is a socket just created and owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `ifreq` naming `name` (shorter than IFNAMSIZ), all else zero.
+fn ifreq(name: &str) -> io::Result<libc::ifreq> {
+    if name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// `addr` as a `struct sockaddr` (AF_INET).
+fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(addr.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr are both 16 bytes of plain data; the kernel reads a
+    // sockaddr_in through the sockaddr it is given for AF_INET.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+/// The kernel's `struct rtentry` (linux/route.h), which glibc's libc bindings lack.
+#[repr(C)]
+struct RtEntry {
+    rt_pad1: libc::c_ulong,
+    rt_dst: libc::sockaddr,
+    rt_gateway: libc::sockaddr,
+    rt_genmask: libc::sockaddr,
+    rt_flags: libc::c_ushort,
+    rt_pad2: libc::c_short,
+    rt_pad3: libc::c_ulong,
+    rt_pad4: *mut libc::c_void,
+    rt_metric: libc::c_short,
+    rt_dev: *mut libc::c_char,
+    rt_mtu: libc::c_ulong,
+    rt_window: libc::c_ulong,
+    rt_irtt: libc::c_ushort,
+}
+
+/// The guest's network interface: the first one that is not `lo` (virtio-net's `eth0`).
+fn interface_name() -> io::Result<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("the VM has no network interface"))
+}
+
+/// Configures the guest's interface as the host planned it: MTU, address, netmask, up, and
+/// a default route through the host's side of the link. Static, like Kata's agent, so no
+/// DHCP client and no `ip=` on the kernel command line (which a snapshot would freeze).
+pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
+    let address: Ipv4Addr = spec
+        .address
+        .parse()
+        .map_err(|_| format!("bad guest address {:?}", spec.address))?;
+    let gateway: Ipv4Addr = spec
+        .gateway
+        .parse()
+        .map_err(|_| format!("bad gateway {:?}", spec.gateway))?;
+    if spec.prefix_len > 32 {
+        return Err(format!("bad prefix length {}", spec.prefix_len));
+    }
+    let mask = Ipv4Addr::from(
+        u32::MAX
+            .checked_shl(32 - u32::from(spec.prefix_len))
+            .unwrap_or(0),
+    );
+    let name = interface_name().map_err(|e| format!("network interface: {e}"))?;
+    let sock = ioctl_socket().map_err(|e| format!("socket: {e}"))?;
+    let fail = |what: &str, e: io::Error| format!("{name}: {what}: {e}");
+    let set = |request: libc::c_ulong, req: &libc::ifreq, what: &str| {
+        // SAFETY: req is a valid ifreq naming the interface, its union member set for this
+        // request; it outlives the call, and the kernel only reads it.
+        check(unsafe { libc::ioctl(sock.as_raw_fd(), request, req) })
+            .map(|_| ())
+            .map_err(|e| fail(what, e))
+    };
+    if spec.mtu > 0 {
+        let mut req = ifreq(&name).map_err(|e| fail("name", e))?;
+        req.ifr_ifru.ifru_mtu = libc::c_int::from(spec.mtu);
+        set(libc::SIOCSIFMTU, &req, "MTU")?;
+    }
+    let mut req = ifreq(&name).map_err(|e| fail("name", e))?;
+    req.ifr_ifru.ifru_addr = sockaddr_in(address);
+    set(libc::SIOCSIFADDR, &req, "address")?;
+    req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+    set(libc::SIOCSIFNETMASK, &req, "netmask")?;
+    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    set(libc::SIOCSIFFLAGS, &req, "up")?;
+    let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();
+    dev.push(0);
+    let route = RtEntry {
+        rt_pad1: 0,
+        rt_dst: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_gateway: sockaddr_in(gateway),
+        rt_genmask: sockaddr_in(Ipv4Addr::UNSPECIFIED),
+        rt_flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
+        rt_pad2: 0,
+        rt_pad3: 0,
+        rt_pad4: std::ptr::null_mut(),
+        rt_metric: 0,
+        rt_dev: dev.as_mut_ptr(),
+        rt_mtu: 0,
+        rt_window: 0,
+        rt_irtt: 0,
+    };
+    // SAFETY: route is a valid rtentry whose rt_dev points to a NUL-terminated name that
+    // outlives the call; the kernel only reads both.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) })
+        .map_err(|e| fail("default route", e))?;
+    Ok(())
+}
+
+/// Writes the files a networked sandbox always gets (docker bind-mounts its own over the
+/// image's): /etc/resolv.conf and /etc/hosts as the host made them, /etc/hostname.
+pub fn write_etc(root: &str, spec: &NetworkSpec, hostname: &str) -> Result<(), String> {
+    let etc = format!("{root}/etc");
+    std::fs::create_dir_all(&etc).map_err(|e| format!("{etc}: {e}"))?;
+    let files = [
+        ("resolv.conf", spec.resolv_conf.clone()),
+        ("hosts", spec.hosts.clone()),
+        ("hostname", format!("{hostname}\n")),
+    ];
+    for (file, content) in files {
+        let path = format!("{etc}/{file}");
+        // A symlink in the image (to /run/systemd/resolve/..., say) is replaced, not followed.
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            let _ = std::fs::remove_file(&path);
+        }
+        std::fs::write(&path, content).map_err(|e| format!("{path}: {e}"))?;
+    }
     Ok(())
 }

@@ -25,6 +25,29 @@ fn field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// Bytes received and sent on every interface but `lo`, from /proc/net/dev's
+/// `name: rx_bytes packets ... tx_bytes ...` lines (tx_bytes is the 9th number).
+fn net_bytes(dev: &str) -> (u64, u64) {
+    let mut total = (0, 0);
+    for line in dev.lines().skip(2) {
+        let Some((name, numbers)) = line.split_once(':') else {
+            continue;
+        };
+        if name.trim() == "lo" {
+            continue;
+        }
+        let n: Vec<u64> = numbers
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        if n.len() >= 9 {
+            total.0 += n[0];
+            total.1 += n[8];
+        }
+    }
+    total
+}
+
 pub fn sample() -> Stats {
     let dir = cgroup_dir();
     let cpu = fs::read_to_string(format!("{dir}/cpu.stat")).unwrap_or_default();
@@ -34,6 +57,8 @@ pub fn sample() -> Stats {
     let memory_current = read_u64(&format!("{dir}/memory.current")).unwrap_or_else(|| {
         memory_total.saturating_sub(field(&meminfo, "MemAvailable").unwrap_or(0) * 1024)
     });
+    let (net_rx_bytes, net_tx_bytes) =
+        net_bytes(&fs::read_to_string("/proc/net/dev").unwrap_or_default());
     Stats {
         cpu_usage_usec: field(&cpu, "usage_usec").unwrap_or(0),
         memory_current,
@@ -43,12 +68,25 @@ pub fn sample() -> Stats {
         // SAFETY: sysconf has no preconditions.
         cpus: unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as u32,
         uptime_ns: crate::sys::uptime_ns(),
+        net_rx_bytes,
+        net_tx_bytes,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn net_bytes_skip_loopback() {
+        let dev = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:    1000      10    0    0    0     0          0         0     1000      10    0    0    0     0       0          0
+  eth0:  123456     100    0    0    0     0          0         0     7890      50    0    0    0     0       0          0
+";
+        assert_eq!(net_bytes(dev), (123456, 7890));
+        assert_eq!(net_bytes(""), (0, 0));
+    }
 
     #[test]
     fn fields_parse() {

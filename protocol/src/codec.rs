@@ -326,6 +326,14 @@ pub(crate) mod tests {
                 memory_swap: 3 << 29,
                 cpuset_cpus: "0-1".into(),
                 cpuset_mems: "0".into(),
+                network: Some(crate::NetworkSpec {
+                    address: "10.89.0.2".into(),
+                    prefix_len: 30,
+                    gateway: "10.89.0.1".into(),
+                    mtu: 1500,
+                    resolv_conf: "nameserver 192.0.2.53\n".into(),
+                    hosts: "127.0.0.1\tlocalhost\n".into(),
+                }),
             })),
             Message::Run(Box::default()),
             Message::Started {
@@ -365,6 +373,8 @@ pub(crate) mod tests {
                 pids_current: 5,
                 cpus: 6,
                 uptime_ns: 7,
+                net_rx_bytes: 8,
+                net_tx_bytes: 9,
             }),
             Message::CopyOut {
                 path: "/etc/../x y".into(),

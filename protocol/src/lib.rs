@@ -24,7 +24,8 @@ mod messages;
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
-    ExecErrorKind, ExitStatus, FileKind, Message, PathInfo, Rlimit, RootfsSpec, RunSpec, Stats,
+    ExecErrorKind, ExitStatus, FileKind, Message, NetworkSpec, PathInfo, Rlimit, RootfsSpec,
+    RunSpec, Stats,
 };
 
 /// Version of this protocol; the host refuses a guest that speaks another one.

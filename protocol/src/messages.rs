@@ -96,6 +96,10 @@ pub struct Stats {
     pub cpus: u32,
     /// Guest uptime, in nanoseconds, when sampled.
     pub uptime_ns: u64,
+    /// Bytes the sandbox received and sent on its network interfaces, loopback excluded
+    /// (docker's NET I/O).
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
 }
 
 /// How the workload ended.
@@ -173,6 +177,28 @@ pub struct RunSpec {
     pub cpuset_cpus: String,
     /// cgroup v2 `cpuset.mems` for the workload (`0`); empty: not set.
     pub cpuset_mems: String,
+    /// The guest's network interface, configured before the workload runs; `None`: only
+    /// `lo` (`--network none`), or an exec (the sandbox's network is already up).
+    pub network: Option<NetworkSpec>,
+}
+
+/// How the agent configures the guest's one network interface (`eth0`, virtio-net) and the
+/// files a networked sandbox always gets, as docker bind-mounts its own over the image's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct NetworkSpec {
+    /// The guest's IPv4 address (`10.89.0.2`).
+    pub address: String,
+    /// Its prefix length (`30`).
+    pub prefix_len: u8,
+    /// The default route's gateway (the host's side of the link).
+    pub gateway: String,
+    /// The interface's MTU.
+    pub mtu: u16,
+    /// `/etc/resolv.conf`, whole.
+    pub resolv_conf: String,
+    /// `/etc/hosts`, whole.
+    pub hosts: String,
 }
 
 impl RunSpec {

@@ -36,6 +36,8 @@ enum Command {
     Wait(commands::wait::WaitArgs),
     /// Remove sandboxes.
     Rm(commands::rm::RmArgs),
+    /// List a sandbox's published ports.
+    Port(commands::port::PortArgs),
     /// Show sandboxes' resource usage.
     Stats(commands::stats::StatsArgs),
     /// Copy files between a sandbox and the host.
@@ -97,6 +99,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Wait(args) => commands::wait::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Stats(args) => commands::stats::run(args),
+        Command::Port(args) => commands::port::run(args),
         Command::Cp(args) => commands::cp::run(args),
         Command::Version => commands::info::version(),
         Command::Supervise {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use brig_protocol::RootfsSpec;
 
+use super::network::NetworkOptions;
 use super::outcome::{Failure, TimeoutPolicy};
 pub use super::resources::Resources;
 use super::resources::{disk_limits, DiskLimits, NamedDisk, ResourceError};
@@ -70,6 +71,8 @@ pub struct CreateOptions<'a> {
     /// `--rm`: the sandbox's state goes when it ends.
     pub auto_remove: bool,
     pub detached: bool,
+    /// `--network`, `-p`, `--dns`, ..., checked.
+    pub network: NetworkOptions,
 }
 
 /// A created sandbox, not yet running; it holds its runtime lock.
@@ -154,6 +157,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
             .unwrap_or_else(|| "SIGTERM".into()),
         auto_remove: opts.auto_remove,
         detached: opts.detached,
+        network: opts.network,
     };
     let sandbox = Sandbox::create(home, &config)?;
     if !opts.read_only {

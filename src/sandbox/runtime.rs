@@ -89,18 +89,32 @@ fn write_pid(dir: &std::path::Path) -> io::Result<()> {
     std::fs::rename(&tmp, dir.join("pid"))
 }
 
+/// Where networked sandboxes' address leases live (beside the runtime directories: gone
+/// at reboot, as the sandboxes are).
+pub fn leases_dir() -> PathBuf {
+    base_dir().join("leases")
+}
+
 /// The vsock socket of the live VM `id` (host-initiated connections: `CONNECT <port>`).
 pub fn vsock_socket_of(id: &str) -> PathBuf {
     dir_of(id).join("vsock.sock")
 }
 
-/// Removes runtime directories whose VM is gone (its brig was killed before cleaning up).
+/// Removes runtime directories and address leases whose VM is gone (its brig was killed
+/// before cleaning up).
 pub fn sweep_stale() {
+    super::network::pool::sweep(&leases_dir(), &is_live);
     let Ok(entries) = std::fs::read_dir(base_dir()) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
+        // Only sandboxes' directories (12 hex digits), not the address leases beside them.
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 12 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
         let stale = match std::fs::File::open(path.join("lock")) {
             Ok(f) => try_lock(&f),
             // A directory without a lock is mid-creation or not ours: leave it alone unless old.

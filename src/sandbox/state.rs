@@ -7,6 +7,7 @@
 //! A sandbox is running while its runtime lock is held; a state that says running without
 //! a live lock is reported as exited ("the VMM process died").
 
+use super::network::{NetworkOptions, NetworkState};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -111,6 +112,9 @@ pub struct SandboxConfig {
     pub stop_signal: String,
     pub auto_remove: bool,
     pub detached: bool,
+    /// `--network`, `-p`, `--dns`, ... (configs from before networking: none).
+    #[serde(default)]
+    pub network: NetworkOptions,
 }
 
 /// Lifecycle status.
@@ -133,6 +137,9 @@ pub struct SandboxState {
     pub exit_code: Option<i32>,
     /// Why it ended abnormally (kernel panic, VMM died, ...).
     pub error: Option<String>,
+    /// The network while it runs (address, published ports, policy).
+    #[serde(default)]
+    pub network: Option<NetworkState>,
 }
 
 impl SandboxState {
@@ -144,6 +151,7 @@ impl SandboxState {
             finished_at: None,
             exit_code: None,
             error: None,
+            network: None,
         }
     }
 }
@@ -416,6 +424,7 @@ mod tests {
             stop_signal: "SIGTERM".into(),
             auto_remove: false,
             detached: true,
+            network: NetworkOptions::default(),
         }
     }
 

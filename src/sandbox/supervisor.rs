@@ -7,7 +7,9 @@ use std::io::{self, Write};
 
 use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome};
 use super::logs::{LogWriter, Stream, DEFAULT_MAX_BYTES};
+use super::network;
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
+use super::runtime;
 use super::runtime::RuntimeDir;
 use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
 use super::vm;
@@ -28,6 +30,8 @@ pub enum SuperviseError {
     Log(io::Error),
     #[error(transparent)]
     Vm(#[from] vm::VmError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
 }
 
 /// How the sandbox's stdio is connected.
@@ -81,6 +85,23 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
     }
 }
 
+/// Records a sandbox that could not be started (its network, say) as exited with brig's
+/// error, and tells `ready`.
+fn not_started(
+    sandbox: &Sandbox,
+    e: SuperviseError,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+) -> SuperviseError {
+    ready(Err(Failure::brig(e.to_string())));
+    let mut state = SandboxState::created();
+    state.status = Status::Exited;
+    state.finished_at = Some(now_rfc3339());
+    state.exit_code = Some(EXIT_BRIG_ERROR);
+    state.error = Some(e.to_string());
+    let _ = sandbox.write_state(&state);
+    e
+}
+
 /// Runs `sandbox` in `runtime` until it ends; `ready` hears once whether the workload
 /// started (`Ok`) or could not (`Err` with the code and message).
 pub fn supervise(
@@ -118,9 +139,25 @@ pub fn supervise(
         Mode::Detached => (false, ConsoleLog::with_echo(Box::new(console_file))),
     };
     let foreground = matches!(mode, Mode::Foreground { .. });
+    let mut net = match network::setup(
+        &config.id,
+        &config.run.hostname,
+        &config.network,
+        &runtime::leases_dir(),
+        &runtime::is_live,
+    ) {
+        Ok(net) => net,
+        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
+    };
+    let mut vm_config = vm::config_of(&config, console)?;
+    let mut run = config.run.clone();
+    if let Some(n) = net.as_mut() {
+        vm_config.net = n.take_device();
+        run.network = Some(n.spec.clone());
+    }
     let spec = Launch {
-        vm: vm::config_of(&config, console)?,
-        run: config.run.clone(),
+        vm: vm_config,
+        run,
         stdin,
         timeout: timeout.map(|t| match t {
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
@@ -132,6 +169,9 @@ pub fn supervise(
         state.status = Status::Running;
         state.pid = std::process::id();
         state.started_at = Some(now_rfc3339());
+        if let Some(n) = net.as_ref() {
+            state.network = Some(n.state.clone());
+        }
         let _ = sandbox.write_state(&state);
     };
     let mut started = false;
@@ -158,8 +198,11 @@ pub fn supervise(
         on_workload_started: &mut on_workload_started,
     };
     let result = launch(spec, runtime, io);
+    // The host side goes with the VM: proxy, nft table, address.
+    drop(net);
     let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
     state.status = Status::Exited;
+    state.network = None;
     state.finished_at = Some(now_rfc3339());
     match result {
         Ok(outcome) => {

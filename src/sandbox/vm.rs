@@ -40,6 +40,7 @@ pub fn config_of(config: &SandboxConfig, console: ConsoleLog) -> Result<VmConfig
         console,
         disks: config.disks.iter().map(DiskConfig::from).collect(),
         vsock: None,
+        net: None,
     })
 }
 

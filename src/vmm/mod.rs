@@ -32,7 +32,11 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
-pub use virtio::{DiskConfig, IoLimits, VsockConfig, DEFAULT_GUEST_CID};
+pub use virtio::{
+    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, IoLimits,
+    NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig, ALWAYS_DENIED,
+    DEFAULT_GUEST_CID,
+};
 
 /// A wait longer than any deadline a caller can express.
 const MAX_WAIT: rustix::event::Timespec = rustix::event::Timespec {
@@ -49,7 +53,7 @@ pub fn max_cpus() -> u8 {
 const CONSOLE_DRAIN: Duration = Duration::from_secs(1);
 
 /// What to boot.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VmConfig {
     /// Uncompressed ELF `vmlinux`.
     pub kernel: PathBuf,
@@ -69,6 +73,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// The vsock device, when the host talks to the guest agent.
     pub vsock: Option<VsockConfig>,
+    /// The network device (`None`: the guest has only `lo`).
+    pub net: Option<NetDeviceConfig>,
 }
 
 /// The VM could not be started.
@@ -130,7 +136,7 @@ fn setup_err<E: std::error::Error + Send + Sync + 'static>(
 
 /// Builds and starts the VM described by `config`. The config is consumed so that the
 /// initramfs, once copied into guest memory, does not stay resident for the VM's life.
-pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
+pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("vmm start: {what} at {:?}", t0.elapsed());
     // Everything the user gave is checked before KVM is touched.
@@ -139,7 +145,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     }
     memory::check_size(config.mem_mib)?;
     boot::check_kernel(&config.kernel)?;
-    let plan = virtio::Plan::new(&config.disks, config.vsock.as_ref())?;
+    let plan = virtio::Plan::new(&config.disks, config.vsock.as_ref(), config.net.is_some())?;
     let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
 
     // Before any VMM thread is started: they inherit the mask.
@@ -164,7 +170,7 @@ pub fn start(config: VmConfig) -> Result<RunningVm, VmmError> {
     phase("vm and memory");
 
     let mut mmio = Bus::new();
-    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &plan)?;
+    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &plan, config.net.take())?;
 
     phase("virtio devices");
     let kernel = boot::load_kernel(&mem, &config.kernel)?;

@@ -13,11 +13,19 @@ use crate::arch::x86_64::layout::{IRQ_MAX, MMIO_DEVICE_SIZE, VIRTIO_IRQ_START, V
 use crate::devices::bus::Bus;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::net::{Backend, Net, NetConfig};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioSlot, SharedVirtioDevice, VirtioDevice, MMIO_SLOT_SIZE};
 
 pub use crate::devices::rate_limiter::IoLimits;
+pub use crate::devices::virtio::net::filter::{
+    Cidr, EgressPolicy, EgressRule, EgressRuleError, Proto as FilterProto, ALWAYS_DENIED,
+};
+pub use crate::devices::virtio::net::passt::{
+    Passt as PasstBackend, PasstError as PasstBackendError,
+};
+pub use crate::devices::virtio::net::tap::{Tap, TapError};
 pub use crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// A vsock device whose host side is a Unix socket.
@@ -40,6 +48,29 @@ pub struct DiskConfig {
     pub limits: IoLimits,
 }
 
+/// A network device (virtio-net) and the host side it is wired to.
+pub struct NetDeviceConfig {
+    /// The wire: a TAP ([`Tap`]) as root.
+    pub backend: Box<dyn Backend>,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The MTU the guest is told to use.
+    pub mtu: u16,
+    /// What the guest may send, checked on every frame (`None`: anything).
+    pub egress: Option<EgressPolicy>,
+}
+
+impl std::fmt::Debug for NetDeviceConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetDeviceConfig")
+            .field("backend", &self.backend)
+            .field("mac", &format_args!("{:02x?}", self.mac))
+            .field("mtu", &self.mtu)
+            .field("egress", &self.egress)
+            .finish()
+    }
+}
+
 /// A device could not be attached.
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioError {
@@ -50,6 +81,8 @@ pub enum VirtioError {
     Vsock(#[from] crate::devices::virtio::vsock::VsockError),
     #[error(transparent)]
     Rng(#[from] crate::devices::virtio::rng::RngError),
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio::net::NetError),
     /// Out of IOAPIC pins.
     #[error("too many virtio devices (at most {})", IRQ_MAX - VIRTIO_IRQ_START + 1)]
     TooMany,
@@ -64,6 +97,9 @@ pub enum DeviceKind {
     Disk(DiskConfig),
     Vsock(VsockConfig),
     Rng,
+    /// The network device, whose backend [`attach_all`] is given separately (it is an open
+    /// host resource, not a plan).
+    Net,
 }
 
 /// Where each device will sit; known before anything is created, so the command line can be
@@ -74,14 +110,20 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Disks first (in order: /dev/vda, /dev/vdb, ...), then vsock, then an entropy source.
-    pub fn new(disks: &[DiskConfig], vsock: Option<&VsockConfig>) -> Result<Self, VirtioError> {
+    /// Disks first (in order: /dev/vda, /dev/vdb, ...), then vsock, then an entropy source,
+    /// then the network device when there is one.
+    pub fn new(
+        disks: &[DiskConfig],
+        vsock: Option<&VsockConfig>,
+        net: bool,
+    ) -> Result<Self, VirtioError> {
         let kinds = disks
             .iter()
             .cloned()
             .map(DeviceKind::Disk)
             .chain(vsock.cloned().map(DeviceKind::Vsock))
-            .chain(std::iter::once(DeviceKind::Rng));
+            .chain(std::iter::once(DeviceKind::Rng))
+            .chain(net.then_some(DeviceKind::Net));
         let mut devices = Vec::new();
         for (index, kind) in kinds.enumerate() {
             let gsi = VIRTIO_IRQ_START + index as u32;
@@ -142,12 +184,14 @@ impl Attached {
     }
 }
 
-/// Creates and attaches every device of `plan`.
+/// Creates and attaches every device of `plan`; `net` is the network device's backend when
+/// the plan has one.
 pub fn attach_all(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     mmio: &mut Bus,
     plan: &Plan,
+    mut net: Option<NetDeviceConfig>,
 ) -> Result<Attached, VirtioError> {
     let mut attached = Attached::default();
     for (slot, kind) in &plan.devices {
@@ -162,6 +206,20 @@ pub fn attach_all(
             }
             DeviceKind::Rng => {
                 let dev = Rng::new()?;
+                attached.attach(vm, mem, mmio, *slot, dev)?;
+            }
+            DeviceKind::Net => {
+                let Some(n) = net.take() else {
+                    return Err(VirtioError::Attach(
+                        "no backend for the network device".into(),
+                    ));
+                };
+                let config = NetConfig {
+                    mac: Some(n.mac),
+                    mtu: Some(n.mtu),
+                };
+                let mut dev = Net::new(config, n.backend)?;
+                dev.set_egress(n.egress);
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
         }
@@ -185,7 +243,7 @@ mod tests {
             cid: 3,
             uds_path: "/run/x".into(),
         };
-        let plan = Plan::new(&[disk("a"), disk("b")], Some(&vsock)).unwrap();
+        let plan = Plan::new(&[disk("a"), disk("b")], Some(&vsock), true).unwrap();
         assert_eq!(
             plan.cmdline(),
             vec![
@@ -193,15 +251,20 @@ mod tests {
                 "virtio_mmio.device=4K@0xd0001000:6",
                 "virtio_mmio.device=4K@0xd0002000:7",
                 "virtio_mmio.device=4K@0xd0003000:8",
+                "virtio_mmio.device=4K@0xd0004000:9",
             ]
         );
         assert!(matches!(plan.devices[2].1, DeviceKind::Vsock(_)));
         assert!(matches!(plan.devices[3].1, DeviceKind::Rng));
+        assert!(matches!(plan.devices[4].1, DeviceKind::Net));
         // GSIs 5..=23: 19 devices at most.
         let many: Vec<_> = (0..19).map(|i| disk(&i.to_string())).collect();
-        assert!(matches!(Plan::new(&many, None), Err(VirtioError::TooMany)));
-        assert!(Plan::new(&many[..18], Some(&vsock)).is_err());
-        assert!(Plan::new(&many[..18], None).is_ok());
-        assert!(Plan::new(&many[..17], Some(&vsock)).is_ok());
+        assert!(matches!(
+            Plan::new(&many, None, false),
+            Err(VirtioError::TooMany)
+        ));
+        assert!(Plan::new(&many[..18], Some(&vsock), false).is_err());
+        assert!(Plan::new(&many[..18], None, false).is_ok());
+        assert!(Plan::new(&many[..17], Some(&vsock), false).is_ok());
     }
 }

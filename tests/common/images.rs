@@ -43,6 +43,13 @@ const APPLETS: &[&str] = &[
     "printf",
     "mount",
     "uname",
+    "wget",
+    "nc",
+    "httpd",
+    "ip",
+    "nslookup",
+    "ifconfig",
+    "route",
 ];
 
 /// Where test images are cached: `${XDG_CACHE_HOME:-$HOME/.cache}/brig/test-images`.

@@ -86,6 +86,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             console,
             disks: Vec::new(),
             vsock: None,
+            net: None,
         },
         run: RunSpec {
             argv: args.command.clone(),

@@ -44,6 +44,10 @@ pub fn info() -> anyhow::Result<i32> {
         crate::sandbox::runtime::base_dir().display()
     );
     println!(
+        "network:       {}",
+        crate::sandbox::network::backend_words()
+    );
+    println!(
         "limits:        vCPUs 1..={}, memory >= {} MiB (guest), scratch disk {} GiB sparse",
         crate::vmm::max_cpus(),
         crate::vmm::memory::MIN_MEM_MIB,

@@ -12,6 +12,7 @@ pub mod kill;
 pub mod load;
 pub mod login;
 pub mod logs;
+pub mod port;
 pub mod ps;
 pub mod pull;
 pub mod rm;

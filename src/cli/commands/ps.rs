@@ -4,6 +4,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::cli::fmt::{duration_words, now_secs, parse_rfc3339, print_table};
+use crate::sandbox::network::ports::format_ports;
 use crate::sandbox::state::{self, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,6 +42,7 @@ struct Row {
     exit_code: Option<i32>,
     error: Option<String>,
     pid: u32,
+    ports: String,
 }
 
 /// docker's STATUS column: `Up 3 minutes`, `Exited (0) 2 seconds ago`, `Created`.
@@ -86,6 +88,11 @@ pub fn run(args: PsArgs) -> anyhow::Result<i32> {
             exit_code: st.exit_code,
             error: st.error.clone(),
             pid: st.pid,
+            ports: st
+                .network
+                .as_ref()
+                .map(|n| format_ports(&n.ports))
+                .unwrap_or_default(),
         });
     }
     rows.reverse(); // newest first, as docker lists them
@@ -118,6 +125,7 @@ pub fn run(args: PsArgs) -> anyhow::Result<i32> {
                 cmd,
                 created,
                 r.status.clone(),
+                r.ports.clone(),
                 r.names.clone(),
             ]
         })
@@ -129,6 +137,7 @@ pub fn run(args: PsArgs) -> anyhow::Result<i32> {
             "COMMAND",
             "CREATED",
             "STATUS",
+            "PORTS",
             "NAMES",
         ],
         &table,

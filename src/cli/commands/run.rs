@@ -7,6 +7,7 @@ use clap::{ArgAction, Args, ValueEnum};
 
 use crate::image::{self, PullOptions};
 use crate::sandbox::lifecycle::{self, CreateOptions};
+use crate::sandbox::network::{NetworkFlags, NetworkOptions};
 use crate::sandbox::resources::{ResourceFlags, Resources};
 use crate::sandbox::spec::RunOptions;
 use crate::sandbox::state;
@@ -92,6 +93,29 @@ pub struct RunArgs {
     /// Limit on the number of processes (-1: unlimited).
     #[arg(long = "pids-limit", value_name = "N", allow_hyphen_values = true)]
     pids_limit: Option<i64>,
+    /// Network: "bridge" (the default: NAT, the host and other sandboxes unreachable) or
+    /// "none" (only lo).
+    #[arg(long, alias = "net", value_name = "NETWORK")]
+    network: Option<String>,
+    /// Publish a sandbox port on the host: [IP:][HOSTPORT:]PORT[/tcp|/udp].
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOSTPORT:PORT")]
+    publish: Vec<String>,
+    /// Name server for the sandbox (default: the host's).
+    #[arg(long, value_name = "IP")]
+    dns: Vec<String>,
+    /// DNS search domain.
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    dns_search: Vec<String>,
+    /// DNS resolver option (resolv.conf "options").
+    #[arg(long = "dns-option", value_name = "OPTION")]
+    dns_option: Vec<String>,
+    /// Add a line to /etc/hosts (NAME:IP).
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Allow outgoing traffic only to these destinations (repeatable; DNS servers given
+    /// with --dns are allowed on port 53).
+    #[arg(long = "egress-allow", value_name = "CIDR[:PORT[-PORT]]")]
+    egress_allow: Vec<String>,
     /// Mount the root file system read-only (no overlay).
     #[arg(long = "read-only")]
     read_only: bool,
@@ -172,6 +196,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         device_read_iops: args.device_read_iops.clone(),
         device_write_iops: args.device_write_iops.clone(),
     })?;
+    let network = NetworkOptions::parse(&NetworkFlags {
+        network: args.network.clone(),
+        publish: args.publish.clone(),
+        dns: args.dns.clone(),
+        dns_search: args.dns_search.clone(),
+        dns_options: args.dns_option.clone(),
+        add_hosts: args.add_host.clone(),
+        egress_allow: args.egress_allow.clone(),
+    })?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
         anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it");
@@ -222,6 +255,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             name: args.name.clone(),
             auto_remove: args.rm,
             detached: args.detach,
+            network,
         },
     )?;
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));

@@ -42,9 +42,6 @@
 pub mod block;
 mod common;
 pub mod mmio;
-// Nothing outside tests builds a virtio-net device yet: the VMM wiring (TAP creation, NAT,
-// the guest's network config) is the next step of the network work.
-#[cfg_attr(not(test), allow(dead_code, unused_imports))]
 pub mod net;
 pub mod rng;
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -63,8 +63,9 @@ pub struct BoundPort {
 
 impl BoundPort {
     /// The address listened on.
-    pub fn host_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.host_ip, self.host_port)
+    #[cfg(test)]
+    pub fn host_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.host_ip, self.host_port)
     }
 }
 

@@ -165,11 +165,13 @@ impl Net {
     }
 
     /// Counters of what happened to frames so far.
+    #[cfg(test)]
     pub fn stats(&self) -> NetStats {
         self.stats
     }
 
     /// Whether the device will read the backend when it next can.
+    #[cfg(test)]
     pub fn rx_ready(&self) -> bool {
         self.rx_ready && !self.rx_failed
     }
@@ -177,6 +179,7 @@ impl Net {
     /// Whether reading the backend failed for good: nothing more reaches the guest (passt
     /// out of step, or a TAP gone). Logged once when it happens; the VMM may poll this to
     /// report a dead link.
+    #[cfg(test)]
     pub fn rx_failed(&self) -> bool {
         self.rx_failed
     }

@@ -33,9 +33,9 @@
 //! # Layout
 //! [`backend`] is the host side's interface, [`tap`] the TAP backend, [`passt`] the passt
 //! backend, [`frame`] the checks and copies of one frame, [`filter`] the egress policy, and
-//! [`device`] the virtio device (queues, features, config space, events). Not wired into
-//! the VMM yet: that step creates the TAP (or starts passt), its addresses and NAT, and
-//! configures the guest.
+//! [`device`] the virtio device (queues, features, config space, events). `vmm::virtio`
+//! attaches it; `sandbox::network` makes the TAP (or starts passt), its addresses and NAT,
+//! and tells the guest agent how to configure `eth0`.
 
 pub mod backend;
 pub mod device;
@@ -52,9 +52,6 @@ mod mock;
 pub mod passt;
 #[cfg(test)]
 mod passt_tests;
-// Besides the VMM wiring still to come (see `virtio/mod.rs`), unit tests cannot reach
-// `Tap::open` and what needs an open TAP: as root they would create a host interface.
-#[allow(dead_code)]
 pub mod tap;
 #[cfg(test)]
 mod tests;

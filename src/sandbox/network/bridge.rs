@@ -1,0 +1,56 @@
+//! The network of a sandbox started as root: a TAP named `brig<lease index>`, the host's end
+//! of the sandbox's /30 on it, an nft table ([`super::nft`]) for NAT and the egress policy,
+//! and the userland proxy for published ports.
+
+use super::{host, nft, proxy, NetworkError, Plan, SandboxNetwork, MTU};
+use crate::vmm::{NetDeviceConfig, Tap};
+
+pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
+    let link = plan.lease.link;
+    // The published ports first: a port in use fails before anything else is made.
+    let bound = if plan.opts.publish.is_empty() {
+        None
+    } else {
+        Some(proxy::PortProxy::bind(&plan.opts.publish)?)
+    };
+    let tap = Tap::open(&format!("brig{}", link.index))?;
+    host::configure(tap.name(), link.host, super::pool::LINK_PREFIX)?;
+    host::enable_forwarding()?;
+    let rules = nft::Rules {
+        table: nft::table_name(plan.id),
+        tap: tap.name().to_string(),
+        guest: link.guest,
+        allow: plan.allow.as_ref().map(|list| {
+            list.iter()
+                .map(|r| nft::Allow {
+                    net: r.net.to_string(),
+                    ports: r.ports,
+                })
+                .collect()
+        }),
+    };
+    let table = nft::Table::create(&rules)?;
+    // Forwarding starts now: a client that comes before the guest listens is refused, as
+    // by a container that is still starting.
+    let proxy = bound.map(|p| p.start(link.guest)).transpose()?;
+    let ports = proxy
+        .as_ref()
+        .map(|p| p.bound().to_vec())
+        .unwrap_or_default();
+    let state = plan.state("tap", tap.name(), ports);
+    let device = NetDeviceConfig {
+        egress: Some(plan.egress_policy()),
+        backend: Box::new(tap),
+        mac: plan.mac,
+        mtu: MTU,
+    };
+    Ok(SandboxNetwork {
+        spec: plan.spec(),
+        state,
+        device: Some(device),
+        proxy,
+        table: Some(table),
+        passt: None,
+        _lease: plan.lease,
+    })
+}

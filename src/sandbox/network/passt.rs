@@ -1,0 +1,192 @@
+//! Rootless networking: `passt` (Debian's package) as a user-mode network stack behind the
+//! same virtio-net device. brig makes a Unix socket pair, gives passt one end as its
+//! pre-connected socket (`-F 3`), and the device speaks passt's stream of length-prefixed
+//! Ethernet frames on the other. passt ends TCP and UDP in host sockets of the user who ran
+//! brig, so it needs no privilege; published ports are its own `-t`/`-u` forwards.
+//!
+//! passt cannot filter: the egress policy is enforced by the VMM on the guest's frames
+//! (`devices::virtio::net::filter`). passt runs with `--no-map-gw` (the gateway address is
+//! not the host's loopback), IPv4 only, and dies with the VMM: the socket closes (passt
+//! quits after its one client, `-F` implies `--one-off`), and PDEATHSIG as well.
+
+use std::io::{self, Read};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::os::unix::net::UnixStream;
+
+use super::pool::LINK_PREFIX;
+use super::ports::{BoundPort, PortMapping, Proto};
+use super::{NetworkError, Plan, SandboxNetwork, MTU};
+use crate::vmm::{NetDeviceConfig, PasstBackend};
+
+/// The passt binary.
+pub const PASST: &str = "passt";
+/// The fd passt finds its socket on.
+const PASST_FD: i32 = 3;
+
+/// Starting passt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasstError {
+    #[error("cannot run passt for rootless networking (install the passt package, or use --network none): {0}")]
+    Spawn(#[source] io::Error),
+    #[error("passt (rootless networking) exited at start: {0}")]
+    Exited(String),
+    #[error("passt socket pair: {0}")]
+    Socket(#[source] io::Error),
+}
+
+/// A running passt and the VMM's end of its socket.
+#[derive(Debug)]
+pub struct Passt {
+    child: Child,
+}
+
+impl Drop for Passt {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// passt's `-t`/`-u` spec for one mapping: `[ADDR/]HOSTPORT:GUESTPORT`.
+fn forward_spec(p: &BoundPort) -> String {
+    let addr = if p.host_ip.is_unspecified() {
+        String::new()
+    } else {
+        format!("{}/", p.host_ip)
+    };
+    format!("{addr}{}:{}", p.host_port, p.guest_port)
+}
+
+/// The network of a rootless sandbox: passt on a socket pair, its forwards for the
+/// published ports, the VMM's filter for the egress policy.
+pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
+    let link = plan.lease.link;
+    let ports = reserve_ports(&plan.opts.publish)?;
+    let (passt, sock) = start(link.guest, LINK_PREFIX, link.host, MTU, &ports)?;
+    let backend = PasstBackend::new(UnixStream::from(sock))?;
+    let state = plan.state("passt", "passt", ports);
+    let device = NetDeviceConfig {
+        egress: Some(plan.egress_policy()),
+        backend: Box::new(backend),
+        mac: plan.mac,
+        mtu: MTU,
+    };
+    Ok(SandboxNetwork {
+        spec: plan.spec(),
+        state,
+        device: Some(device),
+        proxy: None,
+        table: None,
+        passt: Some(passt),
+        _lease: plan.lease,
+    })
+}
+
+/// Binds each published port once (and lets go) to resolve ephemeral ports and to report a
+/// port in use in docker's words before passt starts.
+fn reserve_ports(publish: &[PortMapping]) -> Result<Vec<BoundPort>, NetworkError> {
+    if publish.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(super::proxy::PortProxy::bind(publish)?.bound())
+}
+
+/// Starts passt for a guest at `guest`/`prefix` behind `gateway`, forwarding `ports`; returns
+/// it and the VMM's end of the socket.
+fn start(
+    guest: Ipv4Addr,
+    prefix: u8,
+    gateway: Ipv4Addr,
+    mtu: u16,
+    ports: &[BoundPort],
+) -> Result<(Passt, OwnedFd), PasstError> {
+    use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+    let (vmm_end, passt_end) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| PasstError::Socket(e.into()))?;
+    let mut cmd = Command::new(PASST);
+    cmd.args([
+        "-f",
+        "-q",
+        "-4",
+        "--no-map-gw",
+        "--no-dhcp",
+        "--no-ndp",
+        "--no-ra",
+    ])
+    .args(["-F", &PASST_FD.to_string()])
+    .args(["-a", &guest.to_string(), "-n", &prefix.to_string()])
+    .args(["-g", &gateway.to_string(), "-m", &mtu.to_string()]);
+    for p in ports {
+        let flag = match p.proto {
+            Proto::Tcp => "-t",
+            Proto::Udp => "-u",
+        };
+        cmd.args([flag, &forward_spec(p)]);
+    }
+    let raw = passt_end.as_raw_fd();
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    // SAFETY: between fork and exec only async-signal-safe calls: dup2 and prctl.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, PASST_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The VMM's end closing ends passt too; this covers a passt stuck elsewhere.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(PasstError::Spawn)?;
+    drop(passt_end);
+    // passt binds its forwards and opens its socket at start: one that fails, exits at once.
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let line = err
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no message")
+                .to_string();
+            return Err(PasstError::Exited(format!("{status}: {line}")));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(child.stderr.take());
+    Ok((Passt { child }, vmm_end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_specs_follow_passt() {
+        let p = |ip: &str, h, g| BoundPort {
+            host_ip: ip.parse().unwrap(),
+            host_port: h,
+            guest_port: g,
+            proto: Proto::Tcp,
+        };
+        assert_eq!(forward_spec(&p("0.0.0.0", 8080, 80)), "8080:80");
+        assert_eq!(forward_spec(&p("127.0.0.1", 8081, 80)), "127.0.0.1/8081:80");
+    }
+}

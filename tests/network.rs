@@ -1,0 +1,524 @@
+//! Sandbox networking end to end: `--network none`, NAT to an outside host, published
+//! ports, the default egress policy, `--egress-allow`, cleanup, concurrent addresses.
+//! Needs KVM: runs under scripts/with-kvm where this host has none usable (see
+//! common/kvm.rs), and as root there.
+//!
+//! The "outside" is a network namespace, `ext`, that setup creates inside the with-kvm VM
+//! (L1): a veth `up0` (198.51.100.254/24, L1's default route) to ext's `eth0`
+//! (198.51.100.1/24 and .3/24, and 169.254.169.254/32 playing the cloud metadata service),
+//! with servers started by setup. Nothing is ever sent outside L1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::fixture::{check, eventually, stderr, stdout, Fixture};
+use common::images;
+use common::kvm::{run_tests_with, trial, Limits};
+
+const EXT: &str = "198.51.100.1";
+const EXT_OTHER: &str = "198.51.100.3";
+const UPLINK: &str = "198.51.100.254";
+const METADATA: &str = "169.254.169.254";
+/// A service of the host itself (L1), on every address.
+const HOST_PORT: &str = "7000";
+
+fn layouts_dir() -> PathBuf {
+    images::cache_dir().join("layouts")
+}
+
+fn prepare() {
+    let _ = std::fs::remove_dir_all(layouts_dir().join("bb"));
+    let _ = std::fs::remove_dir_all(layouts_dir().join("bb-entry"));
+    images::busybox_layouts(&layouts_dir());
+}
+
+fn fixture() -> &'static Fixture {
+    Fixture::shared("net", &[("bb", layouts_dir().join("bb"))])
+}
+
+/// Runs a shell command in L1; panics with its output when it fails (setup only).
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The outside world and a host service, once per test binary (L1 is this binary's own).
+fn setup() {
+    sh(&format!(
+        "set -e
+        ip link set lo up
+        ip netns add ext
+        ip link add up0 type veth peer name eth0 netns ext
+        ip addr add {UPLINK}/24 dev up0
+        ip link set up0 up
+        ip route add default via {EXT}
+        ip route add {METADATA}/32 via {EXT}
+        ip -n ext link set lo up
+        ip -n ext addr add {EXT}/24 dev eth0
+        ip -n ext addr add {EXT_OTHER}/24 dev eth0
+        ip -n ext addr add {METADATA}/32 dev eth0
+        ip -n ext link set eth0 up
+        ip -n ext route add default via {UPLINK}
+        mkdir -p /run/brig-net-www
+        echo ext-hello > /run/brig-net-www/index.html
+        for port in 8000 9000; do
+            ip netns exec ext busybox httpd -p $port -h /run/brig-net-www
+        done
+        ip netns exec ext busybox httpd -p {METADATA}:80 -h /run/brig-net-www
+        busybox httpd -p {HOST_PORT} -h /run/brig-net-www
+        ip netns exec ext socat TCP-LISTEN:8001,fork,reuseaddr SYSTEM:'echo $SOCAT_PEERADDR' </dev/null >/dev/null 2>&1 &
+        "
+    ));
+    // The servers answer (so that a blocked connection later is the policy, not a dead
+    // server).
+    let probe = |ns: &str, url: &str| {
+        let cmd = format!("{ns} busybox wget -q -T 5 -O - {url}");
+        eventually(20, &cmd, || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap();
+    };
+    probe("", &format!("http://{EXT}:8000/"));
+    probe("", &format!("http://{EXT_OTHER}:9000/"));
+    probe("", &format!("http://{METADATA}/"));
+    probe("", &format!("http://{EXT}:8001/"));
+    probe(
+        "ip netns exec ext",
+        &format!("http://{UPLINK}:{HOST_PORT}/"),
+    );
+    fixture();
+}
+
+impl Fixture {
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--rm", "--timeout", "600"];
+        all.extend_from_slice(args);
+        self.brig(&all)
+    }
+}
+
+/// A shell loop in the guest that tries each URL and prints `REACHED url` or `BLOCKED url`.
+fn probe_script(urls: &[String]) -> String {
+    let mut s = String::new();
+    for u in urls {
+        s.push_str(&format!(
+            "if wget -q -T 3 -O /dev/null {u} 2>/dev/null; then echo REACHED {u}; else echo BLOCKED {u}; fi; "
+        ));
+    }
+    s
+}
+
+fn reached(out: &Output, url: &str) -> bool {
+    stdout(out).lines().any(|l| l == format!("REACHED {url}"))
+}
+
+fn blocked(out: &Output, url: &str) -> bool {
+    stdout(out).lines().any(|l| l == format!("BLOCKED {url}"))
+}
+
+/// What brig set up on the host for sandboxes: nft tables and TAPs.
+fn host_leftovers() -> Vec<String> {
+    let mut left: Vec<String> = sh("nft list tables")
+        .lines()
+        .filter(|l| l.contains("brig_"))
+        .map(str::to_string)
+        .collect();
+    left.extend(
+        sh("ip -o link show")
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .filter(|n| n.starts_with("brig"))
+            .map(str::to_string),
+    );
+    left
+}
+
+fn inspect_field(f: &Fixture, name: &str, field: &str) -> Result<String, String> {
+    let out = f.brig(&["inspect", name]);
+    check(out.status.success(), "inspect", &out)?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(v[0]["NetworkSettings"][field]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+fn lo_is_up_and_local_servers_work() -> Result<(), String> {
+    let out = fixture().run(&[
+        "bb",
+        "sh",
+        "-c",
+        "httpd -p 127.0.0.1:8080 -h /etc && wget -q -O - http://127.0.0.1:8080/passwd | head -n 1",
+    ]);
+    check(
+        out.status.success() && stdout(&out).starts_with("root:"),
+        "a server on 127.0.0.1 answers",
+        &out,
+    )
+}
+
+fn network_none_has_only_lo() -> Result<(), String> {
+    let out = fixture().run(&[
+        "--network",
+        "none",
+        "bb",
+        "sh",
+        "-c",
+        "ls /sys/class/net; nslookup example.com >/dev/null 2>&1 && echo RESOLVED || echo NO-DNS",
+    ]);
+    check(
+        out.status.success() && stdout(&out) == "lo\nNO-DNS\n",
+        "only lo, no name resolution",
+        &out,
+    )?;
+    let out = fixture().run(&["--network=none", "bb", "cat", "/proc/net/dev"]);
+    check(
+        out.status.success() && !stdout(&out).contains("eth0"),
+        "--network=none: no eth0",
+        &out,
+    )
+}
+
+fn guest_reaches_the_outside_through_nat() -> Result<(), String> {
+    let out = fixture().run(&[
+        "--dns",
+        EXT,
+        "--dns-search",
+        "example.test",
+        "--add-host",
+        "db:192.0.2.9",
+        "-h",
+        "web1",
+        "bb",
+        "sh",
+        "-c",
+        &format!(
+            "wget -q -O - http://{EXT}:8001/; cat /etc/resolv.conf /etc/hosts /etc/hostname; ip route"
+        ),
+    ]);
+    check(out.status.success(), "run", &out)?;
+    let text = stdout(&out);
+    check(
+        text.lines().next() == Some(UPLINK),
+        "ext sees the host's uplink address (masquerade)",
+        &out,
+    )?;
+    check(
+        text.contains(&format!("nameserver {EXT}\n")) && text.contains("search example.test\n"),
+        "resolv.conf from --dns and --dns-search",
+        &out,
+    )?;
+    check(
+        text.contains("192.0.2.9\tdb\n") && text.contains("\tweb1\n") && text.contains("web1\n"),
+        "hosts and hostname",
+        &out,
+    )?;
+    check(
+        text.contains("default via 10.89."),
+        "a default route through the host",
+        &out,
+    )
+}
+
+fn http_get(addr: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+fn published_ports_are_reachable() -> Result<(), String> {
+    let f = fixture();
+    let out = f.brig(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        "8080:80",
+        "-p",
+        "127.0.0.1:8081:80",
+        "bb",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo guest-hello > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    check(out.status.success(), "run -d -p", &out)?;
+    let result = (|| {
+        eventually(60, "the published port answers on 127.0.0.1", || {
+            http_get("127.0.0.1:8080").is_ok_and(|b| b.contains("guest-hello"))
+        })?;
+        let body = http_get("127.0.0.1:8081")?;
+        if !body.contains("guest-hello") {
+            return Err(format!("127.0.0.1:8081: {body:?}"));
+        }
+        let out = Command::new("ip")
+            .args([
+                "netns", "exec", "ext", "busybox", "wget", "-q", "-T", "10", "-O", "-",
+            ])
+            .arg(format!("http://{UPLINK}:8080/"))
+            .output()
+            .map_err(|e| e.to_string())?;
+        check(
+            stdout(&out) == "guest-hello\n",
+            "reachable from another host (ext)",
+            &out,
+        )?;
+        let out = f.brig(&["port", "web"]);
+        check(
+            stdout(&out) == "80/tcp -> 0.0.0.0:8080\n80/tcp -> 127.0.0.1:8081\n",
+            "brig port",
+            &out,
+        )?;
+        let out = f.brig(&["port", "web", "80"]);
+        check(
+            stdout(&out) == "0.0.0.0:8080\n127.0.0.1:8081\n",
+            "brig port NAME 80",
+            &out,
+        )?;
+        let out = f.brig(&["ps"]);
+        check(
+            stdout(&out).contains("0.0.0.0:8080->80/tcp, 127.0.0.1:8081->80/tcp"),
+            "ps PORTS",
+            &out,
+        )?;
+        let out = f.brig(&["stats", "--no-stream", "web"]);
+        check(
+            out.status.success()
+                && stdout(&out).contains("NET I/O")
+                && !stdout(&out).contains(" 0B / 0B "),
+            "stats NET I/O counts the traffic",
+            &out,
+        )?;
+        // A second sandbox cannot take a port in use: one line, 125, nothing left.
+        let out = f.brig(&["run", "--rm", "-p", "8080:80", "bb", "true"]);
+        check(
+            out.status.code() == Some(125)
+                && stderr(&out).lines().count() == 1
+                && stderr(&out).contains("8080"),
+            "a port in use is one line and 125",
+            &out,
+        )
+    })();
+    let out = f.brig(&["rm", "-f", "web"]);
+    check(out.status.success(), "rm -f", &out)?;
+    result?;
+    if TcpStream::connect("127.0.0.1:8080").is_ok() {
+        return Err("the published port is still open after rm".into());
+    }
+    Ok(())
+}
+
+fn default_policy_keeps_the_host_metadata_and_neighbours_out() -> Result<(), String> {
+    let f = fixture();
+    let out = f.brig(&[
+        "run",
+        "-d",
+        "--name",
+        "neighbour",
+        "bb",
+        "sh",
+        "-c",
+        "exec httpd -f -p 80 -h /etc",
+    ]);
+    check(out.status.success(), "neighbour", &out)?;
+    let result = (|| {
+        let neighbour = inspect_field(f, "neighbour", "address")?;
+        let urls = [
+            format!("http://{EXT}:8000/"),
+            format!("http://{UPLINK}:{HOST_PORT}/"),
+            format!("http://{METADATA}/"),
+            format!("http://{neighbour}/passwd"),
+            "http://$gw:7000/".to_string(),
+            format!("http://127.0.0.1:{HOST_PORT}/"),
+        ];
+        let script = format!(
+            "set -- $(ip route show default); gw=$3; {}",
+            probe_script(&urls)
+        );
+        let out = f.run(&["bb", "sh", "-c", &script]);
+        check(out.status.success(), "probe run", &out)?;
+        check(reached(&out, &urls[0]), "the outside is reachable", &out)?;
+        for u in &urls[1..] {
+            check(blocked(&out, u), &format!("{u} is blocked"), &out)?;
+        }
+        // No IPv6 on the host's side of any sandbox link: no fe80:: to reach the host by.
+        let tap = inspect_field(f, "neighbour", "interface")?;
+        let v6 = sh(&format!("ip -6 addr show dev {tap}"));
+        if !v6.trim().is_empty() {
+            return Err(format!("{tap} has IPv6 addresses: {v6}"));
+        }
+        Ok(())
+    })();
+    let out = f.brig(&["rm", "-f", "neighbour"]);
+    check(out.status.success(), "rm -f", &out)?;
+    result
+}
+
+fn egress_allow_allows_exactly_what_it_lists() -> Result<(), String> {
+    let f = fixture();
+    let urls = [
+        format!("http://{EXT}:8000/"),
+        format!("http://{EXT}:9000/"),
+        format!("http://{EXT_OTHER}:8000/"),
+        format!("http://{UPLINK}:{HOST_PORT}/"),
+    ];
+    let out = f.run(&[
+        "--egress-allow",
+        &format!("{EXT}/32:8000"),
+        "bb",
+        "sh",
+        "-c",
+        &probe_script(&urls),
+    ]);
+    check(out.status.success(), "run", &out)?;
+    check(reached(&out, &urls[0]), "the listed address and port", &out)?;
+    for u in &urls[1..] {
+        check(blocked(&out, u), &format!("{u} is blocked"), &out)?;
+    }
+    let out = f.brig(&["run", "--rm", "--egress-allow", "10.0.0.0/33", "bb", "true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).lines().count() == 1,
+        "an invalid CIDR is one line and 125",
+        &out,
+    )?;
+    let out = f.brig(&["run", "--rm", "--network", "none", "-p", "80", "bb", "true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("--network none"),
+        "-p with --network none",
+        &out,
+    )
+}
+
+fn nothing_is_left_on_the_host() -> Result<(), String> {
+    let f = fixture();
+    // --rm, then rm, then a VMM killed with SIGKILL.
+    let out = f.run(&["bb", "true"]);
+    check(out.status.success(), "--rm run", &out)?;
+    let out = f.brig(&["run", "-d", "--name", "victim", "bb", "sleep", "600"]);
+    check(out.status.success(), "run -d", &out)?;
+    let left = host_leftovers();
+    if left.is_empty() {
+        return Err("a running sandbox has no TAP or table: the check would prove nothing".into());
+    }
+    let pid = f.brig(&["inspect", "victim"]);
+    let v: serde_json::Value = serde_json::from_slice(&pid.stdout).map_err(|e| e.to_string())?;
+    let pid = v[0]["State"]["Pid"].as_u64().unwrap_or(0);
+    if pid == 0 {
+        return Err("no VMM pid".into());
+    }
+    sh(&format!("kill -9 {pid}"));
+    eventually(20, "the killed VMM's TAP and table are gone", || {
+        host_leftovers().is_empty()
+    })?;
+    let out = f.brig(&["rm", "victim"]);
+    check(out.status.success(), "rm of the killed sandbox", &out)?;
+    let out = f.brig(&["run", "-d", "--name", "other", "bb", "sleep", "600"]);
+    check(out.status.success(), "run -d", &out)?;
+    let out = f.brig(&["rm", "-f", "other"]);
+    check(out.status.success(), "rm -f", &out)?;
+    eventually(20, "nothing left after rm -f", || {
+        host_leftovers().is_empty()
+    })?;
+    let leases: Vec<_> = std::fs::read_dir(f.runtime.join("leases"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "lock")
+                .collect()
+        })
+        .unwrap_or_default();
+    if !leases.is_empty() {
+        return Err(format!("address leases left: {leases:?}"));
+    }
+    Ok(())
+}
+
+fn concurrent_sandboxes_get_distinct_addresses() -> Result<(), String> {
+    let f = fixture();
+    let names: Vec<String> = (0..10).map(|i| format!("many{i}")).collect();
+    let result = (|| {
+        let spawned: Vec<_> = names
+            .iter()
+            .map(|n| f.spawn(&["run", "-d", "--name", n, "bb", "sleep", "600"]))
+            .collect::<Result<_, _>>()?;
+        for s in spawned {
+            let out = s.output();
+            check(out.status.success(), "run -d", &out)?;
+        }
+        let mut addrs = Vec::new();
+        for n in &names {
+            addrs.push(inspect_field(f, n, "address")?);
+        }
+        let mut unique = addrs.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() || addrs.iter().any(|a| !a.starts_with("10.89.")) {
+            return Err(format!("addresses: {addrs:?}"));
+        }
+        Ok(())
+    })();
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    let out = f.brig(&args);
+    check(out.status.success(), "rm -f", &out)?;
+    result?;
+    eventually(30, "nothing left after removing ten", || {
+        host_leftovers().is_empty()
+    })
+}
+
+fn main() {
+    // Under nested TCG: setup and the image import ~1 minute; a trial up to ~3.
+    run_tests_with(
+        Limits::secs(300, 1500),
+        prepare,
+        setup,
+        vec![
+            trial(
+                "lo_is_up_and_local_servers_work",
+                lo_is_up_and_local_servers_work,
+            ),
+            trial("network_none_has_only_lo", network_none_has_only_lo),
+            trial(
+                "guest_reaches_the_outside_through_nat",
+                guest_reaches_the_outside_through_nat,
+            ),
+            trial(
+                "published_ports_are_reachable",
+                published_ports_are_reachable,
+            ),
+            trial(
+                "default_policy_keeps_the_host_metadata_and_neighbours_out",
+                default_policy_keeps_the_host_metadata_and_neighbours_out,
+            ),
+            trial(
+                "egress_allow_allows_exactly_what_it_lists",
+                egress_allow_allows_exactly_what_it_lists,
+            ),
+            trial("nothing_is_left_on_the_host", nothing_is_left_on_the_host),
+            trial(
+                "concurrent_sandboxes_get_distinct_addresses",
+                concurrent_sandboxes_get_distinct_addresses,
+            ),
+        ],
+    )
+}

@@ -64,12 +64,24 @@ impl Fixture {
         Running::spawn(&mut self.cmd(args))
     }
 
-    /// What runs leave behind: sandbox state directories and runtime files.
+    /// What runs leave behind: sandbox state directories, runtime files and address leases
+    /// (the leases directory itself, with its lock, stays).
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
-        for dir in [self.home.join("sandboxes"), self.runtime.clone()] {
+        let leases = self.runtime.join("leases");
+        for dir in [
+            self.home.join("sandboxes"),
+            self.runtime.clone(),
+            leases.clone(),
+        ] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
-                left.extend(entries.flatten().map(|e| e.path().display().to_string()));
+                left.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| *p != leases && *p != leases.join("lock"))
+                        .map(|p| p.display().to_string()),
+                );
             }
         }
         left

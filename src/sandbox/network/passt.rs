@@ -161,9 +161,11 @@ fn start(
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut err);
             }
+            // passt also complains when it has no syslog to log to: not the reason.
             let line = err
                 .lines()
-                .find(|l| !l.trim().is_empty())
+                .filter(|l| !l.trim().is_empty() && !l.contains("to syslog"))
+                .last()
                 .unwrap_or("no message")
                 .to_string();
             return Err(PasstError::Exited(format!("{status}: {line}")));

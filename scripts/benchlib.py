@@ -43,7 +43,9 @@ def need(*cmds):
     """Raises BenchError naming the Debian package of the first missing command."""
     packages = {"qemu-system-x86_64": "qemu-system-x86", "runc": "runc", "busybox": "busybox-static",
                 "mkfs.erofs": "erofs-utils", "mkfs.ext4": "e2fsprogs", "cargo": "rustup/cargo",
-                "go": "golang-go", "debootstrap": "debootstrap"}
+                "go": "golang-go", "debootstrap": "debootstrap", "iperf3": "iperf3",
+                "nft": "nftables", "passt": "passt", "ip": "iproute2", "ss": "iproute2",
+                "setpriv": "util-linux", "ldd": "libc-bin"}
     for c in cmds:
         if not shutil.which(c):
             raise BenchError(f"'{c}' is missing (Debian package {packages.get(c, c)})")

@@ -133,6 +133,11 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
     set(libc::SIOCSIFADDR, &req, "address")?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
     set(libc::SIOCSIFNETMASK, &req, "netmask")?;
+    // A gratuitous ARP when the link comes up: the host side learns the guest's MAC before
+    // the guest sends anything (passt cannot deliver a published port's connection to a
+    // guest it has not heard from yet; a TAP host's neighbour table is filled at once).
+    // Best effort: without it the first frame the guest sends does the same.
+    let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/arp_notify"), "1");
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     set(libc::SIOCSIFFLAGS, &req, "up")?;
     let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();

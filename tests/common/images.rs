@@ -50,6 +50,7 @@ const APPLETS: &[&str] = &[
     "nslookup",
     "ifconfig",
     "route",
+    "timeout",
 ];
 
 /// Where test images are cached: `${XDG_CACHE_HOME:-$HOME/.cache}/brig/test-images`.

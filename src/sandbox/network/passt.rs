@@ -5,9 +5,13 @@
 //! brig, so it needs no privilege; published ports are its own `-t`/`-u` forwards.
 //!
 //! passt cannot filter: the egress policy is enforced by the VMM on the guest's frames
-//! (`devices::virtio::net::filter`). passt runs with `--no-map-gw` (the gateway address is
-//! not the host's loopback), IPv4 only, and dies with the VMM: the socket closes (passt
-//! quits after its one client, `-F` implies `--one-off`), and PDEATHSIG as well.
+//! (`devices::virtio::net::filter`). passt maps the gateway address to the host's loopback
+//! both ways; that is what makes a published port reachable from the host's 127.0.0.1 (the
+//! connection reaches the guest from the gateway address, not from a martian 127.0.0.1),
+//! and it is safe only because the VMM's filter drops every frame the guest sends to the
+//! gateway but replies from its published ports: a guest never opens a connection to the
+//! host's loopback. IPv4 only; passt dies with the VMM: the socket closes (passt quits after
+//! its one client, `-F` implies `--one-off`), and PDEATHSIG as well.
 
 use std::io::{self, Read};
 use std::net::Ipv4Addr;
@@ -113,19 +117,14 @@ fn start(
         None,
     )
     .map_err(|e| PasstError::Socket(e.into()))?;
+    // passt writes the guest's frames into its end: a large buffer spares it dropping them
+    // while the guest catches up (as libkrun sizes its own end). Best effort.
+    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&passt_end, 16 << 20);
     let mut cmd = Command::new(PASST);
-    cmd.args([
-        "-f",
-        "-q",
-        "-4",
-        "--no-map-gw",
-        "--no-dhcp",
-        "--no-ndp",
-        "--no-ra",
-    ])
-    .args(["-F", &PASST_FD.to_string()])
-    .args(["-a", &guest.to_string(), "-n", &prefix.to_string()])
-    .args(["-g", &gateway.to_string(), "-m", &mtu.to_string()]);
+    cmd.args(["-f", "-e", "-q", "-4", "--no-dhcp", "--no-ndp", "--no-ra"])
+        .args(["-F", &PASST_FD.to_string()])
+        .args(["-a", &guest.to_string(), "-n", &prefix.to_string()])
+        .args(["-g", &gateway.to_string(), "-m", &mtu.to_string()]);
     for p in ports {
         let flag = match p.proto {
             Proto::Tcp => "-t",

@@ -163,8 +163,7 @@ fn start(
             // passt also complains when it has no syslog to log to: not the reason.
             let line = err
                 .lines()
-                .filter(|l| !l.trim().is_empty() && !l.contains("to syslog"))
-                .last()
+                .rfind(|l| !l.trim().is_empty() && !l.contains("to syslog"))
                 .unwrap_or("no message")
                 .to_string();
             return Err(PasstError::Exited(format!("{status}: {line}")));

@@ -203,3 +203,35 @@ fn run_resource_flags_are_checked_first_with_docker_messages() {
     let out = run(&["--cpuset-mems", "1"]);
     assert_one_line_125(&out, "Requested memory nodes are not available");
 }
+
+#[test]
+fn run_network_flags_are_checked_first() {
+    // Checked before KVM, the store or the image, like the resource flags.
+    let run = |flags: &[&str]| {
+        let mut args = vec!["run", "--kernel", "/nonexistent/vmlinux"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["no-such-image", "true"]);
+        brig(&args, &[("BRIG_HOME", "/nonexistent/brig-home")])
+    };
+    let out = run(&["--network", "host"]);
+    assert_one_line_125(&out, "--network host is not supported");
+    let out = run(&["--network", "mynet"]);
+    assert_one_line_125(&out, "network mynet not found");
+    let out = run(&["--network", "none", "-p", "8080:80"]);
+    assert_one_line_125(
+        &out,
+        "-p needs a network: it cannot be used with --network none",
+    );
+    let out = run(&["-p", "x:80"]);
+    assert_one_line_125(&out, "invalid hostPort: x");
+    let out = run(&["-p", "80/sctp"]);
+    assert_one_line_125(&out, "sctp is not supported");
+    let out = run(&["--egress-allow", "10.0.0.0/33"]);
+    assert_one_line_125(&out, "invalid --egress-allow \"10.0.0.0/33\"");
+    let out = run(&["--egress-allow", "10.0.0.5/8"]);
+    assert_one_line_125(&out, "host bits set");
+    let out = run(&["--dns", "nameserver.example"]);
+    assert_one_line_125(&out, "is not an IPv4 address (--dns)");
+    let out = run(&["--add-host", "db"]);
+    assert_one_line_125(&out, "bad format for add-host");
+}

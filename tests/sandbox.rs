@@ -441,11 +441,7 @@ fn cp_round_trips_a_tree() -> Result<(), String> {
         "what was copied into the stopped sandbox stays there",
         &out,
     )?;
-    let runtime: Vec<_> = fs::read_dir(&f.runtime)
-        .map_err(|e| e.to_string())?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let runtime = f.runtime_leftovers();
     if !runtime.is_empty() {
         return Err(format!("maintenance VMs left runtime files: {runtime:?}"));
     }

@@ -164,11 +164,16 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the /etc files of a sandbox with a read-only root live (a small tmpfs of their own),
+/// bind-mounted over the image's, as docker mounts its own.
+const ETC_STASH: &str = "/dev/.brig-etc";
+
 /// Writes the files a networked sandbox always gets (docker bind-mounts its own over the
-/// image's): /etc/resolv.conf and /etc/hosts as the host made them, /etc/hostname.
+/// image's): /etc/resolv.conf and /etc/hosts as the host made them, /etc/hostname. On a
+/// read-only root (`--read-only`) they are bind-mounted over the image's instead (an image
+/// without them keeps none: there is nothing to mount over).
 pub fn write_etc(root: &str, spec: &NetworkSpec, hostname: &str) -> Result<(), String> {
     let etc = format!("{root}/etc");
-    std::fs::create_dir_all(&etc).map_err(|e| format!("{etc}: {e}"))?;
     let files = [
         ("resolv.conf", spec.resolv_conf.clone()),
         ("hosts", spec.hosts.clone()),
@@ -176,11 +181,35 @@ pub fn write_etc(root: &str, spec: &NetworkSpec, hostname: &str) -> Result<(), S
     ];
     for (file, content) in files {
         let path = format!("{etc}/{file}");
-        // A symlink in the image (to /run/systemd/resolve/..., say) is replaced, not followed.
-        if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-            let _ = std::fs::remove_file(&path);
+        let written = std::fs::create_dir_all(&etc).and_then(|_| {
+            // A symlink in the image (to /run/systemd/resolve/..., say) is replaced, not
+            // followed.
+            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+                let _ = std::fs::remove_file(&path);
+            }
+            std::fs::write(&path, &content)
+        });
+        match written {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                bind_over(&path, file, &content).map_err(|e| format!("{path}: {e}"))?
+            }
+            Err(e) => return Err(format!("{path}: {e}")),
         }
-        std::fs::write(&path, content).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
+}
+
+/// Puts `content` over the file at `path` of a read-only root, from [`ETC_STASH`].
+fn bind_over(path: &str, name: &str, content: &str) -> io::Result<()> {
+    if !std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        return Ok(());
+    }
+    if !std::path::Path::new(ETC_STASH).exists() {
+        std::fs::create_dir_all(ETC_STASH)?;
+        crate::sys::mount("brig-etc", ETC_STASH, "tmpfs", 0, "size=64k,mode=0755")?;
+    }
+    let stashed = format!("{ETC_STASH}/{name}");
+    std::fs::write(&stashed, content)?;
+    crate::sys::mount(&stashed, path, "", libc::MS_BIND, "")
 }

@@ -64,16 +64,24 @@ impl Fixture {
         Running::spawn(&mut self.cmd(args))
     }
 
-    /// What runs leave behind: sandbox state directories, runtime files and address leases
-    /// (the leases directory itself, with its lock, stays).
+    /// What runs leave behind: sandbox state directories, and [`Self::runtime_leftovers`].
     pub fn leftovers(&self) -> Vec<String> {
+        let mut left: Vec<String> = std::fs::read_dir(self.home.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().display().to_string())
+            .collect();
+        left.extend(self.runtime_leftovers());
+        left
+    }
+
+    /// Runtime files and address leases left behind (the leases directory itself, with its
+    /// lock, stays).
+    pub fn runtime_leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         let leases = self.runtime.join("leases");
-        for dir in [
-            self.home.join("sandboxes"),
-            self.runtime.clone(),
-            leases.clone(),
-        ] {
+        for dir in [self.runtime.clone(), leases.clone()] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 left.extend(
                     entries

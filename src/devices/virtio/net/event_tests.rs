@@ -6,33 +6,34 @@
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use vm_memory::{Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mock::mock_backend;
 use super::tests::{frame, DATA};
-use super::{Net, NetConfig};
+use super::{Backend, Net, NetConfig};
 use crate::devices::virtio::test_utils::{guest_memory, GuestQueue};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+pub(super) type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
-/// Lets the event manager handle whatever is ready, a few rounds.
-fn settle(em: &mut EventManager<Subscriber>) {
-    for _ in 0..4 {
-        em.run_with_timeout(10).unwrap();
-    }
+/// A device over `backend` as the VMM runs it: every feature acked, activated with `rxq` and
+/// `txq`, registered in an event manager.
+pub(super) struct Wired {
+    pub dev: Arc<Mutex<Net>>,
+    pub em: EventManager<Subscriber>,
+    /// The queues' kick eventfds (RX, TX).
+    pub kicks: Vec<EventFd>,
+    pub irq: Arc<Interrupt>,
 }
 
-#[test]
-fn kicks_and_backend_readiness_through_an_event_manager() {
-    let mem = guest_memory();
-    let mut rxq = GuestQueue::new(&mem, 0x1_0000, 16);
-    let mut txq = GuestQueue::new(&mem, 0x2_0000, 16);
-    let (backend, wire) = mock_backend();
-    let dev = Arc::new(Mutex::new(
-        Net::new(NetConfig::default(), Box::new(backend)).unwrap(),
-    ));
+pub(super) fn wire_up(
+    mem: &GuestMemoryMmap,
+    rxq: &GuestQueue,
+    txq: &GuestQueue,
+    backend: Box<dyn Backend>,
+) -> Wired {
+    let dev = Arc::new(Mutex::new(Net::new(NetConfig::default(), backend).unwrap()));
     let mut em: EventManager<Subscriber> = EventManager::new().unwrap();
     let sub: Subscriber = dev.clone();
     em.add_subscriber(sub);
@@ -53,6 +54,30 @@ fn kicks_and_backend_readiness_through_an_event_manager() {
         )
         .unwrap();
     }
+    Wired {
+        dev,
+        em,
+        kicks,
+        irq,
+    }
+}
+
+/// Lets the event manager handle whatever is ready, a few rounds.
+fn settle(em: &mut EventManager<Subscriber>) {
+    for _ in 0..4 {
+        em.run_with_timeout(10).unwrap();
+    }
+}
+
+#[test]
+fn kicks_and_backend_readiness_through_an_event_manager() {
+    let mem = guest_memory();
+    let mut rxq = GuestQueue::new(&mem, 0x1_0000, 16);
+    let mut txq = GuestQueue::new(&mem, 0x2_0000, 16);
+    let (backend, wire) = mock_backend();
+    let Wired {
+        mut em, kicks, irq, ..
+    } = wire_up(&mem, &rxq, &txq, Box::new(backend));
     settle(&mut em);
 
     // A frame arrives before the guest posted any RX buffer: its edge passes, the frame

@@ -6,20 +6,18 @@
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use event_manager::{EventManager, EventSet, MutEventSubscriber, SubscriberOps};
+use event_manager::EventSet;
 use rustix::event::{poll, PollFd, PollFlags};
 use vm_memory::{Bytes, GuestAddress};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::event_tests::{wire_up, Wired};
 use super::passt::{Passt, PasstError, PASST_MAX_FRAME_LEN};
 use super::tests::{frame, DATA};
 use super::{Backend, Net, NetConfig, MAX_BUFFER_LEN, MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::test_utils::{activate, guest_memory, GuestQueue};
-use crate::devices::virtio::{Interrupt, VirtioDevice};
 
 /// A backend and the peer standing for passt.
 fn pair() -> (Passt, UnixStream) {
@@ -361,8 +359,6 @@ fn under_the_device_a_broken_stream_stops_reading() {
     assert_eq!(dev.stats().rx_frames, 1);
 }
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
-
 #[test]
 fn in_an_event_manager_the_rest_of_a_frame_goes_when_the_socket_drains() {
     // A single frame, the last on the queue, that the socket takes only part of: the device
@@ -374,24 +370,9 @@ fn in_an_event_manager_the_rest_of_a_frame_goes_when_the_socket_drains() {
     peer.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let backend = Passt::with_send_buffer(ours, 4096).unwrap();
-    let dev = Arc::new(Mutex::new(
-        Net::new(NetConfig::default(), Box::new(backend)).unwrap(),
-    ));
-    let mut em: EventManager<Subscriber> = EventManager::new().unwrap();
-    let sub: Subscriber = dev.clone();
-    em.add_subscriber(sub);
-    let kicks: Vec<EventFd> = (0..2)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    {
-        let mut d = dev.lock().unwrap();
-        let all = d.features();
-        d.ack_features(all);
-        let evts = kicks.iter().map(|e| e.try_clone().unwrap()).collect();
-        let irq = Arc::new(Interrupt::new().unwrap());
-        d.activate(mem.clone(), vec![rxq.queue(), txq.queue()], evts, irq)
-            .unwrap();
-    }
+    let Wired {
+        dev, mut em, kicks, ..
+    } = wire_up(&mem, &rxq, &txq, Box::new(backend));
     em.run_with_timeout(10).unwrap();
 
     let big = eth(60_000, 9);

@@ -33,7 +33,7 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
-    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, IoLimits,
+    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, IoLimits, NetBackend,
     NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig, ALWAYS_DENIED,
     DEFAULT_GUEST_CID,
 };

@@ -26,6 +26,7 @@ pub use crate::devices::virtio::net::passt::{
     Passt as PasstBackend, PasstError as PasstBackendError,
 };
 pub use crate::devices::virtio::net::tap::{Tap, TapError};
+pub use crate::devices::virtio::net::Backend as NetBackend;
 pub use crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// A vsock device whose host side is a Unix socket.

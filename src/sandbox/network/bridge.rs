@@ -2,8 +2,8 @@
 //! of the sandbox's /30 on it, an nft table ([`super::nft`]) for NAT and the egress policy,
 //! and the userland proxy for published ports.
 
-use super::{host, nft, proxy, NetworkError, Plan, SandboxNetwork, MTU};
-use crate::vmm::{NetDeviceConfig, Tap};
+use super::{host, nft, proxy, NetworkError, Plan, SandboxNetwork};
+use crate::vmm::Tap;
 
 pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
     let link = plan.lease.link;
@@ -37,20 +37,9 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
         .as_ref()
         .map(|p| p.bound().to_vec())
         .unwrap_or_default();
-    let state = plan.state("tap", tap.name(), ports);
-    let device = NetDeviceConfig {
-        egress: Some(plan.egress_policy()),
-        backend: Box::new(tap),
-        mac: plan.mac,
-        mtu: MTU,
-    };
-    Ok(SandboxNetwork {
-        spec: plan.spec(),
-        state,
-        device: Some(device),
-        proxy,
-        table: Some(table),
-        passt: None,
-        _lease: plan.lease,
-    })
+    let interface = tap.name().to_string();
+    let mut net = plan.finish(Box::new(tap), "tap", &interface, ports);
+    net.proxy = proxy;
+    net.table = Some(table);
+    Ok(net)
 }

@@ -26,7 +26,9 @@ use std::path::Path;
 use brig_protocol::NetworkSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::vmm::{Cidr, EgressPolicy, EgressRule, EgressRuleError, FilterProto, NetDeviceConfig};
+use crate::vmm::{
+    Cidr, EgressPolicy, EgressRule, EgressRuleError, FilterProto, NetBackend, NetDeviceConfig,
+};
 use ports::{BoundPort, PortMapping};
 
 /// The MTU of a sandbox's link.
@@ -365,6 +367,32 @@ impl Plan<'_> {
             mtu: MTU,
             resolv_conf: self.resolv_conf.clone(),
             hosts: self.hosts.clone(),
+        }
+    }
+
+    /// The sandbox's network over `backend` (named `kind`, its host side `interface`), with
+    /// the published `ports`; the caller adds what must live as long (proxy, table, passt).
+    fn finish(
+        self,
+        backend: Box<dyn NetBackend>,
+        kind: &str,
+        interface: &str,
+        ports: Vec<BoundPort>,
+    ) -> SandboxNetwork {
+        let device = NetDeviceConfig {
+            egress: Some(self.egress_policy()),
+            backend,
+            mac: self.mac,
+            mtu: MTU,
+        };
+        SandboxNetwork {
+            spec: self.spec(),
+            state: self.state(kind, interface, ports),
+            device: Some(device),
+            proxy: None,
+            table: None,
+            passt: None,
+            _lease: self.lease,
         }
     }
 

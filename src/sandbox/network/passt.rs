@@ -25,7 +25,7 @@ use std::os::unix::net::UnixStream;
 use super::pool::LINK_PREFIX;
 use super::ports::{BoundPort, PortMapping, Proto};
 use super::{NetworkError, Plan, SandboxNetwork, MTU};
-use crate::vmm::{NetDeviceConfig, PasstBackend};
+use crate::vmm::PasstBackend;
 
 /// The passt binary.
 pub const PASST: &str = "passt";
@@ -73,22 +73,9 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
     let ports = reserve_ports(&plan.opts.publish)?;
     let (passt, sock) = start(link.guest, LINK_PREFIX, link.host, MTU, &ports)?;
     let backend = PasstBackend::new(UnixStream::from(sock))?;
-    let state = plan.state("passt", "passt", ports);
-    let device = NetDeviceConfig {
-        egress: Some(plan.egress_policy()),
-        backend: Box::new(backend),
-        mac: plan.mac,
-        mtu: MTU,
-    };
-    Ok(SandboxNetwork {
-        spec: plan.spec(),
-        state,
-        device: Some(device),
-        proxy: None,
-        table: None,
-        passt: Some(passt),
-        _lease: plan.lease,
-    })
+    let mut net = plan.finish(Box::new(backend), "passt", "passt", ports);
+    net.passt = Some(passt);
+    Ok(net)
 }
 
 /// Binds each published port once (and lets go) to resolve ephemeral ports and to report a

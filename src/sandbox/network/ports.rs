@@ -377,4 +377,4 @@ fn natural_cmp(a: &str, b: &str) -> Ordering {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

@@ -7,7 +7,13 @@ use super::*;
 const ANY: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn map(host_ip: IpAddr, host_port: u16, guest_port: u16, proto: Proto) -> PortMapping {
+/// A mapping as `-p` makes it (also used by the proxy's tests).
+pub(in crate::sandbox::network) fn map(
+    host_ip: IpAddr,
+    host_port: u16,
+    guest_port: u16,
+    proto: Proto,
+) -> PortMapping {
     PortMapping {
         host_ip,
         host_port,

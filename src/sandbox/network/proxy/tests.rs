@@ -6,6 +6,7 @@ use std::sync::Barrier;
 use std::time::Instant;
 
 use super::*;
+use crate::sandbox::network::ports::tests::map as mapping;
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WAIT: Duration = Duration::from_secs(10);
@@ -42,16 +43,6 @@ fn udp_guest() -> u16 {
         }
     });
     port
-}
-
-fn mapping(host_ip: IpAddr, host_port: u16, guest_port: u16, proto: Proto) -> PortMapping {
-    PortMapping {
-        host_ip,
-        host_port,
-        host_port_end: None,
-        guest_port,
-        proto,
-    }
 }
 
 /// A proxy from an ephemeral port on 127.0.0.1 to the guest port, and that host port.

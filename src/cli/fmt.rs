@@ -7,7 +7,8 @@ pub fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-/// Sizes as docker prints them (decimal units): `4.26MB`.
+/// Sizes as docker prints them (go-units' HumanSizeWithPrecision(n, 3): decimal units,
+/// three significant digits, no trailing zeros): `4.26MB`, `1.23kB`, `1.5kB`, `999B`.
 pub fn human_size(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
     let mut v = n as f64;
@@ -17,14 +18,22 @@ pub fn human_size(n: u64) -> String {
         u += 1;
     }
     if u == 0 {
-        format!("{n}B")
-    } else {
-        format!("{:.3}", v)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_string()
-            + UNITS[u]
+        return format!("{n}B");
     }
+    let decimals = if v >= 100.0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let digits = format!("{v:.decimals$}");
+    let digits = if decimals > 0 {
+        digits.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &digits
+    };
+    format!("{digits}{}", UNITS[u])
 }
 
 /// "3 days ago", as docker prints ages.
@@ -112,6 +121,11 @@ mod tests {
     fn formats_like_docker() {
         assert_eq!(human_size(999), "999B");
         assert_eq!(human_size(4_260_000), "4.26MB");
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(1234), "1.23kB");
+        assert_eq!(human_size(1500), "1.5kB");
+        assert_eq!(human_size(45_600), "45.6kB");
+        assert_eq!(human_size(3_210_000_000), "3.21GB");
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2024-01-01T00:00:00.5Z"), Some(1_704_067_200));
         assert_eq!(

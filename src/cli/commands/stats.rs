@@ -7,7 +7,7 @@ use brig_protocol::Stats;
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use crate::cli::fmt::print_table;
+use crate::cli::fmt::{human_size, print_table};
 use crate::sandbox::control;
 use crate::sandbox::runtime::vsock_socket_of;
 use crate::sandbox::state::{self, Sandbox};
@@ -87,25 +87,6 @@ fn row(sb: &Sandbox, a: &Stats, b: &Stats) -> Row {
     }
 }
 
-/// docker's NET I/O sizes: decimal units, three significant digits (`1.23kB`).
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit < UNITS.len() - 1 {
-        v /= 1000.0;
-        unit += 1;
-    }
-    let digits = if v >= 100.0 || unit == 0 {
-        0
-    } else if v >= 10.0 {
-        1
-    } else {
-        2
-    };
-    format!("{v:.digits$}{}", UNITS[unit])
-}
-
 fn mib(n: u64) -> String {
     format!("{:.1}MiB", n as f64 / f64::from(1 << 20))
 }
@@ -156,7 +137,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
                         format!("{:.2}%", r.cpu_percent),
                         format!("{} / {}", mib(r.mem_usage), mib(r.mem_limit)),
                         format!("{:.2}%", r.mem_percent),
-                        format!("{} / {}", human(r.net_rx), human(r.net_tx)),
+                        format!("{} / {}", human_size(r.net_rx), human_size(r.net_tx)),
                         r.pids.to_string(),
                         mib(r.vmm_rss),
                     ]
@@ -180,19 +161,5 @@ pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         last = now;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn net_io_sizes_read_like_docker() {
-        assert_eq!(human(0), "0B");
-        assert_eq!(human(999), "999B");
-        assert_eq!(human(1234), "1.23kB");
-        assert_eq!(human(45_600), "45.6kB");
-        assert_eq!(human(3_210_000_000), "3.21GB");
     }
 }

@@ -258,13 +258,8 @@ fn hosts_file(guest: Ipv4Addr, hostname: &str, add_hosts: &[(String, String)]) -
 /// The guest's /etc/resolv.conf: `--dns` or the host's reachable servers, the host's (or
 /// `--dns-search`/`--dns-option`) search and options lines.
 fn resolv_conf(opts: &NetworkOptions, host_resolv: &str) -> String {
-    let servers: Vec<String> = if opts.dns.is_empty() {
-        host::nameservers(host_resolv)
-    } else {
-        opts.dns.iter().map(|d| d.to_string()).collect()
-    };
     let mut s = String::new();
-    for n in &servers {
+    for n in dns_servers(opts, host_resolv) {
         s.push_str(&format!("nameserver {n}\n"));
     }
     let host_lines = host::search_and_options(host_resolv);

@@ -211,7 +211,8 @@ pub struct NetworkState {
 }
 
 /// A networked sandbox's host side, for as long as the VMM runs. Its parts are dropped in
-/// field order: forwarding first, then the nft table (or passt), then the address lease.
+/// field order (no Drop impl: keep the order): forwarding first, then the nft table (or
+/// passt), then the address lease.
 pub struct SandboxNetwork {
     /// What the guest agent configures.
     pub spec: NetworkSpec,
@@ -487,14 +488,6 @@ impl SandboxNetwork {
     /// The VM's network device (once).
     pub fn take_device(&mut self) -> Option<NetDeviceConfig> {
         self.device.take()
-    }
-}
-
-impl Drop for SandboxNetwork {
-    fn drop(&mut self) {
-        drop(self.proxy.take());
-        drop(self.table.take());
-        drop(self.passt.take());
     }
 }
 

@@ -76,29 +76,23 @@ pub fn allocate(dir: &Path, id: &str, is_live: &dyn Fn(&str) -> bool) -> Result<
         .map_err(|e| io_err(e.into()))?;
     for index in 0..SLOTS {
         let path = dir.join(index.to_string());
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(mut f) => {
-                f.write_all(id.as_bytes()).map_err(io_err)?;
-                return Ok(Lease {
-                    link: Link::of(index),
-                    path,
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let holder = std::fs::read_to_string(&path).unwrap_or_default();
-                if !is_live(holder.trim()) {
-                    let _ = std::fs::remove_file(&path);
-                    if let Ok(mut f) = OpenOptions::new().write(true).create_new(true).open(&path) {
-                        f.write_all(id.as_bytes()).map_err(io_err)?;
-                        return Ok(Lease {
-                            link: Link::of(index),
-                            path,
-                        });
-                    }
-                }
-            }
+        match std::fs::read_to_string(&path) {
+            Ok(holder) if is_live(holder.trim()) => continue,
+            // A dead sandbox's lease: taken back.
+            Ok(_) => std::fs::remove_file(&path).map_err(io_err)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err(e)),
         }
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io_err)?;
+        f.write_all(id.as_bytes()).map_err(io_err)?;
+        return Ok(Lease {
+            link: Link::of(index),
+            path,
+        });
     }
     Err(PoolError::Exhausted)
 }

@@ -15,7 +15,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{ActivateError, Interrupt};
+use super::{ActivateError, Interrupt, VIRTIO_RING_F_EVENT_IDX};
 
 /// Event data of the control eventfd.
 const CONTROL_DATA: u32 = 0;
@@ -42,6 +42,27 @@ impl Active {
             return false;
         }
         queue.needs_notification(&self.mem).unwrap_or(true)
+    }
+
+    /// Asks the guest not to notify queue `q` while the device works through it (with
+    /// EVENT_IDX the guest stops notifying by itself after one notification).
+    pub fn disable_notification(&mut self, q: usize) {
+        if let Err(err) = self.queues[q].disable_notification(&self.mem) {
+            tracing::warn!("virtio: cannot disable notifications of queue {q}: {err}");
+        }
+    }
+
+    /// Asks the guest to notify queue `q` when it posts the next chain, and returns whether
+    /// chains were posted since the device last looked: then the device must go on, as no
+    /// notification will come for those. An unwritable ring reads as nothing posted.
+    pub fn enable_notification(&mut self, q: usize) -> bool {
+        match self.queues[q].enable_notification(&self.mem) {
+            Ok(more) => more,
+            Err(err) => {
+                tracing::warn!("virtio: cannot enable notifications of queue {q}: {err}");
+                false
+            }
+        }
     }
 }
 
@@ -104,6 +125,11 @@ impl DeviceCommon {
             self.pending_evts = queue_evts;
         }
         self.control_evt.write(1).map_err(ActivateError::Signal)?;
+        let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut queues = queues;
+        for queue in &mut queues {
+            queue.set_event_idx(event_idx);
+        }
         self.active = Some(Active {
             mem,
             queues,

@@ -63,6 +63,9 @@ pub use common::DeviceCommon;
 
 /// VIRTIO_F_VERSION_1 (§6): every brig device is a modern (non-legacy) device.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// `VIRTIO_F_EVENT_IDX` (virtio 1.2 §2.7.10): the driver and the device each say, by ring
+/// index, when they next want a notification, instead of one per buffer.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// The virtio device types brig implements (§5).
 pub mod device_type {

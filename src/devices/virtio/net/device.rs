@@ -31,6 +31,7 @@ use super::{Backend, MAX_BUFFER_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use crate::devices::virtio::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// Size of each queue.
@@ -128,7 +129,7 @@ pub struct Net {
 impl Net {
     /// A device with `config` in front of `backend`.
     pub fn new(config: NetConfig, backend: Box<dyn Backend>) -> Result<Self, NetError> {
-        let mut features = VIRTIO_F_VERSION_1 | OFFLOAD_FEATURES;
+        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | OFFLOAD_FEATURES;
         let mut space = [0u8; CONFIG_LEN];
         if let Some(mac) = config.mac {
             if mac[0] & 1 != 0 || mac == [0; 6] {
@@ -205,34 +206,46 @@ impl Net {
         };
         *tx_blocked = false;
         let mut notify = false;
-        while let Some(chain) = active.queues[TXQ].pop_descriptor_chain(&active.mem) {
-            let head = chain.head_index();
-            match read_tx(chain, &active.mem, tx_buf) {
-                Ok(len) if filtered(egress.as_ref(), &tx_buf[VNET_HDR_LEN..len]) => {
-                    stats.tx_filtered += 1;
-                }
-                Ok(len) => match backend.write_frame(&tx_buf[..len]) {
-                    Ok(()) => {
-                        stats.tx_frames += 1;
-                        stats.tx_bytes += (len - VNET_HDR_LEN) as u64;
+        'ring: loop {
+            active.disable_notification(TXQ);
+            let mut popped = false;
+            while let Some(chain) = active.queues[TXQ].pop_descriptor_chain(&active.mem) {
+                popped = true;
+                let head = chain.head_index();
+                match read_tx(chain, &active.mem, tx_buf) {
+                    Ok(len) if filtered(egress.as_ref(), &tx_buf[VNET_HDR_LEN..len]) => {
+                        stats.tx_filtered += 1;
                     }
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        // Back on the ring; the backend's OUT event resumes the queue.
-                        active.queues[TXQ].go_to_previous_position();
-                        *tx_blocked = true;
-                        break;
-                    }
+                    Ok(len) => match backend.write_frame(&tx_buf[..len]) {
+                        Ok(()) => {
+                            stats.tx_frames += 1;
+                            stats.tx_bytes += (len - VNET_HDR_LEN) as u64;
+                        }
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                            // Back on the ring; the backend's OUT event resumes the queue, so
+                            // the guest's notifications stay off meanwhile.
+                            active.queues[TXQ].go_to_previous_position();
+                            *tx_blocked = true;
+                            break 'ring;
+                        }
+                        Err(err) => {
+                            tracing::debug!("virtio-net: backend refused a frame: {err}");
+                            stats.tx_dropped += 1;
+                        }
+                    },
                     Err(err) => {
-                        tracing::debug!("virtio-net: backend refused a frame: {err}");
+                        tracing::debug!("virtio-net: dropping TX chain: {err}");
                         stats.tx_dropped += 1;
                     }
-                },
-                Err(err) => {
-                    tracing::debug!("virtio-net: dropping TX chain: {err}");
-                    stats.tx_dropped += 1;
                 }
+                notify |= active.add_used(TXQ, head, 0);
             }
-            notify |= active.add_used(TXQ, head, 0);
+            // The ring is empty: the guest's next chain must notify, unless it posted one
+            // since the last look. A ring that says it holds chains but yields none (an
+            // avail index out of range) is not looked at again until the next notification.
+            if !active.enable_notification(TXQ) || !popped {
+                break;
+            }
         }
         if !*tx_blocked {
             // The queue is empty: what is left of a frame the backend took goes now, or
@@ -263,11 +276,19 @@ impl Net {
             return;
         };
         let mut notify = false;
+        let mut rechecked = false;
         while *rx_ready && !*rx_failed {
-            // No chain: back-pressure. Frames stay in the backend until the next RX kick.
+            // No chain: back-pressure. Frames stay in the backend until the guest posts a
+            // chain and notifies, unless it posted one since the last look; once, so that a
+            // ring that claims chains but yields none cannot keep the device spinning.
             let Some(chain) = active.queues[RXQ].pop_descriptor_chain(&active.mem) else {
+                if !rechecked && active.enable_notification(RXQ) {
+                    rechecked = true;
+                    continue;
+                }
                 break;
             };
+            rechecked = false;
             let head = chain.head_index();
             let len = match rx_writer(chain, &active.mem) {
                 Err(err) => {

@@ -207,7 +207,9 @@ fn omitted(file: &str) -> BTreeMap<u32, String> {
 
 /// Runs `/probe MODE` in a guest and compares the calls that return ENOSYS with `file`.
 fn enosys_set_matches(mode: &str, file: &str) -> Result<(), String> {
-    let out = fixture().run(&["compat", "/probe", mode]);
+    // --privileged: the probe checks the kernel, not docker's seccomp profile (which turns
+    // many calls into EPERM) nor its capabilities.
+    let out = fixture().run(&["--privileged", "compat", "/probe", mode]);
     check(out.status.success(), "the probe exits 0", &out)?;
     let text = stdout(&out);
     check(
@@ -259,7 +261,16 @@ fn ia32_syscalls_match_the_omitted_list() -> Result<(), String> {
 /// notifications, ACLs and xattrs, O_TMPFILE, renameat2, locks, hard links to lower files,
 /// copy_file_range, sparse files and fallocate, fadvise.
 fn overlay_behaves_as_docker_overlay2() -> Result<(), String> {
-    let out = fixture().run(&["-e", "PROBE_LOWER=1", "compat", "/probe", "fs", "/tmp/fs"]);
+    // --privileged, as docker needs for fanotify and trusted.* xattrs (CAP_SYS_ADMIN).
+    let out = fixture().run(&[
+        "--privileged",
+        "-e",
+        "PROBE_LOWER=1",
+        "compat",
+        "/probe",
+        "fs",
+        "/tmp/fs",
+    ]);
     check(
         out.status.success() && stdout(&out).contains("failures 0"),
         "every file system trial passes on the overlay",
@@ -273,6 +284,7 @@ fn read_only_root_keeps_inode_numbers() -> Result<(), String> {
     // and hostname bind-mounted over the image's (as docker's), and a mount point's stat is
     // the mounted file's, not the directory entry's. The overlay's inode numbers are the point.
     let out = fixture().run(&[
+        "--privileged",
         "--read-only",
         "--network",
         "none",
@@ -292,7 +304,7 @@ fn read_only_root_keeps_inode_numbers() -> Result<(), String> {
 
 /// The same trials on the guest's tmpfs (/dev/shm) where they apply.
 fn tmpfs_acls_xattrs_and_notifications() -> Result<(), String> {
-    let out = fixture().run(&["compat", "/probe", "fs", "/dev/shm/fs"]);
+    let out = fixture().run(&["--privileged", "compat", "/probe", "fs", "/dev/shm/fs"]);
     let text = stdout(&out);
     for name in [
         "dnotify",
@@ -347,6 +359,27 @@ fn platform_386_image_runs() -> Result<(), String> {
     )
 }
 
+/// An i386 workload is confined by docker's profile under its i386 numbers: the filter's
+/// i386 section lets busybox run and denies unshare(CLONE_NEWUSER) with EPERM, as the x86_64
+/// section does (tests/security.rs).
+fn platform_386_gets_the_default_profile() -> Result<(), String> {
+    let out = fixture().run(&[
+        "--platform",
+        "linux/386",
+        "bb386",
+        "sh",
+        "-c",
+        "/bin/busybox grep -E '^(Seccomp|CapEff):' /proc/self/status; /bin/busybox unshare -U true",
+    ]);
+    check(
+        out.status.code() == Some(1)
+            && stdout(&out) == "CapEff:\t00000000a80425fb\nSeccomp:\t2\n"
+            && String::from_utf8_lossy(&out.stderr).contains("Operation not permitted"),
+        "the i386 workload runs under the filter, unshare is EPERM",
+        &out,
+    )
+}
+
 /// The workload's cgroup has the cpuset controller, as a docker container's has
 /// (cpuset.cpus.effective is what runtimes size their thread pools from).
 fn cpuset_controller_in_the_workload_cgroup() -> Result<(), String> {
@@ -369,7 +402,9 @@ fn cpuset_controller_in_the_workload_cgroup() -> Result<(), String> {
 /// The hugetlb controller is there too (hugetlb.2MB.max in the workload's cgroup, as on a
 /// docker host that has it), and huge pages can be reserved and mapped.
 fn hugetlb_controller_and_huge_pages() -> Result<(), String> {
+    // --privileged: /proc/sys is read-only otherwise, as in a docker container.
     let out = fixture().run(&[
+        "--privileged",
         "compat",
         "sh",
         "-c",
@@ -428,6 +463,10 @@ fn main() {
                 ia32_syscalls_match_the_omitted_list,
             ),
             trial("platform_386_image_runs", platform_386_image_runs),
+            trial(
+                "platform_386_gets_the_default_profile",
+                platform_386_gets_the_default_profile,
+            ),
             trial(
                 "cpuset_controller_in_the_workload_cgroup",
                 cpuset_controller_in_the_workload_cgroup,

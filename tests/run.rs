@@ -392,7 +392,8 @@ fn writes_stay_in_the_overlay() -> Result<(), String> {
 /// line, exits 125 and leaves no state or socket behind.
 fn vm_ending_under_the_workload_is_reported() -> Result<(), String> {
     let f = fixture();
-    let out = f.run(&["bb", "/bin/busybox", "reboot", "-f"]);
+    // --privileged: reboot needs CAP_SYS_BOOT, which docker's defaults do not grant.
+    let out = f.run(&["--privileged", "bb", "/bin/busybox", "reboot", "-f"]);
     check(
         out.status.code() == Some(125)
             && stderr(&out).lines().count() == 1

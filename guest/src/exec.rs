@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 
 use brig_protocol::{read_message, write_message, ExecErrorKind, Message, RunSpec, MAX_DATA};
 
+use crate::confine::Confinement;
 use crate::sys::check;
 use crate::user::Identity;
 
@@ -262,6 +263,7 @@ pub fn spawn(
     let groups: Vec<libc::gid_t> = id.groups.clone();
     let tty = spec.tty;
     let cgroup_fd = cgroup_procs.as_ref().map(|f| f.as_raw_fd());
+    let confinement = spec.security.as_ref().map(Confinement::new);
 
     let pty = if tty {
         Some(
@@ -293,7 +295,8 @@ pub fn spawn(
     }
 
     // SAFETY: the closure runs in the forked child before exec and only makes system calls
-    // on values prepared above (no allocation, no locks).
+    // on values prepared above (no allocation, no locks); the confinement comes last, in
+    // runc's order, so that the seccomp filter sees only exec after it.
     unsafe {
         cmd.pre_exec(move || {
             check(libc::setsid())?;
@@ -312,9 +315,15 @@ pub fn spawn(
                 };
                 check(libc::setrlimit(*res, &lim))?;
             }
+            if let Some(c) = &confinement {
+                c.before_ids()?;
+            }
             check(libc::setgroups(groups.len(), groups.as_ptr()))?;
             check(libc::setgid(gid))?;
             check(libc::setuid(uid))?;
+            if let Some(c) = &confinement {
+                c.after_ids(uid)?;
+            }
             Ok(())
         });
     }

@@ -5,6 +5,7 @@
 //! the workload ended, and resets the VM, which ends it. Any failure is reported to the host
 //! when there is a connection, and on the console otherwise; the VM always ends.
 
+mod confine;
 mod copy;
 mod exec;
 mod inflight;
@@ -200,6 +201,10 @@ fn serve_main(conn: File, boot_uptime: u64) -> Result<(), String> {
         spec.cwd = "/".into();
     }
     let (id, cgroup) = prepare(&spec).map_err(|e| fail(&writer, e))?;
+    if let Some(security) = spec.security.as_ref().filter(|_| !spec.argv.is_empty()) {
+        confine::protect_paths(security)
+            .map_err(|e| fail(&writer, SpawnError::setup(format!("masking paths: {e}"))))?;
+    }
     if spec.argv.is_empty() {
         let _ = send(
             &writer,

@@ -334,6 +334,13 @@ pub(crate) mod tests {
                     resolv_conf: "nameserver 192.0.2.53\n".into(),
                     hosts: "127.0.0.1\tlocalhost\n".into(),
                 }),
+                security: Some(crate::SecuritySpec {
+                    capabilities: 0xa80425fb,
+                    no_new_privs: true,
+                    seccomp: vec![0x20, u64::MAX, 0x7fff_0000_0000_0006],
+                    masked_paths: vec!["/proc/kcore".into()],
+                    readonly_paths: vec!["/proc/sys".into()],
+                }),
             })),
             Message::Run(Box::default()),
             Message::Started {

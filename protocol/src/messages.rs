@@ -180,6 +180,29 @@ pub struct RunSpec {
     /// The guest's network interface, configured before the workload runs; `None`: only
     /// `lo` (`--network none`), or an exec (the sandbox's network is already up).
     pub network: Option<NetworkSpec>,
+    /// The workload's confinement (capabilities, no_new_privs, seccomp, masked paths);
+    /// `None` (hosts that predate it, `brig boot`): every capability, nothing masked.
+    pub security: Option<SecuritySpec>,
+}
+
+/// How the agent confines the workload before exec, in runc's order: no_new_privs, the
+/// bounding set, uid/gid keeping capabilities, capset, and the seccomp filter last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecuritySpec {
+    /// Capability mask (bit N = capability N): the bounding set, and for a root workload
+    /// also its permitted and effective sets (a non-root one gets none, as under docker).
+    pub capabilities: u64,
+    /// Set `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+    /// A classic BPF seccomp program, one instruction per value packed as
+    /// `code | jt << 16 | jf << 24 | k << 32`; empty: no filter.
+    pub seccomp: Vec<u64>,
+    /// Paths to hide (an empty read-only file or tmpfs over each), once, before the first
+    /// workload runs.
+    pub masked_paths: Vec<String>,
+    /// Paths to bind read-only over themselves.
+    pub readonly_paths: Vec<String>,
 }
 
 /// How the agent configures the guest's one network interface (`eth0`, virtio-net) and the

@@ -10,6 +10,7 @@ use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::control::{self, ControlError};
 use super::outcome::Failure;
 use super::runtime::vsock_socket_of;
+use super::security;
 use super::state::{Sandbox, StateError};
 use super::tty::{self, terminal_size, HostTerminal};
 
@@ -26,6 +27,8 @@ pub struct ExecOptions {
     pub user: Option<String>,
     pub tty: bool,
     pub interactive: bool,
+    /// `--privileged`: every capability and no seccomp filter for this process.
+    pub privileged: bool,
 }
 
 /// The process could not be run (its own failures come back as [`Failure`]s).
@@ -72,6 +75,14 @@ pub fn exec_spec(base: &RunSpec, opts: &ExecOptions) -> RunSpec {
         tty: opts.tty,
         stdin: opts.interactive,
         rlimits: base.rlimits.clone(),
+        // docker exec: the container's confinement, or all capabilities with --privileged.
+        security: base.security.as_ref().map(|s| {
+            if opts.privileged {
+                security::privileged_exec(s)
+            } else {
+                s.clone()
+            }
+        }),
         ..Default::default()
     }
 }

@@ -17,6 +17,7 @@ pub use super::resources::Resources;
 use super::resources::{disk_limits, DiskLimits, NamedDisk, ResourceError};
 use super::runtime::{new_id, RuntimeDir};
 use super::scratch::{self, ScratchError};
+use super::security::SecurityFlags;
 use super::spec::{compose, RunOptions};
 use super::state::{self, DiskSpec, Sandbox, SandboxConfig, StateError};
 use super::supervisor::{supervise, Ended, Mode, SuperviseError};
@@ -73,6 +74,9 @@ pub struct CreateOptions<'a> {
     pub detached: bool,
     /// `--network`, `-p`, `--dns`, ..., checked.
     pub network: NetworkOptions,
+    /// `--cap-add`, `--privileged`, `--security-opt`, ... as given (`run.security` holds
+    /// what they compile to).
+    pub security: SecurityFlags,
 }
 
 /// A created sandbox, not yet running; it holds its runtime lock.
@@ -158,6 +162,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         auto_remove: opts.auto_remove,
         detached: opts.detached,
         network: opts.network,
+        security: opts.security,
     };
     let sandbox = Sandbox::create(home, &config)?;
     if !opts.read_only {

@@ -29,6 +29,7 @@ pub mod outcome;
 pub mod resources;
 pub mod runtime;
 pub mod scratch;
+pub mod security;
 pub mod signals;
 pub mod spec;
 pub mod state;

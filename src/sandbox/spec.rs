@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use brig_protocol::{Rlimit, RunSpec};
+use brig_protocol::{Rlimit, RunSpec, SecuritySpec};
 
 use crate::image::ImageConfig;
 
@@ -35,6 +35,8 @@ pub struct RunOptions {
     /// The workload cgroup's cpuset, in guest CPU numbers ("" leaves it).
     pub cpuset_cpus: String,
     pub cpuset_mems: String,
+    /// The workload's confinement (see `security::SecurityFlags::spec`).
+    pub security: Option<SecuritySpec>,
 }
 
 /// Parses docker's `-m` values: a number with an optional b/k/m/g/t suffix (binary units).
@@ -206,6 +208,7 @@ pub fn compose(
         pids_limit: opts.pids_limit,
         cpuset_cpus: opts.cpuset_cpus.clone(),
         cpuset_mems: opts.cpuset_mems.clone(),
+        security: opts.security.clone(),
         ..Default::default()
     })
 }

@@ -13,6 +13,8 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use brig_protocol::RunSpec;
+
+use super::security::SecurityFlags;
 use serde::{Deserialize, Serialize};
 
 use super::resources::{BlkioThrottle, DiskLimits};
@@ -115,6 +117,10 @@ pub struct SandboxConfig {
     /// `--network`, `-p`, `--dns`, ... (configs from before networking: none).
     #[serde(default)]
     pub network: NetworkOptions,
+    /// `--cap-add`, `--cap-drop`, `--privileged`, `--security-opt` as given (configs from
+    /// before confinement: none, and their RunSpec has no security either).
+    #[serde(default)]
+    pub security: SecurityFlags,
 }
 
 /// Lifecycle status.
@@ -425,6 +431,7 @@ mod tests {
             auto_remove: false,
             detached: true,
             network: NetworkOptions::default(),
+            security: SecurityFlags::default(),
         }
     }
 

@@ -20,6 +20,9 @@ pub struct ExecArgs {
     /// Working directory (default: the sandbox's).
     #[arg(short = 'w', long, value_name = "DIR")]
     workdir: Option<String>,
+    /// Give the process every capability and no seccomp filter.
+    #[arg(long)]
+    privileged: bool,
     /// User (default: the sandbox's).
     #[arg(short = 'u', long, value_name = "USER[:GROUP]")]
     user: Option<String>,
@@ -40,6 +43,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<i32> {
         user: args.user,
         tty: args.tty,
         interactive: args.interactive,
+        privileged: args.privileged,
     };
     Ok(exec(&sb, &args.sandbox, &opts)?)
 }

@@ -9,6 +9,7 @@ use crate::image::{self, PullOptions};
 use crate::sandbox::lifecycle::{self, CreateOptions};
 use crate::sandbox::network::{NetworkFlags, NetworkOptions};
 use crate::sandbox::resources::{ResourceFlags, Resources};
+use crate::sandbox::security::SecurityFlags;
 use crate::sandbox::spec::RunOptions;
 use crate::sandbox::state;
 use anyhow::Context;
@@ -116,6 +117,19 @@ pub struct RunArgs {
     /// with --dns are allowed on port 53).
     #[arg(long = "egress-allow", value_name = "CIDR[:PORT[-PORT]]")]
     egress_allow: Vec<String>,
+    /// Add a Linux capability to docker's default set (NAME, CAP_NAME or ALL).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability from docker's default set (NAME, CAP_NAME or ALL).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// Every capability, no seccomp filter, no masked /proc paths.
+    #[arg(long)]
+    privileged: bool,
+    /// seccomp=unconfined|PROFILE.json, no-new-privileges[=true|false],
+    /// systempaths=unconfined.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// Mount the root file system read-only (no overlay).
     #[arg(long = "read-only")]
     read_only: bool,
@@ -205,6 +219,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         add_hosts: args.add_host.clone(),
         egress_allow: args.egress_allow.clone(),
     })?;
+    let security = SecurityFlags {
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        privileged: args.privileged,
+        security_opt: args.security_opt.clone(),
+    };
+    let security_spec = security.spec()?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
         anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it");
@@ -242,6 +263,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             .pids_limit
             .filter(|p| *p > 0)
             .map_or(0, |p| p.unsigned_abs()),
+        security: Some(security_spec),
     };
     let created = lifecycle::create(
         store.home(),
@@ -256,6 +278,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             auto_remove: args.rm,
             detached: args.detach,
             network,
+            security,
         },
     )?;
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));

@@ -1,0 +1,337 @@
+//! The workload's confinement in the guest, as docker's: default capabilities, seccomp
+//! profile, masked /proc paths, and the flags that change them (`--cap-add`, `--cap-drop`,
+//! `--privileged`, `--security-opt`), in `brig run` and `brig exec`.
+//! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::fixture::{check, stderr, stdout, Fixture};
+use common::images;
+use common::kvm::{run_tests_with, trial, Limits};
+
+/// docker's default capabilities, as /proc/self/status shows them.
+const DOCKER_CAPS: &str = "00000000a80425fb";
+/// Every capability of the guest's 6.12 kernel.
+const ALL_CAPS: &str = "000001ffffffffff";
+
+fn layouts_dir() -> PathBuf {
+    images::cache_dir().join("layouts-security")
+}
+
+fn prepare() {
+    let _ = std::fs::remove_dir_all(layouts_dir());
+    images::busybox_layouts(&layouts_dir());
+}
+
+fn fixture() -> &'static Fixture {
+    Fixture::shared("security", &[("bb", layouts_dir().join("bb"))])
+}
+
+impl Fixture {
+    /// `brig run --rm --timeout 600 ARGS`.
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all = vec!["run", "--rm", "--timeout", "600"];
+        all.extend_from_slice(args);
+        self.brig(&all)
+    }
+
+    /// The workload's /proc/self/status under `flags`, as `Field: value` pairs.
+    fn status(&self, flags: &[&str]) -> Result<Vec<(String, String)>, String> {
+        let mut args = flags.to_vec();
+        args.extend(["bb", "cat", "/proc/self/status"]);
+        let out = self.run(&args);
+        check(out.status.success(), "cat /proc/self/status", &out)?;
+        Ok(parse_status(&stdout(&out)))
+    }
+}
+
+fn parse_status(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+fn field<'a>(status: &'a [(String, String)], name: &str) -> &'a str {
+    status
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
+
+/// Checks the fields of `status` against `want` (`Field`, value).
+fn expect(status: &[(String, String)], want: &[(&str, &str)], what: &str) -> Result<(), String> {
+    for (name, value) in want {
+        let got = field(status, name);
+        if got != *value {
+            return Err(format!("{what}: {name} is {got:?}, want {value:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn default_confinement_is_dockers() -> Result<(), String> {
+    let f = fixture();
+    let s = f.status(&[])?;
+    expect(
+        &s,
+        &[
+            ("CapInh", "0000000000000000"),
+            ("CapPrm", DOCKER_CAPS),
+            ("CapEff", DOCKER_CAPS),
+            ("CapBnd", DOCKER_CAPS),
+            ("CapAmb", "0000000000000000"),
+            ("NoNewPrivs", "0"),
+            ("Seccomp", "2"),
+        ],
+        "root, no flags",
+    )?;
+    // A non-root user: no effective or permitted capabilities, the same bounding set.
+    let s = f.status(&["-u", "1000"])?;
+    expect(
+        &s,
+        &[
+            ("CapPrm", "0000000000000000"),
+            ("CapEff", "0000000000000000"),
+            ("CapBnd", DOCKER_CAPS),
+            ("Seccomp", "2"),
+        ],
+        "-u 1000",
+    )
+}
+
+fn privileged_lifts_the_confinement() -> Result<(), String> {
+    let f = fixture();
+    let s = f.status(&["--privileged"])?;
+    expect(
+        &s,
+        &[("CapEff", ALL_CAPS), ("CapBnd", ALL_CAPS), ("Seccomp", "0")],
+        "--privileged",
+    )?;
+    let out = f.run(&["--privileged", "bb", "head", "-c", "18", "/proc/timer_list"]);
+    check(
+        stdout(&out) == "Timer List Version",
+        "/proc/timer_list is not masked under --privileged",
+        &out,
+    )
+}
+
+fn cap_add_and_drop_follow_docker() -> Result<(), String> {
+    let f = fixture();
+    for (flags, caps) in [
+        (&["--cap-add", "SYS_ADMIN"][..], "00000000a82425fb"),
+        (&["--cap-add", "cap_sys_admin"][..], "00000000a82425fb"),
+        (&["--cap-drop", "ALL"][..], "0000000000000000"),
+        (
+            &["--cap-drop", "all", "--cap-add", "NET_RAW"][..],
+            "0000000000002000",
+        ),
+        (&["--cap-drop", "CHOWN"][..], "00000000a80425fa"),
+    ] {
+        let s = f.status(flags)?;
+        expect(
+            &s,
+            &[("CapEff", caps), ("CapBnd", caps)],
+            &format!("{flags:?}"),
+        )?;
+    }
+    Ok(())
+}
+
+fn security_opts_set_no_new_privs_and_seccomp() -> Result<(), String> {
+    let f = fixture();
+    for opt in [
+        "no-new-privileges",
+        "no-new-privileges=true",
+        "no-new-privileges:true",
+    ] {
+        let s = f.status(&["--security-opt", opt])?;
+        expect(&s, &[("NoNewPrivs", "1"), ("Seccomp", "2")], opt)?;
+    }
+    let s = f.status(&["--security-opt", "seccomp=unconfined"])?;
+    expect(
+        &s,
+        &[
+            ("Seccomp", "0"),
+            ("CapEff", DOCKER_CAPS),
+            ("NoNewPrivs", "0"),
+        ],
+        "seccomp=unconfined",
+    )
+}
+
+/// unshare(CLONE_NEWUSER) needs no capability, but docker's profile allows unshare only
+/// with CAP_SYS_ADMIN: EPERM, as under docker; unconfined it works.
+fn default_profile_blocks_with_eperm() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&["bb", "/bin/busybox", "unshare", "-U", "true"]);
+    check(
+        out.status.code() == Some(1) && stderr(&out).contains("Operation not permitted"),
+        "unshare fails with EPERM under the default profile",
+        &out,
+    )?;
+    let out = f.run(&[
+        "--security-opt",
+        "seccomp=unconfined",
+        "bb",
+        "/bin/busybox",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    check(out.status.success(), "unshare works unconfined", &out)
+}
+
+/// `--security-opt seccomp=FILE`: docker's JSON format, errnoRet honoured.
+fn custom_profile_applies() -> Result<(), String> {
+    let f = fixture();
+    let path = f.base.join("no-mkdir.json");
+    std::fs::write(
+        &path,
+        r#"{"defaultAction":"SCMP_ACT_ALLOW",
+            "archMap":[{"architecture":"SCMP_ARCH_X86_64","subArchitectures":["SCMP_ARCH_X86"]}],
+            "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":13}]}"#,
+    )
+    .map_err(|e| e.to_string())?;
+    let opt = format!("seccomp={}", path.display());
+    let out = f.run(&["--security-opt", &opt, "bb", "mkdir", "/x"]);
+    check(
+        !out.status.success() && stderr(&out).contains("Permission denied"),
+        "mkdir fails with the profile's errno (EACCES)",
+        &out,
+    )
+}
+
+fn proc_paths_are_masked_and_read_only() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&[
+        "bb",
+        "sh",
+        "-c",
+        "wc -c < /proc/timer_list; ls /sys/firmware | wc -l; \
+         echo 1 > /proc/sys/vm/drop_caches && echo writable",
+    ]);
+    check(
+        stdout(&out) == "0\n0\n" && stderr(&out).contains("Read-only file system"),
+        "masked paths read empty, /proc/sys is read-only",
+        &out,
+    )
+}
+
+fn unknown_capability_is_one_line_125() -> Result<(), String> {
+    let f = fixture();
+    let out = f.run(&["--cap-add", "BOGUS", "bb", "true"]);
+    check(
+        out.status.code() == Some(125)
+            && stderr(&out).lines().count() == 1
+            && stderr(&out).contains("unknown capability: \"CAP_BOGUS\""),
+        "an unknown capability is one line, status 125",
+        &out,
+    )
+}
+
+/// `brig exec` gets the sandbox's confinement; `exec --privileged` every capability and no
+/// filter; `brig inspect` shows the flags as docker's HostConfig does.
+fn exec_shares_the_confinement() -> Result<(), String> {
+    let f = fixture();
+    let out = f.brig(&[
+        "run",
+        "-d",
+        "--name",
+        "confined",
+        "--cap-drop",
+        "chown",
+        "--security-opt",
+        "no-new-privileges",
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    check(out.status.success(), "run -d", &out)?;
+    let result = (|| {
+        let out = f.brig(&["exec", "confined", "cat", "/proc/self/status"]);
+        check(out.status.success(), "exec", &out)?;
+        let s = parse_status(&stdout(&out));
+        expect(
+            &s,
+            &[
+                ("CapEff", "00000000a80425fa"),
+                ("Seccomp", "2"),
+                ("NoNewPrivs", "1"),
+            ],
+            "exec",
+        )?;
+        let out = f.brig(&[
+            "exec",
+            "--privileged",
+            "confined",
+            "cat",
+            "/proc/self/status",
+        ]);
+        let s = parse_status(&stdout(&out));
+        expect(
+            &s,
+            &[("CapEff", ALL_CAPS), ("Seccomp", "0")],
+            "exec --privileged",
+        )?;
+        let out = f.brig(&["inspect", "confined"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
+        let hc = &v[0]["HostConfig"];
+        check(
+            hc["CapDrop"] == serde_json::json!(["chown"])
+                && hc["CapAdd"] == serde_json::json!([])
+                && hc["Privileged"] == serde_json::json!(false)
+                && hc["SecurityOpt"] == serde_json::json!(["no-new-privileges"]),
+            "inspect shows CapAdd, CapDrop, Privileged, SecurityOpt",
+            &out,
+        )
+    })();
+    let _ = f.brig(&["rm", "-f", "confined"]);
+    result
+}
+
+fn main() {
+    run_tests_with(
+        Limits::secs(300, 1800),
+        prepare,
+        || {
+            fixture();
+        },
+        vec![
+            trial(
+                "default_confinement_is_dockers",
+                default_confinement_is_dockers,
+            ),
+            trial(
+                "privileged_lifts_the_confinement",
+                privileged_lifts_the_confinement,
+            ),
+            trial(
+                "cap_add_and_drop_follow_docker",
+                cap_add_and_drop_follow_docker,
+            ),
+            trial(
+                "security_opts_set_no_new_privs_and_seccomp",
+                security_opts_set_no_new_privs_and_seccomp,
+            ),
+            trial(
+                "default_profile_blocks_with_eperm",
+                default_profile_blocks_with_eperm,
+            ),
+            trial("custom_profile_applies", custom_profile_applies),
+            trial(
+                "proc_paths_are_masked_and_read_only",
+                proc_paths_are_masked_and_read_only,
+            ),
+            trial(
+                "unknown_capability_is_one_line_125",
+                unknown_capability_is_one_line_125,
+            ),
+            trial("exec_shares_the_confinement", exec_shares_the_confinement),
+        ],
+    )
+}

@@ -35,6 +35,19 @@ pub trait Backend: AsRawFd + Debug + Send {
     /// should retry once the fd is writable; any other error drops the frame.
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()>;
 
+    /// Whether the backend takes frames gathered from guest memory
+    /// ([`Backend::write_frame_iov`]), saving the device a copy of each frame.
+    fn takes_iovecs(&self) -> bool {
+        false
+    }
+
+    /// As [`Backend::write_frame`], with the frame gathered from `iov`, which points into
+    /// guest memory that stays mapped for the call. Only called when
+    /// [`Backend::takes_iovecs`] says so.
+    fn write_frame_iov(&mut self, _iov: &[libc::iovec]) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
     /// Writes what is left of frames taken earlier. `Ok` when nothing is left;
     /// [`io::ErrorKind::WouldBlock`] when some still waits, and the device then calls again
     /// once the fd is writable; any other error is only logged (a backend may keep what is

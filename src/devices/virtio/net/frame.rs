@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, Writer};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 
 use super::{ETH_HLEN, MAX_BUFFER_LEN, VNET_HDR_LEN};
 
@@ -93,6 +93,37 @@ pub fn read_tx(
     reader
         .read_exact(&mut buf[..len])
         .map_err(FrameError::Copy)?;
+    Ok(len)
+}
+
+/// The guest buffers of the TX frame in `chain` (header included), checked as [`read_tx`]
+/// checks them, as iovecs for one `writev`; returns the frame's length. The iovecs point
+/// into `mem`'s mappings: the caller uses them while it holds `mem`, and then clears `iov`.
+pub fn tx_iovecs(
+    chain: Chain<'_>,
+    mem: &GuestMemoryMmap,
+    iov: &mut Vec<libc::iovec>,
+) -> Result<usize, FrameError> {
+    let total = walk(&chain, false)?;
+    let len = usize::try_from(total)
+        .ok()
+        .filter(|len| (VNET_HDR_LEN + ETH_HLEN..=MAX_BUFFER_LEN).contains(len))
+        .ok_or(FrameError::TxLength(total))?;
+    iov.clear();
+    for desc in chain {
+        let count = usize::try_from(desc.len()).map_err(|_| FrameError::TxLength(total))?;
+        for slice in mem.get_slices(desc.addr(), count) {
+            let slice =
+                slice.map_err(|e| FrameError::Memory(virtio_queue::Error::GuestMemory(e)))?;
+            if slice.is_empty() {
+                continue;
+            }
+            iov.push(libc::iovec {
+                iov_base: slice.ptr_guard().as_ptr().cast_mut().cast(),
+                iov_len: slice.len(),
+            });
+        }
+    }
     Ok(len)
 }
 

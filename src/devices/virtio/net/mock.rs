@@ -28,6 +28,8 @@ pub struct MockState {
     pub rx_fails: bool,
     /// The last offload flags set, if any.
     pub offload: Option<u32>,
+    /// Whether the backend takes frames as iovecs over guest memory, as a TAP does.
+    pub gather: bool,
 }
 
 #[derive(Debug)]
@@ -95,6 +97,21 @@ impl Backend for MockBackend {
         let n = frame.len().min(buf.len());
         buf[..n].copy_from_slice(&frame[..n]);
         Ok(n)
+    }
+
+    fn takes_iovecs(&self) -> bool {
+        self.state.lock().unwrap().gather
+    }
+
+    fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        let mut frame = Vec::new();
+        for v in iov {
+            // SAFETY: the device passes iovecs over guest memory that stays mapped for the
+            // call, each `iov_len` bytes long.
+            let part = unsafe { std::slice::from_raw_parts(v.iov_base.cast::<u8>(), v.iov_len) };
+            frame.extend_from_slice(part);
+        }
+        self.write_frame(&frame)
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {

@@ -148,6 +148,31 @@ impl Backend for Tap {
         }
     }
 
+    fn takes_iovecs(&self) -> bool {
+        true
+    }
+
+    fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
+        let len: usize = iov.iter().map(|v| v.iov_len).sum();
+        let count = libc::c_int::try_from(iov.len())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        loop {
+            // SAFETY: each iovec points at `iov_len` bytes of guest memory that the caller
+            // keeps mapped for the call; writev only reads them.
+            let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), count) };
+            match usize::try_from(n) {
+                Ok(n) if n == len => return Ok(()),
+                Ok(n) => return Err(io::Error::other(format!("TAP took {n} of {len} bytes"))),
+                Err(_) => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() != io::ErrorKind::Interrupted {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    }
+
     fn set_offload(&mut self, tun_flags: u32) -> io::Result<()> {
         let arg = libc::c_ulong::from(tun_flags);
         // SAFETY: TUNSETOFFLOAD takes its flags by value; no memory is passed.

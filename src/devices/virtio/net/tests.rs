@@ -111,118 +111,146 @@ fn as_received(mut f: Vec<u8>) -> Vec<u8> {
 
 #[test]
 fn tx_frame_split_over_descriptors_arrives_byte_exact() {
-    let mut g = Guest::new();
-    let f = frame(1514 + VNET_HDR_LEN, 7);
-    // The header alone, then a piece that cuts the Ethernet header, then the rest.
-    let head = g.send_split(&f, &[VNET_HDR_LEN, 5, 700], DATA);
-    assert_eq!(g.wire.take_tx(), vec![f]);
-    assert_eq!(g.txq.take_used(), vec![(head, 0)]);
-    assert_eq!(g.irq.status() & 1, 1);
-    assert_eq!(g.stats().tx_frames, 1);
-    assert_eq!(g.stats().tx_bytes, 1514, "the header is not counted");
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        let f = frame(1514 + VNET_HDR_LEN, 7);
+        // The header alone, then a piece that cuts the Ethernet header, then the rest.
+        let head = g.send_split(&f, &[VNET_HDR_LEN, 5, 700], DATA);
+        assert_eq!(g.wire.take_tx(), vec![f]);
+        assert_eq!(g.txq.take_used(), vec![(head, 0)]);
+        assert_eq!(g.irq.status() & 1, 1);
+        assert_eq!(g.stats().tx_frames, 1);
+        assert_eq!(g.stats().tx_bytes, 1514, "the header is not counted");
+    }
 }
 
 #[test]
 fn tx_of_the_longest_frame_passes_and_one_byte_more_is_dropped() {
-    let mut g = Guest::new();
-    let big = frame(MAX_BUFFER_LEN + 1, 1);
-    let max = frame(MAX_BUFFER_LEN, 2);
-    let ok = frame(60 + VNET_HDR_LEN, 3);
-    g.send_split(&big, &[VNET_HDR_LEN, 40_000], DATA);
-    g.send_split(&max, &[VNET_HDR_LEN, 40_000], DATA + 0x4_0000);
-    g.send_split(&ok, &[], DATA + 0x8_0000);
-    assert_eq!(g.wire.take_tx(), vec![max, ok]);
-    let used = g.txq.take_used();
-    assert_eq!(used.len(), 3);
-    assert!(used.iter().all(|&(_, len)| len == 0));
-    assert_eq!(g.stats().tx_dropped, 1);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        let big = frame(MAX_BUFFER_LEN + 1, 1);
+        let max = frame(MAX_BUFFER_LEN, 2);
+        let ok = frame(60 + VNET_HDR_LEN, 3);
+        g.send_split(&big, &[VNET_HDR_LEN, 40_000], DATA);
+        g.send_split(&max, &[VNET_HDR_LEN, 40_000], DATA + 0x4_0000);
+        g.send_split(&ok, &[], DATA + 0x8_0000);
+        assert_eq!(g.wire.take_tx(), vec![max, ok]);
+        let used = g.txq.take_used();
+        assert_eq!(used.len(), 3);
+        assert!(used.iter().all(|&(_, len)| len == 0));
+        assert_eq!(g.stats().tx_dropped, 1);
+    }
 }
 
 #[test]
 fn tx_frames_shorter_than_two_headers_are_dropped() {
-    let mut g = Guest::new();
-    for len in [0, 1, VNET_HDR_LEN, VNET_HDR_LEN + 13] {
-        g.send_split(&frame(64, 0)[..len], &[], DATA);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        for len in [0, 1, VNET_HDR_LEN, VNET_HDR_LEN + 13] {
+            g.send_split(&frame(64, 0)[..len], &[], DATA);
+        }
+        let ok = frame(VNET_HDR_LEN + 14, 9);
+        g.send_split(&ok, &[], DATA);
+        assert_eq!(g.wire.take_tx(), vec![ok]);
+        assert_eq!(g.txq.take_used().len(), 5);
+        assert_eq!(g.stats().tx_dropped, 4);
     }
-    let ok = frame(VNET_HDR_LEN + 14, 9);
-    g.send_split(&ok, &[], DATA);
-    assert_eq!(g.wire.take_tx(), vec![ok]);
-    assert_eq!(g.txq.take_used().len(), 5);
-    assert_eq!(g.stats().tx_dropped, 4);
 }
 
 #[test]
 fn tx_chain_with_a_writable_descriptor_is_dropped() {
-    let mut g = Guest::new();
-    let f = frame(100, 4);
-    g.put(DATA, &f);
-    let bad = g.txq.add_chain(&[(DATA, 12, false), (DATA + 12, 88, true)]);
-    g.dev.process_tx();
-    let good = g.send_split(&f, &[50], DATA + 0x1000);
-    assert_eq!(g.wire.take_tx(), vec![f]);
-    assert_eq!(g.txq.take_used(), vec![(bad, 0), (good, 0)]);
-    assert_eq!(g.stats().tx_dropped, 1);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        let f = frame(100, 4);
+        g.put(DATA, &f);
+        let bad = g.txq.add_chain(&[(DATA, 12, false), (DATA + 12, 88, true)]);
+        g.dev.process_tx();
+        let good = g.send_split(&f, &[50], DATA + 0x1000);
+        assert_eq!(g.wire.take_tx(), vec![f]);
+        assert_eq!(g.txq.take_used(), vec![(bad, 0), (good, 0)]);
+        assert_eq!(g.stats().tx_dropped, 1);
+    }
 }
 
 #[test]
 fn tx_chains_cut_short_or_outside_memory_are_dropped() {
-    let mut g = Guest::with_queue_size(16);
-    let f = frame(100, 5);
-    g.put(DATA, &f);
-    // A loop: descriptor 0 points at itself.
-    g.txq.write_desc(0, DATA, 50, F_NEXT, 0);
-    g.txq.publish(0);
-    // A `next` past the queue.
-    g.txq.write_desc(1, DATA, 50, F_NEXT, 99);
-    g.txq.publish(1);
-    // A buffer past the end of guest memory.
-    g.txq.write_desc(2, (16 << 20) - 50, 100, 0, 0);
-    g.txq.publish(2);
-    // A head index past the queue.
-    g.txq.publish(40);
-    g.dev.process_tx();
-    assert!(g.wire.take_tx().is_empty());
-    // The used ring has the three valid heads; the bogus one cannot go there.
-    let used = g.txq.take_used();
-    assert_eq!(used, vec![(0, 0), (1, 0), (2, 0)]);
-    assert_eq!(g.stats().tx_dropped, 4);
-    // And the device goes on.
-    g.txq.write_desc(3, DATA, 100, 0, 0);
-    g.txq.publish(3);
-    g.dev.process_tx();
-    assert_eq!(g.wire.take_tx(), vec![f]);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::with_queue_size(16);
+        g.wire.with(|s| s.gather = gather);
+        let f = frame(100, 5);
+        g.put(DATA, &f);
+        // A loop: descriptor 0 points at itself.
+        g.txq.write_desc(0, DATA, 50, F_NEXT, 0);
+        g.txq.publish(0);
+        // A `next` past the queue.
+        g.txq.write_desc(1, DATA, 50, F_NEXT, 99);
+        g.txq.publish(1);
+        // A buffer past the end of guest memory.
+        g.txq.write_desc(2, (16 << 20) - 50, 100, 0, 0);
+        g.txq.publish(2);
+        // A head index past the queue.
+        g.txq.publish(40);
+        g.dev.process_tx();
+        assert!(g.wire.take_tx().is_empty());
+        // The used ring has the three valid heads; the bogus one cannot go there.
+        let used = g.txq.take_used();
+        assert_eq!(used, vec![(0, 0), (1, 0), (2, 0)]);
+        assert_eq!(g.stats().tx_dropped, 4);
+        // And the device goes on.
+        g.txq.write_desc(3, DATA, 100, 0, 0);
+        g.txq.publish(3);
+        g.dev.process_tx();
+        assert_eq!(g.wire.take_tx(), vec![f]);
+    }
 }
 
 #[test]
 fn tx_refused_by_the_backend_is_dropped_and_the_queue_goes_on() {
-    let mut g = Guest::new();
-    g.wire.with(|s| s.tx_fails = true);
-    g.send_split(&frame(60, 1), &[], DATA);
-    g.wire.with(|s| s.tx_fails = false);
-    let ok = frame(60, 2);
-    g.send_split(&ok, &[], DATA + 0x1000);
-    assert_eq!(g.wire.take_tx(), vec![ok]);
-    assert_eq!(g.txq.take_used().len(), 2);
-    assert_eq!(g.stats().tx_dropped, 1);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        g.wire.with(|s| s.tx_fails = true);
+        g.send_split(&frame(60, 1), &[], DATA);
+        g.wire.with(|s| s.tx_fails = false);
+        let ok = frame(60, 2);
+        g.send_split(&ok, &[], DATA + 0x1000);
+        assert_eq!(g.wire.take_tx(), vec![ok]);
+        assert_eq!(g.txq.take_used().len(), 2);
+        assert_eq!(g.stats().tx_dropped, 1);
+    }
 }
 
 #[test]
 fn tx_that_would_block_waits_on_the_ring_until_the_backend_is_writable() {
-    let mut g = Guest::new();
-    g.wire.with(|s| s.tx_would_block = true);
-    let (a, b) = (frame(60, 1), frame(70, 2));
-    g.send_split(&a, &[], DATA);
-    g.send_split(&b, &[], DATA + 0x1000);
-    assert!(g.wire.take_tx().is_empty());
-    assert!(g.txq.take_used().is_empty(), "a blocked frame is not used");
-    // OUT while still blocked changes nothing; once writable, both go in order.
-    g.dev.process_backend(EventSet::OUT);
-    assert!(g.wire.take_tx().is_empty());
-    g.wire.with(|s| s.tx_would_block = false);
-    g.dev.process_backend(EventSet::OUT);
-    assert_eq!(g.wire.take_tx(), vec![a, b]);
-    assert_eq!(g.txq.take_used().len(), 2);
-    assert_eq!(g.stats().tx_dropped, 0);
+    // Both ways a backend takes frames: copied, and gathered from guest memory.
+    for gather in [false, true] {
+        let mut g = Guest::new();
+        g.wire.with(|s| s.gather = gather);
+        g.wire.with(|s| s.tx_would_block = true);
+        let (a, b) = (frame(60, 1), frame(70, 2));
+        g.send_split(&a, &[], DATA);
+        g.send_split(&b, &[], DATA + 0x1000);
+        assert!(g.wire.take_tx().is_empty());
+        assert!(g.txq.take_used().is_empty(), "a blocked frame is not used");
+        // OUT while still blocked changes nothing; once writable, both go in order.
+        g.dev.process_backend(EventSet::OUT);
+        assert!(g.wire.take_tx().is_empty());
+        g.wire.with(|s| s.tx_would_block = false);
+        g.dev.process_backend(EventSet::OUT);
+        assert_eq!(g.wire.take_tx(), vec![a, b]);
+        assert_eq!(g.txq.take_used().len(), 2);
+        assert_eq!(g.stats().tx_dropped, 0);
+    }
 }
 
 #[test]

@@ -111,13 +111,19 @@ impl<'a> Guest<'a> {
     /// the end of guest memory, past it, anywhere, or over the rings themselves.
     fn addr(&mut self) -> u64 {
         let mem_end = MEM_SIZE as u64;
+        let rings_end = RINGS + 0x1_0000 * self.queues.len() as u64;
         match self.below(8) {
-            0 => self.u64(),
+            0 => {
+                let addr = self.u64();
+                // A buffer from there may cover the rings.
+                self.harmed |= addr < rings_end;
+                addr
+            }
             1 => mem_end - self.below(64),
             2 => mem_end + self.below(0x1000),
             3 => {
                 self.harmed = true;
-                RINGS + self.below(0x1_0000 * self.queues.len() as u64)
+                RINGS + self.below(rings_end - RINGS)
             }
             // Where the harnesses write device headers.
             4 | 5 => HEADERS + 16 * self.below(64),

@@ -11,5 +11,18 @@ mod arch;
 pub mod cli;
 mod devices;
 mod image;
+#[cfg(test)]
+mod prop;
 mod sandbox;
 mod vmm;
+
+/// Hostile-input harnesses for the `fuzz/` cargo-fuzz targets: one function per target,
+/// taking the fuzzer's bytes and panicking when a property breaks. The crate's own tests run
+/// the same functions on stable Rust with deterministic inputs.
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing {
+    pub use crate::devices::virtio::fuzzing::{
+        virtio_blk, virtio_mmio, virtio_net, virtio_rng, virtio_vsock,
+    };
+    pub use crate::image::fuzzing::{image_config, layer_unpack, manifest};
+}

@@ -29,6 +29,8 @@ pub mod archive;
 pub mod auth;
 pub mod digest;
 mod fsat;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gc;
 pub mod layer;
 pub mod manifest;

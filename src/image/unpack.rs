@@ -149,6 +149,9 @@ impl Unpacker {
         };
         let entries = archive.entries().map_err(|e| tar_err(e, &exceeded))?;
         let mut count = 0u64;
+        // Bytes the entries yield: more than the stream holds for GNU sparse files, whose
+        // holes tar expands itself (a few hundred bytes can declare a terabyte of zeros).
+        let mut yielded = 0u64;
         for entry in entries {
             let mut entry = entry.map_err(|e| tar_err(e, &exceeded))?;
             count += 1;
@@ -157,6 +160,10 @@ impl Unpacker {
                     name.to_string(),
                     self.limits.max_entries,
                 ));
+            }
+            yielded = yielded.saturating_add(entry.size());
+            if yielded > max_bytes {
+                return Err(UnpackError::TooLarge(name.to_string(), max_bytes));
             }
             if let Err(e) = self.entry(&mut entry) {
                 if exceeded.get() {

@@ -41,11 +41,13 @@
 
 pub mod block;
 mod common;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod mmio;
 pub mod net;
 pub mod rng;
-#[cfg(test)]
-mod test_utils;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod test_utils;
 pub mod vsock;
 #[cfg(test)]
 mod wiring_tests;

@@ -6,6 +6,8 @@
 //! most `size` chains in its life (the vsock tests post far more), it borrows the guest
 //! memory (the fixtures that own memory, queues and device would become self-referential),
 //! and it has no used-ring reader or descriptor allocator, which tests would rebuild on top.
+// Also built for the fuzzing harnesses (feature `fuzzing`), which use only part of it.
+#![cfg_attr(not(test), allow(dead_code))]
 
 use std::sync::Arc;
 

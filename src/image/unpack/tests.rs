@@ -215,3 +215,47 @@ fn copy_policy_keeps_wh_names_and_drops_privileges() {
     let me = rustix::process::geteuid().as_raw();
     assert_eq!(fs::metadata(t.join("plain")).unwrap().uid(), me);
 }
+
+/// A GNU sparse entry: a header of `name` whose only data block starts at `real_size` and is
+/// empty, so that tar reads no data and yields `real_size` zero bytes.
+pub(crate) fn sparse_bomb(name: &str, real_size: u64) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_size(0);
+    h.set_mode(0o644);
+    h.set_mtime(1_600_000_000);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(real_size);
+    gnu.sparse[0].offset = *format!("{real_size:011o}\0")
+        .as_bytes()
+        .first_chunk()
+        .unwrap();
+    gnu.sparse[0].numbytes = *b"00000000000\0";
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.resize(512 * 3, 0);
+    out
+}
+
+#[test]
+fn sparse_entries_count_against_the_size_limit() {
+    // Found while writing the layer_unpack fuzz target: a 1.5 KiB layer declaring a 64 MiB sparse file
+    // made the unpacker write 64 MiB of zeros past a 1 MiB limit (tar expands the holes
+    // itself, so the stream's byte count never sees them).
+    let limits = Limits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
+    let (dir, r) = unpack(vec![sparse_bomb("bomb", 64 << 20)], limits);
+    assert!(matches!(r, Err(UnpackError::TooLarge(..))), "{r:?}");
+    let written = fs::metadata(dir.path().join("stage/bomb")).map_or(0, |m| m.len());
+    assert!(written <= 1 << 20, "{written} bytes written");
+    // Within the limit it unpacks, holes and all.
+    let (dir, r) = unpack(vec![sparse_bomb("small", 4096)], limits);
+    r.unwrap();
+    assert_eq!(
+        fs::read(dir.path().join("stage/small")).unwrap(),
+        vec![0; 4096]
+    );
+}

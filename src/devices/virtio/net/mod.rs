@@ -47,8 +47,8 @@ mod filter_tests;
 pub mod frame;
 #[cfg(test)]
 mod fuzz_tests;
-#[cfg(test)]
-mod mock;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod mock;
 pub mod passt;
 #[cfg(test)]
 mod passt_tests;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use serde_json::{json, Value};
 
@@ -160,8 +159,11 @@ fn write_config(
 /// Runs the probe (at `probe` in `bundle/rootfs`) under `rt`.
 pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareError> {
     let id = format!("brig-compare-{}", std::process::id());
+    let cgroup = format!("/{id}");
+    if rt != Baseline::Podman {
+        write_config(rt, bundle, probe, &cgroup)?;
+    }
     let t0 = std::time::SystemTime::now();
-    let started = Instant::now();
     let (out, memory_bytes) = match rt {
         Baseline::Podman => {
             let out = run_tool(
@@ -174,8 +176,6 @@ pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareE
             (out, None)
         }
         Baseline::Runc | Baseline::Crun => {
-            let cgroup = format!("/{id}");
-            write_config(rt, bundle, probe, &cgroup)?;
             let root = bundle.join("state");
             let out = run_tool(
                 Command::new(rt.name())
@@ -204,7 +204,6 @@ pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareE
             (out?, peak)
         }
     };
-    let _ = started;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let facts = super::facts::parse(&stdout);
     let probe_us: u128 = facts

@@ -225,7 +225,6 @@ fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareEr
     .map_err(|e| options(e.to_string()))?;
     let resources =
         Resources::from_flags(&ResourceFlags::default()).map_err(|e| options(e.to_string()))?;
-    let t0 = Instant::now();
     let created = lifecycle::create(
         opts.store.home(),
         CreateOptions {
@@ -251,6 +250,9 @@ fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareEr
         )?;
         // Writing 5 to clear_refs resets the peak resident set (proc(5)).
         let _ = std::fs::write("/proc/self/clear_refs", "5");
+        // From here, as from `runc run` on the other side (the bundle, like the sandbox's
+        // files and disks, is made before).
+        let t0 = Instant::now();
         let ended = created.run_quiet(Some(RUN_TIMEOUT))?;
         let memory_bytes = peak_rss();
         let records = logs::read_all(&sandbox.log_path()).map_err(io(&sandbox.log_path()))?;

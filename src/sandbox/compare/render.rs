@@ -199,3 +199,61 @@ pub fn html(r: &Report) -> String {
         svg = svg(r),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::facts::{judge, parse};
+    use super::super::Side;
+    use super::*;
+
+    fn report() -> Report {
+        let host = parse("kernel.release\t6.1\nkernel.boot_id\th\ncaps.eff\t1ff\n");
+        let side = |name: &str, text: &str, ms: f64| {
+            let facts = parse(text);
+            Side {
+                runtime: name.into(),
+                start_ms: ms,
+                memory_bytes: Some(4 << 20),
+                probes: judge(&facts, &host),
+                facts,
+            }
+        };
+        Report {
+            image: "img<&>".into(),
+            sides: vec![
+                side("runc", "kernel.release\t6.1\nkernel.boot_id\th\n", 100.0),
+                side("brig", "kernel.release\t6.12\nkernel.boot_id\tg\n", 300.0),
+            ],
+            host,
+        }
+    }
+
+    #[test]
+    fn table_has_a_row_per_probe_and_marks_the_host_kernel() {
+        let t = table(&report());
+        assert_eq!(t.lines().count(), 1 + PROBES.len() + 2 + 1);
+        let kernel = t.lines().nth(1).unwrap();
+        assert!(kernel.contains("! host's kernel") && kernel.ends_with("own guest kernel"));
+    }
+
+    #[test]
+    fn json_keeps_its_keys() {
+        let v: serde_json::Value = serde_json::from_str(&json(&report())).unwrap();
+        assert_eq!(v["sides"][1]["runtime"], "brig");
+        assert_eq!(
+            v["sides"][1]["probes"]["kernel"]["verdict"],
+            "own guest kernel"
+        );
+        assert_eq!(v["sides"][0]["probes"]["kernel"]["host_exposed"], true);
+        assert_eq!(v["sides"][0]["memory_bytes"], 4 << 20);
+        assert_eq!(v["host"]["kernel.release"], "6.1");
+    }
+
+    #[test]
+    fn html_is_escaped_and_has_a_chart() {
+        let h = html(&report());
+        assert!(h.contains("img&lt;&amp;&gt;") && !h.contains("img<&>"));
+        assert!(h.contains("<svg") && h.matches("<rect").count() == 4);
+        assert!(h.contains("<td class=\"exposed\">host's kernel</td>"));
+    }
+}

@@ -219,3 +219,24 @@ pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareE
         memory_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oci_profile_is_dockers_resolved_for_its_capabilities() {
+        let s = oci_seccomp().unwrap();
+        assert_eq!(s["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(s["architectures"][0], "SCMP_ARCH_X86_64");
+        let allowed = |name: &str| {
+            s["syscalls"].as_array().unwrap().iter().any(|c| {
+                c["action"] == "SCMP_ACT_ALLOW"
+                    && c["names"].as_array().unwrap().iter().any(|n| n == name)
+            })
+        };
+        assert!(allowed("read") && allowed("clone"));
+        // CAP_SYS_ADMIN is not docker's: mount and bpf stay refused.
+        assert!(!allowed("mount") && !allowed("bpf"));
+    }
+}

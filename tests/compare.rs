@@ -165,7 +165,44 @@ fn html_writes_the_table_and_a_chart() -> Result<(), String> {
         "a page with the table and an SVG chart",
         &out,
     )?;
-    check(stdout(&out).is_empty(), "nothing on stdout", &out)
+    check(stdout(&out).is_empty(), "nothing on stdout", &out)?;
+    screenshot(&file)
+}
+
+/// Renders the page with headless chromium (where installed: scripts/setup.sh installs it)
+/// and checks the PNG is an image of some substance, not a blank page.
+fn screenshot(html: &std::path::Path) -> Result<(), String> {
+    if std::process::Command::new("chromium")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("chromium is not installed: the page is not rendered");
+        return Ok(());
+    }
+    let base = &fixture().base;
+    let png = base.join("compare.png");
+    let out = std::process::Command::new("timeout")
+        .arg("240")
+        .args(["chromium", "--headless", "--no-sandbox", "--disable-gpu"])
+        .args(["--hide-scrollbars", "--window-size=1400,1000"])
+        .arg(format!(
+            "--user-data-dir={}",
+            base.join("chromium").display()
+        ))
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("file://{}", html.display()))
+        // Its singleton socket goes to TMPDIR: a tmpfs (sockets cannot live on 9p).
+        .env("HOME", base)
+        .env("TMPDIR", base)
+        .output()
+        .map_err(|e| format!("chromium: {e}"))?;
+    let bytes = std::fs::read(&png).unwrap_or_default();
+    check(
+        bytes.starts_with(b"\x89PNG") && bytes.len() > 20_000,
+        &format!("a PNG screenshot of the page ({} bytes)", bytes.len()),
+        &out,
+    )
 }
 
 fn errors_are_one_line_125() -> Result<(), String> {

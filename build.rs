@@ -4,7 +4,9 @@
 //! The guest is built by a nested cargo in its own target directory (`target/guest`), with
 //! `-C target-feature=+crt-static` and an explicit `--target`, so that the flag applies to the
 //! guest alone and not to build scripts or proc macros. `BRIG_GUEST_INIT=/path/to/brig-init`
-//! skips the build and embeds that file instead.
+//! skips the build and embeds that file instead. The same build makes `brig-probe`, the static
+//! probe `brig compare` runs on both sides (`BRIG_GUEST_PROBE=/path` embeds a prebuilt one;
+//! with `BRIG_GUEST_INIT` and without it, an empty file, which `brig compare` refuses).
 
 use std::env;
 use std::path::PathBuf;
@@ -14,17 +16,26 @@ const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("brig-init");
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    let out = out_dir.join("brig-init");
+    let probe_out = out_dir.join("brig-probe");
     println!("cargo:rerun-if-changed=guest/src");
     println!("cargo:rerun-if-changed=guest/Cargo.toml");
     println!("cargo:rerun-if-changed=protocol/src");
     println!("cargo:rerun-if-changed=protocol/Cargo.toml");
     println!("cargo:rerun-if-changed=Cargo.lock");
     println!("cargo:rerun-if-env-changed=BRIG_GUEST_INIT");
+    println!("cargo:rerun-if-env-changed=BRIG_GUEST_PROBE");
 
     if let Ok(prebuilt) = env::var("BRIG_GUEST_INIT") {
         std::fs::copy(&prebuilt, &out)
             .unwrap_or_else(|e| panic!("BRIG_GUEST_INIT={prebuilt}: {e}"));
+        match env::var("BRIG_GUEST_PROBE") {
+            Ok(p) => std::fs::copy(&p, &probe_out)
+                .map(|_| ())
+                .unwrap_or_else(|e| panic!("BRIG_GUEST_PROBE={p}: {e}")),
+            Err(_) => std::fs::write(&probe_out, b"").expect("writing an empty probe"),
+        }
         return;
     }
 
@@ -57,4 +68,6 @@ fn main() {
 
     let built = target_dir.join(TARGET).join("release").join("brig-init");
     std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+    let probe = target_dir.join(TARGET).join("release").join("brig-probe");
+    std::fs::copy(&probe, &probe_out).unwrap_or_else(|e| panic!("{}: {e}", probe.display()));
 }

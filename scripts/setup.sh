@@ -17,6 +17,7 @@ packages=(
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat                                                        # network tests and scripts/bench-net
+  chromium                                                            # tests/compare.rs renders the HTML report
   util-linux ca-certificates curl
 )
 missing=()

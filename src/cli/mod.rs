@@ -60,6 +60,8 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Store credentials for a registry.
     Login(commands::login::LoginArgs),
+    /// Run one probe suite under runc (or crun, podman) and under brig, side by side.
+    Compare(commands::compare::CompareArgs),
     /// Show brig's version.
     Version,
     /// The VMM process of a detached sandbox (started by `brig run -d`).
@@ -101,6 +103,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Stats(args) => commands::stats::run(args),
         Command::Port(args) => commands::port::run(args),
         Command::Cp(args) => commands::cp::run(args),
+        Command::Compare(args) => commands::compare::run(args),
         Command::Version => commands::info::version(),
         Command::Supervise {
             id,

@@ -101,6 +101,19 @@ where
     Ok(out)
 }
 
+/// Unpacks an image's layers (in the store) into `dest`, an existing empty directory, as a
+/// tree for another runtime (`brig compare`'s runc bundle), with the same safe unpacker.
+pub fn unpack_tree(store: &Store, layers: &[Digest], dest: &Path) -> Result<(), RootfsError> {
+    let mut unpacker = Unpacker::new(dest, Limits::from_env()).at(dest)?;
+    for d in layers {
+        let path = store.blob_path(d);
+        let reader = open_layer(&path).at(&path)?;
+        unpacker.apply(reader, d.short())?;
+    }
+    unpacker.finish()?;
+    Ok(())
+}
+
 /// Removes what an interrupted build of `manifest` left (we hold its lock).
 fn clean_stale(store: &Store, manifest: &Digest) {
     let stage_prefix = format!("stage-{}-", manifest.hex());

@@ -199,6 +199,20 @@ impl Created {
         Ok(ended?)
     }
 
+    /// Runs the sandbox with brig as its VMM process, its output only in its log (nothing on
+    /// brig's stdio): `brig compare` reads the log afterwards. The sandbox stays for that.
+    pub fn run_quiet(self, timeout: Option<Duration>) -> Result<Ended, LifecycleError> {
+        let ended = supervise(
+            &self.sandbox,
+            &self.runtime,
+            Mode::Detached,
+            timeout.map(TimeoutPolicy::Kill),
+            &mut |_| {},
+        );
+        drop(self.runtime);
+        Ok(ended?)
+    }
+
     /// Hands the sandbox to a VMM process of its own (`brig __supervise`, with the runtime
     /// lock) and returns once the workload runs; `Err(Failed)` with docker's code when it
     /// could not be started.

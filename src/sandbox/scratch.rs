@@ -125,6 +125,43 @@ fn mkfs(path: &Path, size: u64) -> Result<(), ScratchError> {
     Ok(())
 }
 
+/// A new scratch disk at `dst` (replacing any) of `size` bytes whose file system already
+/// holds `tree` (`mkfs.ext4 -d`): its `upper/` becomes files of the workload's root, as if
+/// written by an earlier run. `brig compare` brings its probe in this way.
+pub fn create_seeded(dst: &Path, size: u64, tree: &Path) -> Result<(), ScratchError> {
+    let _ = fs::remove_file(dst);
+    let f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(io_err(dst))?;
+    f.set_len(size).map_err(io_err(dst))?;
+    drop(f);
+    let out = Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            "brig-scratch",
+            "-m",
+            "0",
+            "-O",
+            "^has_journal",
+        ])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg("-d")
+        .arg(tree)
+        .arg(dst)
+        .output()
+        .map_err(|e| ScratchError::Mkfs(e.to_string()))?;
+    if !out.status.success() {
+        return Err(ScratchError::Mkfs(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
 /// True when the file system reports `path`'s holes (SEEK_DATA finds less data than the
 /// file's length), so that a sparse copy copies only what is allocated.
 fn reports_holes(path: &Path) -> bool {

@@ -95,6 +95,12 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), ScratchError> {
 
 /// Runs mkfs.ext4 on a new sparse file `path` of `size` bytes.
 fn mkfs(path: &Path, size: u64) -> Result<(), ScratchError> {
+    mkfs_with(path, size, None)
+}
+
+/// Runs mkfs.ext4 on a new sparse file `path` of `size` bytes, with the contents of `seed`
+/// (`mkfs.ext4 -d`) when given.
+fn mkfs_with(path: &Path, size: u64, seed: Option<&Path>) -> Result<(), ScratchError> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -114,6 +120,11 @@ fn mkfs(path: &Path, size: u64) -> Result<(), ScratchError> {
             "^has_journal",
         ])
         .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args(
+            seed.map(|tree| [Path::new("-d"), tree])
+                .into_iter()
+                .flatten(),
+        )
         .arg(path)
         .output()
         .map_err(|e| ScratchError::Mkfs(e.to_string()))?;
@@ -130,36 +141,7 @@ fn mkfs(path: &Path, size: u64) -> Result<(), ScratchError> {
 /// written by an earlier run. `brig compare` brings its probe in this way.
 pub fn create_seeded(dst: &Path, size: u64, tree: &Path) -> Result<(), ScratchError> {
     let _ = fs::remove_file(dst);
-    let f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(dst)
-        .map_err(io_err(dst))?;
-    f.set_len(size).map_err(io_err(dst))?;
-    drop(f);
-    let out = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-L",
-            "brig-scratch",
-            "-m",
-            "0",
-            "-O",
-            "^has_journal",
-        ])
-        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
-        .arg("-d")
-        .arg(tree)
-        .arg(dst)
-        .output()
-        .map_err(|e| ScratchError::Mkfs(e.to_string()))?;
-    if !out.status.success() {
-        return Err(ScratchError::Mkfs(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ));
-    }
-    Ok(())
+    mkfs_with(dst, size, Some(tree))
 }
 
 /// True when the file system reports `path`'s holes (SEEK_DATA finds less data than the

@@ -168,26 +168,15 @@ pub fn judge(w: &Facts, h: &Facts) -> BTreeMap<String, Answer> {
             seen > 0,
         ),
     );
-    out.insert(
-        "kcore".into(),
-        knob(w, "proc.kcore", shared, "guest kernel's"),
-    );
-    out.insert(
-        "sysrq".into(),
-        knob(w, "proc.sysrq", shared, "guest kernel's"),
-    );
-    out.insert(
-        "procsys".into(),
-        knob(w, "proc.sys", shared, "guest kernel's"),
-    );
-    out.insert(
-        "core_pattern".into(),
-        knob(w, "proc.core_pattern", shared, "guest kernel's"),
-    );
-    out.insert(
-        "release_agent".into(),
-        knob(w, "cgroup.release_agent", shared, "guest kernel's"),
-    );
+    for (key, fact) in [
+        ("kcore", "proc.kcore"),
+        ("sysrq", "proc.sysrq"),
+        ("procsys", "proc.sys"),
+        ("core_pattern", "proc.core_pattern"),
+        ("release_agent", "cgroup.release_agent"),
+    ] {
+        out.insert(key.into(), knob(w, fact, shared, "guest kernel's"));
+    }
     out.insert("mounts".into(), mounts(w, h, shared));
     let (ws, hs) = (list(w, "sockets", ','), list(h, "sockets", ','));
     let host_socks: Vec<&str> = if shared {

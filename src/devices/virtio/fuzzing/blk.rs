@@ -5,7 +5,7 @@ use std::io::Write;
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Guest, HEADERS, RING_ACTIONS};
+use super::{Guest, HEADERS};
 use crate::devices::rate_limiter::IoLimits;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::test_utils::{activate, guest_memory};
@@ -29,37 +29,29 @@ pub fn virtio_blk(data: &[u8]) {
     let mut dev = Block::new(file.path(), read_only, "brig-fuzz-0", IoLimits::default())
         .expect("a block device");
     activate(&mut dev, &[&g.queues[0]]);
-    let mut done = 0;
-    while g.more(done) {
-        done += 1;
-        let action = g.below(RING_ACTIONS + 3);
-        if g.ring_action(action) {
-            continue;
+    g.drive(3, |g, action| match action {
+        // A request header with a plausible type and a sector near the disk's end.
+        0 => {
+            let type_ = match g.below(3) {
+                0 => g.u32(),
+                _ => g.pick(&[0, 1, 4, 8, 11, 13]),
+            };
+            let sector = match g.below(3) {
+                0 => g.u64(),
+                _ => g.below(12),
+            };
+            let mut hdr = [0u8; 16];
+            hdr[..4].copy_from_slice(&type_.to_le_bytes());
+            hdr[8..].copy_from_slice(&sector.to_le_bytes());
+            let at = HEADERS + 16 * g.below(64);
+            let _ = mem.write_slice(&hdr, GuestAddress(at));
         }
-        match action - RING_ACTIONS {
-            // A request header with a plausible type and a sector near the disk's end.
-            0 => {
-                let type_ = match g.below(3) {
-                    0 => g.u32(),
-                    _ => g.pick(&[0, 1, 4, 8, 11, 13]),
-                };
-                let sector = match g.below(3) {
-                    0 => g.u64(),
-                    _ => g.below(12),
-                };
-                let mut hdr = [0u8; 16];
-                hdr[..4].copy_from_slice(&type_.to_le_bytes());
-                hdr[8..].copy_from_slice(&sector.to_le_bytes());
-                let at = HEADERS + 16 * g.below(64);
-                let _ = mem.write_slice(&hdr, GuestAddress(at));
-            }
-            1 => dev.process_queue(),
-            _ => {
-                dev.reset();
-                activate(&mut dev, &[&g.queues[0]]);
-            }
+        1 => dev.process_queue(),
+        _ => {
+            dev.reset();
+            activate(&mut dev, &[&g.queues[0]]);
         }
-    }
+    });
     dev.process_queue();
     let now = std::fs::read(file.path()).expect("the disk file is readable");
     assert_eq!(now.len(), DISK_LEN, "the guest changed the disk's size");

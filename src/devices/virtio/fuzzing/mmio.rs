@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::EventSet;
 
-use super::{Guest, RING_ACTIONS};
+use super::Guest;
 use crate::devices::bus::BusDevice;
 use crate::devices::rate_limiter::IoLimits;
 use crate::devices::virtio::block::Block;
@@ -100,45 +100,37 @@ pub fn virtio_mmio(data: &[u8]) {
         read(&mut t, VERSION),
         read(&mut t, 0x08),
     ];
-    let mut done = 0;
-    while g.more(done) {
-        done += 1;
-        let action = g.below(RING_ACTIONS + 6);
-        if g.ring_action(action) {
-            continue;
+    g.drive(6, |g, action| match action {
+        0 => {
+            let (offset, size) = (offset(g), size(g));
+            let mut buf = vec![0u8; size];
+            t.read(offset, &mut buf);
         }
-        match action - RING_ACTIONS {
-            0 => {
-                let (offset, size) = (offset(&mut g), size(&mut g));
-                let mut buf = vec![0u8; size];
-                t.read(offset, &mut buf);
+        1 => {
+            let (offset, size) = (offset(g), size(g));
+            let mut buf = vec![0u8; size];
+            for b in &mut buf {
+                *b = g.byte();
             }
-            1 => {
-                let (offset, size) = (offset(&mut g), size(&mut g));
-                let mut buf = vec![0u8; size];
-                for b in &mut buf {
-                    *b = g.byte();
-                }
-                t.write(offset, &buf);
-            }
-            // What a correct driver does next, whatever state the transport is in.
-            2 | 3 => init_step(&mut g, &mut t, queue_count),
-            4 => {
-                let q = u32::try_from(g.index(queue_count + 2)).unwrap_or(0);
-                write(&mut t, MMIO_NOTIFY_OFFSET, q);
-                kick();
-            }
-            _ => {
-                write(&mut t, STATUS, 0);
-                assert_eq!(read(&mut t, STATUS), 0, "Status after a reset");
-                assert_eq!(
-                    read(&mut t, INTERRUPT_STATUS),
-                    0,
-                    "interrupts after a reset"
-                );
-            }
+            t.write(offset, &buf);
         }
-    }
+        // What a correct driver does next, whatever state the transport is in.
+        2 | 3 => init_step(g, &mut t, queue_count),
+        4 => {
+            let q = u32::try_from(g.index(queue_count + 2)).unwrap_or(0);
+            write(&mut t, MMIO_NOTIFY_OFFSET, q);
+            kick();
+        }
+        _ => {
+            write(&mut t, STATUS, 0);
+            assert_eq!(read(&mut t, STATUS), 0, "Status after a reset");
+            assert_eq!(
+                read(&mut t, INTERRUPT_STATUS),
+                0,
+                "interrupts after a reset"
+            );
+        }
+    });
     kick();
     let now = [
         read(&mut t, MAGIC),

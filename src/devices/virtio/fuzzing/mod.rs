@@ -71,6 +71,20 @@ impl<'a> Guest<'a> {
         !self.u.is_empty() && done < MAX_ACTIONS
     }
 
+    /// A harness's main loop: while the input has more to say (and at most [`MAX_ACTIONS`]
+    /// times), one action, either a generic one on queue memory ([`Guest::ring_action`]) or
+    /// one of the device's own `device_actions`, given to `act` as `0..device_actions`.
+    fn drive(&mut self, device_actions: u64, mut act: impl FnMut(&mut Self, u64)) {
+        let mut done = 0;
+        while self.more(done) {
+            done += 1;
+            let action = self.below(RING_ACTIONS + device_actions);
+            if !self.ring_action(action) {
+                act(self, action - RING_ACTIONS);
+            }
+        }
+    }
+
     fn byte(&mut self) -> u8 {
         self.u.arbitrary().unwrap_or(0)
     }

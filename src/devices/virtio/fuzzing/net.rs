@@ -3,7 +3,7 @@
 
 use event_manager::EventSet;
 
-use super::{Guest, RING_ACTIONS};
+use super::Guest;
 use crate::devices::virtio::net::mock::mock_backend;
 use crate::devices::virtio::net::{Net, NetConfig, MAX_BUFFER_LEN};
 use crate::devices::virtio::test_utils::{activate, guest_memory};
@@ -22,44 +22,36 @@ pub fn virtio_net(data: &[u8]) {
     };
     let mut dev = Net::new(config, Box::new(backend)).expect("a net device");
     activate(&mut dev, &[&g.queues[0], &g.queues[1]]);
-    let mut done = 0;
-    while g.more(done) {
-        done += 1;
-        let action = g.below(RING_ACTIONS + 6);
-        if g.ring_action(action) {
-            continue;
+    g.drive(6, |g, action| match action {
+        0 => dev.process_tx(),
+        1 => dev.process_rx(),
+        2 => {
+            let set = g.pick(&[EventSet::IN, EventSet::OUT, EventSet::IN | EventSet::OUT]);
+            dev.process_backend(set);
         }
-        match action - RING_ACTIONS {
-            0 => dev.process_tx(),
-            1 => dev.process_rx(),
-            2 => {
-                let set = g.pick(&[EventSet::IN, EventSet::OUT, EventSet::IN | EventSet::OUT]);
-                dev.process_backend(set);
-            }
-            // A frame from the wire: any length, up to past the device's buffer.
-            3 => {
-                let len = match g.below(4) {
-                    0 => MAX_BUFFER_LEN + usize::from(g.byte()),
-                    _ => usize::from(g.u16() % 2048),
-                };
-                let mut frame = g.u.bytes(len.min(256)).unwrap_or(&[]).to_vec();
-                frame.resize(len, 0x5a);
-                wire.push_rx(frame);
-            }
-            4 => {
-                let bits = g.byte();
-                wire.with(|s| {
-                    s.tx_would_block = bits & 1 != 0;
-                    s.tx_fails = bits & 2 != 0;
-                    s.rx_fails = bits & 4 != 0;
-                });
-            }
-            _ => {
-                dev.reset();
-                activate(&mut dev, &[&g.queues[0], &g.queues[1]]);
-            }
+        // A frame from the wire: any length, up to past the device's buffer.
+        3 => {
+            let len = match g.below(4) {
+                0 => MAX_BUFFER_LEN + usize::from(g.byte()),
+                _ => usize::from(g.u16() % 2048),
+            };
+            let mut frame = g.u.bytes(len.min(256)).unwrap_or(&[]).to_vec();
+            frame.resize(len, 0x5a);
+            wire.push_rx(frame);
         }
-    }
+        4 => {
+            let bits = g.byte();
+            wire.with(|s| {
+                s.tx_would_block = bits & 1 != 0;
+                s.tx_fails = bits & 2 != 0;
+                s.rx_fails = bits & 4 != 0;
+            });
+        }
+        _ => {
+            dev.reset();
+            activate(&mut dev, &[&g.queues[0], &g.queues[1]]);
+        }
+    });
     for frame in wire.take_tx() {
         assert!(
             frame.len() <= MAX_BUFFER_LEN,

@@ -1,6 +1,6 @@
 //! virtio-rng under a hostile driver: random chains, then notifications.
 
-use super::{Guest, RING_ACTIONS};
+use super::Guest;
 use crate::devices::virtio::rng::{Rng, MAX_REQUEST_BYTES};
 use crate::devices::virtio::test_utils::{activate, guest_memory};
 use crate::devices::virtio::VirtioDevice;
@@ -12,23 +12,15 @@ pub fn virtio_rng(data: &[u8]) {
     let mut g = Guest::new(data, &mem, 1);
     let mut dev = Rng::new().expect("an rng device");
     activate(&mut dev, &[&g.queues[0]]);
-    let mut done = 0;
-    while g.more(done) {
-        done += 1;
-        let action = g.below(RING_ACTIONS + 2);
-        if g.ring_action(action) {
-            continue;
+    g.drive(2, |g, action| match action {
+        0 => {
+            dev.process_queue();
         }
-        match action - RING_ACTIONS {
-            0 => {
-                dev.process_queue();
-            }
-            _ => {
-                dev.reset();
-                activate(&mut dev, &[&g.queues[0]]);
-            }
+        _ => {
+            dev.reset();
+            activate(&mut dev, &[&g.queues[0]]);
         }
-    }
+    });
     dev.process_queue();
     if g.harmed {
         return;

@@ -7,7 +7,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use vm_memory::{Bytes, GuestAddress};
 
-use super::{Guest, HEADERS, RING_ACTIONS};
+use super::{Guest, HEADERS};
 use crate::devices::virtio::test_utils::{activate, guest_memory};
 use crate::devices::virtio::vsock::packet::{Header, HOST_CID, TYPE_STREAM};
 use crate::devices::virtio::vsock::Vsock;
@@ -34,69 +34,61 @@ pub fn virtio_vsock(data: &[u8]) {
     let mut dev = Vsock::new(CID, &path).expect("a vsock device");
     activate(&mut dev, &g.queues.iter().collect::<Vec<_>>());
     let mut peers: Vec<UnixStream> = Vec::new();
-    let mut done = 0;
-    while g.more(done) {
-        done += 1;
-        let action = g.below(RING_ACTIONS + 8);
-        if g.ring_action(action) {
-            continue;
+    g.drive(8, |g, action| match action {
+        // A packet header (and payload) where the guest's buffers point.
+        0 => {
+            let hdr = header(g);
+            let mut raw = hdr.to_bytes().to_vec();
+            let n = usize::from(g.byte());
+            raw.extend_from_slice(g.u.bytes(n).unwrap_or(&[]));
+            let at = HEADERS + 16 * g.below(64);
+            let _ = mem.write_slice(&raw, GuestAddress(at));
         }
-        match action - RING_ACTIONS {
-            // A packet header (and payload) where the guest's buffers point.
-            0 => {
-                let hdr = header(&mut g);
-                let mut raw = hdr.to_bytes().to_vec();
-                let n = usize::from(g.byte());
-                raw.extend_from_slice(g.u.bytes(n).unwrap_or(&[]));
-                let at = HEADERS + 16 * g.below(64);
-                let _ = mem.write_slice(&raw, GuestAddress(at));
-            }
-            1 => dev.process_tx(),
-            2 => dev.process_rx(),
-            3 => dev.process_backend(),
-            // A host peer: a connection to the device's socket with a CONNECT line (or
-            // garbage), or one the device opened to the port listener.
-            4 if peers.len() < MAX_PEERS => {
-                if g.byte() & 1 == 0 {
-                    if let Ok(mut s) = UnixStream::connect(&path) {
-                        let _ = s.set_nonblocking(true);
-                        let line = match g.below(3) {
-                            0 => {
-                                let n = usize::from(g.byte() % 32);
-                                g.u.bytes(n).unwrap_or(&[]).to_vec()
-                            }
-                            _ => format!("CONNECT {}\n", g.u16() % 64 + 1000).into_bytes(),
-                        };
-                        let _ = s.write_all(&line);
-                        peers.push(s);
-                    }
-                } else if let Ok((s, _)) = listener.accept() {
+        1 => dev.process_tx(),
+        2 => dev.process_rx(),
+        3 => dev.process_backend(),
+        // A host peer: a connection to the device's socket with a CONNECT line (or
+        // garbage), or one the device opened to the port listener.
+        4 if peers.len() < MAX_PEERS => {
+            if g.byte() & 1 == 0 {
+                if let Ok(mut s) = UnixStream::connect(&path) {
                     let _ = s.set_nonblocking(true);
+                    let line = match g.below(3) {
+                        0 => {
+                            let n = usize::from(g.byte() % 32);
+                            g.u.bytes(n).unwrap_or(&[]).to_vec()
+                        }
+                        _ => format!("CONNECT {}\n", g.u16() % 64 + 1000).into_bytes(),
+                    };
+                    let _ = s.write_all(&line);
                     peers.push(s);
                 }
+            } else if let Ok((s, _)) = listener.accept() {
+                let _ = s.set_nonblocking(true);
+                peers.push(s);
             }
-            5 if !peers.is_empty() => {
-                let i = g.index(peers.len());
-                let n = usize::from(g.byte());
-                let bytes = g.u.bytes(n).unwrap_or(&[]).to_vec();
-                let _ = peers[i].write(&bytes);
-            }
-            6 if !peers.is_empty() => {
-                let i = g.index(peers.len());
-                if g.byte() & 1 == 0 {
-                    let mut buf = [0u8; 4096];
-                    let _ = peers[i].read(&mut buf);
-                } else {
-                    peers.swap_remove(i);
-                }
-            }
-            7 => {
-                dev.reset();
-                activate(&mut dev, &g.queues.iter().collect::<Vec<_>>());
-            }
-            _ => {}
         }
-    }
+        5 if !peers.is_empty() => {
+            let i = g.index(peers.len());
+            let n = usize::from(g.byte());
+            let bytes = g.u.bytes(n).unwrap_or(&[]).to_vec();
+            let _ = peers[i].write(&bytes);
+        }
+        6 if !peers.is_empty() => {
+            let i = g.index(peers.len());
+            if g.byte() & 1 == 0 {
+                let mut buf = [0u8; 4096];
+                let _ = peers[i].read(&mut buf);
+            } else {
+                peers.swap_remove(i);
+            }
+        }
+        7 => {
+            dev.reset();
+            activate(&mut dev, &g.queues.iter().collect::<Vec<_>>());
+        }
+        _ => {}
+    });
     dev.process_tx();
     dev.process_backend();
     // The device still accepts host connections.

@@ -77,6 +77,16 @@ fn walk(chain: &Chain<'_>, writable: bool) -> Result<u64, FrameError> {
     }
 }
 
+/// The length of the TX frame in `chain`, once the chain is checked: only device-readable,
+/// complete, and between two headers and [`MAX_BUFFER_LEN`] bytes long.
+fn tx_len(chain: &Chain<'_>) -> Result<usize, FrameError> {
+    let total = walk(chain, false)?;
+    usize::try_from(total)
+        .ok()
+        .filter(|len| (VNET_HDR_LEN + ETH_HLEN..=MAX_BUFFER_LEN).contains(len))
+        .ok_or(FrameError::TxLength(total))
+}
+
 /// Copies the TX frame in `chain` (header included) into `buf`, which holds at least
 /// [`MAX_BUFFER_LEN`] bytes; returns its length.
 pub fn read_tx(
@@ -84,11 +94,7 @@ pub fn read_tx(
     mem: &GuestMemoryMmap,
     buf: &mut [u8],
 ) -> Result<usize, FrameError> {
-    let total = walk(&chain, false)?;
-    let len = usize::try_from(total)
-        .ok()
-        .filter(|len| (VNET_HDR_LEN + ETH_HLEN..=MAX_BUFFER_LEN).contains(len))
-        .ok_or(FrameError::TxLength(total))?;
+    let len = tx_len(&chain)?;
     let mut reader = chain.reader(mem).map_err(FrameError::Memory)?;
     reader
         .read_exact(&mut buf[..len])
@@ -104,14 +110,11 @@ pub fn tx_iovecs(
     mem: &GuestMemoryMmap,
     iov: &mut Vec<libc::iovec>,
 ) -> Result<usize, FrameError> {
-    let total = walk(&chain, false)?;
-    let len = usize::try_from(total)
-        .ok()
-        .filter(|len| (VNET_HDR_LEN + ETH_HLEN..=MAX_BUFFER_LEN).contains(len))
-        .ok_or(FrameError::TxLength(total))?;
+    let len = tx_len(&chain)?;
     iov.clear();
     for desc in chain {
-        let count = usize::try_from(desc.len()).map_err(|_| FrameError::TxLength(total))?;
+        let count =
+            usize::try_from(desc.len()).map_err(|_| FrameError::TxLength(u64::from(desc.len())))?;
         for slice in mem.get_slices(desc.addr(), count) {
             let slice =
                 slice.map_err(|e| FrameError::Memory(virtio_queue::Error::GuestMemory(e)))?;

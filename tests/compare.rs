@@ -1,17 +1,25 @@
 //! `brig compare`: the same probe under runc and under brig, side by side, as a table, JSON
-//! and HTML; its one-line errors. Needs KVM and runc: runs under scripts/with-kvm where this
-//! host has no usable KVM (see common/kvm.rs).
+//! and HTML, of a busybox and a Debian image; its one-line errors; Ctrl-C leaving nothing.
+//! Needs KVM and runc: runs under scripts/with-kvm where this host has no usable KVM (see
+//! common/kvm.rs), as root there.
+//!
+//! The "outside" is a network namespace, `ext`, that setup creates inside the with-kvm VM
+//! (L1): a veth `up0` (198.51.100.254/24, L1's default route) to ext's `eth0`
+//! (198.51.100.1/24, and 169.254.169.254/32 playing the cloud metadata service), each with
+//! an HTTP server. Nothing is ever sent outside L1.
 
 mod common;
 
 use std::path::PathBuf;
+use std::process::Command;
 
-use common::fixture::{check, stderr, stdout, Fixture};
+use common::fixture::{check, eventually, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
 
 /// The probes' labels, as the table shows them (src/sandbox/compare/facts.rs).
 const LABELS: &[&str] = &[
+    "network (each side's own)",
     "kernel (uname -r, boot_id)",
     "capabilities (CapEff/CapBnd)",
     "seccomp (mode, refused calls)",
@@ -28,9 +36,15 @@ const LABELS: &[&str] = &[
     "runtime sockets",
     "host processes visible",
     "host network interfaces",
+    "reach the host (gateway TCP)",
+    "reach 169.254.169.254:80",
+    "reach the outside (--probe-target)",
+    "unprivileged BPF",
+    "user namespaces (new one)",
     "CPUID hypervisor bit",
     "DMI product name",
     "start time (runtime to probe)",
+    "host kernel functions run (HAP)",
     "memory (peak, host)",
 ];
 
@@ -52,25 +66,125 @@ const KEYS: &[&str] = &[
     "sockets",
     "pids",
     "net",
+    "reach_host",
+    "reach_metadata",
+    "reach_outside",
+    "bpf",
+    "userns_create",
     "cpuid",
     "dmi",
 ];
+
+/// The probe's facts every side must have (one per probe, the reachability ones included).
+const FACTS: &[&str] = &[
+    "kernel.release",
+    "caps.eff",
+    "seccomp.mode",
+    "userns.uid_map",
+    "dev.count",
+    "proc.kcore",
+    "mounts",
+    "pids.count",
+    "net.ifaces",
+    "reach.host",
+    "reach.metadata",
+    "reach.outside",
+    "sysctl.unprivileged_bpf_disabled",
+    "sysctl.max_user_namespaces",
+    "userns.create",
+    "cpu.hypervisor",
+];
+
+const EXT: &str = "198.51.100.1";
+const UPLINK: &str = "198.51.100.254";
+const METADATA: &str = "169.254.169.254";
+/// The outside target the comparisons name.
+const TARGET: &str = "198.51.100.1:8000";
+const TRACEFS: &str = "/sys/kernel/tracing";
 
 fn layouts_dir() -> PathBuf {
     images::cache_dir().join("layouts-compare")
 }
 
 fn prepare() {
-    let _ = std::fs::remove_dir_all(layouts_dir());
-    images::busybox_layouts(&layouts_dir());
+    let dir = layouts_dir();
+    let _ = std::fs::remove_dir_all(dir.join("bb"));
+    let _ = std::fs::remove_dir_all(dir.join("bb-entry"));
+    images::busybox_layouts(&dir);
+    // The Debian image tests/run.rs uses (debootstrap's tarball, cached).
+    let deb = dir.join("debian");
+    if !deb.join("index.json").exists() {
+        let tmp = dir.join(format!("debian.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        images::debian_layout(&tmp);
+        std::fs::rename(&tmp, &deb).unwrap();
+    }
 }
 
 fn fixture() -> &'static Fixture {
-    Fixture::shared("compare", &[("bb", layouts_dir().join("bb"))])
+    let images = ["bb", "debian"].map(|name| (name, layouts_dir().join(name)));
+    Fixture::shared("compare", &images)
+}
+
+/// Runs a shell command in L1; panics with its output when it fails (setup only).
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The outside world (ext) and tracefs (a distribution mounts it at boot; L1's init does
+/// not), once per test binary.
+fn setup() {
+    sh(&format!(
+        "set -e
+        mountpoint -q {TRACEFS} || mount -t tracefs nodev {TRACEFS}
+        ip link set lo up
+        ip netns add ext
+        ip link add up0 type veth peer name eth0 netns ext
+        ip addr add {UPLINK}/24 dev up0
+        ip link set up0 up
+        ip route add default via {EXT}
+        ip route add {METADATA}/32 via {EXT}
+        ip -n ext link set lo up
+        ip -n ext addr add {EXT}/24 dev eth0
+        ip -n ext addr add {METADATA}/32 dev eth0
+        ip -n ext link set eth0 up
+        ip -n ext route add default via {UPLINK}
+        mkdir -p /run/brig-cmp-www
+        echo ext-hello > /run/brig-cmp-www/index.html
+        ip netns exec ext busybox httpd -p {EXT}:8000 -h /run/brig-cmp-www
+        ip netns exec ext busybox httpd -p {METADATA}:80 -h /run/brig-cmp-www
+        "
+    ));
+    // The servers answer (so that a blocked connection later is the policy, not a dead
+    // server).
+    for url in [format!("http://{TARGET}/"), format!("http://{METADATA}/")] {
+        let cmd = format!("busybox wget -q -O - {url}");
+        eventually(20, &cmd, || {
+            Command::new("sh")
+                .arg("-c")
+                .arg(&cmd)
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .unwrap();
+    }
+    fixture();
+}
+
+/// The row of the table starting with `label`.
+fn row<'a>(text: &'a str, label: &str) -> &'a str {
+    text.lines().find(|l| l.starts_with(label)).unwrap_or("")
 }
 
 fn table_answers_every_probe_on_both_sides() -> Result<(), String> {
-    let out = fixture().brig(&["compare", "bb"]);
+    let out = fixture().brig(&["compare", "--probe-target", TARGET, "bb"]);
     check(out.status.success(), "brig compare bb", &out)?;
     let text = stdout(&out);
     let head = text.lines().next().unwrap_or("");
@@ -98,11 +212,69 @@ fn table_answers_every_probe_on_both_sides() -> Result<(), String> {
         kernel.contains("! host's kernel") && kernel.ends_with("own guest kernel"),
         "runc shares the host's kernel, brig runs its own",
         &out,
-    )
+    )?;
+    // Measured reachability: runc's container (docker's bridge: NAT, no policy) reaches the
+    // host and the metadata service; brig's egress policy blocks both; both reach ext.
+    for label in ["reach the host", "reach 169.254.169.254"] {
+        let r = row(&text, label);
+        check(
+            r.contains("! reached") && r.ends_with("blocked (timeout)"),
+            &format!("{label}: runc reached it, brig blocked it"),
+            &out,
+        )?;
+    }
+    let r = row(&text, "reach the outside");
+    check(
+        r.matches("reached (connected)").count() == 2 && !r.contains('!'),
+        "both sides reach the outside target",
+        &out,
+    )?;
+    let r = row(&text, "unprivileged BPF");
+    check(
+        r.ends_with("guest's setting: disabled (for good)"),
+        "brig's agent disabled unprivileged BPF in the guest",
+        &out,
+    )?;
+    let r = row(&text, "user namespaces");
+    check(
+        r.contains("max=0") && r.ends_with("guest's limit 0"),
+        "brig's agent set the guest's user-namespace limit to 0",
+        &out,
+    )?;
+    hap_row(&text, &out)
 }
 
-fn json_has_every_probe_for_both_sides() -> Result<(), String> {
-    let out = fixture().brig(&["compare", "--format", "json", "bb"]);
+/// The HAP row: numbers on both sides where L1's kernel has the function profiler, and
+/// "unavailable: <reason>" where it has not (never a number it did not measure).
+fn hap_row(text: &str, out: &std::process::Output) -> Result<(), String> {
+    let r = row(text, "host kernel functions run (HAP)");
+    if std::path::Path::new(TRACEFS)
+        .join("function_profile_enabled")
+        .exists()
+    {
+        check(
+            r.matches("measured (ftrace)").count() == 2 && r.matches("with idle)").count() == 2,
+            "a measured count of host kernel functions on both sides",
+            out,
+        )
+    } else {
+        check(
+            r.matches("unavailable: ").count() == 2,
+            "no profiler in L1's kernel: the row says why",
+            out,
+        )
+    }
+}
+
+fn json_of_debian_has_every_probe_for_both_sides() -> Result<(), String> {
+    let out = fixture().brig(&[
+        "compare",
+        "--format",
+        "json",
+        "--probe-target",
+        TARGET,
+        "debian",
+    ]);
     check(out.status.success(), "brig compare --format json", &out)?;
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("JSON: {e}: {}", stdout(&out)))?;
@@ -118,12 +290,30 @@ fn json_has_every_probe_for_both_sides() -> Result<(), String> {
                 &out,
             )?;
         }
+        for k in FACTS {
+            check(
+                s["facts"][k].as_str().is_some_and(|v| !v.is_empty()),
+                &format!("{}: fact {k} answered", s["runtime"]),
+                &out,
+            )?;
+        }
         check(
             s["start_ms"].as_f64().is_some_and(|t| t > 0.0),
             "start_ms",
             &out,
         )?;
+        check(
+            s["network"].is_string() && s["hap"]["note"].is_string(),
+            "network and hap",
+            &out,
+        )?;
     }
+    check(
+        sides[0]["probes"]["reach_metadata"]["host_exposed"] == true
+            && sides[1]["probes"]["reach_metadata"]["host_exposed"] == false,
+        "the metadata service: reached under runc, blocked under brig",
+        &out,
+    )?;
     check(
         sides[1]["probes"]["kernel"]["verdict"] == "own guest kernel"
             && sides[0]["probes"]["kernel"]["verdict"] == "host's kernel"
@@ -143,6 +333,8 @@ fn html_writes_the_table_and_a_chart() -> Result<(), String> {
     let file = f.base.join("compare.html");
     let out = f.brig(&[
         "compare",
+        "--probe-target",
+        TARGET,
         "--format",
         "html",
         "--output",
@@ -239,27 +431,67 @@ fn errors_are_one_line_125() -> Result<(), String> {
     Ok(())
 }
 
+/// Ctrl-C while the brig side runs: brig compare ends with a one-line error, and leaves no
+/// sandbox, runtime file, bundle or network namespace behind.
+fn ctrl_c_leaves_nothing_behind() -> Result<(), String> {
+    let f = fixture();
+    let child = f
+        .cmd(&["compare", "bb"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("brig compare: {e}"))?;
+    let sandboxes = f.home.join("sandboxes");
+    let started = eventually(240, "the brig side's sandbox", || {
+        std::fs::read_dir(&sandboxes).is_ok_and(|mut d| d.next().is_some())
+    });
+    // SAFETY: kill(2) on the child this test spawned and has not reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("brig compare: {e}"))?;
+    started?;
+    check(
+        out.status.code() == Some(125)
+            && stderr(&out).trim().lines().count() == 1
+            && stderr(&out).contains("interrupted by signal 2"),
+        "Ctrl-C: one line, 125",
+        &out,
+    )?;
+    let left = f.leftovers();
+    check(left.is_empty(), &format!("nothing left: {left:?}"), &out)?;
+    let ns = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map_err(|e| format!("ip netns list: {e}"))?;
+    check(
+        !stdout(&ns).contains("brigcmp"),
+        "the baseline's network namespace is gone",
+        &ns,
+    )
+}
+
 fn main() {
     run_tests_with(
-        Limits::secs(300, 1200),
+        Limits::secs(300, 1500),
         prepare,
-        || {
-            fixture();
-        },
+        setup,
         vec![
             trial(
                 "table_answers_every_probe_on_both_sides",
                 table_answers_every_probe_on_both_sides,
             ),
             trial(
-                "json_has_every_probe_for_both_sides",
-                json_has_every_probe_for_both_sides,
+                "json_of_debian_has_every_probe_for_both_sides",
+                json_of_debian_has_every_probe_for_both_sides,
             ),
             trial(
                 "html_writes_the_table_and_a_chart",
                 html_writes_the_table_and_a_chart,
             ),
             trial("errors_are_one_line_125", errors_are_one_line_125),
+            trial("ctrl_c_leaves_nothing_behind", ctrl_c_leaves_nothing_behind),
         ],
     )
 }

@@ -100,6 +100,18 @@ fn default_confinement_is_dockers() -> Result<(), String> {
             ("Seccomp", "2"),
         ],
         "-u 1000",
+    )?;
+    // The agent's kernel hardening: no unprivileged BPF, no user namespaces.
+    let out = f.run(&[
+        "bb",
+        "cat",
+        "/proc/sys/kernel/unprivileged_bpf_disabled",
+        "/proc/sys/user/max_user_namespaces",
+    ]);
+    check(
+        stdout(&out) == "1\n0\n",
+        "unprivileged_bpf_disabled 1, max_user_namespaces 0",
+        &out,
     )
 }
 
@@ -111,10 +123,23 @@ fn privileged_lifts_the_confinement() -> Result<(), String> {
         &[("CapEff", ALL_CAPS), ("CapBnd", ALL_CAPS), ("Seccomp", "0")],
         "--privileged",
     )?;
-    let out = f.run(&["--privileged", "bb", "head", "-c", "18", "/proc/timer_list"]);
+    let out = f.run(&[
+        "--privileged",
+        "bb",
+        "sh",
+        "-c",
+        "head -c 18 /proc/timer_list; echo; cat /proc/sys/kernel/unprivileged_bpf_disabled /proc/sys/user/max_user_namespaces",
+    ]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
     check(
-        stdout(&out) == "Timer List Version",
+        lines.first() == Some(&"Timer List Version"),
         "/proc/timer_list is not masked under --privileged",
+        &out,
+    )?;
+    check(
+        lines.get(1) == Some(&"1") && lines.get(2).is_some_and(|n| *n != "0"),
+        "--privileged: still no unprivileged BPF, but user namespaces",
         &out,
     )
 }

@@ -136,6 +136,33 @@ impl Confinement {
     }
 }
 
+/// `CAP_SYS_ADMIN`'s bit.
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Guest-kernel hardening without a kernel rebuild, before the workload starts: no BPF for
+/// unprivileged users (`1`: not even root can turn it back on), and no user namespaces
+/// unless the workload has CAP_SYS_ADMIN (`--privileged`, `--cap-add SYS_ADMIN`), which is
+/// how docker's seccomp profile decides whether to allow `unshare` and `clone` of one.
+pub fn harden_kernel(spec: &SecuritySpec) -> io::Result<()> {
+    write_sysctl("/proc/sys/kernel/unprivileged_bpf_disabled", "1")?;
+    if spec.capabilities & (1 << CAP_SYS_ADMIN) == 0 {
+        write_sysctl("/proc/sys/user/max_user_namespaces", "0")?;
+    }
+    Ok(())
+}
+
+/// Writes a sysctl unless it already has `value` (once `unprivileged_bpf_disabled` is 1,
+/// the kernel refuses any write to it, even of 1).
+fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
+    match std::fs::read_to_string(path) {
+        Ok(v) if v.trim() == value => return Ok(()),
+        // A kernel without the feature (no BPF syscall) has nothing to harden.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        _ => {}
+    }
+    std::fs::write(path, value).map_err(|e| io::Error::new(e.kind(), format!("{path}: {e}")))
+}
+
 /// Hides `masked` (an empty read-only tmpfs over a directory, /dev/null over a file) and
 /// binds `readonly` read-only over themselves, as runc does; missing paths are skipped.
 pub fn protect_paths(spec: &SecuritySpec) -> io::Result<()> {

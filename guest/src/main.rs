@@ -202,6 +202,9 @@ fn serve_main(conn: File, boot_uptime: u64) -> Result<(), String> {
     }
     let (id, cgroup) = prepare(&spec).map_err(|e| fail(&writer, e))?;
     if let Some(security) = spec.security.as_ref().filter(|_| !spec.argv.is_empty()) {
+        // Before /proc/sys turns read-only.
+        confine::harden_kernel(security)
+            .map_err(|e| fail(&writer, SpawnError::setup(format!("kernel hardening: {e}"))))?;
         confine::protect_paths(security)
             .map_err(|e| fail(&writer, SpawnError::setup(format!("masking paths: {e}"))))?;
     }

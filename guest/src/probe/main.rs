@@ -10,6 +10,7 @@
 use std::fs;
 use std::time::Instant;
 
+mod reach;
 mod syscalls;
 
 fn emit(key: &str, value: impl std::fmt::Display) {
@@ -242,6 +243,47 @@ fn platform() {
     );
 }
 
+/// The guest-kernel hardening brig's agent applies (and the host's own settings under a
+/// container): unprivileged BPF, the user-namespace limit, and whether a new user namespace
+/// can be made (tried in a child, which exits at once).
+fn hardening() {
+    let sysctl = |p: &str| read(p).map_or_else(|| "-".into(), |v| v.trim().to_string());
+    emit(
+        "sysctl.unprivileged_bpf_disabled",
+        sysctl("/proc/sys/kernel/unprivileged_bpf_disabled"),
+    );
+    emit(
+        "sysctl.max_user_namespaces",
+        sysctl("/proc/sys/user/max_user_namespaces"),
+    );
+    // SAFETY: fork in a single-threaded program; the child makes one system call and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: unshare has no pointer arguments; _exit never returns.
+        unsafe {
+            let rc = libc::unshare(libc::CLONE_NEWUSER);
+            let errno = *libc::__errno_location();
+            libc::_exit(if rc == 0 { 0 } else { errno.clamp(1, 255) });
+        }
+    }
+    let result = if pid < 0 {
+        "-".to_string()
+    } else {
+        let mut status = 0;
+        // SAFETY: pid is this process's child; status is a valid out-pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (true, 0) => "yes".into(),
+            (true, libc::EPERM) => "EPERM".into(),
+            (true, libc::ENOSPC) => "ENOSPC".into(),
+            (true, libc::EINVAL) => "EINVAL".into(),
+            (true, e) => format!("errno {e}"),
+            (false, _) => "killed".into(),
+        }
+    };
+    emit("userns.create", result);
+}
+
 fn main() {
     let t0 = Instant::now();
     let now = std::time::SystemTime::now()
@@ -257,5 +299,13 @@ fn main() {
     processes();
     network();
     platform();
+    hardening();
+    // `--connect NAME=ADDR:PORT`, as many as given.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.windows(2) {
+        if pair[0] == "--connect" {
+            reach::probe(&pair[1], &|k, v| emit(k, v));
+        }
+    }
     emit("probe.elapsed_us", t0.elapsed().as_micros());
 }

@@ -35,6 +35,10 @@ pub struct CompareArgs {
     /// Write the output to FILE instead of stdout.
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// An outside address the probe tries to reach (TCP) from both sides; without it the
+    /// "outside" row says "not probed".
+    #[arg(long, value_name = "ADDR:PORT")]
+    probe_target: Option<std::net::SocketAddrV4>,
     /// Guest kernel to boot.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -63,6 +67,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<i32> {
         store: &store,
         kernel,
         baseline,
+        probe_target: args.probe_target,
     })?;
     let text = match args.format {
         Format::Table => render::table(&report),

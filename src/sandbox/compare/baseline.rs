@@ -1,13 +1,14 @@
 //! The baseline side of `brig compare`: the probe in a container of the same image under an
 //! OCI runtime (runc or crun: a bundle from `RUNTIME spec`, with docker's default
 //! capabilities, seccomp profile and masked paths, as `docker run` gives them; podman: its own
-//! defaults, on the unpacked tree with `--rootfs`).
+//! defaults and default network, on the unpacked tree with `--rootfs`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use serde_json::{json, Value};
 
+use super::hap::{Hap, Profiler};
 use super::CompareError;
 use crate::sandbox::security::profile::{self, Op, Resolved};
 use crate::sandbox::security::{caps, MASKED_PATHS, READONLY_PATHS};
@@ -37,6 +38,16 @@ pub struct SideRun {
     pub start_ms: f64,
     /// Peak host memory the sandbox cost, when measured.
     pub memory_bytes: Option<u64>,
+    /// The host kernel functions the run made the host execute.
+    pub hap: Hap,
+}
+
+/// Profiles `f` when there is a profiler; why not, when there is none.
+pub fn profiled<T>(profiler: Result<&Profiler, &str>, f: impl FnOnce() -> T) -> (T, Hap) {
+    match profiler {
+        Ok(p) => p.profile(f, None),
+        Err(why) => (f(), Hap::unavailable(why)),
+    }
 }
 
 /// Checks that the baseline runtime is installed.
@@ -126,8 +137,9 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<std::process::Output, Compa
 fn write_config(
     rt: Baseline,
     bundle: &Path,
-    probe: &str,
+    argv: &[String],
     cgroup: &str,
+    netns: Option<&str>,
 ) -> Result<(), CompareError> {
     run_tool(
         Command::new(rt.name())
@@ -141,7 +153,7 @@ fn write_config(
         serde_json::from_str(&text).map_err(|e| CompareError::Baseline(e.to_string()))?;
     let caps: Vec<&str> = caps::DOCKER_DEFAULT.to_vec();
     spec["process"]["terminal"] = json!(false);
-    spec["process"]["args"] = json!([probe]);
+    spec["process"]["args"] = json!(argv);
     // docker leaves no_new_privs off unless asked (`runc spec` turns it on).
     spec["process"]["noNewPrivileges"] = json!(false);
     spec["process"]["capabilities"] =
@@ -151,41 +163,59 @@ fn write_config(
     spec["linux"]["maskedPaths"] = json!(MASKED_PATHS);
     spec["linux"]["readonlyPaths"] = json!(READONLY_PATHS);
     spec["linux"]["cgroupsPath"] = json!(cgroup);
+    if let Some(path) = netns {
+        if let Some(list) = spec["linux"]["namespaces"].as_array_mut() {
+            for ns in list.iter_mut().filter(|ns| ns["type"] == "network") {
+                ns["path"] = json!(path);
+            }
+        }
+    }
     let text =
         serde_json::to_string_pretty(&spec).map_err(|e| CompareError::Baseline(e.to_string()))?;
     std::fs::write(&path, text).map_err(|e| CompareError::Io(path, e))
 }
 
-/// Runs the probe (at `probe` in `bundle/rootfs`) under `rt`.
-pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareError> {
+/// Runs the probe (`argv`, the probe at `argv[0]` in `bundle/rootfs`) under `rt`, in the
+/// network namespace at `netns` (runc and crun; none: one with only `lo`), profiled.
+pub fn run(
+    rt: Baseline,
+    bundle: &Path,
+    argv: &[String],
+    netns: Option<&str>,
+    profiler: Result<&Profiler, &str>,
+) -> Result<SideRun, CompareError> {
     let id = format!("brig-compare-{}", std::process::id());
     let cgroup = format!("/{id}");
     if rt != Baseline::Podman {
-        write_config(rt, bundle, probe, &cgroup)?;
+        write_config(rt, bundle, argv, &cgroup, netns)?;
     }
     let t0 = std::time::SystemTime::now();
-    let (out, memory_bytes) = match rt {
+    let ((out, memory_bytes), hap) = match rt {
         Baseline::Podman => {
-            let out = run_tool(
-                Command::new("podman")
-                    .args(["run", "--rm", "--network", "none", "--rootfs"])
-                    .arg(bundle.join("rootfs"))
-                    .arg(probe),
-                "podman run",
-            )?;
-            (out, None)
+            let (out, hap) = profiled(profiler, || {
+                run_tool(
+                    Command::new("podman")
+                        .args(["run", "--rm", "--rootfs"])
+                        .arg(bundle.join("rootfs"))
+                        .args(argv),
+                    "podman run",
+                )
+            });
+            ((out?, None), hap)
         }
         Baseline::Runc | Baseline::Crun => {
             let root = bundle.join("state");
-            let out = run_tool(
-                Command::new(rt.name())
-                    .arg("--root")
-                    .arg(&root)
-                    .args(["run", "--keep", "--bundle"])
-                    .arg(bundle)
-                    .arg(&id),
-                &format!("{} run", rt.name()),
-            );
+            let (out, hap) = profiled(profiler, || {
+                run_tool(
+                    Command::new(rt.name())
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["run", "--keep", "--bundle"])
+                        .arg(bundle)
+                        .arg(&id),
+                    &format!("{} run", rt.name()),
+                )
+            });
             // The cgroup outlives the container (--keep) until delete: its peak memory.
             let peak = std::fs::read_to_string(
                 PathBuf::from("/sys/fs/cgroup")
@@ -201,7 +231,7 @@ pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareE
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
-            (out?, peak)
+            ((out?, peak), hap)
         }
     };
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -217,6 +247,7 @@ pub fn run(rt: Baseline, bundle: &Path, probe: &str) -> Result<SideRun, CompareE
         stdout,
         start_ms: probe_us.saturating_sub(t0_us) as f64 / 1000.0,
         memory_bytes,
+        hap,
     })
 }
 

@@ -32,6 +32,11 @@ pub const PROBES: &[(&str, &str)] = &[
     ("sockets", "runtime sockets"),
     ("pids", "host processes visible"),
     ("net", "host network interfaces"),
+    ("reach_host", "reach the host (gateway TCP)"),
+    ("reach_metadata", "reach 169.254.169.254:80"),
+    ("reach_outside", "reach the outside (--probe-target)"),
+    ("bpf", "unprivileged BPF"),
+    ("userns_create", "user namespaces (new one)"),
     ("cpuid", "CPUID hypervisor bit"),
     ("dmi", "DMI product name"),
 ];
@@ -219,6 +224,35 @@ pub fn judge(w: &Facts, h: &Facts) -> BTreeMap<String, Answer> {
             seen > 0,
         ),
     );
+    out.insert("reach_host".into(), reach(w, "host", true));
+    out.insert("reach_metadata".into(), reach(w, "metadata", true));
+    out.insert("reach_outside".into(), reach(w, "outside", false));
+    let bpf = get(w, "sysctl.unprivileged_bpf_disabled");
+    let bv = match bpf {
+        "0" => "allowed",
+        "1" => "disabled (for good)",
+        "2" => "disabled (admin may re-enable)",
+        _ => "unknown",
+    };
+    let owner = if shared { "host's" } else { "guest's" };
+    out.insert(
+        "bpf".into(),
+        answer(
+            format!("unprivileged_bpf_disabled={bpf}"),
+            format!("{owner} setting: {bv}"),
+            shared && bpf == "0",
+        ),
+    );
+    let made = get(w, "userns.create");
+    let max = get(w, "sysctl.max_user_namespaces");
+    let uv = match made {
+        "yes" => format!("can make one ({owner} kernel)"),
+        e => format!("refused ({e}), {owner} limit {max}"),
+    };
+    out.insert(
+        "userns_create".into(),
+        answer(format!("{made}; max={max}"), uv, shared && made == "yes"),
+    );
     let cpu = format!("{} {}", get(w, "cpu.hypervisor"), get(w, "cpu.hv_vendor"));
     let hcpu = format!("{} {}", get(h, "cpu.hypervisor"), get(h, "cpu.hv_vendor"));
     out.insert(
@@ -247,6 +281,23 @@ pub fn judge(w: &Facts, h: &Facts) -> BTreeMap<String, Answer> {
         ),
     );
     out
+}
+
+/// A TCP connection the probe tried (`reach.NAME`): a connection or a refusal is an answer
+/// from the target, so it was reached. `host_side`: reaching it is a host resource exposed.
+fn reach(w: &Facts, name: &str, host_side: bool) -> Answer {
+    let key = format!("reach.{name}");
+    let Some(outcome) = w.get(&key) else {
+        return answer("-", "not probed", false);
+    };
+    let addr = get(w, &format!("{key}.addr"));
+    let reached = outcome == "connected" || outcome == "refused";
+    let verdict = if reached {
+        format!("reached ({outcome})")
+    } else {
+        format!("blocked ({outcome})")
+    };
+    answer(format!("{addr} {outcome}"), verdict, reached && host_side)
 }
 
 /// Mounts of the host's own file systems: under the host's kernel, a mount whose device

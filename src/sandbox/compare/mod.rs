@@ -6,11 +6,19 @@
 //! The probe gets into each side the same way a file of the image would: for the runtime,
 //! into the bundle's copy of the image's layers; for brig, into the sandbox's scratch disk
 //! (the overlay's upper layer, formatted with the probe in it), so that the workload is the
-//! image's root plus one file on both sides. Both run without network (runc's default spec
-//! has a network namespace with only `lo`; brig `--network none`).
+//! image's root plus one file on both sides. Each side has the network its runtime gives
+//! by default: for runc and crun as root, a namespace with a NATed veth as docker's bridge
+//! ([`netns`]; rootless: only `lo`); for brig, `--network bridge` with its egress policy.
+//! The probe tries TCP connections to the host (a port this process listens on, at the
+//! workload's gateway), to 169.254.169.254:80 and, with `--probe-target`, to the outside.
+//!
+//! Ctrl-C (SIGINT, SIGTERM, SIGHUP) ends the comparison after the step under way, with
+//! everything made for it removed: the bundle, the namespace, the sandbox.
 
 pub mod baseline;
 pub mod facts;
+pub mod hap;
+pub mod netns;
 pub mod render;
 
 use std::collections::BTreeMap;
@@ -21,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use baseline::{Baseline, SideRun};
 use facts::{Answer, Facts};
+use hap::{Hap, Profiler};
 
 use super::lifecycle::{self, CreateOptions, LifecycleError};
 use super::logs::{self, Stream};
@@ -29,6 +38,7 @@ use super::resources::{ResourceFlags, Resources};
 use super::runtime;
 use super::scratch;
 use super::security::SecurityFlags;
+use super::signals::SignalPipe;
 use super::spec::RunOptions;
 use crate::image::{ImageRecord, Store};
 
@@ -71,7 +81,13 @@ pub enum CompareError {
     /// brig's own flags for the sandbox (never the user's).
     #[error("sandbox options: {0}")]
     Options(String),
+    /// Ctrl-C or another ending signal: everything made for the comparison is gone.
+    #[error("interrupted by signal {0}; nothing left behind")]
+    Interrupted(i32),
 }
+
+/// The metadata service every cloud has at this address.
+pub const METADATA: &str = "169.254.169.254:80";
 
 /// What to compare.
 pub struct CompareOptions<'a> {
@@ -81,6 +97,8 @@ pub struct CompareOptions<'a> {
     pub store: &'a Store,
     pub kernel: PathBuf,
     pub baseline: Baseline,
+    /// `--probe-target`: the "outside" the probe tries to reach; `None`: not probed.
+    pub probe_target: Option<std::net::SocketAddrV4>,
 }
 
 /// One side of the comparison.
@@ -92,6 +110,10 @@ pub struct Side {
     /// Peak host memory of the sandbox (runc: its cgroup's memory.peak; brig: the VMM
     /// process's peak resident set), when measured.
     pub memory_bytes: Option<u64>,
+    /// The network the side had.
+    pub network: String,
+    /// Bottomley's horizontal attack profile of the run.
+    pub hap: Hap,
     /// Probe key → verdict.
     pub probes: BTreeMap<String, Answer>,
     /// The probe's raw facts.
@@ -131,7 +153,7 @@ fn write_probe(path: &Path) -> Result<(), CompareError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).map_err(io(path))
 }
 
-fn side(name: &str, run: SideRun, host: &Facts) -> Result<Side, CompareError> {
+fn side(name: &str, network: String, run: SideRun, host: &Facts) -> Result<Side, CompareError> {
     let facts = facts::parse(&run.stdout);
     if !facts.contains_key("probe.elapsed_us") {
         return Err(CompareError::NoAnswer(
@@ -143,9 +165,19 @@ fn side(name: &str, run: SideRun, host: &Facts) -> Result<Side, CompareError> {
         runtime: name.into(),
         start_ms: run.start_ms,
         memory_bytes: run.memory_bytes,
+        network,
+        hap: run.hap,
         probes: facts::judge(&facts, host),
         facts,
     })
+}
+
+/// Fails with `Interrupted` once an ending signal came.
+fn interrupted(signals: &Option<SignalPipe>) -> Result<(), CompareError> {
+    match signals.as_ref().and_then(|p| p.drain().first().copied()) {
+        Some(sig) => Err(CompareError::Interrupted(sig)),
+        None => Ok(()),
+    }
 }
 
 /// Runs the probe on the host, under the baseline and under brig; the report.
@@ -154,6 +186,18 @@ pub fn compare(opts: CompareOptions<'_>) -> Result<Report, CompareError> {
         return Err(CompareError::NoProbe);
     }
     baseline::check(opts.baseline)?;
+    // From here an ending signal is noted, and acted on between steps, so that the drops
+    // below remove what was made.
+    let signals = SignalPipe::install(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP]).ok();
+    let result = compare_steps(&opts, &signals);
+    interrupted(&signals)?;
+    result
+}
+
+fn compare_steps(
+    opts: &CompareOptions<'_>,
+    signals: &Option<SignalPipe>,
+) -> Result<Report, CompareError> {
     // On the runtime directory's file system (tmpfs as root): runc wants a local rootfs.
     let base = runtime::base_dir();
     std::fs::create_dir_all(&base).map_err(io(&base))?;
@@ -168,6 +212,27 @@ pub fn compare(opts: CompareOptions<'_>) -> Result<Report, CompareError> {
         .map_err(io(&host_probe))?;
     let host = facts::parse(&String::from_utf8_lossy(&out.stdout));
 
+    // A host service for the workload to reach: listening on every address, never answered
+    // (the kernel completes the handshake).
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").map_err(io(Path::new("0.0.0.0:0")))?;
+    let port = listener
+        .local_addr()
+        .map_err(io(Path::new("0.0.0.0:0")))?
+        .port();
+    let mut argv = vec![
+        PROBE_PATH.to_string(),
+        "--connect".into(),
+        format!("host=gw:{port}"),
+        "--connect".into(),
+        format!("metadata={METADATA}"),
+    ];
+    if let Some(t) = opts.probe_target {
+        argv.extend(["--connect".into(), format!("outside={t}")]);
+    }
+    let profiler = Profiler::open();
+    let profiler = profiler.as_ref().map_err(String::as_str);
+    interrupted(signals)?;
+
     let bundle = work.0.join("bundle");
     let rootfs = bundle.join("rootfs");
     std::fs::create_dir_all(&rootfs).map_err(io(&rootfs))?;
@@ -179,16 +244,38 @@ pub fn compare(opts: CompareOptions<'_>) -> Result<Report, CompareError> {
         .collect();
     crate::image::rootfs::unpack_tree(opts.store, &layers, &rootfs)?;
     write_probe(&rootfs.join(&PROBE_PATH[1..]))?;
-    let base_run = baseline::run(opts.baseline, &bundle, PROBE_PATH)?;
-    let base_side = side(opts.baseline.name(), base_run, &host)?;
+    interrupted(signals)?;
+    let (ns, base_net) = match opts.baseline {
+        Baseline::Podman => (None, "podman's default".to_string()),
+        _ => match netns::Netns::create() {
+            Ok(ns) => {
+                let d = ns.describe.clone();
+                (Some(ns), d)
+            }
+            Err(why) => (None, format!("only lo ({why})")),
+        },
+    };
+    interrupted(signals)?;
+    let base_run = baseline::run(
+        opts.baseline,
+        &bundle,
+        &argv,
+        ns.as_ref().map(|n| n.path.as_str()),
+        profiler,
+    );
+    drop(ns);
+    interrupted(signals)?;
+    let base_side = side(opts.baseline.name(), base_net, base_run?, &host)?;
 
     let seed = work.0.join("seed");
     write_probe(&seed.join("upper").join(&PROBE_PATH[1..]))?;
     std::fs::create_dir_all(seed.join("work")).map_err(io(&seed))?;
-    let brig_run = run_brig(&opts, &seed)?;
-    let brig_side = side("brig", brig_run, &host)?;
+    let (brig_run, brig_net) = run_brig(opts, &seed, &argv[1..], profiler)?;
+    drop(listener);
+    interrupted(signals)?;
+    let brig_side = side("brig", brig_net, brig_run, &host)?;
     Ok(Report {
-        image: opts.image,
+        image: opts.image.clone(),
         host,
         sides: vec![base_side, brig_side],
     })
@@ -208,21 +295,30 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// The probe in a brig sandbox of the image (docker's confinement, no network), with brig
-/// as the VMM process: its peak resident set, reset first, is the sandbox's memory.
-fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareError> {
+/// The probe (with `args`) in a brig sandbox of the image (docker's confinement, the
+/// default network), with brig as the VMM process: its peak resident set, reset first, is
+/// the sandbox's memory. The run, and the network it had.
+fn run_brig(
+    opts: &CompareOptions<'_>,
+    seed: &Path,
+    args: &[String],
+    profiler: Result<&Profiler, &str>,
+) -> Result<(SideRun, String), CompareError> {
     let options = |e: String| CompareError::Options(e);
     let security = SecurityFlags::default();
     let run = RunOptions {
         entrypoint: Some(PROBE_PATH.into()),
+        command: args.to_vec(),
         security: Some(security.spec().map_err(|e| options(e.to_string()))?),
         ..RunOptions::default()
     };
-    let network = NetworkOptions::parse(&NetworkFlags {
-        network: Some("none".into()),
-        ..NetworkFlags::default()
-    })
-    .map_err(|e| options(e.to_string()))?;
+    let network =
+        NetworkOptions::parse(&NetworkFlags::default()).map_err(|e| options(e.to_string()))?;
+    let net = if rustix::process::geteuid().is_root() {
+        "TAP+NAT, egress policy"
+    } else {
+        "passt, egress policy"
+    };
     let resources =
         Resources::from_flags(&ResourceFlags::default()).map_err(|e| options(e.to_string()))?;
     let created = lifecycle::create(
@@ -253,7 +349,8 @@ fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareEr
         // From here, as from `runc run` on the other side (the bundle, like the sandbox's
         // files and disks, is made before).
         let t0 = Instant::now();
-        let ended = created.run_quiet(Some(RUN_TIMEOUT))?;
+        let (ended, hap) = baseline::profiled(profiler, || created.run_quiet(Some(RUN_TIMEOUT)));
+        let ended = ended?;
         let memory_bytes = peak_rss();
         let records = logs::read_all(&sandbox.log_path()).map_err(io(&sandbox.log_path()))?;
         let stdout: Vec<u8> = records
@@ -270,8 +367,10 @@ fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareEr
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
             start_ms,
             memory_bytes,
+            hap,
         })
     })();
+    let result = result.map(|r| (r, net.to_string()));
     let _ = sandbox.remove();
     result
 }

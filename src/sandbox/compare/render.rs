@@ -15,28 +15,46 @@ type Cell = (String, String, bool);
 
 /// The rows: (label, one cell per side).
 fn rows(r: &Report) -> Vec<(String, Vec<Cell>)> {
-    let mut rows: Vec<_> = PROBES
-        .iter()
-        .map(|(key, label)| {
-            let cells = r
-                .sides
-                .iter()
-                .map(|s| {
-                    s.probes
-                        .get(*key)
-                        .map_or(("-".into(), "-".into(), false), |a| {
-                            (a.saw.clone(), a.verdict.clone(), a.host_exposed)
-                        })
-                })
-                .collect();
-            (label.to_string(), cells)
-        })
-        .collect();
+    let mut rows = vec![(
+        "network (each side's own)".to_string(),
+        r.sides
+            .iter()
+            .map(|s| (s.network.clone(), "as its runtime gives".into(), false))
+            .collect(),
+    )];
+    rows.extend(PROBES.iter().map(|(key, label)| {
+        let cells = r
+            .sides
+            .iter()
+            .map(|s| {
+                s.probes
+                    .get(*key)
+                    .map_or(("-".into(), "-".into(), false), |a| {
+                        (a.saw.clone(), a.verdict.clone(), a.host_exposed)
+                    })
+            })
+            .collect();
+        (label.to_string(), cells)
+    }));
     rows.push((
         "start time (runtime to probe)".into(),
         r.sides
             .iter()
             .map(|s| (format!("{:.0} ms", s.start_ms), "measured".into(), false))
+            .collect(),
+    ));
+    rows.push((
+        "host kernel functions run (HAP)".into(),
+        r.sides
+            .iter()
+            .map(|s| match (s.hap.functions, s.hap.total) {
+                (Some(n), Some(t)) => (
+                    format!("{n} ({t} with idle)"),
+                    "measured (ftrace)".into(),
+                    false,
+                ),
+                _ => ("-".into(), s.hap.note.clone(), false),
+            })
             .collect(),
     ));
     rows.push((
@@ -137,6 +155,17 @@ fn svg(r: &Report) -> String {
             "MiB",
         ),
     ];
+    let mut metrics = metrics;
+    if r.sides.iter().all(|s| s.hap.functions.is_some()) {
+        metrics.push((
+            "host kernel functions",
+            r.sides
+                .iter()
+                .map(|s| s.hap.functions.unwrap_or(0) as f64)
+                .collect(),
+            "",
+        ));
+    }
     let colors = ["#4e79a7", "#e15759", "#59a14f"];
     let (w, bar, gap) = (640.0, 22.0, 34.0);
     let mut y = 10.0;
@@ -193,7 +222,7 @@ pub fn html(r: &Report) -> String {
     }
     t.push_str("</table>");
     format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>brig compare {img}</title>\n<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}}.exposed{{background:#f8d0d0}}.held{{background:#d8f0d8}}</style></head>\n<body><h1>brig compare: {img}</h1>\n<p>Host kernel {kernel}. Red: a host resource the workload reached; green: the boundary held.</p>\n{t}\n<h2>Start time and memory</h2>\n{svg}\n</body></html>\n",
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>brig compare {img}</title>\n<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:13px}}.exposed{{background:#f8d0d0}}.held{{background:#d8f0d8}}</style></head>\n<body><h1>brig compare: {img}</h1>\n<p>Host kernel {kernel}. Red: a host resource the workload reached; green: the boundary held.</p>\n{t}\n<h2>Start time, memory and host kernel functions</h2>\n{svg}\n</body></html>\n",
         img = esc(&r.image),
         kernel = esc(r.host.get("kernel.release").map_or("-", String::as_str)),
         svg = svg(r),
@@ -214,6 +243,8 @@ mod tests {
                 runtime: name.into(),
                 start_ms: ms,
                 memory_bytes: Some(4 << 20),
+                network: "veth".into(),
+                hap: super::super::hap::Hap::unavailable("test"),
                 probes: judge(&facts, &host),
                 facts,
             }
@@ -231,8 +262,8 @@ mod tests {
     #[test]
     fn table_has_a_row_per_probe_and_marks_the_host_kernel() {
         let t = table(&report());
-        assert_eq!(t.lines().count(), 1 + PROBES.len() + 2 + 1);
-        let kernel = t.lines().nth(1).unwrap();
+        assert_eq!(t.lines().count(), 1 + 1 + PROBES.len() + 3 + 1);
+        let kernel = t.lines().nth(2).unwrap();
         assert!(kernel.contains("! host's kernel") && kernel.ends_with("own guest kernel"));
     }
 

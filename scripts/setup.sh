@@ -13,7 +13,7 @@ packages=(
   linux-source-6.12                                                   # guest kernel source
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
-  skopeo umoci docker-registry runc debootstrap                       # image tests, baselines
+  skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat                                                        # network tests and scripts/bench-net

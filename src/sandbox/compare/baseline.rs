@@ -206,17 +206,23 @@ pub fn run(
         Baseline::Runc | Baseline::Crun => {
             let root = bundle.join("state");
             let (out, hap) = profiled(profiler, || {
+                // crun (1.8) has no --keep: its cgroup goes with the container, unmeasured.
+                let keep: &[&str] = if rt == Baseline::Runc {
+                    &["run", "--keep", "--bundle"]
+                } else {
+                    &["run", "--bundle"]
+                };
                 run_tool(
                     Command::new(rt.name())
                         .arg("--root")
                         .arg(&root)
-                        .args(["run", "--keep", "--bundle"])
+                        .args(keep)
                         .arg(bundle)
                         .arg(&id),
                     &format!("{} run", rt.name()),
                 )
             });
-            // The cgroup outlives the container (--keep) until delete: its peak memory.
+            // runc's cgroup outlives the container (--keep) until delete: its peak memory.
             let peak = std::fs::read_to_string(
                 PathBuf::from("/sys/fs/cgroup")
                     .join(&id)

@@ -371,6 +371,31 @@ mod tests {
     }
 
     #[test]
+    fn reachability_is_what_the_connection_did() {
+        let host = facts(&[("kernel.boot_id", "h")]);
+        let w = facts(&[
+            ("kernel.boot_id", "h"),
+            ("reach.host", "refused"),
+            ("reach.host.addr", "10.0.0.1:5"),
+            ("reach.metadata", "timeout"),
+            ("sysctl.unprivileged_bpf_disabled", "1"),
+            ("sysctl.max_user_namespaces", "0"),
+            ("userns.create", "EPERM"),
+        ]);
+        let a = judge(&w, &host);
+        assert!(a["reach_host"].host_exposed, "a refusal is an answer");
+        assert_eq!(a["reach_host"].verdict, "reached (refused)");
+        assert!(!a["reach_metadata"].host_exposed);
+        assert_eq!(a["reach_metadata"].verdict, "blocked (timeout)");
+        assert_eq!(a["reach_outside"].verdict, "not probed");
+        assert_eq!(a["bpf"].verdict, "host's setting: disabled (for good)");
+        assert_eq!(
+            a["userns_create"].verdict,
+            "refused (EPERM), host's limit 0"
+        );
+    }
+
+    #[test]
     fn parse_and_host_paths() {
         let host = parse("mounts\t8:1 / ext4 /dev/sda1|0:5 / proc proc\nkernel.boot_id\tx\n");
         let w =

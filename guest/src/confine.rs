@@ -141,11 +141,12 @@ const CAP_SYS_ADMIN: u32 = 21;
 
 /// Guest-kernel hardening without a kernel rebuild, before the workload starts: no BPF for
 /// unprivileged users (`1`: not even root can turn it back on), and no user namespaces
-/// unless the workload has CAP_SYS_ADMIN (`--privileged`, `--cap-add SYS_ADMIN`), which is
-/// how docker's seccomp profile decides whether to allow `unshare` and `clone` of one.
+/// unless asked for: the workload has CAP_SYS_ADMIN (`--privileged`, `--cap-add
+/// SYS_ADMIN`; docker's seccomp profile allows `unshare` and namespace `clone`s with it) or
+/// no seccomp filter (`--security-opt seccomp=unconfined`, under which docker allows them).
 pub fn harden_kernel(spec: &SecuritySpec) -> io::Result<()> {
     write_sysctl("/proc/sys/kernel/unprivileged_bpf_disabled", "1")?;
-    if spec.capabilities & (1 << CAP_SYS_ADMIN) == 0 {
+    if spec.capabilities & (1 << CAP_SYS_ADMIN) == 0 && !spec.seccomp.is_empty() {
         write_sysctl("/proc/sys/user/max_user_namespaces", "0")?;
     }
     Ok(())

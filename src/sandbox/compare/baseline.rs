@@ -45,7 +45,7 @@ pub struct SideRun {
 /// Profiles `f` when there is a profiler; why not, when there is none.
 pub fn profiled<T>(profiler: Result<&Profiler, &str>, f: impl FnOnce() -> T) -> (T, Hap) {
     match profiler {
-        Ok(p) => p.profile(f, None),
+        Ok(p) => p.profile(f),
         Err(why) => (f(), Hap::unavailable(why)),
     }
 }

@@ -1,9 +1,13 @@
 //! Bottomley's "horizontal attack profile": how many distinct host kernel functions a
-//! sandbox makes the host execute. Measured with ftrace's function profiler
-//! (`CONFIG_FUNCTION_PROFILER`, tracefs at /sys/kernel/tracing): enabled around one side's
-//! run, then the functions with hits in `trace_stat/function<CPU>` are counted. The profiler
-//! sees the whole host, so what an idle host runs in the same time (measured first, for as
-//! long) is not counted: the figure is what the run added.
+//! sandbox makes the host execute, from ftrace (tracefs at /sys/kernel/tracing), by one of
+//! two methods:
+//! - the function profiler (`CONFIG_FUNCTION_PROFILER`), enabled around one side's run; it
+//!   sees the whole host, so what an idle host runs in as long a window (measured right
+//!   after) is not counted;
+//! - without it, the function tracer limited to this process and what it starts
+//!   (`set_ftrace_pid` and the `function-fork` option: the runtime and its container, or
+//!   the VMM's threads), the distinct functions read from the trace buffer. The buffer does
+//!   not overwrite: once full, later events are lost and the count is a lower bound (said).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -18,7 +22,7 @@ pub struct Hap {
     pub functions: Option<usize>,
     /// All distinct functions during the run (idle ones included).
     pub total: Option<usize>,
-    /// "measured" or "unavailable: <reason>".
+    /// How it was measured, or "unavailable: <reason>".
     pub note: String,
 }
 
@@ -32,10 +36,20 @@ impl Hap {
     }
 }
 
+/// How the functions are counted.
+enum Method {
+    Profiler,
+    Tracer,
+}
+
 /// The profiler, when this host has one brig may use.
 pub struct Profiler {
     dir: PathBuf,
+    method: Method,
 }
+
+/// The trace buffer per CPU, in KiB, for the tracer.
+const BUFFER_KB: &str = "32768";
 
 impl Profiler {
     /// The profiler, or why there is none.
@@ -44,66 +58,149 @@ impl Profiler {
             return Err("ftrace needs root (rootless brig)".into());
         }
         let dir = PathBuf::from(TRACEFS);
-        if !dir.join("trace_stat").exists() {
+        if !dir.join("available_tracers").exists() {
             return Err(format!("tracefs is not mounted at {TRACEFS}"));
         }
-        if !dir.join("function_profile_enabled").exists() {
+        let method = if dir.join("function_profile_enabled").exists() {
+            Method::Profiler
+        } else if std::fs::read_to_string(dir.join("available_tracers"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .any(|t| t == "function")
+        {
+            Method::Tracer
+        } else {
             return Err(
-                "the host kernel has no function profiler (CONFIG_FUNCTION_PROFILER)".into(),
+                "the host kernel has neither ftrace's function profiler nor its function tracer"
+                    .into(),
             );
+        };
+        let p = Self { dir, method };
+        match p.method {
+            Method::Profiler => p.write("function_profile_enabled", "0")?,
+            Method::Tracer => p.write("tracing_on", "0")?,
         }
-        let p = Self { dir };
-        p.set(false)?;
         Ok(p)
     }
 
-    fn set(&self, on: bool) -> Result<(), String> {
-        let f = self.dir.join("function_profile_enabled");
-        std::fs::write(&f, if on { "1" } else { "0" }).map_err(|e| format!("{}: {e}", f.display()))
+    fn write(&self, file: &str, value: &str) -> Result<(), String> {
+        let f = self.dir.join(file);
+        std::fs::write(&f, value).map_err(|e| format!("{}: {e}", f.display()))
     }
 
-    /// Enabling resets the counts; disabling keeps them for reading.
-    fn window<T>(&self, f: impl FnOnce() -> T) -> Result<(T, BTreeSet<String>), String> {
-        self.set(true)?;
-        let out = f();
-        self.set(false)?;
-        Ok((out, functions(&self.dir.join("trace_stat"))?))
+    /// The functions an idle host runs in `d` (profiler only).
+    fn idle(&self, d: Duration) -> Result<BTreeSet<String>, String> {
+        self.write("function_profile_enabled", "1")?;
+        std::thread::sleep(d);
+        self.write("function_profile_enabled", "0")?;
+        functions(&self.dir.join("trace_stat"))
     }
 
-    /// The functions an idle host runs in `d`.
-    pub fn idle(&self, d: Duration) -> Result<BTreeSet<String>, String> {
-        Ok(self.window(|| std::thread::sleep(d))?.1)
+    /// Runs `f` profiled; its result and the profile.
+    pub fn profile<T>(&self, f: impl FnOnce() -> T) -> (T, Hap) {
+        match self.method {
+            Method::Profiler => self.with_profiler(f),
+            Method::Tracer => self.with_tracer(f),
+        }
     }
 
-    /// Runs `f` profiled; its result, the profile against `idle` (taken for as long as the
-    /// run took, when `idle` is `None`).
-    pub fn profile<T>(&self, f: impl FnOnce() -> T, idle: Option<&BTreeSet<String>>) -> (T, Hap) {
+    fn with_profiler<T>(&self, f: impl FnOnce() -> T) -> (T, Hap) {
         let t0 = Instant::now();
-        self.set(true).ok();
+        // Enabling resets the counts; disabling keeps them for reading.
+        let on = self.write("function_profile_enabled", "1");
         let out = f();
         let elapsed = t0.elapsed();
-        let _ = self.set(false);
+        let _ = self.write("function_profile_enabled", "0");
+        if let Err(e) = on {
+            return (out, Hap::unavailable(&e));
+        }
         let run = match functions(&self.dir.join("trace_stat")) {
             Ok(run) => run,
             Err(e) => return (out, Hap::unavailable(&e)),
         };
-        let idle_owned;
-        let idle = match idle {
-            Some(i) => i,
-            None => match self.idle(elapsed) {
-                Ok(i) => {
-                    idle_owned = i;
-                    &idle_owned
-                }
-                Err(e) => return (out, Hap::unavailable(&e)),
-            },
+        let idle = match self.idle(elapsed) {
+            Ok(i) => i,
+            Err(e) => return (out, Hap::unavailable(&e)),
         };
         let hap = Hap {
-            functions: Some(run.difference(idle).count()),
+            functions: Some(run.difference(&idle).count()),
             total: Some(run.len()),
-            note: "measured".into(),
+            note: "function profiler, less idle".into(),
         };
         (out, hap)
+    }
+
+    fn tracer_setup(&self) -> Result<(), String> {
+        self.write("tracing_on", "0")?;
+        self.write("current_tracer", "nop")?;
+        self.write("buffer_size_kb", BUFFER_KB)?;
+        self.write("options/overwrite", "0")?;
+        self.write("options/function-fork", "1")?;
+        self.write("set_ftrace_pid", &std::process::id().to_string())?;
+        // Truncating `trace` empties the buffer.
+        self.write("trace", "")?;
+        self.write("current_tracer", "function")?;
+        self.write("tracing_on", "1")
+    }
+
+    fn tracer_reset(&self) {
+        let _ = self.write("tracing_on", "0");
+        let _ = self.write("current_tracer", "nop");
+        let _ = self.write("set_ftrace_pid", "");
+        let _ = self.write("options/function-fork", "0");
+        let _ = self.write("options/overwrite", "1");
+    }
+
+    fn with_tracer<T>(&self, f: impl FnOnce() -> T) -> (T, Hap) {
+        let on = self.tracer_setup();
+        let out = f();
+        let _ = self.write("tracing_on", "0");
+        let hap = match on.and_then(|()| self.traced()) {
+            Ok((set, lost)) => Hap {
+                functions: Some(set.len()),
+                total: Some(set.len()),
+                note: if lost > 0 {
+                    format!("function tracer; a lower bound: {lost} events lost")
+                } else {
+                    "function tracer".into()
+                },
+            },
+            Err(e) => Hap::unavailable(&e),
+        };
+        self.tracer_reset();
+        let _ = self.write("trace", "");
+        let _ = self.write("buffer_size_kb", "1408");
+        (out, hap)
+    }
+
+    /// The distinct functions in the trace buffer, and how many events did not fit.
+    fn traced(&self) -> Result<(BTreeSet<String>, u64), String> {
+        let path = self.dir.join("trace");
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let set = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                // `TASK-PID [CPU] FLAGS TIMESTAMP: FUNCTION <-PARENT`
+                let (_, rest) = l.split_once(": ")?;
+                rest.split_whitespace().next().map(str::to_string)
+            })
+            .collect();
+        let mut lost = 0;
+        for cpu in std::fs::read_dir(self.dir.join("per_cpu"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stats = std::fs::read_to_string(cpu.path().join("stats")).unwrap_or_default();
+            lost += stats
+                .lines()
+                .filter(|l| l.starts_with("overrun:") || l.starts_with("dropped events:"))
+                .filter_map(|l| l.rsplit(' ').next()?.trim().parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        Ok((set, lost))
     }
 }
 

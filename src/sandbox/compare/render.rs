@@ -48,11 +48,10 @@ fn rows(r: &Report) -> Vec<(String, Vec<Cell>)> {
         r.sides
             .iter()
             .map(|s| match (s.hap.functions, s.hap.total) {
-                (Some(n), Some(t)) => (
-                    format!("{n} ({t} with idle)"),
-                    "measured (ftrace)".into(),
-                    false,
-                ),
+                (Some(n), Some(t)) if n != t => {
+                    (format!("{n} ({t} with idle)"), s.hap.note.clone(), false)
+                }
+                (Some(n), _) => (n.to_string(), s.hap.note.clone(), false),
                 _ => ("-".into(), s.hap.note.clone(), false),
             })
             .collect(),

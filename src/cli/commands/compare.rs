@@ -39,6 +39,10 @@ pub struct CompareArgs {
     /// "outside" row says "not probed".
     #[arg(long, value_name = "ADDR:PORT")]
     probe_target: Option<std::net::SocketAddrV4>,
+    /// Also measure the horizontal attack profile (distinct host kernel functions each side
+    /// makes the host run, with ftrace; needs root; slows the host while it runs).
+    #[arg(long)]
+    hap: bool,
     /// Guest kernel to boot.
     #[arg(long)]
     kernel: Option<PathBuf>,
@@ -68,6 +72,7 @@ pub fn run(args: CompareArgs) -> anyhow::Result<i32> {
         kernel,
         baseline,
         probe_target: args.probe_target,
+        hap: args.hap,
     })?;
     let text = match args.format {
         Format::Table => render::table(&report),

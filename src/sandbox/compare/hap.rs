@@ -28,10 +28,15 @@ pub struct Hap {
 
 impl Hap {
     pub fn unavailable(reason: &str) -> Self {
+        let note = if reason.starts_with("not measured") {
+            reason.to_string()
+        } else {
+            format!("unavailable: {reason}")
+        };
         Self {
             functions: None,
             total: None,
-            note: format!("unavailable: {reason}"),
+            note,
         }
     }
 }
@@ -49,7 +54,7 @@ pub struct Profiler {
 }
 
 /// The trace buffer per CPU, in KiB, for the tracer.
-const BUFFER_KB: &str = "32768";
+const BUFFER_KB: &str = "16384";
 
 impl Profiler {
     /// The profiler, or why there is none.
@@ -175,18 +180,26 @@ impl Profiler {
 
     /// The distinct functions in the trace buffer, and how many events did not fit.
     fn traced(&self) -> Result<(BTreeSet<String>, u64), String> {
+        use std::io::BufRead;
         let path = self.dir.join("trace");
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let set = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                // `TASK-PID [CPU] FLAGS TIMESTAMP: FUNCTION <-PARENT`
-                let (_, rest) = l.split_once(": ")?;
-                rest.split_whitespace().next().map(str::to_string)
-            })
-            .collect();
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // Line by line: the buffer's text is far larger than the set (and would otherwise
+        // count in the memory row).
+        let mut set = BTreeSet::new();
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+            // `TASK-PID [CPU] FLAGS TIMESTAMP: FUNCTION <-PARENT`
+            if line.starts_with('#') {
+                continue;
+            }
+            if let Some((_, rest)) = line.split_once(": ") {
+                if let Some(f) = rest.split_whitespace().next() {
+                    if !set.contains(f) {
+                        set.insert(f.to_string());
+                    }
+                }
+            }
+        }
         let mut lost = 0;
         for cpu in std::fs::read_dir(self.dir.join("per_cpu"))
             .into_iter()

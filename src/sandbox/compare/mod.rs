@@ -99,6 +99,8 @@ pub struct CompareOptions<'a> {
     pub baseline: Baseline,
     /// `--probe-target`: the "outside" the probe tries to reach; `None`: not probed.
     pub probe_target: Option<std::net::SocketAddrV4>,
+    /// `--hap`: measure the horizontal attack profile (ftrace slows the host meanwhile).
+    pub hap: bool,
 }
 
 /// One side of the comparison.
@@ -229,7 +231,11 @@ fn compare_steps(
     if let Some(t) = opts.probe_target {
         argv.extend(["--connect".into(), format!("outside={t}")]);
     }
-    let profiler = Profiler::open();
+    let profiler = if opts.hap {
+        Profiler::open()
+    } else {
+        Err("not measured (--hap measures it)".to_string())
+    };
     let profiler = profiler.as_ref().map_err(String::as_str);
     interrupted(signals)?;
 

@@ -34,6 +34,8 @@ pub enum SeccompError {
     Build(&'static str, #[source] seccompiler::BackendError),
     #[error("installing the {0} thread's seccomp filter: {1}")]
     Install(&'static str, #[source] seccompiler::Error),
+    #[error("dropping the {0} thread's capabilities: {1}")]
+    Capabilities(&'static str, #[source] std::io::Error),
     #[error("installing the SIGSYS handler: {0}")]
     Handler(#[source] std::io::Error),
 }
@@ -220,18 +222,37 @@ pub fn install_sigsys_handler() -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// Empties the calling thread's effective, permitted, inheritable and ambient capability sets.
+fn drop_capabilities() -> std::io::Result<()> {
+    use rustix::thread::{CapabilitySet, CapabilitySets};
+    rustix::thread::clear_ambient_capability_set()?;
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: CapabilitySet::empty(),
+            permitted: CapabilitySet::empty(),
+            inheritable: CapabilitySet::empty(),
+        },
+    )?;
+    Ok(())
+}
+
 /// [`confine`] for the console echo thread, in the form `ConsoleLog::with_confined_echo` takes.
 pub fn confine_console() -> Result<(), String> {
     confine(Thread::Console).map_err(|e| e.to_string())
 }
 
-/// Confines the calling thread to `thread`'s list (nothing when `BRIG_SECCOMP=off`). The
-/// filter stays for the thread's life and passes to the threads it starts.
+/// Confines the calling thread: it gives up every capability (capabilities are per thread;
+/// nothing the VMM does once the VM is built needs one: its files are its own, the TAP and
+/// the disks are open, the nft process it ends is its own), then installs its list (nothing
+/// of either when `BRIG_SECCOMP=off`). Both stay for the thread's life and pass to the
+/// threads it starts.
 pub fn confine(thread: Thread) -> Result<(), SeccompError> {
     if !enabled() {
         return Ok(());
     }
     install_sigsys_handler()?;
+    drop_capabilities().map_err(|e| SeccompError::Capabilities(thread.name(), e))?;
     let own = program(thread)?;
     if thread.starts_threads() {
         let clone3 = no_clone3()?;
@@ -376,6 +397,31 @@ mod tests {
             });
             let want = 4_999_950_000 + u64::from(t.starts_threads());
             assert_eq!(worker.join().unwrap(), want, "{t:?}");
+        }
+    }
+
+    /// A confined thread runs without capabilities.
+    #[test]
+    fn confined_threads_drop_their_capabilities() {
+        let cap_eff = |tid: i32| {
+            let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+            u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+        };
+        for t in Thread::ALL {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+            let worker = std::thread::spawn(move || {
+                confine(t).unwrap();
+                tx.send(rustix::thread::gettid().as_raw_nonzero().get())
+                    .unwrap();
+                let _ = done_rx.recv();
+            });
+            let tid = rx.recv().unwrap();
+            let caps = cap_eff(tid);
+            done_tx.send(()).unwrap();
+            worker.join().unwrap();
+            assert_eq!(caps, 0, "{t:?}");
         }
     }
 

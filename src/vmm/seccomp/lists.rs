@@ -176,8 +176,8 @@ pub const DEVICES: &[Allowed] = &[
 /// The console thread: copies the guest's console output to the terminal or the log file.
 pub const CONSOLE: &[Allowed] = &[];
 
-/// The port proxy's threads (`-p`): accept on the published ports, connect to the guest,
-/// copy both ways.
+/// The port proxy's threads (`-p`): accept on the published ports, connect to the guest
+/// (a UDP flow binds a socket of its own to an ephemeral port first), copy both ways.
 pub const PROXY: &[Allowed] = &[
     any(libc::SYS_poll),
     any(libc::SYS_ppoll),
@@ -187,6 +187,7 @@ pub const PROXY: &[Allowed] = &[
         0,
         &[libc::AF_INET as u64, libc::AF_INET6 as u64],
     ),
+    any(libc::SYS_bind),
     any(libc::SYS_connect),
     any(libc::SYS_getsockopt),
     any(libc::SYS_setsockopt),

@@ -65,8 +65,13 @@ pub const KVM_RUN: u64 = 0xAE80;
 pub const KVM_GET_REGS: u64 = ior(0xAE, 0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
 const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 const FIONBIO: u64 = libc::FIONBIO;
-/// The host terminal (`-t`): its modes and size. Never `TIOCSTI`.
-const TERMINAL: [u64; 5] = [
+/// The host terminal (`-t`): its modes (rustix asks with the termios2 requests first, the
+/// old ones where those are refused) and size. Never `TIOCSTI`.
+const TERMINAL: [u64; 9] = [
+    libc::TCGETS2,
+    libc::TCSETS2,
+    libc::TCSETSW2,
+    libc::TCSETSF2,
     libc::TCGETS,
     libc::TCSETS,
     libc::TCSETSW,
@@ -205,14 +210,8 @@ pub const PROXY: &[Allowed] = &[
 /// sockets, the host terminal, the sandbox's state, log and lock files, waiting, relaying
 /// signals, and the teardown (the nft process ended, the runtime directory removed).
 pub const MAIN: &[Allowed] = &[
-    ioctls(&[
-        FIONBIO,
-        TERMINAL[0],
-        TERMINAL[1],
-        TERMINAL[2],
-        TERMINAL[3],
-        TERMINAL[4],
-    ]),
+    ioctls(&[FIONBIO]),
+    ioctls(&TERMINAL),
     any(libc::SYS_poll),
     any(libc::SYS_ppoll),
     any(libc::SYS_epoll_create1),

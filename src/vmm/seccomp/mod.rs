@@ -324,6 +324,7 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, _ctx: *mu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::FromRawFd;
 
     #[test]
     fn decimal_formats_syscall_numbers() {
@@ -565,6 +566,42 @@ mod tests {
                 assert!(stderr.contains(&line), "{t:?} {call}: {stderr}");
             }
         }
+    }
+
+    /// The main thread may put the host terminal in raw mode and back, and read its size (as
+    /// `brig run -it` does once the VM runs).
+    #[test]
+    fn the_main_thread_may_drive_the_terminal() {
+        use rustix::termios;
+        // SAFETY: posix_openpt, grantpt, unlockpt and ptsname_r on a fresh descriptor this
+        // test owns; ptsname_r writes at most `name.len()` bytes.
+        let (master, name) = unsafe {
+            let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+            assert!(m >= 0);
+            assert_eq!(libc::grantpt(m), 0);
+            assert_eq!(libc::unlockpt(m), 0);
+            let mut name = [0 as libc::c_char; 64];
+            assert_eq!(libc::ptsname_r(m, name.as_mut_ptr(), name.len()), 0);
+            let name = std::ffi::CStr::from_ptr(name.as_ptr()).to_owned();
+            (std::os::fd::OwnedFd::from_raw_fd(m), name)
+        };
+        let tty = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(name.to_str().unwrap())
+            .unwrap();
+        std::thread::spawn(move || {
+            confine(Thread::Main).unwrap();
+            let saved = termios::tcgetattr(&tty).unwrap();
+            let mut raw = saved.clone();
+            raw.make_raw();
+            termios::tcsetattr(&tty, termios::OptionalActions::Now, &raw).unwrap();
+            termios::tcsetattr(&tty, termios::OptionalActions::Now, &saved).unwrap();
+            termios::tcgetwinsize(&tty).unwrap();
+            drop(master);
+        })
+        .join()
+        .unwrap();
     }
 
     /// The main thread's filter lets it open files (state, logs) but answers `clone3` with

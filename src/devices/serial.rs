@@ -184,12 +184,29 @@ impl EchoQueue {
 impl ConsoleLog {
     /// A console log that also copies everything to `echo` (stderr, a file), from a thread of
     /// its own (see the module's documentation).
+    #[cfg(test)]
     pub fn with_echo(echo: Box<dyn Write + Send>) -> Self {
+        Self::with_confined_echo(echo, || Ok(()))
+    }
+
+    /// A console log that also copies everything to `echo`, the echo thread calling `confine` (a seccomp filter, say) before
+    /// it writes anything the guest printed; if that fails, it says so and echoes nothing.
+    pub fn with_confined_echo(
+        echo: Box<dyn Write + Send>,
+        confine: fn() -> Result<(), String>,
+    ) -> Self {
         let queue = Arc::new(EchoQueue::default());
         let writer = queue.clone();
-        let spawned = std::thread::Builder::new()
-            .name("console".into())
-            .spawn(move || writer.write_out(echo));
+        let spawned =
+            std::thread::Builder::new()
+                .name("console".into())
+                .spawn(move || match confine() {
+                    Ok(()) => writer.write_out(echo),
+                    Err(e) => {
+                        tracing::error!("console echo thread: {e}; not echoing");
+                        writer.write_out(Box::new(std::io::sink()));
+                    }
+                });
         match spawned {
             Ok(_) => Self {
                 tail: Arc::default(),

@@ -12,7 +12,7 @@ use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::runtime::RuntimeDir;
 use super::tty::{terminal_size, HostTerminal};
 use super::vm::{self, VmError};
-use crate::vmm::{ConsoleLog, ExitReason, VmConfig};
+use crate::vmm::{seccomp, ConsoleLog, ExitReason, VmConfig};
 
 /// What to launch.
 pub struct Launch {
@@ -60,6 +60,8 @@ pub enum LaunchError {
     /// Signal handlers could not be installed.
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
 }
 
 /// Boots the VM, runs the workload, tears everything down.
@@ -77,6 +79,9 @@ pub fn launch(
         }
     }
     let agent_vm = vm::start(spec.vm, runtime)?;
+    // The VM is built: from here on this thread only talks to the agent, keeps the sandbox's
+    // files and tears down.
+    seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
     let vm = &agent_vm.vm;
     let vmm_ready = vm.ready_at();
     (io.on_vm_started)();

@@ -13,12 +13,14 @@
 //!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags),
 //!   [`resources`] (docker's resource flags: memory, CPUs, blkio throttles).
 //! - [`compare`]: `brig compare`, the same probe under another runtime and under brig.
+//! - [`confinement`]: how a live sandbox's VMM is confined on the host (for `brig inspect`).
 //! - [`network`]: `-p` and the userland proxy that publishes guest ports on the host.
 //! - the host terminal: [`tty`] (raw mode, size, the session's [`tty::HostTerminal`]),
 //!   [`signals`].
 
 pub mod agent;
 pub mod compare;
+pub mod confinement;
 pub mod control;
 pub mod copy;
 pub mod exec;

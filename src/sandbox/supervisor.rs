@@ -13,7 +13,7 @@ use super::runtime;
 use super::runtime::RuntimeDir;
 use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
 use super::vm;
-use crate::vmm::ConsoleLog;
+use crate::vmm::{seccomp, ConsoleLog};
 
 /// Most of the guest console kept on disk per sandbox.
 const CONSOLE_MAX_BYTES: u64 = 1 << 20;
@@ -130,13 +130,22 @@ pub fn supervise(
             console: true,
         } => (
             stdin,
-            ConsoleLog::with_echo(Box::new(Tee(io::stderr(), console_file))),
+            ConsoleLog::with_confined_echo(
+                Box::new(Tee(io::stderr(), console_file)),
+                seccomp::confine_console,
+            ),
         ),
         Mode::Foreground {
             stdin,
             console: false,
-        } => (stdin, ConsoleLog::with_echo(Box::new(console_file))),
-        Mode::Detached => (false, ConsoleLog::with_echo(Box::new(console_file))),
+        } => (
+            stdin,
+            ConsoleLog::with_confined_echo(Box::new(console_file), seccomp::confine_console),
+        ),
+        Mode::Detached => (
+            false,
+            ConsoleLog::with_confined_echo(Box::new(console_file), seccomp::confine_console),
+        ),
     };
     let foreground = matches!(mode, Mode::Foreground { .. });
     let mut net = match network::setup(

@@ -12,6 +12,7 @@ use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, Subscrib
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::seccomp;
 use super::vcpu::{ExitReason, ExitSignal};
 
 /// A device handler as the loop holds it.
@@ -79,6 +80,11 @@ impl EventLoop {
             .name("devices".into())
             .spawn(move || {
                 let _ending = ending;
+                // Before the first guest request is handled.
+                if let Err(e) = seccomp::confine(seccomp::Thread::Devices) {
+                    exit.trigger(ExitReason::Error(e.to_string()));
+                    return;
+                }
                 let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     while !stop.load(Ordering::SeqCst) {
                         manager.run().map_err(|e| format!("{e:?}"))?;

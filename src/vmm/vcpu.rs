@@ -334,11 +334,9 @@ fn exit_details(fd: &mut VcpuFd) -> String {
 fn run(index: u8, fd: &mut VcpuFd, shared: &VcpuShared) {
     let exit = &shared.exit;
     // From here on this thread runs guest code: confine it before the first KVM_RUN.
-    if super::seccomp::enabled() {
-        if let Err(e) = super::seccomp::apply_vcpu_filter() {
-            exit.trigger(ExitReason::Error(format!("vCPU {index}: {e}")));
-            return;
-        }
+    if let Err(e) = super::seccomp::confine(super::seccomp::Thread::Vcpu) {
+        exit.trigger(ExitReason::Error(format!("vCPU {index}: {e}")));
+        return;
     }
     // In builds that unwind (tests, debug; release aborts on panic), a panic in an exit
     // handler would otherwise end this thread alone and leave the guest without this vCPU.

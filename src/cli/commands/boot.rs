@@ -69,7 +69,10 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     }
     let initrd = fs.to_bytes().context("initramfs")?;
     let console = if args.console {
-        ConsoleLog::with_echo(Box::new(std::io::stderr()))
+        ConsoleLog::with_confined_echo(
+            Box::new(std::io::stderr()),
+            crate::vmm::seccomp::confine_console,
+        )
     } else {
         ConsoleLog::default()
     };

@@ -81,6 +81,12 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_jso
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
         },
+        // As /proc shows the VMM now: its threads' seccomp filters, capabilities, uid, root.
+        "VmmConfinement": if live {
+            crate::sandbox::confinement::of_pid(state.pid)
+        } else {
+            None
+        },
         "Config": {
             "Cmd": config.run.argv,
             "Env": config.run.env,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 
 use super::{poll, Limits, COPY_THREAD_STACK};
+use crate::vmm::seccomp;
 
 /// A copy thread's buffer: Go's io.Copy size, as docker-proxy copies. At the connection cap,
 /// 64 MiB per published port.
@@ -80,6 +81,10 @@ pub(super) struct Acceptor {
 impl Acceptor {
     /// Accepts on every listener until stopped; the listeners are closed on return.
     pub fn run(self) {
+        if let Err(e) = seccomp::confine(seccomp::Thread::Proxy) {
+            tracing::error!("port proxy: {e}; not forwarding");
+            return;
+        }
         let counts: Vec<Arc<AtomicUsize>> = self.listeners.iter().map(|_| Arc::default()).collect();
         loop {
             let mut fds: Vec<PollFd<'_>> = self

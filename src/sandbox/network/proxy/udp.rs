@@ -27,6 +27,10 @@ struct Flow {
 
 /// Relays between `socket`'s clients and `guest` until the stop pipe says stop.
 pub(super) fn forward(socket: &UdpSocket, guest: SocketAddr, stop: &OwnedFd, limits: Limits) {
+    if let Err(e) = crate::vmm::seccomp::confine(crate::vmm::seccomp::Thread::Proxy) {
+        tracing::error!("port proxy: {e}; not forwarding");
+        return;
+    }
     let mut flows: HashMap<SocketAddr, Flow> = HashMap::new();
     let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {

@@ -24,7 +24,7 @@ mod messages;
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
-    ExecErrorKind, ExitStatus, FileKind, Message, NetworkSpec, PathInfo, Rlimit, RootfsSpec,
+    ExecErrorKind, ExitStatus, FileKind, Message, MountSpec, NetworkSpec, PathInfo, Rlimit, RootfsSpec,
     RunSpec, SecuritySpec, Stats,
 };
 

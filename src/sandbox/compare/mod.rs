@@ -228,6 +228,7 @@ fn run_brig(opts: &CompareOptions<'_>, seed: &Path) -> Result<SideRun, CompareEr
     let created = lifecycle::create(
         opts.store.home(),
         CreateOptions {
+            volumes: Vec::new(),
             image: opts.image.clone(),
             record: opts.record,
             run,

@@ -1,0 +1,288 @@
+//! virtio-fs (virtio 1.2 §5.11) as a vhost-user frontend: the guest's FUSE requests are
+//! served by a separate file server process (virtiofsd) that maps guest memory itself and
+//! reads the queues directly; brig only relays the setup.
+//!
+//! Why a separate server and not FUSE in the VMM: the process that opens host files is then
+//! not the one that parses the guest's MMIO and other devices, it sandboxes itself (pivot_root
+//! into the share, seccomp, capabilities dropped), and it is upstream's (Red Hat, Kata, Cloud
+//! Hypervisor) well-reviewed code. The price is guest memory that the server can map: a
+//! memfd, shared, for VMs that have a virtio-fs device (see `vmm::memory`).
+//!
+//! The protocol (vhost-user, as Cloud Hypervisor's `vu_common_ctrl`): at creation
+//! SET_OWNER, GET_FEATURES and the protocol features; at DRIVER_OK SET_FEATURES, SET_MEM_TABLE
+//! and, per queue, SET_VRING_{NUM,ADDR,BASE,CALL,KICK,ENABLE}; the kick eventfd is the queue's
+//! ioeventfd and the call eventfd the device's irqfd, so queue traffic never passes through
+//! brig. Because the server raises the irqfd without setting InterruptStatus, the device's
+//! [`Interrupt`] reports a used-ring interrupt whenever it is read while the device is active
+//! (as Firecracker's transport does for vhost-user devices).
+//!
+//! Config space (§5.11.4): `tag[36]` (the name the guest mounts) and `num_request_queues`.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::Arc;
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Frontend, VhostUserFrontend};
+use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
+use super::{
+    device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
+
+/// The largest tag the config space holds (§5.11.4), without a terminating NUL.
+pub const MAX_TAG_LEN: usize = 36;
+/// Request queues offered to the guest (besides the high-priority queue).
+const REQUEST_QUEUES: usize = 1;
+/// Size of each queue (virtiofsd's and libvhost-user's maximum).
+const QUEUE_SIZE: u16 = 1024;
+/// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30): a vhost-user bit, never offered to the guest.
+const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
+/// `VIRTIO_RING_F_INDIRECT_DESC`: the server reads indirect tables itself.
+const INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+/// Ring features brig passes through when the server offers them.
+const PASSED_THROUGH: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | INDIRECT_DESC;
+/// Event data of the server connection (hang-up: the server died).
+const SOCKET_DATA: u32 = DEVICE_DATA_BASE;
+
+/// Creating or activating the device failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// The tag does not fit the config space, or is empty.
+    #[error("virtio-fs tag {0:?} must be 1 to {MAX_TAG_LEN} bytes")]
+    Tag(String),
+    /// The vhost-user handshake with the file server failed.
+    #[error("file server at {path}: {what}: {source}")]
+    Backend {
+        path: String,
+        what: &'static str,
+        #[source]
+        source: vhost::Error,
+    },
+    /// The server lacks something brig needs.
+    #[error("file server at {path}: {what}")]
+    Unsupported { path: String, what: &'static str },
+    /// The control eventfd could not be created.
+    #[error("cannot create the virtio-fs eventfd: {0}")]
+    EventFd(#[source] std::io::Error),
+}
+
+/// A virtio-fs device relaying to a vhost-user file server.
+pub struct Fs {
+    common: DeviceCommon,
+    frontend: Frontend,
+    /// What the server offers (virtio features plus the vhost-user protocol bit).
+    backend_features: u64,
+    config: [u8; MAX_TAG_LEN + 4],
+    queue_sizes: [u16; 1 + REQUEST_QUEUES],
+    interrupt: Option<Arc<Interrupt>>,
+    /// Queues handed to the server (for GET_VRING_BASE at reset).
+    running: usize,
+    socket: String,
+}
+
+impl std::fmt::Debug for Fs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fs")
+            .field("socket", &self.socket)
+            .field("backend_features", &format_args!("{:#x}", self.backend_features))
+            .field("running", &self.running)
+            .finish()
+    }
+}
+
+impl Fs {
+    /// Connects to the server listening at `socket` and names the share `tag` for the guest.
+    pub fn new(socket: &Path, tag: &str) -> Result<Self, FsError> {
+        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
+            return Err(FsError::Tag(tag.into()));
+        }
+        let path = socket.display().to_string();
+        let err = |what: &'static str| {
+            let path = path.clone();
+            move |source| FsError::Backend {
+                path,
+                what,
+                source,
+            }
+        };
+        let queues = 1 + REQUEST_QUEUES;
+        let mut frontend = Frontend::connect(socket, queues as u64).map_err(err("connect"))?;
+        frontend.set_owner().map_err(err("SET_OWNER"))?;
+        let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
+        if backend_features & VIRTIO_F_VERSION_1 == 0 {
+            return Err(FsError::Unsupported {
+                path,
+                what: "no VIRTIO_F_VERSION_1",
+            });
+        }
+        if backend_features & PROTOCOL_FEATURES_BIT != 0 {
+            let offered = frontend
+                .get_protocol_features()
+                .map_err(err("GET_PROTOCOL_FEATURES"))?;
+            let wanted = VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK;
+            frontend
+                .set_protocol_features(offered & wanted)
+                .map_err(err("SET_PROTOCOL_FEATURES"))?;
+            if offered.contains(VhostUserProtocolFeatures::MQ) {
+                let n = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
+                if n < queues as u64 {
+                    return Err(FsError::Unsupported {
+                        path,
+                        what: "fewer queues than virtio-fs needs",
+                    });
+                }
+            }
+        }
+        let mut config = [0u8; MAX_TAG_LEN + 4];
+        config[..tag.len()].copy_from_slice(tag.as_bytes());
+        config[MAX_TAG_LEN..].copy_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
+        Ok(Self {
+            common: DeviceCommon::new(queues).map_err(FsError::EventFd)?,
+            frontend,
+            backend_features,
+            config,
+            queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES],
+            interrupt: None,
+            running: 0,
+            socket: path,
+        })
+    }
+
+    /// Hands the queues to the server.
+    fn start(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        queues: &[Queue],
+        queue_evts: &[EventFd],
+        interrupt: &Interrupt,
+    ) -> Result<(), vhost::Error> {
+        let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
+        self.frontend
+            .set_features(self.common.acked_features | vhost_features)?;
+        let regions = mem
+            .iter()
+            .map(VhostUserMemoryRegionInfo::from_guest_region)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.frontend.set_mem_table(&regions)?;
+        let host = |addr: u64| {
+            mem.get_host_address(GuestAddress(addr))
+                .map(|p| p as u64)
+                .map_err(|_| vhost::Error::InvalidGuestMemory)
+        };
+        for (i, (queue, kick)) in queues.iter().zip(queue_evts).enumerate() {
+            self.frontend.set_vring_num(i, queue.size())?;
+            let addrs = VringConfigData {
+                queue_max_size: queue.max_size(),
+                queue_size: queue.size(),
+                flags: 0,
+                desc_table_addr: host(queue.desc_table())?,
+                used_ring_addr: host(queue.used_ring())?,
+                avail_ring_addr: host(queue.avail_ring())?,
+                log_addr: None,
+            };
+            self.frontend.set_vring_addr(i, &addrs)?;
+            self.frontend.set_vring_base(i, 0)?;
+            self.frontend.set_vring_call(i, interrupt.eventfd())?;
+            self.frontend.set_vring_kick(i, kick)?;
+            self.running = i + 1;
+            if vhost_features != 0 {
+                self.frontend.set_vring_enable(i, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the queues back from the server (GET_VRING_BASE stops a ring).
+    fn stop(&mut self) {
+        let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
+        for i in 0..std::mem::take(&mut self.running) {
+            if vhost_features != 0 {
+                let _ = self.frontend.set_vring_enable(i, false);
+            }
+            if let Err(err) = self.frontend.get_vring_base(i) {
+                tracing::warn!("virtio-fs {}: stopping queue {i}: {err}", self.socket);
+            }
+        }
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn device_type(&self) -> u32 {
+        device_type::FS
+    }
+    fn queue_max_sizes(&self) -> &[u16] {
+        &self.queue_sizes
+    }
+    fn features(&self) -> u64 {
+        self.backend_features & PASSED_THROUGH
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+    fn common_mut(&mut self) -> &mut DeviceCommon {
+        &mut self.common
+    }
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<(), ActivateError> {
+        if self.interrupt.is_some() {
+            return Err(ActivateError::AlreadyActive);
+        }
+        let expected = self.queue_sizes.len();
+        for got in [queues.len(), queue_evts.len()] {
+            if got != expected {
+                return Err(ActivateError::QueueCount { expected, got });
+            }
+        }
+        if let Err(err) = self.start(&mem, &queues, &queue_evts, &interrupt) {
+            self.stop();
+            return Err(ActivateError::Backend(std::io::Error::other(format!(
+                "vhost-user file server {}: {err}",
+                self.socket
+            ))));
+        }
+        interrupt.set_external_vring(true);
+        self.interrupt = Some(interrupt);
+        Ok(())
+    }
+    fn reset(&mut self) {
+        self.stop();
+        if let Some(irq) = self.interrupt.take() {
+            irq.set_external_vring(false);
+        }
+        self.common.reset();
+    }
+}
+
+impl MutEventSubscriber for Fs {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.common.init(ops);
+        // The server closing its end means every later FUSE request would hang the guest.
+        DeviceCommon::add_device_fd(
+            ops,
+            &self.frontend.as_raw_fd(),
+            SOCKET_DATA,
+            EventSet::HANG_UP | EventSet::ERROR,
+        );
+    }
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if let Dispatch::Device(SOCKET_DATA) = self.common.dispatch(&events, ops) {
+            tracing::error!(
+                "virtio-fs: the file server at {} went away; the share no longer answers",
+                self.socket
+            );
+            let _ = ops.remove(events);
+        }
+    }
+}

@@ -72,7 +72,11 @@ fn share(index: usize, m: &MountSpec, target: &str) -> io::Result<()> {
                 "",
                 target,
                 "",
-                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
                 "",
             )?;
         }

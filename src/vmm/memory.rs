@@ -132,7 +132,9 @@ mod tests {
         use vm_memory::{Bytes, GuestAddress};
         let mem = create(64, true).unwrap();
         let region = mem.iter().next().unwrap();
-        let fo = region.file_offset().expect("shared regions are file-backed");
+        let fo = region
+            .file_offset()
+            .expect("shared regions are file-backed");
         assert_eq!(fo.start(), 0);
         mem.write_slice(b"brig", GuestAddress(0x1000)).unwrap();
         // What the guest wrote is in the file (what a vhost-user server maps).

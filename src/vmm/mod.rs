@@ -33,9 +33,9 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
-    Cidr, DiskConfig, EgressPolicy, FsConfig, EgressRule, EgressRuleError, FilterProto, IoLimits, NetBackend,
-    NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig, ALWAYS_DENIED,
-    DEFAULT_GUEST_CID,
+    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, FsConfig, IoLimits,
+    NetBackend, NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig,
+    ALWAYS_DENIED, DEFAULT_GUEST_CID,
 };
 
 /// A wait longer than any deadline a caller can express.

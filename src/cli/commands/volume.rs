@@ -74,7 +74,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<i32> {
                     println!("{}", v.name);
                 }
             } else {
-                println!("{:<8}{}", "DRIVER", "VOLUME NAME");
+                println!("DRIVER  VOLUME NAME");
                 for v in list {
                     println!("{:<8}{}", "local", v.name);
                 }

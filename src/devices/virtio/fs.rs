@@ -39,7 +39,7 @@ use super::{
 /// The largest tag the config space holds (§5.11.4), without a terminating NUL.
 pub const MAX_TAG_LEN: usize = 36;
 /// Request queues offered to the guest (besides the high-priority queue).
-const REQUEST_QUEUES: usize = 1;
+const REQUEST_QUEUES: u32 = 1;
 /// Size of each queue (virtiofsd's and libvhost-user's maximum).
 const QUEUE_SIZE: u16 = 1024;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30): a vhost-user bit, never offered to the guest.
@@ -80,7 +80,7 @@ pub struct Fs {
     /// What the server offers (virtio features plus the vhost-user protocol bit).
     backend_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
-    queue_sizes: [u16; 1 + REQUEST_QUEUES],
+    queue_sizes: [u16; 1 + REQUEST_QUEUES as usize],
     interrupt: Option<Arc<Interrupt>>,
     /// Queues handed to the server (for GET_VRING_BASE at reset).
     running: usize,
@@ -91,7 +91,10 @@ impl std::fmt::Debug for Fs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fs")
             .field("socket", &self.socket)
-            .field("backend_features", &format_args!("{:#x}", self.backend_features))
+            .field(
+                "backend_features",
+                &format_args!("{:#x}", self.backend_features),
+            )
             .field("running", &self.running)
             .finish()
     }
@@ -106,13 +109,9 @@ impl Fs {
         let path = socket.display().to_string();
         let err = |what: &'static str| {
             let path = path.clone();
-            move |source| FsError::Backend {
-                path,
-                what,
-                source,
-            }
+            move |source| FsError::Backend { path, what, source }
         };
-        let queues = 1 + REQUEST_QUEUES;
+        let queues = 1 + REQUEST_QUEUES as usize;
         let mut frontend = Frontend::connect(socket, queues as u64).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
@@ -142,13 +141,13 @@ impl Fs {
         }
         let mut config = [0u8; MAX_TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
-        config[MAX_TAG_LEN..].copy_from_slice(&(REQUEST_QUEUES as u32).to_le_bytes());
+        config[MAX_TAG_LEN..].copy_from_slice(&REQUEST_QUEUES.to_le_bytes());
         Ok(Self {
             common: DeviceCommon::new(queues).map_err(FsError::EventFd)?,
             frontend,
             backend_features,
             config,
-            queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES],
+            queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES as usize],
             interrupt: None,
             running: 0,
             socket: path,

@@ -84,7 +84,10 @@ fn resolve_all(
         let mut m = m.clone();
         let (host, copy_up) = match &mut m.source {
             Source::Tmpfs { size, mode } => {
-                let mut opts = vec![format!("mode={:o}", if *mode == 0 { 0o1777 } else { *mode })];
+                let mut opts = vec![format!(
+                    "mode={:o}",
+                    if *mode == 0 { 0o1777 } else { *mode }
+                )];
                 if *size > 0 {
                     opts.push(format!("size={size}"));
                 }
@@ -154,8 +157,8 @@ fn bind_source(path: &Path, create: bool) -> Result<PathBuf, VolumeError> {
         }
         Err(e) => return Err(VolumeError::Source(format!("{shown}: {e}"))),
     }
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| VolumeError::Source(format!("{shown}: {e}")))?;
+    let real =
+        std::fs::canonicalize(path).map_err(|e| VolumeError::Source(format!("{shown}: {e}")))?;
     let meta =
         std::fs::metadata(&real).map_err(|e| VolumeError::Source(format!("{shown}: {e}")))?;
     if !meta.is_dir() && !meta.is_file() {
@@ -241,7 +244,10 @@ mod tests {
         assert!(src.is_dir(), "-v creates a missing host directory");
         let targets: Vec<_> = guest.iter().map(|g| g.target.as_str()).collect();
         assert_eq!(targets, ["/a", "/scratch", "/a/b", "/etc/one.txt"]);
-        assert!(guest[0].copy_up, "a new named volume gets the image's content");
+        assert!(
+            guest[0].copy_up,
+            "a new named volume gets the image's content"
+        );
         assert_eq!(guest[1].fstype, "tmpfs");
         assert_eq!(guest[3].file, "one.txt");
         assert!(guest[3].read_only);

@@ -20,13 +20,13 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
 
 use super::spec::Ownership;
 
@@ -102,7 +102,11 @@ pub fn translation(ownership: Ownership, uid: u32, gid: u32) -> Vec<String> {
     match ownership {
         Ownership::Passthrough => Vec::new(),
         Ownership::Owner => {
-            let (uid, gid) = if uid == 0 { (NOBODY, NOBODY) } else { (uid, gid) };
+            let (uid, gid) = if uid == 0 {
+                (NOBODY, NOBODY)
+            } else {
+                (uid, gid)
+            };
             vec![
                 format!("--translate-uid=squash-guest:0:{uid}:4294967295"),
                 format!("--translate-gid=squash-guest:0:{gid}:4294967295"),
@@ -159,6 +163,8 @@ impl Server {
                 "--inode-file-handles=never",
                 "--cache=auto",
                 "--log-level=error",
+                // No device nodes: a guest mknod of a block or char device fails.
+                "--modcaps=-mknod",
             ])
             .args(translation(share.ownership, owner.uid(), owner.gid()));
         if share.read_only {
@@ -219,7 +225,13 @@ impl Server {
                         f.as_ptr()
                     }
                 };
-                check(libc::mount(c_src.as_ptr(), target, null, libc::MS_BIND, no_data))?;
+                check(libc::mount(
+                    c_src.as_ptr(),
+                    target,
+                    null,
+                    libc::MS_BIND,
+                    no_data,
+                ))?;
                 let mut flags = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NODEV | libc::MS_NOSUID;
                 if read_only {
                     flags |= libc::MS_RDONLY;

@@ -122,8 +122,17 @@ fn source_of(src: &str, flag: &str) -> Result<Source, SpecError> {
 /// Options of `-v` that brig accepts and ignores (SELinux labels and mount propagation
 /// mean nothing for a guest's view of a host directory).
 const IGNORED: &[&str] = &[
-    "z", "Z", "shared", "rshared", "slave", "rslave", "private", "rprivate", "cached",
-    "delegated", "consistent",
+    "z",
+    "Z",
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "cached",
+    "delegated",
+    "consistent",
 ];
 
 fn is_option(o: &str) -> bool {
@@ -173,7 +182,9 @@ pub fn parse_volume(spec: &str) -> Result<VolumeMount, SpecError> {
         }
     }
     if ro && rw {
-        return Err(bad(format!("{flag}: \"ro\" and \"rw\" contradict each other")));
+        return Err(bad(format!(
+            "{flag}: \"ro\" and \"rw\" contradict each other"
+        )));
     }
     mount.read_only = ro;
     Ok(mount)
@@ -355,7 +366,12 @@ mod tests {
     #[test]
     fn v_flag_forms() {
         let m = parse_volume("/src:/dst").unwrap();
-        assert_eq!(m.source, Source::Bind { path: "/src".into() });
+        assert_eq!(
+            m.source,
+            Source::Bind {
+                path: "/src".into()
+            }
+        );
         assert_eq!(m.target, "/dst");
         assert!(!m.read_only && m.create_missing);
         let m = parse_volume("/src:/dst/:ro,z").unwrap();
@@ -371,9 +387,24 @@ mod tests {
         );
         assert_eq!(m.ownership, Ownership::Passthrough);
         let m = parse_volume("/anon").unwrap();
-        assert!(matches!(m.source, Source::Volume { anonymous: true, .. }));
+        assert!(matches!(
+            m.source,
+            Source::Volume {
+                anonymous: true,
+                ..
+            }
+        ));
         let m = parse_volume("/anon:ro").unwrap();
-        assert!(m.read_only && matches!(m.source, Source::Volume { anonymous: true, .. }));
+        assert!(
+            m.read_only
+                && matches!(
+                    m.source,
+                    Source::Volume {
+                        anonymous: true,
+                        ..
+                    }
+                )
+        );
     }
 
     #[test]
@@ -415,8 +446,14 @@ mod tests {
             ("type=bind,source=rel,target=/t", "must be absolute"),
             ("type=bind,source=/s", "target is required"),
             ("type=nfs,source=/s,target=/t", "not supported"),
-            ("type=bind,source=/s,target=/t,readonly=maybe", "not a boolean"),
-            ("type=bind,source=/s,target=/t,ro=true,readonly=false", "twice"),
+            (
+                "type=bind,source=/s,target=/t,readonly=maybe",
+                "not a boolean",
+            ),
+            (
+                "type=bind,source=/s,target=/t,ro=true,readonly=false",
+                "twice",
+            ),
             ("type=volume,source=a/b,target=/t", "invalid volume name"),
         ] {
             let e = parse_mount(spec).unwrap_err().to_string();

@@ -107,9 +107,7 @@ impl Volumes {
         let path = self.dir(name).join("volume.json");
         match fs::read(&path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| io_err(&path)(e.into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                Err(StoreError::NotFound(name.into()))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotFound(name.into())),
             Err(e) => Err(io_err(&path)(e)),
         }
     }
@@ -168,9 +166,9 @@ pub fn users_of(home: &Path, name: &str) -> Vec<String> {
         .iter()
         .filter_map(|s| s.config().ok())
         .filter(|c| {
-            c.volumes.iter().any(
-                |m| matches!(&m.mount.source, Source::Volume { name: n, .. } if n == name),
-            )
+            c.volumes
+                .iter()
+                .any(|m| matches!(&m.mount.source, Source::Volume { name: n, .. } if n == name))
         })
         .map(|c| c.name)
         .collect()
@@ -203,7 +201,10 @@ mod tests {
             vols.remove(home.path(), "data", false),
             Err(StoreError::NotFound(_))
         ));
-        assert!(matches!(vols.ensure("a/b", false), Err(StoreError::Name(_))));
+        assert!(matches!(
+            vols.ensure("a/b", false),
+            Err(StoreError::Name(_))
+        ));
         assert!(matches!(vols.inspect("../x"), Err(StoreError::Name(_))));
     }
 }

@@ -433,6 +433,86 @@ fn no_file_server_is_left() -> Result<(), String> {
     check(rm.status.success(), "rm", &rm)
 }
 
+/// brig run by `nobody` (uid 65534), with its own store and a readable copy of the kernel:
+/// its file server runs in a user namespace of its own.
+fn rootless_run_shares_a_directory() -> Result<(), String> {
+    let f = fixture();
+    let base = PathBuf::from("/dev/shm/brig-vol-rootless");
+    let _ = std::fs::remove_dir_all(&base);
+    for d in ["home", "run", "share"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    let info = f.brig(&["info"]);
+    let kernel = stdout(&info)
+        .lines()
+        .find_map(|l| l.strip_prefix("kernel:"))
+        .map(|k| k.trim().to_string())
+        .ok_or("brig info names no kernel")?;
+    std::fs::copy(&kernel, base.join("vmlinux")).map_err(|e| e.to_string())?;
+    let layout = layouts_dir().join("bb");
+    let setup = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cp -r {} {b}/bb && chown -R 65534:65534 {b} && chmod 666 /dev/kvm",
+            layout.display(),
+            b = base.display()
+        ))
+        .output()
+        .map_err(|e| e.to_string())?;
+    check(setup.status.success(), "rootless setup", &setup)?;
+    let nobody = |args: &[&str]| {
+        let brig = common::kvm::brig_cmd(&[]);
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(brig.get_program())
+        .args(args)
+        .env("HOME", &base)
+        .env("BRIG_HOME", base.join("home"))
+        .env("BRIG_RUNTIME_DIR", base.join("run"))
+        .env("XDG_RUNTIME_DIR", &base)
+        .env("BRIG_KERNEL", base.join("vmlinux"))
+        .stdin(std::process::Stdio::null());
+        common::procs::output(common::procs::mark(&mut c))
+    };
+    let out = nobody(&["import", "-q", base.join("bb").to_str().unwrap(), "bb"]);
+    check(out.status.success(), "rootless import", &out)?;
+    std::fs::write(base.join("share/in"), "from-host\n").unwrap();
+    std::os::unix::fs::chown(base.join("share/in"), Some(65534), Some(65534)).unwrap();
+    let vol = format!("{}:/data", base.join("share").display());
+    let out = nobody(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--timeout",
+        "600",
+        "-v",
+        &vol,
+        "bb",
+        "sh",
+        "-c",
+        "cat /data/in && echo made > /data/out",
+    ]);
+    check(
+        out.status.success() && stdout(&out) == "from-host\n",
+        "a rootless sandbox reads the share",
+        &out,
+    )?;
+    let meta = std::fs::metadata(base.join("share/out")).map_err(|e| e.to_string())?;
+    check(
+        meta.uid() == 65534,
+        "the guest's file belongs to the rootless user on the host",
+        &out,
+    )
+}
+
 fn main() {
     run_tests_with(
         Limits::secs(300, 1200),
@@ -450,6 +530,10 @@ fn main() {
             ),
             trial("bad_input_is_one_line", bad_input_is_one_line),
             trial("no_file_server_is_left", no_file_server_is_left),
+            trial(
+                "rootless_run_shares_a_directory",
+                rootless_run_shares_a_directory,
+            ),
         ],
     )
 }

@@ -97,12 +97,16 @@ fn cpath(p: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
 }
 
-/// The `--translate-uid/gid` arguments for `ownership` of a share owned by `uid:gid`.
-pub fn translation(ownership: Ownership, uid: u32, gid: u32) -> Vec<String> {
+/// The `--translate-uid/gid` arguments for `ownership` of a share owned by `uid:gid`; for a
+/// rootless server (in a user namespace where it is 0, the user outside) every guest id
+/// becomes that 0: the user's own files.
+pub fn translation(ownership: Ownership, uid: u32, gid: u32, rootless: bool) -> Vec<String> {
     match ownership {
-        Ownership::Passthrough => Vec::new(),
-        Ownership::Owner => {
-            let (uid, gid) = if uid == 0 {
+        Ownership::Passthrough if !rootless => Vec::new(),
+        _ => {
+            let (uid, gid) = if rootless {
+                (0, 0)
+            } else if uid == 0 {
                 (NOBODY, NOBODY)
             } else {
                 (uid, gid)
@@ -154,6 +158,11 @@ impl Server {
         // for the server to come up and no window in which the socket exists unlistened.
         let listener = UnixListener::bind(&socket).map_err(src_err)?;
         let listen_fd = listener.as_raw_fd();
+        // Rootless: the server gets a user namespace in which it is root (the user outside),
+        // which is what lets it make its own mount namespace and sandbox itself.
+        let rootless = !rustix::process::geteuid().is_root();
+        let uid_map = format!("0 {} 1\n", rustix::process::geteuid().as_raw());
+        let gid_map = format!("0 {} 1\n", rustix::process::getegid().as_raw());
         let mut cmd = Command::new(&exe);
         cmd.arg(format!("--shared-dir={}", staging.display()))
             .arg(format!("--fd={listen_fd}"))
@@ -166,7 +175,12 @@ impl Server {
                 // No device nodes: a guest mknod of a block or char device fails.
                 "--modcaps=-mknod",
             ])
-            .args(translation(share.ownership, owner.uid(), owner.gid()));
+            .args(translation(
+                share.ownership,
+                owner.uid(),
+                owner.gid(),
+                rootless,
+            ));
         if share.read_only {
             cmd.arg("--readonly");
         }
@@ -196,7 +210,24 @@ impl Server {
                 check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0))?;
                 // The listening socket crosses exec.
                 check(libc::fcntl(listen_fd, libc::F_SETFD, 0))?;
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                if rootless {
+                    check(libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS))?;
+                    for (file, text) in [
+                        (c"/proc/self/setgroups", "deny".as_bytes()),
+                        (c"/proc/self/uid_map", uid_map.as_bytes()),
+                        (c"/proc/self/gid_map", gid_map.as_bytes()),
+                    ] {
+                        let fd = libc::open(file.as_ptr(), libc::O_WRONLY);
+                        check(fd)?;
+                        let n = libc::write(fd, text.as_ptr().cast(), text.len());
+                        libc::close(fd);
+                        if n != text.len() as isize {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                } else {
+                    check(libc::unshare(libc::CLONE_NEWNS))?;
+                }
                 // Nothing mounted here reaches the host's namespace.
                 check(libc::mount(
                     std::ptr::null(),
@@ -269,15 +300,17 @@ mod tests {
 
     #[test]
     fn ownership_translation() {
-        assert!(translation(Ownership::Passthrough, 1000, 1000).is_empty());
+        assert!(translation(Ownership::Passthrough, 1000, 1000, false).is_empty());
         assert_eq!(
-            translation(Ownership::Owner, 1000, 100),
+            translation(Ownership::Owner, 1000, 100, false),
             [
                 "--translate-uid=squash-guest:0:1000:4294967295",
                 "--translate-gid=squash-guest:0:100:4294967295"
             ]
         );
         // A root-owned share never gets root-owned guest files.
-        assert!(translation(Ownership::Owner, 0, 0)[0].contains(":65534:"));
+        assert!(translation(Ownership::Owner, 0, 0, false)[0].contains(":65534:"));
+        // Rootless: the server's own 0, the user outside.
+        assert!(translation(Ownership::Passthrough, 1000, 1000, true)[0].contains(":0:0:"));
     }
 }

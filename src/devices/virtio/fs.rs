@@ -9,7 +9,8 @@
 //! memfd, shared, for VMs that have a virtio-fs device (see `vmm::memory`).
 //!
 //! The protocol (vhost-user, as Cloud Hypervisor's `vu_common_ctrl`): at creation
-//! SET_OWNER, GET_FEATURES and the protocol features; at DRIVER_OK SET_FEATURES, SET_MEM_TABLE
+//! SET_OWNER, GET_FEATURES and the protocol features; after DRIVER_OK (on the device thread:
+//! the vCPU threads that see the Status write never talk to the server) SET_FEATURES, SET_MEM_TABLE
 //! and, per queue, SET_VRING_{NUM,ADDR,BASE,CALL,KICK,ENABLE}; the kick eventfd is the queue's
 //! ioeventfd and the call eventfd the device's irqfd, so queue traffic never passes through
 //! brig. Because the server raises the irqfd without setting InterruptStatus, the device's
@@ -50,6 +51,20 @@ const INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDI
 const PASSED_THROUGH: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | INDIRECT_DESC;
 /// Event data of the server connection (hang-up: the server died).
 const SOCKET_DATA: u32 = DEVICE_DATA_BASE;
+/// Event data of the eventfd that hands activations and resets to the event thread.
+const CONTROL_DATA: u32 = DEVICE_DATA_BASE + 1;
+
+/// What the driver asked for, done on the event thread: the vCPU threads that see the
+/// Status writes are confined to KVM's calls and never talk to the server themselves.
+enum Pending {
+    Start {
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        kicks: Vec<EventFd>,
+        interrupt: Arc<Interrupt>,
+    },
+    Stop,
+}
 
 /// Creating or activating the device failed.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +99,8 @@ pub struct Fs {
     interrupt: Option<Arc<Interrupt>>,
     /// Queues handed to the server (for GET_VRING_BASE at reset).
     running: usize,
+    pending: Vec<Pending>,
+    control: EventFd,
     socket: String,
 }
 
@@ -150,6 +167,8 @@ impl Fs {
             queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES as usize],
             interrupt: None,
             running: 0,
+            pending: Vec::new(),
+            control: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
             socket: path,
         })
     }
@@ -244,29 +263,59 @@ impl VirtioDevice for Fs {
                 return Err(ActivateError::QueueCount { expected, got });
             }
         }
-        if let Err(err) = self.start(&mem, &queues, &queue_evts, &interrupt) {
-            self.stop();
-            return Err(ActivateError::Backend(std::io::Error::other(format!(
-                "vhost-user file server {}: {err}",
-                self.socket
-            ))));
-        }
+        // The guest may kick before the server has the rings: a kick eventfd keeps its
+        // count, and the server looks at it once it has it.
         interrupt.set_external_vring(true);
-        self.interrupt = Some(interrupt);
-        Ok(())
+        self.interrupt = Some(interrupt.clone());
+        self.pending.push(Pending::Start {
+            mem,
+            queues,
+            kicks: queue_evts,
+            interrupt,
+        });
+        self.control.write(1).map_err(ActivateError::Signal)
     }
     fn reset(&mut self) {
-        self.stop();
         if let Some(irq) = self.interrupt.take() {
             irq.set_external_vring(false);
         }
+        self.pending.push(Pending::Stop);
+        if let Err(err) = self.control.write(1) {
+            tracing::error!("virtio-fs {}: cannot signal a reset: {err}", self.socket);
+        }
         self.common.reset();
+    }
+}
+
+impl Fs {
+    /// Does what the driver asked for, in order (on the event thread).
+    fn run_pending(&mut self) {
+        for op in std::mem::take(&mut self.pending) {
+            match op {
+                Pending::Start {
+                    mem,
+                    queues,
+                    kicks,
+                    interrupt,
+                } => {
+                    if let Err(err) = self.start(&mem, &queues, &kicks, &interrupt) {
+                        tracing::error!(
+                            "virtio-fs: handing the queues to the file server at {}: {err}",
+                            self.socket
+                        );
+                        self.stop();
+                    }
+                }
+                Pending::Stop => self.stop(),
+            }
+        }
     }
 }
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
         self.common.init(ops);
+        DeviceCommon::add_device_fd(ops, &self.control, CONTROL_DATA, EventSet::IN);
         // The server closing its end means every later FUSE request would hang the guest.
         DeviceCommon::add_device_fd(
             ops,
@@ -276,12 +325,19 @@ impl MutEventSubscriber for Fs {
         );
     }
     fn process(&mut self, events: Events, ops: &mut EventOps) {
-        if let Dispatch::Device(SOCKET_DATA) = self.common.dispatch(&events, ops) {
-            tracing::error!(
-                "virtio-fs: the file server at {} went away; the share no longer answers",
-                self.socket
-            );
-            let _ = ops.remove(events);
+        match self.common.dispatch(&events, ops) {
+            Dispatch::Device(CONTROL_DATA) => {
+                let _ = self.control.read();
+                self.run_pending();
+            }
+            Dispatch::Device(SOCKET_DATA) => {
+                tracing::error!(
+                    "virtio-fs: the file server at {} went away; the share no longer answers",
+                    self.socket
+                );
+                let _ = ops.remove(events);
+            }
+            _ => {}
         }
     }
 }
@@ -372,6 +428,9 @@ mod tests {
             irq.clone(),
         )
         .unwrap();
+        // What the event thread does when the control eventfd fires.
+        assert_eq!(fs.control.read().unwrap(), 1);
+        fs.run_pending();
         // FUSE_INIT (opcode 26): fuse_in_header (40 bytes) + fuse_init_in (64 bytes).
         let mut req = Vec::new();
         req.extend_from_slice(&104u32.to_le_bytes());
@@ -410,6 +469,7 @@ mod tests {
             "InterruptStatus shows a used-ring interrupt while a vhost-user server runs"
         );
         fs.reset();
+        fs.run_pending();
         assert_eq!(irq.status(), 0);
         drop(fs);
         // The server ends with its frontend's connection.

@@ -150,7 +150,7 @@ fn live_sharing_both_ways() -> Result<(), String> {
         }
         // Files the guest's root made belong to the directory's owner on the host.
         check(
-            stdout(&out).trim() == OWNER.to_string(),
+            stdout(&out) == format!("{OWNER} 640\n"),
             "the guest sees the owner's uid too",
             &out,
         )
@@ -167,6 +167,7 @@ fn read_only_escapes_devices_and_setuid() -> Result<(), String> {
     // Planted by the host: a symlink to / and a directory the host will move away.
     std::os::unix::fs::symlink("/", dir.join("escape")).unwrap();
     std::fs::create_dir(dir.join("sub")).unwrap();
+    std::os::unix::fs::chown(dir.join("sub"), Some(OWNER), Some(OWNER)).unwrap();
     let ro = format!("{}:/data:ro", dir.display());
     let out = f.run(&[
         "-v",

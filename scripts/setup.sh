@@ -18,6 +18,7 @@ packages=(
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat                                                        # network tests and scripts/bench-net
   chromium                                                            # tests/compare.rs renders the HTML report
+  libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
   util-linux ca-certificates curl
 )
 missing=()
@@ -45,6 +46,21 @@ if ! dpkg --print-foreign-architectures | grep -qx i386; then
 fi
 
 command -v cargo >/dev/null || { say "error: cargo is not installed (https://rustup.rs)"; exit 1; }
+
+# Volumes (-v) are served by virtiofsd, the Rust one (Debian 12 has no package; QEMU's old C
+# virtiofsd lacks --translate-uid and rootless operation). Pinned, built once.
+virtiofsd_version=1.14.0
+if ! /usr/local/bin/virtiofsd --version 2>/dev/null | grep -q "$virtiofsd_version"; then
+  say "virtiofsd $virtiofsd_version (cargo install, a few minutes)"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  tmp=$(mktemp -d)
+  cargo install --locked --quiet --root "$tmp" "virtiofsd@$virtiofsd_version"
+  $sudo install -m 0755 "$tmp/bin/virtiofsd" /usr/local/bin/virtiofsd
+  rm -rf "$tmp"
+else
+  say "virtiofsd $virtiofsd_version: present"
+fi
 
 say "guest kernel"
 kernels/build.sh >/dev/null

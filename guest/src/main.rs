@@ -16,6 +16,7 @@ mod rootfs;
 mod stats;
 mod sys;
 mod user;
+mod volumes;
 mod vsock;
 
 use std::fs::{self, File, OpenOptions};

@@ -78,6 +78,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
         }
     }
     crate::mount::kernel_filesystems(NEWROOT).map_err(|e| e.to_string())?;
+    crate::volumes::mount_all(NEWROOT, &spec.mounts)?;
     if spec.read_only {
         // A read-only root still gets a writable /tmp, as most programs need one.
         mount(

@@ -24,8 +24,8 @@ mod messages;
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
-    ExecErrorKind, ExitStatus, FileKind, Message, NetworkSpec, PathInfo, Rlimit, RootfsSpec,
-    RunSpec, SecuritySpec, Stats,
+    ExecErrorKind, ExitStatus, FileKind, Message, MountSpec, NetworkSpec, PathInfo, Rlimit,
+    RootfsSpec, RunSpec, SecuritySpec, Stats,
 };
 
 /// Version of this protocol; the host refuses a guest that speaks another one.

@@ -258,4 +258,27 @@ pub struct RootfsSpec {
     pub scratch: String,
     /// Mount the root read-only with no overlay.
     pub read_only: bool,
+    /// Volumes and tmpfs mounts, mounted in order before the workload starts (parents
+    /// before children: the host sorts them).
+    pub mounts: Vec<MountSpec>,
+}
+
+/// One mount the agent makes in the workload's root (`-v`, `--mount`, `--tmpfs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MountSpec {
+    /// `virtiofs` (then `source` is the device's tag) or `tmpfs`.
+    pub fstype: String,
+    pub source: String,
+    /// Absolute path in the workload's root.
+    pub target: String,
+    pub read_only: bool,
+    /// tmpfs options (`size=...,mode=...`).
+    pub options: String,
+    /// The share holds one file of this name, mounted at `target` as a file (a single-file
+    /// `-v`); empty: the share is the directory mounted at `target`.
+    pub file: String,
+    /// Copy the image's content at `target` into the share before mounting it over (docker's
+    /// rule for a new, empty named volume).
+    pub copy_up: bool,
 }

@@ -60,6 +60,8 @@ enum Command {
     Image(commands::image::ImageArgs),
     /// Store credentials for a registry.
     Login(commands::login::LoginArgs),
+    /// Manage named volumes.
+    Volume(commands::volume::VolumeArgs),
     /// Run one probe suite under runc (or crun, podman) and under brig, side by side.
     Compare(commands::compare::CompareArgs),
     /// Show brig's version.
@@ -104,6 +106,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Port(args) => commands::port::run(args),
         Command::Cp(args) => commands::cp::run(args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Volume(args) => commands::volume::run(args),
         Command::Version => commands::info::version(),
         Command::Supervise {
             id,

@@ -55,6 +55,8 @@ pub enum LifecycleError {
     /// stays in the error's chain, where the CLI finds the exit code.
     #[error("{0}")]
     Failed(#[from] Failure),
+    #[error(transparent)]
+    Volume(#[from] super::volumes::VolumeError),
 }
 
 /// Everything a sandbox is made of.
@@ -77,6 +79,8 @@ pub struct CreateOptions<'a> {
     /// `--cap-add`, `--privileged`, `--security-opt`, ... as given (`run.security` holds
     /// what they compile to).
     pub security: SecurityFlags,
+    /// `-v`, `--mount`, `--tmpfs`, checked.
+    pub volumes: Vec<super::volumes::VolumeMount>,
 }
 
 /// A created sandbox, not yet running; it holds its runtime lock.
@@ -111,6 +115,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         });
     }
     let limits = disk_limits(&resources.blkio, &named, std::path::Path::new("/sys"))?;
+    let (volumes, mounts) = super::volumes::resolve(home, &opts.volumes)?;
 
     // The runtime directory (and its lock) first: it is what marks the sandbox alive.
     let runtime = RuntimeDir::create(&id).map_err(LifecycleError::Runtime)?;
@@ -129,6 +134,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
             "/dev/vdb".into()
         },
         read_only: opts.read_only,
+        mounts,
     });
     if !opts.read_only {
         disks.push(DiskSpec {
@@ -163,8 +169,15 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         detached: opts.detached,
         network: opts.network,
         security: opts.security,
+        volumes,
     };
-    let sandbox = Sandbox::create(home, &config)?;
+    let sandbox = match Sandbox::create(home, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            super::volumes::remove_anonymous(home, &config.volumes);
+            return Err(e.into());
+        }
+    };
     if !opts.read_only {
         if let Err(e) = scratch::create(&home.join("cache"), &scratch_path, scratch::DEFAULT_SIZE) {
             let _ = sandbox.remove();
@@ -192,9 +205,7 @@ impl Created {
             timeout.map(TimeoutPolicy::Kill),
             &mut |_| {},
         );
-        if self.sandbox.config().is_ok_and(|c| c.auto_remove) {
-            let _ = self.sandbox.remove();
-        }
+        remove_if_auto(&self.sandbox);
         drop(self.runtime);
         Ok(ended?)
     }
@@ -318,10 +329,22 @@ pub fn supervise_detached(
         timeout.map(TimeoutPolicy::Kill),
         &mut report,
     );
-    if sandbox.config().is_ok_and(|c| c.auto_remove) {
-        let _ = sandbox.remove();
-    }
+    remove_if_auto(&sandbox);
     drop(runtime);
     let ended = ended?;
     Ok(ended.verdict.unwrap_or_else(|f| f.code))
+}
+
+/// A `--rm` sandbox's end: its state and its anonymous volumes go (as docker's `--rm`).
+fn remove_if_auto(sandbox: &Sandbox) {
+    let Ok(config) = sandbox.config() else {
+        return;
+    };
+    if config.auto_remove {
+        // The sandbox's directory is `<home>/sandboxes/<id>`.
+        if let Some(home) = sandbox.dir.parent().and_then(Path::parent) {
+            super::volumes::remove_anonymous(home, &config.volumes);
+        }
+        let _ = sandbox.remove();
+    }
 }

@@ -40,3 +40,4 @@ pub mod state;
 pub mod supervisor;
 pub mod tty;
 pub mod vm;
+pub mod volumes;

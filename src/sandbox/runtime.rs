@@ -187,6 +187,11 @@ impl RuntimeDir {
     }
 
     /// The VM's vsock Unix socket (host-initiated connections: `CONNECT <port>`).
+    /// The directory itself (sockets of the sandbox's servers live here).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     pub fn vsock_socket(&self) -> PathBuf {
         self.path.join("vsock.sock")
     }

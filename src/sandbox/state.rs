@@ -121,6 +121,9 @@ pub struct SandboxConfig {
     /// before confinement: none, and their RunSpec has no security either).
     #[serde(default)]
     pub security: SecurityFlags,
+    /// `-v`, `--mount`, `--tmpfs`, resolved (configs from before volumes: none).
+    #[serde(default)]
+    pub volumes: Vec<super::volumes::ResolvedMount>,
 }
 
 /// Lifecycle status.
@@ -432,6 +435,7 @@ mod tests {
             detached: true,
             network: NetworkOptions::default(),
             security: SecurityFlags::default(),
+            volumes: Vec::new(),
         }
     }
 

@@ -13,6 +13,7 @@ use super::runtime;
 use super::runtime::RuntimeDir;
 use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
 use super::vm;
+use super::volumes;
 use crate::vmm::{seccomp, ConsoleLog};
 
 /// Most of the guest console kept on disk per sandbox.
@@ -32,6 +33,8 @@ pub enum SuperviseError {
     Vm(#[from] vm::VmError),
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Volume(#[from] volumes::VolumeError),
 }
 
 /// How the sandbox's stdio is connected.
@@ -158,7 +161,12 @@ pub fn supervise(
         Ok(net) => net,
         Err(e) => return Err(not_started(sandbox, e.into(), ready)),
     };
+    let (served, fs) = match volumes::serve(&config.volumes, runtime.path(), &sandbox.dir) {
+        Ok(s) => s,
+        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
+    };
     let mut vm_config = vm::config_of(&config, console)?;
+    vm_config.fs = fs;
     let mut run = config.run.clone();
     if let Some(n) = net.as_mut() {
         vm_config.net = n.take_device();
@@ -207,8 +215,9 @@ pub fn supervise(
         on_workload_started: &mut on_workload_started,
     };
     let result = launch(spec, runtime, io);
-    // The host side goes with the VM: proxy, nft table, address.
+    // The host side goes with the VM: proxy, nft table, address, file servers.
     drop(net);
+    drop(served);
     let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
     state.status = Status::Exited;
     state.network = None;

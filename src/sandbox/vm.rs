@@ -41,6 +41,7 @@ pub fn config_of(config: &SandboxConfig, console: ConsoleLog) -> Result<VmConfig
         disks: config.disks.iter().map(DiskConfig::from).collect(),
         vsock: None,
         net: None,
+        fs: Vec::new(),
     })
 }
 

@@ -33,9 +33,9 @@ use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
-    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, IoLimits, NetBackend,
-    NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig, ALWAYS_DENIED,
-    DEFAULT_GUEST_CID,
+    Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, FsConfig, IoLimits,
+    NetBackend, NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig,
+    ALWAYS_DENIED, DEFAULT_GUEST_CID,
 };
 
 /// A wait longer than any deadline a caller can express.
@@ -75,6 +75,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The network device (`None`: the guest has only `lo`).
     pub net: Option<NetDeviceConfig>,
+    /// Shared directories (virtio-fs); with any, guest RAM is shareable (a memfd).
+    pub fs: Vec<FsConfig>,
 }
 
 /// The VM could not be started.
@@ -145,7 +147,12 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     }
     memory::check_size(config.mem_mib)?;
     boot::check_kernel(&config.kernel)?;
-    let plan = virtio::Plan::new(&config.disks, config.vsock.as_ref(), config.net.is_some())?;
+    let plan = virtio::Plan::new(
+        &config.disks,
+        config.vsock.as_ref(),
+        config.net.is_some(),
+        &config.fs,
+    )?;
     let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
 
     // Before any VMM thread is started: they inherit the mask.
@@ -155,7 +162,7 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     if config.cpus > max_cpus {
         return Err(VmmError::Cpus(config.cpus, max_cpus));
     }
-    let mem = memory::create(config.mem_mib)?;
+    let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
     let vm = kvm.create_vm().map_err(setup_err("KVM_CREATE_VM"))?;
     vm.set_tss_address(KVM_TSS_ADDRESS as usize)
         .map_err(setup_err("KVM_SET_TSS_ADDR"))?;

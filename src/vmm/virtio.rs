@@ -12,6 +12,7 @@ use super::event_loop::Subscriber;
 use crate::arch::x86_64::layout::{IRQ_MAX, MMIO_DEVICE_SIZE, VIRTIO_IRQ_START, VIRTIO_MMIO_START};
 use crate::devices::bus::Bus;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Backend, Net, NetConfig};
 use crate::devices::virtio::rng::Rng;
@@ -49,6 +50,14 @@ pub struct DiskConfig {
     pub limits: IoLimits,
 }
 
+/// A shared directory (virtio-fs): the vhost-user socket of its file server, already
+/// listening, and the tag the guest mounts it by.
+#[derive(Debug, Clone)]
+pub struct FsConfig {
+    pub socket: PathBuf,
+    pub tag: String,
+}
+
 /// A network device (virtio-net) and the host side it is wired to.
 pub struct NetDeviceConfig {
     /// The wire: a TAP ([`Tap`]) as root.
@@ -84,6 +93,8 @@ pub enum VirtioError {
     Rng(#[from] crate::devices::virtio::rng::RngError),
     #[error(transparent)]
     Net(#[from] crate::devices::virtio::net::NetError),
+    #[error(transparent)]
+    Fs(#[from] crate::devices::virtio::fs::FsError),
     /// Out of IOAPIC pins.
     #[error("too many virtio devices (at most {})", IRQ_MAX - VIRTIO_IRQ_START + 1)]
     TooMany,
@@ -101,6 +112,8 @@ pub enum DeviceKind {
     /// The network device, whose backend [`attach_all`] is given separately (it is an open
     /// host resource, not a plan).
     Net,
+    /// A shared directory.
+    Fs(FsConfig),
 }
 
 /// Where each device will sit; known before anything is created, so the command line can be
@@ -112,11 +125,12 @@ pub struct Plan {
 
 impl Plan {
     /// Disks first (in order: /dev/vda, /dev/vdb, ...), then vsock, then an entropy source,
-    /// then the network device when there is one.
+    /// then the network device when there is one, then the shared directories.
     pub fn new(
         disks: &[DiskConfig],
         vsock: Option<&VsockConfig>,
         net: bool,
+        fs: &[FsConfig],
     ) -> Result<Self, VirtioError> {
         let kinds = disks
             .iter()
@@ -124,7 +138,8 @@ impl Plan {
             .map(DeviceKind::Disk)
             .chain(vsock.cloned().map(DeviceKind::Vsock))
             .chain(std::iter::once(DeviceKind::Rng))
-            .chain(net.then_some(DeviceKind::Net));
+            .chain(net.then_some(DeviceKind::Net))
+            .chain(fs.iter().cloned().map(DeviceKind::Fs));
         let mut devices = Vec::new();
         for (index, kind) in kinds.enumerate() {
             let gsi = VIRTIO_IRQ_START + index as u32;
@@ -223,6 +238,10 @@ pub fn attach_all(
                 dev.set_egress(n.egress);
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
+            DeviceKind::Fs(f) => {
+                let dev = Fs::new(&f.socket, &f.tag)?;
+                attached.attach(vm, mem, mmio, *slot, dev)?;
+            }
         }
     }
     Ok(attached)
@@ -244,7 +263,7 @@ mod tests {
             cid: 3,
             uds_path: "/run/x".into(),
         };
-        let plan = Plan::new(&[disk("a"), disk("b")], Some(&vsock), true).unwrap();
+        let plan = Plan::new(&[disk("a"), disk("b")], Some(&vsock), true, &[]).unwrap();
         assert_eq!(
             plan.cmdline(),
             vec![
@@ -261,11 +280,11 @@ mod tests {
         // GSIs 5..=23: 19 devices at most.
         let many: Vec<_> = (0..19).map(|i| disk(&i.to_string())).collect();
         assert!(matches!(
-            Plan::new(&many, None, false),
+            Plan::new(&many, None, false, &[]),
             Err(VirtioError::TooMany)
         ));
-        assert!(Plan::new(&many[..18], Some(&vsock), false).is_err());
-        assert!(Plan::new(&many[..18], None, false).is_ok());
-        assert!(Plan::new(&many[..17], Some(&vsock), false).is_ok());
+        assert!(Plan::new(&many[..18], Some(&vsock), false, &[]).is_err());
+        assert!(Plan::new(&many[..18], None, false, &[]).is_ok());
+        assert!(Plan::new(&many[..17], Some(&vsock), false, &[]).is_ok());
     }
 }

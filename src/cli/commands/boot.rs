@@ -90,6 +90,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             disks: Vec::new(),
             vsock: None,
             net: None,
+            fs: Vec::new(),
         },
         run: RunSpec {
             argv: args.command.clone(),

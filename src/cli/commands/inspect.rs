@@ -127,10 +127,30 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_jso
         },
         "NetworkSettings": if live { state.network.clone() } else { None },
         "Disks": config.disks,
+        "Mounts": config.volumes.iter().map(mount_json).collect::<Vec<_>>(),
         "StateDir": sb.dir,
         "LogPath": sb.log_path(),
         "ConsolePath": sb.console_path(),
         "RuntimeDir": if live { Some(&runtime) } else { None },
         "VsockSocket": if live { Some(runtime.join("vsock.sock")) } else { None },
     }))
+}
+
+/// One entry of docker's `Mounts`.
+fn mount_json(m: &crate::sandbox::volumes::ResolvedMount) -> serde_json::Value {
+    use crate::sandbox::volumes::Source;
+    let (kind, name) = match &m.mount.source {
+        Source::Bind { .. } => ("bind", None),
+        Source::Volume { name, .. } => ("volume", Some(name.clone())),
+        Source::Tmpfs { .. } => ("tmpfs", None),
+    };
+    serde_json::json!({
+        "Type": kind,
+        "Name": name,
+        "Source": m.host,
+        "Destination": m.mount.target,
+        "RW": !m.mount.read_only,
+        "Mode": if m.mount.read_only { "ro" } else { "rw" },
+        "Ownership": m.mount.ownership,
+    })
 }

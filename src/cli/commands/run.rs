@@ -130,6 +130,15 @@ pub struct RunArgs {
     /// systempaths=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Share a host path or a named volume: [SRC:]DST[:ro|rw,passthrough]
+    #[arg(short = 'v', long = "volume", value_name = "[SRC:]DST[:OPTS]")]
+    volume: Vec<String>,
+    /// Attach a mount: type=bind|volume|tmpfs,source=..,target=..[,readonly]
+    #[arg(long, value_name = "SPEC")]
+    mount: Vec<String>,
+    /// Mount a tmpfs in the sandbox: DST[:size=..,mode=..]
+    #[arg(long, value_name = "DST[:OPTS]")]
+    tmpfs: Vec<String>,
     /// Mount the root file system read-only (no overlay).
     #[arg(long = "read-only")]
     read_only: bool,
@@ -226,6 +235,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         security_opt: args.security_opt.clone(),
     };
     let security_spec = security.spec()?;
+    let volumes = crate::sandbox::volumes::spec::parse_all(&args.volume, &args.mount, &args.tmpfs)?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
         anyhow::bail!("-d cannot be combined with -i (brig has no attach yet); use brig exec -it");
@@ -279,6 +289,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
             detached: args.detach,
             network,
             security,
+            volumes,
         },
     )?;
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));

@@ -41,6 +41,7 @@
 
 pub mod block;
 mod common;
+pub mod fs;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;
@@ -53,7 +54,7 @@ pub mod vsock;
 mod wiring_tests;
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
@@ -79,6 +80,8 @@ pub mod device_type {
     pub const RNG: u32 = 4;
     /// virtio-vsock (§5.10).
     pub const VSOCK: u32 = 19;
+    /// virtio-fs (§5.11), served by a vhost-user file server.
+    pub const FS: u32 = 26;
 }
 
 /// Size of the MMIO window of one virtio-mmio device: 4 KiB (registers at 0x000..0x100,
@@ -190,6 +193,9 @@ pub type SharedVirtioDevice = Arc<Mutex<dyn VirtioDevice>>;
 pub struct Interrupt {
     status: AtomicU32,
     evt: EventFd,
+    /// Someone else (a vhost-user server) writes `evt` for used buffers without setting
+    /// the status bit: reads then report a used-ring interrupt.
+    external_vring: AtomicBool,
 }
 
 impl Interrupt {
@@ -197,6 +203,7 @@ impl Interrupt {
         Ok(Self {
             status: AtomicU32::new(0),
             evt: EventFd::new(EFD_NONBLOCK)?,
+            external_vring: AtomicBool::new(false),
         })
     }
 
@@ -226,7 +233,19 @@ impl Interrupt {
 
     /// The current InterruptStatus.
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        let external = if self.external_vring.load(Ordering::SeqCst) {
+            VIRTIO_MMIO_INT_VRING
+        } else {
+            0
+        };
+        self.status.load(Ordering::SeqCst) | external
+    }
+
+    /// Says whether a process other than brig raises this line for used buffers (vhost-user):
+    /// it cannot set the status bit, so while this holds every read reports one, and the
+    /// guest's driver looks at its rings on each interrupt.
+    pub fn set_external_vring(&self, on: bool) {
+        self.external_vring.store(on, Ordering::SeqCst);
     }
 
     /// The driver acknowledged `bits` (InterruptACK).
@@ -281,6 +300,10 @@ mod tests {
         irq.ack(1);
         assert_eq!(irq.status(), 2);
         irq.clear();
+        assert_eq!(irq.status(), 0);
+        irq.set_external_vring(true);
+        assert_eq!(irq.status(), VIRTIO_MMIO_INT_VRING);
+        irq.set_external_vring(false);
         assert_eq!(irq.status(), 0);
     }
 

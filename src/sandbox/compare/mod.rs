@@ -330,6 +330,7 @@ fn run_brig(
     let created = lifecycle::create(
         opts.store.home(),
         CreateOptions {
+            volumes: Vec::new(),
             image: opts.image.clone(),
             record: opts.record,
             run,

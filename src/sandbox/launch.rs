@@ -24,6 +24,8 @@ pub struct Launch {
     pub stdin: bool,
     /// Stop everything after this long.
     pub timeout: Option<Duration>,
+    /// Restore the VM saved in this directory instead of booting it.
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
 /// Where the workload's output goes and what happens on the way.
@@ -76,7 +78,7 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let agent_vm = vm::start(spec.vm, runtime)?;
+    let agent_vm = vm::start_from(spec.vm, runtime, spec.restore_from.as_deref())?;
     let vm = &agent_vm.vm;
     let vmm_ready = vm.ready_at();
     (io.on_vm_started)();

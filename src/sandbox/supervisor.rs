@@ -162,6 +162,7 @@ pub fn supervise(
         timeout: timeout.map(|t| match t {
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
         }),
+        restore_from: None,
     };
 
     let mut state = SandboxState::created();

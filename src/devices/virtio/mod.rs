@@ -234,6 +234,11 @@ impl Interrupt {
         self.status.fetch_and(!bits, Ordering::SeqCst);
     }
 
+    /// Sets InterruptStatus to a saved value, without interrupting the guest.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
+    }
+
     /// Clears every pending bit (device reset).
     pub fn clear(&self) {
         self.status.store(0, Ordering::SeqCst);

@@ -226,6 +226,15 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
             .restore(&state.transport)
             .map_err(|e| snapshot::SnapshotError::Incompatible(e.to_string()))?;
     }
+    // A disk may be backed by another file than when the VM was saved (a template's
+    // placeholders): its capacity is the new file's, and the driver re-reads it on a
+    // config-change interrupt (virtio_blk's `virtblk_config_changed`).
+    for (_, transport) in &devices.transports {
+        let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+        if t.device_type() == crate::devices::virtio::device_type::BLOCK {
+            t.config_changed();
+        }
+    }
     let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
     let (pio, serial) = legacy_devices(&vm, &exit, &config.console, Some(&saved.serial))?;
     phase("devices");

@@ -179,6 +179,21 @@ impl MmioTransport {
         Ok(())
     }
 
+    /// The virtio device type behind this transport.
+    pub fn device_type(&self) -> u32 {
+        self.device_type
+    }
+
+    /// The device's config space changed under the driver (a disk's new backing): the
+    /// generation moves on and, for an active device, a config-change interrupt is raised
+    /// (virtio 1.2 §2.5.1, §4.2.2).
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK != 0 {
+            self.interrupt.signal_config_change();
+        }
+    }
+
     /// Replays what a pause may have swallowed: every queue of an active device is notified,
     /// and a pending interrupt is raised again (irqfd injection is asynchronous, so it may not
     /// be in the saved irqchip). Spurious notifications and interrupts are harmless.

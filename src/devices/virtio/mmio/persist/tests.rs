@@ -140,3 +140,25 @@ fn bad_states_are_refused() {
         Err(RestoreError::Acked(_))
     ));
 }
+
+#[test]
+fn a_config_change_bumps_the_generation_and_interrupts_an_active_device() {
+    let mem = guest_memory();
+    let (mut t, _rng) = transport(&mem);
+    t.config_changed();
+    assert_eq!(
+        (t.config_generation, t.interrupt.status()),
+        (1, 0),
+        "not yet active"
+    );
+    let g = GuestQueue::new(&mem, 0x1000, 16);
+    bring_up(&mut t, &g);
+    let _ = t.interrupt.eventfd().read();
+    t.config_changed();
+    assert_eq!(t.config_generation, 2);
+    assert_eq!(
+        t.interrupt.status(),
+        virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_CONFIG
+    );
+    assert_eq!(t.interrupt.eventfd().read().unwrap(), 1);
+}

@@ -208,6 +208,7 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
     check_fit(&config, &plan, &saved)?;
 
     let (kvm, vm) = create_vm(&config)?;
+    snapshot::host::check(&saved.host, &snapshot::host::fingerprint(&kvm)?)?;
     let mem = snapshot::memory::map_private(mem_file, &saved.regions)?;
     memory::register(&vm, &mem)?;
     phase("vm and memory");
@@ -530,6 +531,7 @@ impl RunningVm {
         snapshot::write_state(
             dir,
             &snapshot::Snapshot {
+                host: snapshot::host::fingerprint(&self.kvm)?,
                 mem_mib: self.mem_mib,
                 regions,
                 memory_len,

@@ -6,6 +6,7 @@
 //! Design and sources: ../shared/design/snapshot.md.
 
 pub mod format;
+pub mod host;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
@@ -74,6 +75,8 @@ pub struct DeviceState {
 /// Everything in a state file.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Snapshot {
+    /// Where it was made: a snapshot is only restored on the same host.
+    pub host: host::HostFingerprint,
     pub mem_mib: u64,
     pub regions: Vec<RegionState>,
     /// The memory file's size when it was written.
@@ -116,4 +119,74 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File), SnapshotError> {
         )));
     }
     Ok((snapshot, file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(memory_len: u64) -> Snapshot {
+        Snapshot {
+            host: host::HostFingerprint {
+                kernel: "k".into(),
+                brig: "b".into(),
+                cpuid: "c".into(),
+                msrs: "m".into(),
+            },
+            mem_mib: 32,
+            regions: vec![RegionState {
+                gpa: 0,
+                len: memory_len,
+                file_offset: 0,
+            }],
+            memory_len,
+            vcpus: Vec::new(),
+            vm: VmState {
+                pit: Default::default(),
+                clock: Default::default(),
+                pic_master: Default::default(),
+                pic_slave: Default::default(),
+                ioapic: Default::default(),
+            },
+            serial: SerialSnapshot {
+                baud_divisor_low: 12,
+                baud_divisor_high: 0,
+                interrupt_enable: 0,
+                interrupt_identification: 1,
+                line_control: 3,
+                line_status: 0x60,
+                modem_control: 8,
+                modem_status: 0xb0,
+                scratch: 0,
+                in_buffer: Vec::new(),
+            },
+            devices: Vec::new(),
+        }
+    }
+
+    /// A snapshot directory is read back whole, and a truncated memory file or a damaged
+    /// state file is refused before anything is mapped.
+    #[test]
+    fn a_directory_round_trips_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(MEMORY_FILE), vec![0u8; 8192]).unwrap();
+        write_state(dir.path(), &sample(8192)).unwrap();
+        let (back, _file) = read(dir.path()).unwrap();
+        assert_eq!(back.memory_len, 8192);
+        assert_eq!(back.serial, sample(8192).serial);
+        assert!(!dir.path().join("state.tmp").exists());
+
+        std::fs::write(dir.path().join(MEMORY_FILE), vec![0u8; 4096]).unwrap();
+        let err = read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("memory file has 4096 bytes"), "{err}");
+
+        let state = dir.path().join(STATE_FILE);
+        let mut bytes = std::fs::read(&state).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x20;
+        std::fs::write(&state, &bytes).unwrap();
+        assert!(matches!(read(dir.path()), Err(SnapshotError::Corrupt(_))));
+        std::fs::remove_file(&state).unwrap();
+        assert!(matches!(read(dir.path()), Err(SnapshotError::Read(..))));
+    }
 }

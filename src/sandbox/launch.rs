@@ -50,6 +50,8 @@ pub struct Outcome {
     pub times: SessionTimes,
     pub vmm_ready: Instant,
     pub kernel_entry: Option<Instant>,
+    /// The VM was restored from a snapshot (its first entry resumed the guest).
+    pub restored: bool,
     pub vm_gone: Instant,
 }
 
@@ -71,6 +73,7 @@ pub fn launch(
     io: LaunchIo<'_>,
 ) -> Result<Outcome, LaunchError> {
     let console = spec.vm.console.clone();
+    let restored = spec.restore_from.is_some();
     let tty = spec.run.tty;
     if tty {
         if let Some((rows, cols)) = terminal_size() {
@@ -122,6 +125,7 @@ pub fn launch(
         times,
         vmm_ready,
         kernel_entry,
+        restored,
         vm_gone: Instant::now(),
     })
 }
@@ -134,9 +138,18 @@ impl Outcome {
     /// The phases on stderr, relative to `t0` (when brig started).
     pub fn print_timings(&self, t0: Instant) {
         eprintln!("brig timings (host clock since brig started):");
-        eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
+        if self.restored {
+            eprintln!("  vmm restored   {}", ms(self.vmm_ready - t0));
+        } else {
+            eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
+        }
         if let Some(e) = self.kernel_entry {
-            eprintln!("  kernel entry   {}", ms(e - t0));
+            let what = if self.restored {
+                "guest resumed  "
+            } else {
+                "kernel entry   "
+            };
+            eprintln!("  {what}{}", ms(e - t0));
         }
         if let Some(h) = self.times.hello {
             eprintln!(

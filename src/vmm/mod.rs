@@ -507,6 +507,13 @@ impl RunningVm {
         let fds = vcpu::pause_all(std::mem::take(&mut self.vcpus), &self.exit)
             .map_err(snapshot::SnapshotError::from)?;
         self.event_loop.stop();
+        if let Some(why) = self.transports.iter().find_map(|(_, t)| {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot_blocker()
+        }) {
+            return Err(snapshot::SnapshotError::Busy(why).into());
+        }
         let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner()).save();
         let devices = self
             .transports

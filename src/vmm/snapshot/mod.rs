@@ -52,6 +52,8 @@ pub enum SnapshotError {
     Write(#[source] std::io::Error),
     #[error("reading snapshot {0}: {1}")]
     Read(String, #[source] std::io::Error),
+    #[error("cannot save the VM now: {0}")]
+    Busy(String),
     #[error("the VM ended before it could be saved: {0}")]
     Ended(String),
     #[error("snapshot: {0}")]

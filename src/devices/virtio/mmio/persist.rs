@@ -12,6 +12,8 @@ use virtio_queue::{Queue, QueueState, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::MmioTransport;
+#[cfg(doc)]
+use crate::devices::virtio::VirtioDevice;
 
 /// A virtqueue's state (virtio-queue's `QueueState`, which has no serde).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +179,11 @@ impl MmioTransport {
             self.device().ack_features(state.acked_features);
         }
         Ok(())
+    }
+
+    /// Why the device cannot be saved now, if it cannot ([`VirtioDevice::snapshot_blocker`]).
+    pub fn snapshot_blocker(&self) -> Option<String> {
+        self.device().snapshot_blocker()
     }
 
     /// The virtio device type behind this transport.

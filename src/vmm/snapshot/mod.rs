@@ -7,6 +7,8 @@
 
 pub mod format;
 pub mod host;
+#[cfg(test)]
+mod kvm_tests;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

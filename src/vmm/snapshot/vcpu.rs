@@ -69,12 +69,24 @@ pub struct VcpuState {
     pub vcpu_events: kvm_vcpu_events,
 }
 
-/// The indices of the MSRs to save: KVM's list, filtered by [`SAVED_MSR_RANGES`].
+/// MSRs KVM handles but does not list in KVM_GET_MSR_INDEX_LIST (QEMU saves them by CPUID
+/// feature): the MTRRs brig sets at boot (variable ranges, fixed ranges, default type) and
+/// PAT. Those a vCPU cannot read drop out when read.
+const UNLISTED_MSRS: &[u32] = &[
+    0x200, 0x201, 0x202, 0x203, 0x204, 0x205, 0x206, 0x207, 0x208, 0x209, 0x20a, 0x20b, 0x20c,
+    0x20d, 0x20e, 0x20f, 0x250, 0x258, 0x259, 0x268, 0x269, 0x26a, 0x26b, 0x26c, 0x26d, 0x26e,
+    0x26f, 0x277, 0x2ff,
+];
+
+/// The indices of the MSRs to save: KVM's list, filtered by [`SAVED_MSR_RANGES`], and
+/// [`UNLISTED_MSRS`].
 pub fn msr_list(kvm: &Kvm) -> Result<Vec<u32>, SnapshotError> {
     let list = kvm
         .get_msr_index_list()
         .map_err(|e| SnapshotError::kvm("KVM_GET_MSR_INDEX_LIST", e))?;
-    Ok(filter_msrs(list.as_slice()))
+    let mut all = list.as_slice().to_vec();
+    all.extend_from_slice(UNLISTED_MSRS);
+    Ok(filter_msrs(&all))
 }
 
 fn filter_msrs(list: &[u32]) -> Vec<u32> {

@@ -380,7 +380,24 @@ fn a_saved_guest_resumes_where_it_stopped() -> Result<(), String> {
     if after != before {
         return Err(format!("the memory file changed: {before} -> {after}"));
     }
-    Ok(())
+    // A damaged state file is refused in one line, before anything runs.
+    let state = snap.join("state");
+    let mut bytes = std::fs::read(&state).map_err(|e| e.to_string())?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&state, &bytes).map_err(|e| e.to_string())?;
+    let out = with(&["--restore-from", &snap_s]);
+    check(
+        out.status.code() == Some(125),
+        "a corrupt snapshot: exit 125",
+        &out,
+    )?;
+    let err = stderr(&out);
+    check(
+        err.lines().count() == 1 && err.contains("snapshot is corrupt: checksum mismatch"),
+        "one line saying why",
+        &out,
+    )
 }
 
 fn main() {

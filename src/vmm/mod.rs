@@ -531,10 +531,10 @@ impl RunningVm {
             .collect::<Result<Vec<_>, _>>()?;
         let vm = snapshot::vm::save(&self.vm)?;
         std::fs::create_dir_all(dir).map_err(snapshot::SnapshotError::Write)?;
-        let mem_file = std::fs::File::create(dir.join(snapshot::MEMORY_FILE))
-            .map_err(snapshot::SnapshotError::Write)?;
+        let (mem_file, mem_tmp) = snapshot::create_memory_file(dir)?;
         let regions = snapshot::memory::dump(&self.mem, &mem_file)?;
         let memory_len = regions.iter().map(|r| r.len).sum();
+        snapshot::replace_memory_file(dir, &mem_tmp)?;
         snapshot::write_state(
             dir,
             &snapshot::Snapshot {

@@ -91,6 +91,26 @@ pub struct Snapshot {
     pub devices: Vec<DeviceState>,
 }
 
+/// A new, empty memory file in `dir` under a temporary name (see [`replace_memory_file`]).
+pub fn create_memory_file(dir: &Path) -> Result<(File, std::path::PathBuf), SnapshotError> {
+    let tmp = dir.join(format!("{MEMORY_FILE}.tmp"));
+    let file = File::create(&tmp).map_err(SnapshotError::Write)?;
+    Ok((file, tmp))
+}
+
+/// Puts the memory file written at `tmp` in place. A snapshot already in `dir` is never
+/// written over: its state file goes first (so that no reader pairs it with the new
+/// memory), then the new memory file is renamed over the old one, whose pages VMs restored
+/// from it keep (a truncated file would fault them).
+pub fn replace_memory_file(dir: &Path, tmp: &Path) -> Result<(), SnapshotError> {
+    match std::fs::remove_file(dir.join(STATE_FILE)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(SnapshotError::Write(e)),
+    }
+    std::fs::rename(tmp, dir.join(MEMORY_FILE)).map_err(SnapshotError::Write)
+}
+
 /// Writes `snapshot` to `dir/state` (the memory file is already there): through a temporary
 /// name and a rename, so that a state file, once present, is whole.
 pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
@@ -170,6 +190,40 @@ mod tests {
 
     /// A snapshot directory is read back whole, and a truncated memory file or a damaged
     /// state file is refused before anything is mapped.
+    /// Saving again into a directory never writes through the memory file a restored VM
+    /// maps: the old file keeps its contents (and inode), the new one replaces it.
+    #[test]
+    fn a_new_snapshot_replaces_the_old_files_without_writing_them() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut f, tmp) = create_memory_file(dir.path()).unwrap();
+        f.write_all(&[1u8; 4096]).unwrap();
+        replace_memory_file(dir.path(), &tmp).unwrap();
+        write_state(dir.path(), &sample(4096)).unwrap();
+        let mut old = File::open(dir.path().join(MEMORY_FILE)).unwrap();
+
+        let (mut f, tmp) = create_memory_file(dir.path()).unwrap();
+        assert!(
+            dir.path().join(STATE_FILE).exists(),
+            "still whole while writing"
+        );
+        f.write_all(&[2u8; 4096]).unwrap();
+        replace_memory_file(dir.path(), &tmp).unwrap();
+        assert!(
+            !dir.path().join(STATE_FILE).exists(),
+            "no state for the new memory yet"
+        );
+        write_state(dir.path(), &sample(4096)).unwrap();
+
+        let mut bytes = Vec::new();
+        old.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes, vec![1u8; 4096], "the old file is untouched");
+        let (_, mut new) = read(dir.path()).unwrap();
+        bytes.clear();
+        new.read_to_end(&mut bytes).unwrap();
+        assert_eq!(bytes, vec![2u8; 4096]);
+    }
+
     #[test]
     fn a_directory_round_trips_and_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();

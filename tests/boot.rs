@@ -344,7 +344,7 @@ fn a_saved_guest_resumes_where_it_stopped() -> Result<(), String> {
         "2",
         // A small guest: its memory file is written, hashed and mapped under emulation.
         "--mem",
-        "64",
+        "128",
         "--timeout",
         "300",
     ];

@@ -24,6 +24,8 @@ pub struct Launch {
     pub stdin: bool,
     /// Stop everything after this long.
     pub timeout: Option<Duration>,
+    /// Restore the VM saved in this directory instead of booting it.
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
 /// Where the workload's output goes and what happens on the way.
@@ -48,6 +50,8 @@ pub struct Outcome {
     pub times: SessionTimes,
     pub vmm_ready: Instant,
     pub kernel_entry: Option<Instant>,
+    /// The VM was restored from a snapshot (its first entry resumed the guest).
+    pub restored: bool,
     pub vm_gone: Instant,
 }
 
@@ -71,6 +75,7 @@ pub fn launch(
     io: LaunchIo<'_>,
 ) -> Result<Outcome, LaunchError> {
     let console = spec.vm.console.clone();
+    let restored = spec.restore_from.is_some();
     let tty = spec.run.tty;
     if tty {
         if let Some((rows, cols)) = terminal_size() {
@@ -78,7 +83,7 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let agent_vm = vm::start(spec.vm, runtime)?;
+    let agent_vm = vm::start_from(spec.vm, runtime, spec.restore_from.as_deref())?;
     // The VM is built: from here on this thread only talks to the agent, keeps the sandbox's
     // files and tears down.
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
@@ -125,6 +130,7 @@ pub fn launch(
         times,
         vmm_ready,
         kernel_entry,
+        restored,
         vm_gone: Instant::now(),
     })
 }
@@ -137,9 +143,18 @@ impl Outcome {
     /// The phases on stderr, relative to `t0` (when brig started).
     pub fn print_timings(&self, t0: Instant) {
         eprintln!("brig timings (host clock since brig started):");
-        eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
+        if self.restored {
+            eprintln!("  vmm restored   {}", ms(self.vmm_ready - t0));
+        } else {
+            eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
+        }
         if let Some(e) = self.kernel_entry {
-            eprintln!("  kernel entry   {}", ms(e - t0));
+            let what = if self.restored {
+                "guest resumed  "
+            } else {
+                "kernel entry   "
+            };
+            eprintln!("  {what}{}", ms(e - t0));
         }
         if let Some(h) = self.times.hello {
             eprintln!(

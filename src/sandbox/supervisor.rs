@@ -179,6 +179,7 @@ pub fn supervise(
         timeout: timeout.map(|t| match t {
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
         }),
+        restore_from: None,
     };
 
     let mut state = SandboxState::created();

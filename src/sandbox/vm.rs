@@ -4,7 +4,8 @@
 //! and the guest agent's connection.
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::Instant;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use brig_protocol::AGENT_PORT;
 
@@ -26,6 +27,9 @@ pub enum VmError {
     Initramfs(#[from] InitramfsError),
     #[error(transparent)]
     Vmm(#[from] vmm::VmmError),
+    /// The guest never reached the point at which it was to be saved.
+    #[error("no snapshot: {0}")]
+    NotReached(String),
 }
 
 /// The VM of a sandbox created with `config`, its console going to `console`.
@@ -52,15 +56,60 @@ pub struct AgentVm {
 }
 
 /// Starts `config` with a vsock device in `runtime`, listening for the guest agent.
-pub fn start(mut config: VmConfig, runtime: &RuntimeDir) -> Result<AgentVm, VmError> {
+pub fn start(config: VmConfig, runtime: &RuntimeDir) -> Result<AgentVm, VmError> {
+    start_from(config, runtime, None)
+}
+
+/// As [`start`], or, with `snapshot`, restores the VM saved in that directory instead of
+/// booting (see [`snapshot_when`]).
+pub fn start_from(
+    mut config: VmConfig,
+    runtime: &RuntimeDir,
+    snapshot: Option<&Path>,
+) -> Result<AgentVm, VmError> {
     let listener =
         UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(VmError::Runtime)?;
     config.vsock = Some(VsockConfig {
         cid: DEFAULT_GUEST_CID,
         uds_path: runtime.vsock_socket(),
     });
-    let vm = vmm::start(config)?;
+    let vm = match snapshot {
+        Some(dir) => vmm::restore(config, dir)?,
+        None => vmm::start(config)?,
+    };
     Ok(AgentVm { vm, listener })
+}
+
+/// How often [`snapshot_when`] looks at the console.
+const CONSOLE_POLL: Duration = Duration::from_millis(20);
+
+/// Boots `config` (with the vsock device [`start`] adds), waits until the guest console has
+/// shown `marker`, then saves the VM to `dir`; the VM does not go on. A developer's and the
+/// tests' way to snapshot a guest at a point of its choosing.
+pub fn snapshot_when(
+    config: VmConfig,
+    runtime: &RuntimeDir,
+    marker: &str,
+    dir: &Path,
+    deadline: Instant,
+) -> Result<(), VmError> {
+    let console = config.console.clone();
+    let agent_vm = start(config, runtime)?;
+    while !console.tail().contains(marker) {
+        if let Some(reason) = agent_vm.vm.exit_reason() {
+            return Err(VmError::NotReached(format!(
+                "the VM ended ({reason:?}) before its console showed {marker:?}"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(VmError::NotReached(format!(
+                "the console did not show {marker:?} in time"
+            )));
+        }
+        std::thread::sleep(CONSOLE_POLL);
+    }
+    agent_vm.vm.snapshot(dir)?;
+    Ok(())
 }
 
 impl AgentVm {

@@ -11,6 +11,7 @@ pub mod initramfs;
 pub mod kvm;
 pub mod memory;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vcpu;
 pub mod virtio;
 
@@ -28,7 +29,9 @@ use crate::arch::x86_64::layout::{KVM_TSS_ADDRESS, SERIAL_IRQ};
 use crate::arch::x86_64::mptable;
 use crate::devices::bus::Bus;
 use crate::devices::i8042::{ResetLine, I8042, I8042_PORT, I8042_PORTS};
-use crate::devices::serial::{SerialConsole, COM1_PORT, UART_PORTS};
+use crate::devices::serial::{SerialConsole, SerialSnapshot, COM1_PORT, UART_PORTS};
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::MmioSlot;
 
 pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
@@ -94,6 +97,8 @@ pub enum VmmError {
     EventLoop(#[from] event_loop::EventLoopError),
     #[error(transparent)]
     Virtio(#[from] virtio::VirtioError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
     /// vCPU count out of range.
     #[error("--cpus {0} is out of range (1..={1})")]
     Cpus(u8, u8),
@@ -121,10 +126,13 @@ pub struct RunningVm {
     event_loop: event_loop::EventLoop,
     first_entry: Arc<OnceLock<Instant>>,
     console: ConsoleLog,
+    serial: Arc<Mutex<SerialConsole>>,
+    transports: Vec<(MmioSlot, Arc<Mutex<MmioTransport>>)>,
+    mem_mib: u64,
     // Kept alive for as long as vCPUs may touch them; dropped after the threads are joined.
-    _vm: VmFd,
-    _mem: GuestMemoryMmap,
-    _kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    kvm: Kvm,
 }
 
 fn setup_err<E: std::error::Error + Send + Sync + 'static>(
@@ -142,10 +150,7 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("vmm start: {what} at {:?}", t0.elapsed());
     // Everything the user gave is checked before KVM is touched.
-    if config.cpus == 0 || config.cpus > mptable::max_cpus() {
-        return Err(VmmError::Cpus(config.cpus, mptable::max_cpus()));
-    }
-    memory::check_size(config.mem_mib)?;
+    check_config(&config)?;
     boot::check_kernel(&config.kernel)?;
     let plan = virtio::Plan::new(
         &config.disks,
@@ -155,24 +160,8 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     )?;
     let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
 
-    // Before any VMM thread is started: they inherit the mask.
-    pin_process(&config.host_cpus)?;
-    let kvm = kvm::open()?;
-    let max_cpus = mptable::max_cpus().min(kvm.get_max_vcpus().min(255) as u8);
-    if config.cpus > max_cpus {
-        return Err(VmmError::Cpus(config.cpus, max_cpus));
-    }
+    let (kvm, vm) = create_vm(&config)?;
     let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
-    let vm = kvm.create_vm().map_err(setup_err("KVM_CREATE_VM"))?;
-    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
-        .map_err(setup_err("KVM_SET_TSS_ADDR"))?;
-    vm.create_irq_chip()
-        .map_err(setup_err("KVM_CREATE_IRQCHIP"))?;
-    vm.create_pit2(kvm_pit_config {
-        flags: KVM_PIT_SPEAKER_DUMMY,
-        ..Default::default()
-    })
-    .map_err(setup_err("KVM_CREATE_PIT2"))?;
     memory::register(&vm, &mem)?;
     phase("vm and memory");
 
@@ -193,12 +182,172 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     drop(config.initrd);
 
     let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
+    let (pio, serial) = legacy_devices(&vm, &exit, &config.console, None)?;
+    phase("boot structures and legacy devices");
+    let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
+    phase("vcpus created");
+    launch(Parts {
+        kvm,
+        vm,
+        mem,
+        mem_mib: config.mem_mib,
+        vcpu_fds,
+        pio,
+        mmio,
+        devices,
+        serial,
+        exit,
+        console: config.console,
+    })
+}
+
+/// Starts the VM saved in the snapshot directory `dir` (see [`snapshot`]), with `config`'s
+/// devices: they must sit where the saved ones did, and the memory size and vCPU count must
+/// be the saved ones. The kernel and initramfs of `config` are not used: the guest is
+/// already in memory.
+pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm, VmmError> {
+    let t0 = Instant::now();
+    let phase = |what: &str| tracing::debug!("vmm restore: {what} at {:?}", t0.elapsed());
+    check_config(&config)?;
+    let (saved, mem_file) = snapshot::read(dir)?;
+    phase("state read");
+    if !config.fs.is_empty() {
+        // A vhost-user server must map guest memory shared; a restored VM's is a private
+        // copy-on-write mapping of the snapshot's memory file.
+        return Err(VmmError::VmSetup {
+            what: "restoring a snapshot",
+            source: "shared directories (virtio-fs) cannot be attached to a restored VM yet".into(),
+        });
+    }
+    let plan = virtio::Plan::new(
+        &config.disks,
+        config.vsock.as_ref(),
+        config.net.is_some(),
+        &config.fs,
+    )?;
+    check_fit(&config, &plan, &saved)?;
+
+    let (kvm, vm) = create_vm(&config)?;
+    snapshot::host::check(&saved.host, &snapshot::host::fingerprint(&kvm)?)?;
+    let mem = snapshot::memory::map_private(mem_file, &saved.regions)?;
+    memory::register(&vm, &mem)?;
+    phase("vm and memory");
+    let mut mmio = Bus::new();
+    let devices = virtio::attach_all(&vm, &mem, &mut mmio, &plan, config.net.take())?;
+    let vcpu_fds = vcpu::create_bare(&vm, config.cpus)?;
+    for (fd, state) in vcpu_fds.iter().zip(&saved.vcpus) {
+        snapshot::vcpu::restore(fd, state)?;
+    }
+    snapshot::vm::restore(&vm, &saved.vm)?;
+    phase("kvm state");
+    for ((_, transport), state) in devices.transports.iter().zip(&saved.devices) {
+        transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restore(&state.transport)
+            .map_err(|e| snapshot::SnapshotError::Incompatible(e.to_string()))?;
+    }
+    // A disk may be backed by another file than when the VM was saved (a template's
+    // placeholders): its capacity is the new file's, and the driver re-reads it on a
+    // config-change interrupt (virtio_blk's `virtblk_config_changed`).
+    for (_, transport) in &devices.transports {
+        let mut t = transport.lock().unwrap_or_else(|p| p.into_inner());
+        if t.device_type() == crate::devices::virtio::device_type::BLOCK {
+            t.config_changed();
+        }
+    }
+    let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
+    let (pio, serial) = legacy_devices(&vm, &exit, &config.console, Some(&saved.serial))?;
+    phase("devices");
+    launch(Parts {
+        kvm,
+        vm,
+        mem,
+        mem_mib: config.mem_mib,
+        vcpu_fds,
+        pio,
+        mmio,
+        devices,
+        serial,
+        exit,
+        console: config.console,
+    })
+}
+
+/// Whether a snapshot fits the VM `config` and `plan` describe.
+fn check_fit(
+    config: &VmConfig,
+    plan: &virtio::Plan,
+    saved: &snapshot::Snapshot,
+) -> Result<(), snapshot::SnapshotError> {
+    let unfit = |what: String| Err(snapshot::SnapshotError::Incompatible(what));
+    if saved.mem_mib != config.mem_mib {
+        return unfit(format!(
+            "{} MiB of memory, not {}",
+            saved.mem_mib, config.mem_mib
+        ));
+    }
+    if saved.vcpus.len() != usize::from(config.cpus) {
+        return unfit(format!("{} vCPUs, not {}", saved.vcpus.len(), config.cpus));
+    }
+    let slots: Vec<(u64, u32)> = plan.devices.iter().map(|(s, _)| (s.base, s.gsi)).collect();
+    let saved_slots: Vec<(u64, u32)> = saved.devices.iter().map(|d| (d.base, d.gsi)).collect();
+    if slots != saved_slots {
+        return unfit(format!(
+            "devices at {saved_slots:x?}, this VM's at {slots:x?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_config(config: &VmConfig) -> Result<(), VmmError> {
+    if config.cpus == 0 || config.cpus > mptable::max_cpus() {
+        return Err(VmmError::Cpus(config.cpus, mptable::max_cpus()));
+    }
+    memory::check_size(config.mem_mib)?;
+    Ok(())
+}
+
+/// Pins the process, opens KVM and creates the VM with its TSS, irqchip and PIT.
+fn create_vm(config: &VmConfig) -> Result<(Kvm, VmFd), VmmError> {
+    // Before any VMM thread is started: they inherit the mask.
+    pin_process(&config.host_cpus)?;
+    let kvm = kvm::open()?;
+    let max_cpus = mptable::max_cpus().min(kvm.get_max_vcpus().min(255) as u8);
+    if config.cpus > max_cpus {
+        return Err(VmmError::Cpus(config.cpus, max_cpus));
+    }
+    let vm = kvm.create_vm().map_err(setup_err("KVM_CREATE_VM"))?;
+    vm.set_tss_address(KVM_TSS_ADDRESS as usize)
+        .map_err(setup_err("KVM_SET_TSS_ADDR"))?;
+    vm.create_irq_chip()
+        .map_err(setup_err("KVM_CREATE_IRQCHIP"))?;
+    vm.create_pit2(kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    })
+    .map_err(setup_err("KVM_CREATE_PIT2"))?;
+    Ok((kvm, vm))
+}
+
+/// The serial console (in its saved state, if any) and the i8042 on a new port bus.
+fn legacy_devices(
+    vm: &VmFd,
+    exit: &Arc<ExitSignal>,
+    console: &ConsoleLog,
+    saved_serial: Option<&SerialSnapshot>,
+) -> Result<(Bus, Arc<Mutex<SerialConsole>>), VmmError> {
     let mut pio = Bus::new();
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(setup_err("serial irq"))?;
     vm.register_irqfd(&serial_irq, SERIAL_IRQ)
         .map_err(setup_err("KVM_IRQFD (serial)"))?;
-    let serial = SerialConsole::new(serial_irq, config.console.clone());
-    pio.insert(Arc::new(Mutex::new(serial)), COM1_PORT, UART_PORTS)
+    let serial = match saved_serial {
+        None => SerialConsole::new(serial_irq, console.clone()),
+        Some(s) => SerialConsole::from_state(serial_irq, console.clone(), s)
+            .map_err(setup_err("serial state"))?,
+    };
+    let serial = Arc::new(Mutex::new(serial));
+    pio.insert(serial.clone(), COM1_PORT, UART_PORTS)
         .map_err(setup_err("serial"))?;
     let reset_exit = exit.clone();
     let i8042 = I8042::new(ResetLine::new(move || {
@@ -206,44 +355,67 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     }));
     pio.insert(Arc::new(Mutex::new(i8042)), I8042_PORT, I8042_PORTS)
         .map_err(setup_err("i8042"))?;
+    Ok((pio, serial))
+}
 
-    phase("boot structures and legacy devices");
-    let vcpu_fds = vcpu::create(&kvm, &vm, config.cpus, kernel.entry)?;
-    phase("vcpus created");
+/// A VM whose memory, devices and vCPUs are ready to run.
+struct Parts {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMemoryMmap,
+    mem_mib: u64,
+    vcpu_fds: Vec<kvm_ioctls::VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    devices: virtio::Attached,
+    serial: Arc<Mutex<SerialConsole>>,
+    exit: Arc<ExitSignal>,
+    console: ConsoleLog,
+}
+
+/// Starts the device thread and the vCPU threads.
+fn launch(p: Parts) -> Result<RunningVm, VmmError> {
     vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
     if seccomp::enabled() {
         seccomp::install_sigsys_handler().map_err(setup_err("seccomp"))?;
     }
-    let event_loop = event_loop::EventLoop::start(devices.subscribers, exit.clone())?;
+    let event_loop = event_loop::EventLoop::start(p.devices.subscribers, p.exit.clone())?;
+    // A restored device replays what the pause may have swallowed (nothing for a fresh one).
+    for (_, t) in &p.devices.transports {
+        t.lock().unwrap_or_else(|e| e.into_inner()).kick();
+    }
 
     let shared = vcpu::VcpuShared {
-        pio: Arc::new(pio),
-        mmio: Arc::new(mmio),
-        exit: exit.clone(),
+        pio: Arc::new(p.pio),
+        mmio: Arc::new(p.mmio),
+        exit: p.exit.clone(),
         first_entry: Arc::new(OnceLock::new()),
     };
     let first_entry = shared.first_entry.clone();
     let ready = Instant::now();
     let mut vcpus = Vec::new();
-    for (index, fd) in vcpu_fds.into_iter().enumerate() {
-        match vcpu::spawn(index as u8, fd, &vm, shared.clone()) {
+    for (index, fd) in p.vcpu_fds.into_iter().enumerate() {
+        match vcpu::spawn(index as u8, fd, &p.vm, shared.clone()) {
             Ok(t) => vcpus.push(t),
             Err(e) => {
-                vcpu::stop_all(vcpus, &exit);
+                vcpu::stop_all(vcpus, &p.exit);
                 return Err(e.into());
             }
         }
     }
     Ok(RunningVm {
         ready,
-        exit,
+        exit: p.exit,
         vcpus,
         event_loop,
         first_entry,
-        console: config.console,
-        _vm: vm,
-        _mem: mem,
-        _kvm: kvm,
+        console: p.console,
+        serial: p.serial,
+        transports: p.devices.transports,
+        mem_mib: p.mem_mib,
+        vm: p.vm,
+        mem: p.mem,
+        kvm: p.kvm,
     })
 }
 
@@ -339,6 +511,64 @@ impl RunningVm {
     pub fn shutdown(mut self) -> ExitReason {
         self.teardown();
         self.exit.reason().unwrap_or(ExitReason::Stopped)
+    }
+
+    /// Stops the VM and saves it to the directory `dir` (created if needed): its memory
+    /// (`memory`, all-zero pages left as holes) and its vCPU, VM and device state (`state`,
+    /// written last, so that a directory with a state file holds a whole snapshot). The VM
+    /// does not resume; [`restore`] starts a new one from the snapshot.
+    ///
+    /// Order (Firecracker's): vCPUs stopped with their last exit completed, the device thread
+    /// stopped, then devices, vCPUs and the VM saved.
+    pub fn snapshot(mut self, dir: &std::path::Path) -> Result<(), VmmError> {
+        if let Some(reason) = self.exit.reason() {
+            return Err(snapshot::SnapshotError::Ended(format!("{reason:?}")).into());
+        }
+        let fds = vcpu::pause_all(std::mem::take(&mut self.vcpus), &self.exit)
+            .map_err(snapshot::SnapshotError::from)?;
+        self.event_loop.stop();
+        if let Some(why) = self.transports.iter().find_map(|(_, t)| {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot_blocker()
+        }) {
+            return Err(snapshot::SnapshotError::Busy(why).into());
+        }
+        let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner()).save();
+        let devices = self
+            .transports
+            .iter()
+            .map(|(slot, t)| snapshot::DeviceState {
+                base: slot.base,
+                gsi: slot.gsi,
+                transport: t.lock().unwrap_or_else(|p| p.into_inner()).save(),
+            })
+            .collect();
+        let msrs = snapshot::vcpu::msr_list(&self.kvm)?;
+        let vcpus = fds
+            .iter()
+            .map(|fd| snapshot::vcpu::save(&self.kvm, fd, &msrs))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vm = snapshot::vm::save(&self.vm)?;
+        std::fs::create_dir_all(dir).map_err(snapshot::SnapshotError::Write)?;
+        let (mem_file, mem_tmp) = snapshot::create_memory_file(dir)?;
+        let regions = snapshot::memory::dump(&self.mem, &mem_file)?;
+        let memory_len = regions.iter().map(|r| r.len).sum();
+        snapshot::replace_memory_file(dir, &mem_tmp)?;
+        snapshot::write_state(
+            dir,
+            &snapshot::Snapshot {
+                host: snapshot::host::fingerprint(&self.kvm)?,
+                mem_mib: self.mem_mib,
+                regions,
+                memory_len,
+                vcpus,
+                vm,
+                serial,
+                devices,
+            },
+        )?;
+        Ok(())
     }
 
     fn teardown(&mut self) {

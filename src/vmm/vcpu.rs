@@ -102,6 +102,9 @@ pub enum VcpuError {
     /// Starting the thread failed.
     #[error("starting vCPU thread: {0}")]
     Thread(std::io::Error),
+    /// A vCPU thread panicked, so its vCPU cannot be saved.
+    #[error("vCPU {0}: its thread panicked")]
+    Lost(u8),
 }
 
 /// Signal used to kick vCPU threads out of KVM_RUN.
@@ -176,6 +179,20 @@ pub fn create(kvm: &Kvm, vm: &VmFd, count: u8, entry: u64) -> Result<Vec<VcpuFd>
     Ok(vcpus)
 }
 
+/// Creates `count` vCPUs with no state of brig's (for a restore, which sets all of it).
+pub fn create_bare(vm: &VmFd, count: u8) -> Result<Vec<VcpuFd>, VcpuError> {
+    (0..count)
+        .map(|index| {
+            vm.create_vcpu(u64::from(index))
+                .map_err(|source| VcpuError::Kvm {
+                    index,
+                    what: "KVM_CREATE_VCPU",
+                    source,
+                })
+        })
+        .collect()
+}
+
 /// What every vCPU thread shares.
 #[derive(Clone)]
 pub struct VcpuShared {
@@ -189,7 +206,8 @@ pub struct VcpuShared {
 /// A running vCPU thread and what it takes to stop it.
 pub struct VcpuHandle {
     index: u8,
-    thread: JoinHandle<()>,
+    /// Gives the vCPU back when it ends (for a snapshot of a paused VM).
+    thread: JoinHandle<VcpuFd>,
     /// Disconnected when the thread ends (its sender is dropped with it, even on a panic).
     ended: Receiver<()>,
     /// The same vCPU opened a second time (a dup of its fd, with its own mapping of the shared
@@ -215,7 +233,8 @@ pub fn spawn(
         .name(format!("vcpu{index}"))
         .spawn(move || {
             let _ending = ending;
-            run(index, &mut fd, &shared)
+            run(index, &mut fd, &shared);
+            fd
         })
         .map_err(VcpuError::Thread)?;
     Ok(VcpuHandle {
@@ -394,7 +413,44 @@ const STOP_WARN_AFTER: Duration = Duration::from_secs(10);
 /// the signal. A thread inside `KVM_RUN` is interrupted by the signal (EINTR); one about to
 /// enter it finds `immediate_exit` set and gets EINTR at once; either way it then sees the
 /// flag. `immediate_exit` is never cleared: a VM that stops does not resume.
-pub fn stop_all(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) {
+pub fn stop_all(vcpus: Vec<VcpuHandle>, exit: &ExitSignal) {
+    let _ = stop_and_join(vcpus, exit);
+}
+
+/// Stops the vCPU threads as [`stop_all`] does and gives back the vCPUs, each with its last
+/// port-I/O or MMIO access completed (KVM's api.rst: the state is consistent only once
+/// userspace has re-entered `KVM_RUN` after such an exit; with `immediate_exit` set that
+/// entry returns EINTR without running guest code). For a snapshot: the VM does not resume.
+pub fn pause_all(vcpus: Vec<VcpuHandle>, exit: &ExitSignal) -> Result<Vec<VcpuFd>, VcpuError> {
+    let mut fds = Vec::with_capacity(vcpus.len());
+    for (index, fd) in stop_and_join(vcpus, exit).into_iter().enumerate() {
+        let Some(mut fd) = fd else {
+            return Err(VcpuError::Lost(index as u8));
+        };
+        fd.set_kvm_immediate_exit(1);
+        match fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(source) => {
+                return Err(VcpuError::Kvm {
+                    index: index as u8,
+                    what: "KVM_RUN (completing the last exit)",
+                    source,
+                })
+            }
+            Ok(_) => {
+                return Err(VcpuError::Kvm {
+                    index: index as u8,
+                    what: "KVM_RUN returned an exit despite immediate_exit",
+                    source: kvm_ioctls::Error::new(libc::EBUSY),
+                })
+            }
+        }
+        fds.push(fd);
+    }
+    Ok(fds)
+}
+
+fn stop_and_join(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) -> Vec<Option<VcpuFd>> {
     exit.trigger(ExitReason::Stopped);
     for v in &mut vcpus {
         v.kick.set_kvm_immediate_exit(1);
@@ -410,6 +466,7 @@ pub fn stop_all(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) {
         }
     }
     let deadline = Instant::now() + STOP_WARN_AFTER;
+    let mut fds = Vec::with_capacity(vcpus.len());
     for v in vcpus {
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(RecvTimeoutError::Timeout) = v.ended.recv_timeout(left) {
@@ -420,8 +477,9 @@ pub fn stop_all(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) {
                 v.index
             );
         }
-        let _ = v.thread.join();
+        fds.push(v.thread.join().ok());
     }
+    fds
 }
 
 #[cfg(test)]

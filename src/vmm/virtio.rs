@@ -161,10 +161,12 @@ impl Plan {
     }
 }
 
-/// What attaching produced: the device threads' event subscribers.
+/// What attaching produced: the device threads' event subscribers, and each device's
+/// transport (for snapshots).
 #[derive(Default)]
 pub struct Attached {
     pub subscribers: Vec<Subscriber>,
+    pub transports: Vec<(MmioSlot, Arc<Mutex<MmioTransport>>)>,
 }
 
 impl Attached {
@@ -193,9 +195,11 @@ impl Attached {
                 );
             }
         }
-        mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_SLOT_SIZE)
+        let transport = Arc::new(Mutex::new(transport));
+        mmio.insert(transport.clone(), slot.base, MMIO_SLOT_SIZE)
             .map_err(|e| VirtioError::Attach(e.into()))?;
         self.subscribers.push(device);
+        self.transports.push((slot, transport));
         Ok(())
     }
 }

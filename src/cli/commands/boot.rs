@@ -40,6 +40,17 @@ pub struct BootArgs {
     /// Copy the guest console (kernel messages) to stderr.
     #[arg(long)]
     pub console: bool,
+    /// Developer aid: once the guest console shows this text, save the VM to
+    /// --snapshot-to and exit 0 (the command does not finish).
+    #[arg(long, value_name = "TEXT", requires = "snapshot_to", hide = true)]
+    pub snapshot_when: Option<String>,
+    /// Directory the VM is saved to (with --snapshot-when).
+    #[arg(long, value_name = "DIR", requires = "snapshot_when", hide = true)]
+    pub snapshot_to: Option<PathBuf>,
+    /// Developer aid: start from the VM saved in DIR instead of booting (same --mem and
+    /// --cpus as when it was saved).
+    #[arg(long, value_name = "DIR", conflicts_with = "snapshot_to", hide = true)]
+    pub restore_from: Option<PathBuf>,
     /// Command to run in the guest, and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -78,20 +89,26 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     };
     let runtime = RuntimeDir::create(&new_id()).context("runtime directory")?;
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+    let vm = VmConfig {
+        kernel,
+        initrd,
+        cmdline_extra: args.cmdline.clone(),
+        mem_mib: args.mem,
+        cpus: args.cpus,
+        host_cpus: Vec::new(),
+        console,
+        disks: Vec::new(),
+        vsock: None,
+        net: None,
+        fs: Vec::new(),
+    };
+    if let (Some(marker), Some(dir)) = (&args.snapshot_when, &args.snapshot_to) {
+        let deadline = Instant::now() + timeout.unwrap_or(Duration::from_secs(300));
+        crate::sandbox::vm::snapshot_when(vm, &runtime, marker, dir, deadline)?;
+        return Ok(0);
+    }
     let spec = Launch {
-        vm: VmConfig {
-            kernel,
-            initrd,
-            cmdline_extra: args.cmdline.clone(),
-            mem_mib: args.mem,
-            cpus: args.cpus,
-            host_cpus: Vec::new(),
-            console,
-            disks: Vec::new(),
-            vsock: None,
-            net: None,
-            fs: Vec::new(),
-        },
+        vm,
         run: RunSpec {
             argv: args.command.clone(),
             cwd: "/".into(),
@@ -99,6 +116,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         },
         stdin: false,
         timeout,
+        restore_from: args.restore_from.clone(),
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let io = LaunchIo {

@@ -383,5 +383,8 @@ impl BusDevice for MmioTransport {
     }
 }
 
+mod persist;
 #[cfg(test)]
 mod tests;
+
+pub use persist::TransportState;

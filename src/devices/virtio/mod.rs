@@ -177,6 +177,12 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
         self.common_mut()
             .activate(mem, queues, queue_evts, interrupt)
     }
+    /// Why the device cannot be saved in a VM snapshot now, if it cannot: state it holds
+    /// outside guest memory and the saved queues (vsock connections, say), which a restored
+    /// VM would not have. Asked with the device thread stopped.
+    fn snapshot_blocker(&self) -> Option<String> {
+        None
+    }
     /// The driver wrote 0 to Status: drop the queues and all in-flight work, back to the state
     /// of a freshly created device (backends such as a vsock listener stay open).
     fn reset(&mut self) {
@@ -251,6 +257,11 @@ impl Interrupt {
     /// The driver acknowledged `bits` (InterruptACK).
     pub fn ack(&self, bits: u32) {
         self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// Sets InterruptStatus to a saved value, without interrupting the guest.
+    pub fn restore_status(&self, bits: u32) {
+        self.status.store(bits, Ordering::SeqCst);
     }
 
     /// Clears every pending bit (device reset).

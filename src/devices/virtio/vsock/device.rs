@@ -171,6 +171,19 @@ impl VirtioDevice for Vsock {
     fn device_type(&self) -> u32 {
         device_type::VSOCK
     }
+    /// Connections live in the host's muxer and its sockets: a snapshot would restore a
+    /// guest whose sockets are connected to nothing (Firecracker resets them with a
+    /// TRANSPORT_RESET event instead; brig saves only guests with none).
+    fn snapshot_blocker(&self) -> Option<String> {
+        let n = self.muxer.connection_count();
+        if n > 0 {
+            Some(format!("the guest has {n} open vsock connection(s)"))
+        } else if self.muxer.has_pending_rx() {
+            Some("vsock packets wait to be delivered to the guest".to_string())
+        } else {
+            None
+        }
+    }
     fn queue_max_sizes(&self) -> &[u16] {
         &[QUEUE_SIZE; 3]
     }

@@ -397,7 +397,10 @@ fn reset_closes_every_connection() {
         .unwrap();
     g.drain();
     assert_eq!(g.dev.muxer().connection_count(), 2);
+    let blocker = g.dev.snapshot_blocker().unwrap();
+    assert!(blocker.contains("2 open vsock connection(s)"), "{blocker}");
     g.dev.reset();
+    assert_eq!(g.dev.snapshot_blocker(), None, "nothing left to lose");
     assert!(g.dev.common_mut().active.is_none());
     assert_eq!(g.dev.muxer().connection_count(), 0);
     let mut b = [0u8; 1];

@@ -1,0 +1,166 @@
+//! Guest memory in a snapshot: written once to a file (regions one after another, all-zero
+//! pages left as holes), and mapped back copy-on-write (`MAP_PRIVATE`): pages load from the
+//! page cache on first touch, shared by every VM restored from the same file, and the guest's
+//! writes go to private copies, never to the file.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
+
+use super::SnapshotError;
+
+/// What is copied from guest memory at a time.
+const CHUNK: usize = 1 << 20;
+/// The unit of holes in the memory file.
+const PAGE: usize = 4096;
+
+/// Where one guest RAM region lives in the memory file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionState {
+    pub gpa: u64,
+    pub len: u64,
+    pub file_offset: u64,
+}
+
+/// Writes every region of `mem` to `file` (which must be empty), returning the layout.
+pub fn dump(mem: &GuestMemoryMmap, file: &File) -> Result<Vec<RegionState>, SnapshotError> {
+    let mut layout = Vec::new();
+    let mut offset = 0u64;
+    let mut buf = vec![0u8; CHUNK];
+    for region in mem.iter() {
+        let (gpa, len) = (region.start_addr().0, region.len());
+        file.set_len(offset + len).map_err(SnapshotError::Write)?;
+        let mut done = 0u64;
+        while done < len {
+            let n = CHUNK.min((len - done) as usize);
+            mem.read_slice(&mut buf[..n], GuestAddress(gpa + done))
+                .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+            write_nonzero(file, &buf[..n], offset + done)?;
+            done += n as u64;
+        }
+        layout.push(RegionState {
+            gpa,
+            len,
+            file_offset: offset,
+        });
+        offset += len;
+    }
+    file.sync_all().map_err(SnapshotError::Write)?;
+    Ok(layout)
+}
+
+/// Writes the runs of non-zero pages of `data` at `at`, leaving holes for zero pages.
+fn write_nonzero(file: &File, data: &[u8], at: u64) -> Result<(), SnapshotError> {
+    let zero = |p: &[u8]| p.iter().all(|&b| b == 0);
+    let pages: Vec<&[u8]> = data.chunks(PAGE).collect();
+    let mut i = 0;
+    while i < pages.len() {
+        if zero(pages[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < pages.len() && !zero(pages[i]) {
+            i += 1;
+        }
+        let from = start * PAGE;
+        let to = (i * PAGE).min(data.len());
+        file.write_all_at(&data[from..to], at + from as u64)
+            .map_err(SnapshotError::Write)?;
+    }
+    Ok(())
+}
+
+/// Maps `file` as guest memory with `layout`, copy-on-write.
+pub fn map_private(file: File, layout: &[RegionState]) -> Result<GuestMemoryMmap, SnapshotError> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| SnapshotError::Read("memory file".into(), e))?
+        .len();
+    let file = Arc::new(file);
+    let mut regions = Vec::with_capacity(layout.len());
+    for r in layout {
+        // A mapping past the end of the file would fault (SIGBUS) when the guest touches it.
+        let end = r.file_offset.checked_add(r.len);
+        if end.is_none_or(|e| e > file_len) {
+            return Err(SnapshotError::Corrupt(format!(
+                "the memory file ({file_len} bytes) is shorter than its layout says"
+            )));
+        }
+        let len = usize::try_from(r.len)
+            .map_err(|_| SnapshotError::Corrupt("region too large".into()))?;
+        let region = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+        let region = GuestRegionMmap::new(region, GuestAddress(r.gpa))
+            .ok_or_else(|| SnapshotError::Corrupt(format!("bad region at {:#x}", r.gpa)))?;
+        regions.push(region);
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn dump_then_map_private_round_trips_and_never_writes_the_file() {
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 8 * PAGE),
+            (GuestAddress(0x10_0000), 4 * PAGE),
+        ])
+        .unwrap();
+        mem.write_slice(b"first", GuestAddress(PAGE as u64 * 3))
+            .unwrap();
+        mem.write_slice(b"second", GuestAddress(0x10_0000 + 5))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let file = File::create(&path).unwrap();
+        let layout = dump(&mem, &file).unwrap();
+        assert_eq!(layout.len(), 2);
+        assert_eq!(layout[1].file_offset, 8 * PAGE as u64);
+        let mut before = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut before).unwrap();
+        assert_eq!(before.len(), 12 * PAGE);
+        // Zero pages are holes.
+        let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
+        assert!(blocks * 512 < 12 * PAGE as u64, "{blocks} blocks");
+
+        let restored = map_private(File::open(&path).unwrap(), &layout).unwrap();
+        let mut b = [0u8; 6];
+        restored
+            .read_slice(&mut b[..5], GuestAddress(PAGE as u64 * 3))
+            .unwrap();
+        assert_eq!(&b[..5], b"first");
+        restored
+            .read_slice(&mut b, GuestAddress(0x10_0005))
+            .unwrap();
+        assert_eq!(&b, b"second");
+        restored
+            .write_slice(b"guest write", GuestAddress(0))
+            .unwrap();
+        let mut after = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut after).unwrap();
+        assert_eq!(before, after, "the file is never written through");
+
+        // A layout that needs more than the file has is refused, not mapped.
+        let mut long = layout.clone();
+        long[1].len = 64 * PAGE as u64;
+        assert!(matches!(
+            map_private(File::open(&path).unwrap(), &long),
+            Err(SnapshotError::Corrupt(_))
+        ));
+    }
+}

@@ -13,7 +13,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::fixture::{check, eventually, stderr, stdout, Fixture};
+use common::fixture::{check, eventually, sh, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
 
@@ -124,18 +124,6 @@ fn prepare() {
 fn fixture() -> &'static Fixture {
     let images = ["bb", "debian"].map(|name| (name, layouts_dir().join(name)));
     Fixture::shared("compare", &images)
-}
-
-/// Runs a shell command in L1; panics with its output when it fails (setup only).
-fn sh(script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The outside world (ext) and tracefs (a distribution mounts it at boot; L1's init does

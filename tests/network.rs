@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::fixture::{check, eventually, stderr, stdout, Fixture};
+use common::fixture::{check, eventually, sh, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
 
@@ -27,30 +27,14 @@ const METADATA: &str = "169.254.169.254";
 /// A service of the host itself (L1), on every address.
 const HOST_PORT: &str = "7000";
 
-fn layouts_dir() -> PathBuf {
-    images::cache_dir().join("layouts")
-}
+use images::layouts_dir;
 
 fn prepare() {
-    let _ = std::fs::remove_dir_all(layouts_dir().join("bb"));
-    let _ = std::fs::remove_dir_all(layouts_dir().join("bb-entry"));
-    images::busybox_layouts(&layouts_dir());
+    images::fresh_busybox_layouts();
 }
 
 fn fixture() -> &'static Fixture {
     Fixture::shared("net", &[("bb", layouts_dir().join("bb"))])
-}
-
-/// Runs a shell command in L1; panics with its output when it fails (setup only).
-fn sh(script: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The outside world and a host service, once per test binary (L1 is this binary's own).

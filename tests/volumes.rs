@@ -18,14 +18,10 @@ use common::kvm::{run_tests_with, trial, Limits};
 /// The owner of the shared directories, as a CI user's checkout would be.
 const OWNER: u32 = 1000;
 
-fn layouts_dir() -> PathBuf {
-    images::cache_dir().join("layouts")
-}
+use images::layouts_dir;
 
 fn prepare() {
-    let _ = std::fs::remove_dir_all(layouts_dir().join("bb"));
-    let _ = std::fs::remove_dir_all(layouts_dir().join("bb-entry"));
-    images::busybox_layouts(&layouts_dir());
+    images::fresh_busybox_layouts();
 }
 
 fn fixture() -> &'static Fixture {

@@ -118,6 +118,19 @@ pub fn check(cond: bool, what: &str, out: &Output) -> Result<(), String> {
     }
 }
 
+/// Runs a shell command on the test's host (L1); panics with its output when it fails
+/// (setup only).
+pub fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Readiness: polls `cond` until it holds; fails after `secs` naming `what`.
 pub fn eventually(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -63,6 +63,19 @@ pub fn cache_dir() -> PathBuf {
     base.join("brig/test-images")
 }
 
+/// Where the KVM tests keep their OCI layouts.
+pub fn layouts_dir() -> PathBuf {
+    cache_dir().join("layouts")
+}
+
+/// Fresh `bb` and `bb-entry` layouts in [`layouts_dir`] (see [`busybox_layouts`]).
+pub fn fresh_busybox_layouts() {
+    for name in ["bb", "bb-entry"] {
+        let _ = std::fs::remove_dir_all(layouts_dir().join(name));
+    }
+    busybox_layouts(&layouts_dir());
+}
+
 /// busybox-static with its applets, /etc/passwd and /etc/group (root, nobody, app:1000).
 pub fn busybox_layer() -> Layer {
     let mut l = Layer::new().busybox();

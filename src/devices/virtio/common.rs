@@ -113,14 +113,7 @@ impl DeviceCommon {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        for got in [queues.len(), queue_evts.len()] {
-            if got != self.queue_count {
-                return Err(ActivateError::QueueCount {
-                    expected: self.queue_count,
-                    got,
-                });
-            }
-        }
+        self.check_counts(queues.len(), queue_evts.len())?;
         if self.registered_evts.is_empty() {
             self.pending_evts = queue_evts;
         }
@@ -135,6 +128,20 @@ impl DeviceCommon {
             queues,
             interrupt,
         });
+        Ok(())
+    }
+
+    /// Checks that the transport handed over one queue and one notify eventfd per queue of
+    /// the device (also for devices that activate without [`Self::activate`]).
+    pub fn check_counts(&self, queues: usize, queue_evts: usize) -> Result<(), ActivateError> {
+        for got in [queues, queue_evts] {
+            if got != self.queue_count {
+                return Err(ActivateError::QueueCount {
+                    expected: self.queue_count,
+                    got,
+                });
+            }
+        }
         Ok(())
     }
 

@@ -257,12 +257,7 @@ impl VirtioDevice for Fs {
         if self.interrupt.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let expected = self.queue_sizes.len();
-        for got in [queues.len(), queue_evts.len()] {
-            if got != expected {
-                return Err(ActivateError::QueueCount { expected, got });
-            }
-        }
+        self.common.check_counts(queues.len(), queue_evts.len())?;
         // The guest may kick before the server has the rings: a kick eventfd keeps its
         // count, and the server looks at it once it has it.
         interrupt.set_external_vring(true);

@@ -16,6 +16,7 @@ use std::process::Command;
 use common::fixture::{check, eventually, sh, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
+use common::outside::{ext_namespace_script, EXT, METADATA};
 
 /// The probes' labels, as the table shows them (src/sandbox/compare/facts.rs).
 const LABELS: &[&str] = &[
@@ -95,9 +96,6 @@ const FACTS: &[&str] = &[
     "cpu.hypervisor",
 ];
 
-const EXT: &str = "198.51.100.1";
-const UPLINK: &str = "198.51.100.254";
-const METADATA: &str = "169.254.169.254";
 /// The outside target the comparisons name.
 const TARGET: &str = "198.51.100.1:8000";
 const TRACEFS: &str = "/sys/kernel/tracing";
@@ -132,23 +130,13 @@ fn setup() {
     sh(&format!(
         "set -e
         mountpoint -q {TRACEFS} || mount -t tracefs nodev {TRACEFS}
-        ip link set lo up
-        ip netns add ext
-        ip link add up0 type veth peer name eth0 netns ext
-        ip addr add {UPLINK}/24 dev up0
-        ip link set up0 up
-        ip route add default via {EXT}
-        ip route add {METADATA}/32 via {EXT}
-        ip -n ext link set lo up
-        ip -n ext addr add {EXT}/24 dev eth0
-        ip -n ext addr add {METADATA}/32 dev eth0
-        ip -n ext link set eth0 up
-        ip -n ext route add default via {UPLINK}
+        {ext}
         mkdir -p /run/brig-cmp-www
         echo ext-hello > /run/brig-cmp-www/index.html
         ip netns exec ext busybox httpd -p {EXT}:8000 -h /run/brig-cmp-www
         ip netns exec ext busybox httpd -p {METADATA}:80 -h /run/brig-cmp-www
-        "
+        ",
+        ext = ext_namespace_script(&[]),
     ));
     // The servers answer (so that a blocked connection later is the policy, not a dead
     // server).

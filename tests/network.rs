@@ -19,11 +19,9 @@ use std::time::Duration;
 use common::fixture::{check, eventually, sh, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
+use common::outside::{ext_namespace_script, EXT, METADATA, UPLINK};
 
-const EXT: &str = "198.51.100.1";
 const EXT_OTHER: &str = "198.51.100.3";
-const UPLINK: &str = "198.51.100.254";
-const METADATA: &str = "169.254.169.254";
 /// A service of the host itself (L1), on every address.
 const HOST_PORT: &str = "7000";
 
@@ -50,19 +48,7 @@ fn setup() {
     std::fs::set_permissions(peer, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     sh(&format!(
         "set -e
-        ip link set lo up
-        ip netns add ext
-        ip link add up0 type veth peer name eth0 netns ext
-        ip addr add {UPLINK}/24 dev up0
-        ip link set up0 up
-        ip route add default via {EXT}
-        ip route add {METADATA}/32 via {EXT}
-        ip -n ext link set lo up
-        ip -n ext addr add {EXT}/24 dev eth0
-        ip -n ext addr add {EXT_OTHER}/24 dev eth0
-        ip -n ext addr add {METADATA}/32 dev eth0
-        ip -n ext link set eth0 up
-        ip -n ext route add default via {UPLINK}
+        {ext}
         mkdir -p /run/brig-net-www
         echo ext-hello > /run/brig-net-www/index.html
         for port in 8000 9000; do
@@ -71,7 +57,8 @@ fn setup() {
         ip netns exec ext busybox httpd -p {METADATA}:80 -h /run/brig-net-www
         busybox httpd -p {HOST_PORT} -h /run/brig-net-www
         ip netns exec ext socat TCP-LISTEN:8001,fork,reuseaddr EXEC:/run/brig-net-www/peer.sh </dev/null >/dev/null 2>&1 &
-        "
+        ",
+        ext = ext_namespace_script(&[EXT_OTHER]),
     ));
     // The servers answer (so that a blocked connection later is the policy, not a dead
     // server).

@@ -25,6 +25,8 @@ pub mod kvm;
 #[allow(dead_code)]
 pub mod layout;
 #[allow(dead_code)]
+pub mod outside;
+#[allow(dead_code)]
 pub mod procs;
 #[allow(dead_code)]
 pub mod pty;

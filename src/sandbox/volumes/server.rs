@@ -147,12 +147,12 @@ impl Server {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "file".into())
         });
-        let owner_dir = if is_file {
-            share.source.parent().unwrap_or(Path::new("/"))
+        // A directory owns what is made in it; a single file's directory owns the file.
+        let owner = if is_file {
+            fs::metadata(share.source.parent().unwrap_or(Path::new("/"))).map_err(src_err)?
         } else {
-            &share.source
+            meta
         };
-        let owner = fs::metadata(owner_dir).map_err(src_err)?;
 
         // brig listens, virtiofsd accepts (--fd): the VMM can connect at once, with no wait
         // for the server to come up and no window in which the socket exists unlistened.

@@ -12,6 +12,7 @@ mod inflight;
 mod mount;
 mod net;
 mod reaper;
+mod restore;
 mod rootfs;
 mod stats;
 mod sys;
@@ -189,14 +190,22 @@ fn fail(writer: &HostWriter, e: SpawnError) -> String {
 /// The main connection: Hello, then a Run. A Run with a command runs the main workload and
 /// ends the VM when it ends; one without only mounts the root and then serves requests on
 /// this connection (how `brig cp` reads a stopped sandbox) until the host closes it.
-fn serve_main(conn: File, boot_uptime: u64) -> Result<(), String> {
-    let writer: HostWriter = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
-    hello(&writer, boot_uptime)?;
-    let mut reader = conn;
-    let mut spec = match read_message(&mut reader) {
-        Ok(Some(Message::Run(spec))) => *spec,
-        Ok(other) => return Err(format!("expected a run request, got {other:?}")),
-        Err(e) => return Err(format!("reading the run request: {e}")),
+/// A Freeze instead of the Run makes this VM a template: the session goes on over the
+/// connection of the first restored copy (see [`restore`]).
+fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
+    let (writer, mut reader, mut spec) = loop {
+        let writer: HostWriter = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
+        hello(&writer, uptime)?;
+        let mut reader = conn;
+        match read_message(&mut reader) {
+            Ok(Some(Message::Run(spec))) => break (writer, reader, *spec),
+            Ok(Some(Message::Freeze)) => {
+                conn = restore::freeze(writer, reader)?;
+                uptime = sys::uptime_ns();
+            }
+            Ok(other) => return Err(format!("expected a run request, got {other:?}")),
+            Err(e) => return Err(format!("reading the run request: {e}")),
+        }
     };
     if spec.cwd.is_empty() {
         spec.cwd = "/".into();

@@ -4,7 +4,7 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ExecErrorKind, ExitStatus, Message, PathInfo, RunSpec, Stats};
+use crate::messages::{ExecErrorKind, ExitStatus, Message, PathInfo, RestoreSpec, RunSpec, Stats};
 use crate::MAX_FRAME;
 
 const HELLO: u8 = 1;
@@ -25,6 +25,8 @@ const COPY_IN: u8 = 15;
 const DONE: u8 = 16;
 const STAT: u8 = 17;
 const PATH_INFO: u8 = 18;
+const FREEZE: u8 = 19;
+const RESTORE: u8 = 20;
 
 /// A frame that cannot be decoded. The connection it came from cannot be trusted any further.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +146,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         ),
         Message::Stat { path } => (STAT, json(&PathBody { path: path.clone() }).into()),
         Message::PathInfo(info) => (PATH_INFO, json(info).into()),
+        Message::Freeze => (FREEZE, Vec::new().into()),
+        Message::Restore(spec) => (RESTORE, json(spec).into()),
     };
     let len = payload.len() + 1;
     let mut frame = Vec::with_capacity(4 + len);
@@ -212,6 +216,8 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             path: parse::<PathBody>(kind, payload)?.path,
         },
         PATH_INFO => Message::PathInfo(parse::<PathInfo>(kind, payload)?),
+        FREEZE => Message::Freeze,
+        RESTORE => Message::Restore(parse::<RestoreSpec>(kind, payload)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -410,6 +416,15 @@ pub(crate) mod tests {
                 mode: 0o1777,
                 size: 4096,
                 mtime: -5,
+            }),
+            Message::Freeze,
+            Message::Restore(RestoreSpec {
+                realtime_ns: 1_700_000_000_123_456_789,
+                seed: vec![7; 64],
+                disks: vec![crate::messages::DiskSize {
+                    name: "vda".into(),
+                    sectors: 2048,
+                }],
             }),
         ]
     }

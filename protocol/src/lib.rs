@@ -24,8 +24,8 @@ mod messages;
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
-    ExecErrorKind, ExitStatus, FileKind, Message, MountSpec, NetworkSpec, PathInfo, Rlimit,
-    RootfsSpec, RunSpec, SecuritySpec, Stats,
+    DiskSize, ExecErrorKind, ExitStatus, FileKind, Message, MountSpec, NetworkSpec, PathInfo,
+    RestoreSpec, Rlimit, RootfsSpec, RunSpec, SecuritySpec, Stats,
 };
 
 /// Version of this protocol; the host refuses a guest that speaks another one.
@@ -37,6 +37,10 @@ pub const AGENT_PORT: u32 = 1024;
 /// vsock port the guest agent listens on for the host's further connections (exec, signals,
 /// stats, copies), each starting with the agent's Hello and then one request.
 pub const EXEC_PORT: u32 = 1025;
+
+/// vsock port the guest agent of a template listens on: after a restore, the host connects
+/// there and sends [`Message::Restore`], then the session goes on as after a boot's Hello.
+pub const RESTORE_PORT: u32 = 1026;
 
 /// vsock context id of the host (VMADDR_CID_HOST in `linux/vm_sockets.h`).
 pub const HOST_CID: u64 = 2;

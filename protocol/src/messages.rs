@@ -51,6 +51,35 @@ pub enum Message {
     Stat { path: String },
     /// guest → host: what Stat found.
     PathInfo(PathInfo),
+    /// host → guest, instead of Run, while a template is made: listen on
+    /// [`crate::RESTORE_PORT`], answer Done, close this connection and hold none until a
+    /// restored copy of the VM is reached there.
+    Freeze,
+    /// host → guest, first frame on a [`crate::RESTORE_PORT`] connection to a restored VM:
+    /// make this copy unique and attach its disks; the agent then says Hello and the session
+    /// goes on as on a fresh boot's.
+    Restore(RestoreSpec),
+}
+
+/// What makes a VM restored from a template unique, and the disks it now has.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RestoreSpec {
+    /// The host's wall clock (CLOCK_REALTIME), in nanoseconds since the epoch.
+    pub realtime_ns: u64,
+    /// Fresh host entropy for the guest's RNG (credited and reseeded before anything runs).
+    pub seed: Vec<u8>,
+    /// The disks now attached, and their size the guest must see before it uses them.
+    pub disks: Vec<DiskSize>,
+}
+
+/// A disk and its size.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSize {
+    /// The guest's name for it (`vda`).
+    pub name: String,
+    /// Its capacity in 512-byte sectors (`/sys/block/NAME/size`).
+    pub sectors: u64,
 }
 
 /// The type of a file, as Stat reports it.

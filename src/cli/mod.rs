@@ -62,6 +62,8 @@ enum Command {
     Login(commands::login::LoginArgs),
     /// Manage named volumes.
     Volume(commands::volume::VolumeArgs),
+    /// Manage the booted VMs `brig run` restores instead of booting.
+    Template(commands::template::TemplateArgs),
     /// Run one probe suite under runc (or crun, podman) and under brig, side by side.
     Compare(commands::compare::CompareArgs),
     /// Show brig's version.
@@ -107,6 +109,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Cp(args) => commands::cp::run(args),
         Command::Compare(args) => commands::compare::run(args),
         Command::Volume(args) => commands::volume::run(args),
+        Command::Template(args) => commands::template::run(args),
         Command::Version => commands::info::version(),
         Command::Supervise {
             id,

@@ -121,7 +121,21 @@ pub fn accept(
 /// `vm_exit` becomes readable when the VM ends (none for `brig exec`, where the connection
 /// closing is how a stopped sandbox shows).
 pub fn run_session(
+    conn: UnixStream,
+    spec: RunSpec,
+    relay: Relay<'_>,
+    vm_exit: Option<BorrowedFd<'_>>,
+    deadline: Option<Instant>,
+    times: &mut SessionTimes,
+) -> SessionEnd {
+    resume_session(conn, None, spec, relay, vm_exit, deadline, times)
+}
+
+/// As [`run_session`], where `hello` (when given) is the agent's Hello, already read from
+/// `conn` (a VM restored from a template: see [`super::templates::reconnect`]).
+pub fn resume_session(
     mut conn: UnixStream,
+    hello: Option<Message>,
     spec: RunSpec,
     relay: Relay<'_>,
     vm_exit: Option<BorrowedFd<'_>>,
@@ -137,6 +151,9 @@ pub fn run_session(
         mut on_started,
     } = relay;
     let mut decoder = Decoder::new();
+    if let Some(hello) = hello {
+        decoder.feed(&encode(&hello));
+    }
     let mut buf = vec![0u8; MAX_DATA + 64];
     let mut sent_spec = false;
     let mut spec = Some(spec);

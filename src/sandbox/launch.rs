@@ -5,11 +5,14 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use brig_protocol::RunSpec;
+use std::os::unix::net::UnixStream;
+
+use brig_protocol::{Message, RunSpec};
 use rustix::stdio;
 
 use super::agent::{self, Relay, SessionEnd, SessionTimes};
 use super::runtime::RuntimeDir;
+use super::templates;
 use super::tty::{terminal_size, HostTerminal};
 use super::vm::{self, VmError};
 use crate::vmm::{seccomp, ConsoleLog, ExitReason, VmConfig};
@@ -26,6 +29,24 @@ pub struct Launch {
     pub timeout: Option<Duration>,
     /// Restore the VM saved in this directory instead of booting it.
     pub restore_from: Option<std::path::PathBuf>,
+    /// Restore this template (see [`super::templates`]) instead of booting; a restore that
+    /// fails boots cold after a one-line warning.
+    pub template: Option<std::path::PathBuf>,
+}
+
+/// How the VM came to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartPath {
+    /// Booted.
+    Cold,
+    /// Booted, because templates do not apply or are off (why).
+    ColdNoTemplate(String),
+    /// Booted after restoring the template failed (why).
+    ColdAfterFailedRestore(String),
+    /// Restored from a snapshot (`brig boot --restore-from`).
+    Restored,
+    /// Restored from a template; the agent answered at `reconnected`.
+    Template { reconnected: Instant },
 }
 
 /// Where the workload's output goes and what happens on the way.
@@ -52,6 +73,9 @@ pub struct Outcome {
     pub kernel_entry: Option<Instant>,
     /// The VM was restored from a snapshot (its first entry resumed the guest).
     pub restored: bool,
+    pub path: StartPath,
+    /// When the template was found or made (template runs).
+    pub template_ready: Option<Instant>,
     pub vm_gone: Instant,
 }
 
@@ -83,7 +107,19 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let agent_vm = vm::start_from(spec.vm, runtime, spec.restore_from.as_deref())?;
+    let (agent_vm, restored_conn, path) = match spec.template.take() {
+        Some(dir) => start_template(spec.vm, runtime, &dir)?,
+        None => {
+            let path = if restored {
+                StartPath::Restored
+            } else {
+                StartPath::Cold
+            };
+            let vm = vm::start_from(spec.vm, runtime, spec.restore_from.as_deref())?;
+            (vm, None, path)
+        }
+    };
+    let restored = restored || matches!(path, StartPath::Template { .. });
     // The VM is built: from here on this thread only talks to the agent, keeps the sandbox's
     // files and tears down.
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
@@ -95,8 +131,12 @@ pub fn launch(
     let terminal =
         HostTerminal::attach(tty, spec.stdin, io.relay_signals).map_err(LaunchError::Signals)?;
     let mut times = SessionTimes::default();
-    let end = match agent_vm.accept(deadline) {
-        Ok(conn) => {
+    let accepted = match restored_conn {
+        Some((conn, hello)) => Ok((conn, Some(hello))),
+        None => agent_vm.accept(deadline).map(|c| (c, None)),
+    };
+    let end = match accepted {
+        Ok((conn, hello)) => {
             let relay = Relay {
                 stdin: spec.stdin.then(stdio::stdin),
                 stdout: io.stdout,
@@ -105,8 +145,9 @@ pub fn launch(
                 winsize: tty.then_some(&terminal_size as &dyn Fn() -> Option<(u16, u16)>),
                 on_started: Some(io.on_workload_started),
             };
-            agent::run_session(
+            agent::resume_session(
                 conn,
+                hello,
                 spec.run,
                 relay,
                 Some(vm.exit_fd()),
@@ -131,8 +172,67 @@ pub fn launch(
         vmm_ready,
         kernel_entry,
         restored,
+        path,
+        template_ready: None,
         vm_gone: Instant::now(),
     })
+}
+
+/// A VM of `config` restored from the template in `dir`, its agent reached and made unique;
+/// or, when any of that fails, a cold boot of `config` (the template is discarded: a later
+/// run makes it again).
+#[allow(clippy::type_complexity)]
+fn start_template(
+    config: VmConfig,
+    runtime: &RuntimeDir,
+    dir: &std::path::Path,
+) -> Result<(vm::AgentVm, Option<(UnixStream, Message)>, StartPath), LaunchError> {
+    let disks = config.disks.clone();
+    let cold = plain_copy(&config);
+    let restored = vm::start_from(config, runtime, Some(dir))
+        .map_err(|e| e.to_string())
+        .and_then(
+            |agent_vm| match templates::reconnect(&runtime.vsock_socket(), &disks) {
+                Ok(conn) => Ok((agent_vm, conn)),
+                Err(e) => {
+                    let _ = agent_vm.vm.shutdown();
+                    Err(e.to_string())
+                }
+            },
+        );
+    match restored {
+        Ok((agent_vm, conn)) => {
+            let reconnected = Instant::now();
+            Ok((agent_vm, Some(conn), StartPath::Template { reconnected }))
+        }
+        Err(why) => {
+            eprintln!("brig: warning: restoring the template failed ({why}); booting cold");
+            let _ = templates::discard(dir);
+            // What the failed VM left in the runtime directory.
+            let _ = std::fs::remove_file(runtime.vsock_listener(brig_protocol::AGENT_PORT));
+            let _ = std::fs::remove_file(runtime.vsock_socket());
+            let agent_vm = vm::start(cold, runtime)?;
+            Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why)))
+        }
+    }
+}
+
+/// `config` again (templates only serve VMs without a network device, the one part that
+/// cannot be copied).
+fn plain_copy(config: &VmConfig) -> VmConfig {
+    VmConfig {
+        kernel: config.kernel.clone(),
+        initrd: config.initrd.clone(),
+        cmdline_extra: config.cmdline_extra.clone(),
+        mem_mib: config.mem_mib,
+        cpus: config.cpus,
+        host_cpus: config.host_cpus.clone(),
+        console: config.console.clone(),
+        disks: config.disks.clone(),
+        vsock: None,
+        net: None,
+        fs: config.fs.clone(),
+    }
 }
 
 fn ms(d: Duration) -> String {
@@ -143,6 +243,19 @@ impl Outcome {
     /// The phases on stderr, relative to `t0` (when brig started).
     pub fn print_timings(&self, t0: Instant) {
         eprintln!("brig timings (host clock since brig started):");
+        let path = match &self.path {
+            StartPath::Cold => "cold boot".to_string(),
+            StartPath::ColdNoTemplate(why) => format!("cold boot ({why})"),
+            StartPath::ColdAfterFailedRestore(why) => {
+                format!("cold boot (restoring the template failed: {why})")
+            }
+            StartPath::Restored => "restored from a snapshot".to_string(),
+            StartPath::Template { .. } => "restored from a template".to_string(),
+        };
+        eprintln!("  path           {path}");
+        if let Some(t) = self.template_ready {
+            eprintln!("  template ready {}", ms(t - t0));
+        }
         if self.restored {
             eprintln!("  vmm restored   {}", ms(self.vmm_ready - t0));
         } else {
@@ -155,6 +268,12 @@ impl Outcome {
                 "kernel entry   "
             };
             eprintln!("  {what}{}", ms(e - t0));
+        }
+        if let StartPath::Template { reconnected } = self.path {
+            eprintln!(
+                "  agent reached  {}  (reseeded, clock set, disks attached)",
+                ms(reconnected - t0)
+            );
         }
         if let Some(h) = self.times.hello {
             eprintln!(

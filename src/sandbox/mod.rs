@@ -12,6 +12,7 @@
 //! - on disk: [`state`] (config and state files), [`runtime`] (the runtime directory and its
 //!   lock), [`logs`], [`scratch`] (the overlay disk), [`spec`] (image config + flags),
 //!   [`resources`] (docker's resource flags: memory, CPUs, blkio throttles).
+//! - [`templates`]: VMs saved at "agent ready" and restored per run instead of booting.
 //! - [`compare`]: `brig compare`, the same probe under another runtime and under brig.
 //! - [`confinement`]: how a live sandbox's VMM is confined on the host (for `brig inspect`).
 //! - [`network`]: `-p` and the userland proxy that publishes guest ports on the host.
@@ -38,6 +39,7 @@ pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod supervisor;
+pub mod templates;
 pub mod tty;
 pub mod vm;
 pub mod volumes;

@@ -5,13 +5,14 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 
-use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome};
+use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome, StartPath};
 use super::logs::{LogWriter, Stream, DEFAULT_MAX_BYTES};
 use super::network;
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime;
 use super::runtime::RuntimeDir;
 use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
+use super::templates;
 use super::vm;
 use super::volumes;
 use crate::vmm::{seccomp, ConsoleLog};
@@ -172,6 +173,9 @@ pub fn supervise(
         vm_config.net = n.take_device();
         run.network = Some(n.spec.clone());
     }
+    // The sandbox's directory is `<home>/sandboxes/<id>`.
+    let home = sandbox.dir.parent().and_then(std::path::Path::parent);
+    let template = home.map(|h| templates::choose(h, &vm_config));
     let spec = Launch {
         vm: vm_config,
         run,
@@ -180,6 +184,7 @@ pub fn supervise(
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
         }),
         restore_from: None,
+        template: template.as_ref().and_then(|t| t.dir.clone()),
     };
 
     let mut state = SandboxState::created();
@@ -224,7 +229,13 @@ pub fn supervise(
     state.network = None;
     state.finished_at = Some(now_rfc3339());
     match result {
-        Ok(outcome) => {
+        Ok(mut outcome) => {
+            if let Some(t) = template {
+                outcome.template_ready = Some(t.at);
+                if let (StartPath::Cold, Some(why)) = (&outcome.path, t.why_not) {
+                    outcome.path = StartPath::ColdNoTemplate(why);
+                }
+            }
             let verdict = judge(&outcome.end, &outcome.console, &outcome.reason, timeout);
             if !started {
                 ready(Err(verdict.clone().err().unwrap_or_else(|| {

@@ -513,6 +513,17 @@ impl RunningVm {
         self.exit.reason().unwrap_or(ExitReason::Stopped)
     }
 
+    /// Why the VM could not be saved now (a device holds state a snapshot cannot carry, such
+    /// as an open vsock connection), or `None`. Looked at without stopping the VM, so a
+    /// caller can wait for it to become `None` before [`RunningVm::snapshot`].
+    pub fn snapshot_blocker(&self) -> Option<String> {
+        self.transports.iter().find_map(|(_, t)| {
+            t.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .snapshot_blocker()
+        })
+    }
+
     /// Stops the VM and saves it to the directory `dir` (created if needed): its memory
     /// (`memory`, all-zero pages left as holes) and its vCPU, VM and device state (`state`,
     /// written last, so that a directory with a state file holds a whole snapshot). The VM

@@ -117,6 +117,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         stdin: false,
         timeout,
         restore_from: args.restore_from.clone(),
+        template: None,
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let io = LaunchIo {

@@ -21,6 +21,7 @@ pub mod rmi;
 pub mod run;
 pub mod stats;
 pub mod stop;
+pub mod template;
 pub mod volume;
 pub mod wait;
 

@@ -162,9 +162,12 @@ pub struct RunArgs {
     /// Suppress pull progress.
     #[arg(short = 'q', long)]
     quiet: bool,
-    /// Print the boot phases and their times on stderr.
+    /// Print the start path and phases with their times on stderr (also BRIG_TIMINGS=1).
     #[arg(long)]
     timings: bool,
+    /// Boot the guest kernel instead of restoring a template (also BRIG_TEMPLATES=off).
+    #[arg(long)]
+    cold: bool,
     /// Copy the guest console (kernel messages) to stderr.
     #[arg(long)]
     console: bool,
@@ -204,6 +207,10 @@ fn resolve_image(args: &RunArgs, store: &image::Store) -> anyhow::Result<image::
 
 pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     let t0 = Instant::now();
+    if args.cold {
+        // Read where the VM starts: in this process, or in the detached VMM process it starts.
+        std::env::set_var("BRIG_TEMPLATES", "off");
+    }
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
         None => crate::cli::default_kernel()?,
@@ -300,7 +307,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let ended = created.run(args.interactive, args.console, timeout)?;
-    if args.timings {
+    if args.timings || std::env::var("BRIG_TIMINGS").is_ok_and(|v| v == "1") {
         ended.outcome.print_timings(t0);
     }
     Ok(ended.verdict?)

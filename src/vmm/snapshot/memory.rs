@@ -30,16 +30,30 @@ pub struct RegionState {
 }
 
 /// Writes every region of `mem` to `file` (which must be empty), returning the layout.
+/// Pages the guest never touched (neither present nor swapped, says /proc/self/pagemap) are
+/// not even read: a 1 GiB guest that used 40 MiB costs 40 MiB of reading.
 pub fn dump(mem: &GuestMemoryMmap, file: &File) -> Result<Vec<RegionState>, SnapshotError> {
+    let pagemap = File::open("/proc/self/pagemap").ok();
     let mut layout = Vec::new();
     let mut offset = 0u64;
     let mut buf = vec![0u8; CHUNK];
+    let mut entries = vec![0u8; CHUNK / PAGE * 8];
     for region in mem.iter() {
         let (gpa, len) = (region.start_addr().0, region.len());
         file.set_len(offset + len).map_err(SnapshotError::Write)?;
+        let host = mem
+            .get_host_address(GuestAddress(gpa))
+            .map_err(|e| SnapshotError::Memory(e.to_string()))? as u64;
         let mut done = 0u64;
         while done < len {
             let n = CHUNK.min((len - done) as usize);
+            let touched = pagemap
+                .as_ref()
+                .is_none_or(|pm| any_touched(pm, host + done, n, &mut entries));
+            if !touched {
+                done += n as u64;
+                continue;
+            }
             mem.read_slice(&mut buf[..n], GuestAddress(gpa + done))
                 .map_err(|e| SnapshotError::Memory(e.to_string()))?;
             write_nonzero(file, &buf[..n], offset + done)?;
@@ -56,9 +70,25 @@ pub fn dump(mem: &GuestMemoryMmap, file: &File) -> Result<Vec<RegionState>, Snap
     Ok(layout)
 }
 
+/// Whether any page of the `len` bytes at host address `addr` was ever touched: present or
+/// swapped out (bits 63 and 62 of its /proc/self/pagemap entry). Unsure means yes.
+fn any_touched(pagemap: &File, addr: u64, len: usize, entries: &mut [u8]) -> bool {
+    let pages = len.div_ceil(PAGE);
+    let buf = &mut entries[..pages * 8];
+    if pagemap.read_exact_at(buf, addr / PAGE as u64 * 8).is_err() {
+        return true;
+    }
+    buf.chunks_exact(8).any(|e| {
+        let entry = u64::from_le_bytes(e.try_into().unwrap_or([0xff; 8]));
+        entry & (3 << 62) != 0
+    })
+}
+
 /// Writes the runs of non-zero pages of `data` at `at`, leaving holes for zero pages.
 fn write_nonzero(file: &File, data: &[u8], at: u64) -> Result<(), SnapshotError> {
-    let zero = |p: &[u8]| p.iter().all(|&b| b == 0);
+    static ZERO: [u8; PAGE] = [0; PAGE];
+    // Slice equality is a memcmp, fast even in a debug build.
+    let zero = |p: &[u8]| p == &ZERO[..p.len()];
     let pages: Vec<&[u8]> = data.chunks(PAGE).collect();
     let mut i = 0;
     while i < pages.len() {
@@ -113,6 +143,32 @@ pub fn map_private(file: File, layout: &[RegionState]) -> Result<GuestMemoryMmap
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// Chunks the guest never touched are skipped (never read, so never faulted in), and
+    /// the touched ones still land where they belong.
+    #[test]
+    fn untouched_chunks_are_skipped_and_touched_ones_kept() {
+        let len = 3 * CHUNK;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len)]).unwrap();
+        let at = GuestAddress((CHUNK + 5 * PAGE + 7) as u64);
+        mem.write_slice(b"middle", at).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let layout = dump(&mem, &File::create(&path).unwrap()).unwrap();
+        let pm = File::open("/proc/self/pagemap").unwrap();
+        let host = mem.get_host_address(GuestAddress(0)).unwrap() as u64;
+        let mut entries = vec![0u8; CHUNK / PAGE * 8];
+        assert!(
+            !any_touched(&pm, host, CHUNK, &mut entries),
+            "the dump did not fault in the first chunk"
+        );
+        assert!(any_touched(&pm, host + CHUNK as u64, CHUNK, &mut entries));
+        let restored = map_private(File::open(&path).unwrap(), &layout).unwrap();
+        let mut b = [0u8; 6];
+        restored.read_slice(&mut b, at).unwrap();
+        assert_eq!(&b, b"middle");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
+    }
 
     #[test]
     fn dump_then_map_private_round_trips_and_never_writes_the_file() {

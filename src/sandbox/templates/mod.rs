@@ -1,0 +1,476 @@
+//! Templates: a sandbox VM booted once to "agent ready", saved, and restored for every later
+//! `brig run` of the same shape instead of booting (design: ../shared/design/snapshot.md §5).
+//!
+//! A template is made by a cold boot of the run's VM with placeholder disks (empty files: the
+//! guest sees 0-sector disks and caches nothing of them) whose agent, on Freeze, listens on
+//! [`RESTORE_PORT`] and drops its connection; once the VM holds no vsock connection it is
+//! saved with [`crate::vmm::RunningVm::snapshot`]. A restore maps the memory file
+//! copy-on-write, attaches the run's real disks (the VMM raises a config change) and hands the
+//! agent fresh entropy, the host's clock and the disks' sizes ([`restore_message`]).
+//!
+//! On disk: `$BRIG_HOME/templates/<key>/{state,memory,key.json}`, `<key>` a hash of
+//! everything the saved guest depends on ([`KeyInputs`]). A template is built under
+//! `templates/locks/<key>.lock` (a second `brig run` waits for it), in a temporary directory
+//! renamed into place when whole, and never written again: removal is an unlink (VMs still
+//! mapping its memory keep their pages).
+//!
+//! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory) or a
+//! network device: those runs boot cold.
+
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use brig_protocol::{read_message, write_message, DiskSize, Message, RestoreSpec, RESTORE_PORT};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::runtime::{new_id, RuntimeDir};
+use super::vm::{self, VmError};
+use crate::vmm::snapshot::{self, host::HostFingerprint};
+use crate::vmm::{self, ConsoleLog, DiskConfig, VmConfig, DEFAULT_GUEST_CID};
+
+/// The directory under brig's home.
+const DIR: &str = "templates";
+/// What a template directory records about its key (for `brig template ls`).
+const KEY_FILE: &str = "key.json";
+/// How long making a template may take (a cold boot under nested emulation, and the save).
+const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a restored agent may take to answer.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes of host entropy each restored VM gets.
+const SEED_BYTES: usize = 64;
+
+/// A template could not be found, made or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// This run's VM cannot come from a template.
+    #[error("no template for a VM with {0}")]
+    NotEligible(&'static str),
+    /// A file of the template store.
+    #[error("template store {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    /// The guest agent did not do its part.
+    #[error("the template's guest agent: {0}")]
+    Agent(String),
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> TemplateError + '_ {
+    move |source| TemplateError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Whether templates are used at all: not with `BRIG_TEMPLATES=off` (or `BRIG_SNAPSHOT=off`,
+/// the name), which `brig run --cold` sets for itself and its VMM process.
+pub fn enabled() -> bool {
+    ["BRIG_TEMPLATES", "BRIG_SNAPSHOT"].iter().all(|k| {
+        std::env::var(k).map_or(true, |v| {
+            !matches!(
+                v.to_ascii_lowercase().as_str(),
+                "off" | "0" | "false" | "no"
+            )
+        })
+    })
+}
+
+/// Everything a saved guest depends on; its hash names the template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInputs {
+    /// The snapshot format's version.
+    pub format: u32,
+    /// The kernel file: its path, size, inode and modification time (hashing a vmlinux on
+    /// every run costs more than the restore saves; any rebuild changes these).
+    pub kernel: String,
+    pub kernel_size: u64,
+    pub kernel_ino: u64,
+    pub kernel_mtime_ns: i128,
+    /// SHA-256 of the initramfs (the guest agent's build is in it).
+    pub initramfs: String,
+    pub cmdline_extra: String,
+    pub cpus: u8,
+    pub mem_mib: u64,
+    /// The disks in guest order: read-only or not (fixed when the driver probes).
+    pub disks_read_only: Vec<bool>,
+    pub vsock_cid: u64,
+    /// The host (kernel, brig, KVM's CPUID and MSR lists).
+    pub host: HostFingerprint,
+}
+
+impl KeyInputs {
+    /// The template's name: a hash of the inputs.
+    pub fn key(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let hex = format!("{:x}", Sha256::digest(&json));
+        hex[..32].to_string()
+    }
+}
+
+/// Why `vm` cannot come from a template, if it cannot.
+pub fn refusal(vm: &VmConfig) -> Option<&'static str> {
+    if !vm.fs.is_empty() {
+        Some("volumes (virtio-fs)")
+    } else if vm.net.is_some() {
+        Some("a network device")
+    } else {
+        None
+    }
+}
+
+/// The key inputs of `vm`'s template on this host.
+pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
+    if let Some(why) = refusal(vm) {
+        return Err(TemplateError::NotEligible(why));
+    }
+    let meta = std::fs::metadata(&vm.kernel).map_err(io_err(&vm.kernel))?;
+    let kvm = vmm::kvm::open().map_err(|e| TemplateError::Agent(e.to_string()))?;
+    let kernel = std::fs::canonicalize(&vm.kernel).unwrap_or_else(|_| vm.kernel.clone());
+    Ok(KeyInputs {
+        format: snapshot::format::VERSION,
+        kernel: kernel.display().to_string(),
+        kernel_size: meta.len(),
+        kernel_ino: meta.ino(),
+        kernel_mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        initramfs: format!("{:x}", Sha256::digest(&vm.initrd)),
+        cmdline_extra: vm.cmdline_extra.clone(),
+        cpus: vm.cpus,
+        mem_mib: vm.mem_mib,
+        disks_read_only: vm.disks.iter().map(|d| d.read_only).collect(),
+        vsock_cid: DEFAULT_GUEST_CID,
+        host: snapshot::host::fingerprint(&kvm)?,
+    })
+}
+
+/// The template store under `home`.
+pub fn store_dir(home: &Path) -> PathBuf {
+    home.join(DIR)
+}
+
+/// The template for `vm`: found, or made now (a cold boot and a save, once per key, while
+/// concurrent callers wait on its lock). Returns its directory and whether it was made now.
+pub fn ensure(home: &Path, vm: &VmConfig) -> Result<(PathBuf, bool), TemplateError> {
+    let inputs = inputs_of(vm)?;
+    let key = inputs.key();
+    let store = store_dir(home);
+    let dir = store.join(&key);
+    if dir.join(snapshot::STATE_FILE).is_file() {
+        return Ok((dir, false));
+    }
+    let locks = store.join("locks");
+    std::fs::create_dir_all(&locks).map_err(io_err(&locks))?;
+    let lock_path = locks.join(format!("{key}.lock"));
+    let lock = std::fs::File::create(&lock_path).map_err(io_err(&lock_path))?;
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| io_err(&lock_path)(e.into()))?;
+    // Whoever held the lock may have made it meanwhile.
+    if dir.join(snapshot::STATE_FILE).is_file() {
+        return Ok((dir, false));
+    }
+    let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let made = build(vm, &inputs, &tmp).and_then(|()| {
+        // A broken leftover under the final name (a state file missing) goes first.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(io_err(&dir))
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    made.map(|()| (dir, true))
+}
+
+/// Whether a run of `vm` restores a template, as [`choose`] decided.
+#[derive(Debug)]
+pub struct Choice {
+    /// The template to restore.
+    pub dir: Option<PathBuf>,
+    /// Why not, when not.
+    pub why_not: Option<String>,
+    /// When the choice was made (a template made now included).
+    pub at: Instant,
+}
+
+/// The template a run of `vm` restores: none when templates are off or do not apply, or when
+/// none could be made (said in one line on stderr; the run boots cold).
+pub fn choose(home: &Path, vm: &VmConfig) -> Choice {
+    let (dir, why_not) = if !enabled() {
+        (None, Some("templates are off".to_string()))
+    } else if let Some(why) = refusal(vm) {
+        (
+            None,
+            Some(format!("templates do not serve VMs with {why} yet")),
+        )
+    } else {
+        match ensure(home, vm) {
+            Ok((dir, _)) => (Some(dir), None),
+            Err(e) => {
+                eprintln!("brig: warning: no template ({e}); booting cold");
+                (None, Some(e.to_string()))
+            }
+        }
+    };
+    Choice {
+        dir,
+        why_not,
+        at: Instant::now(),
+    }
+}
+
+/// Makes (or finds) the template a `brig run` with `kernel`, `mem_mib` and `cpus` (and
+/// `--read-only` or not) restores, as `brig template build` does ahead of the first run.
+pub fn build_for(
+    home: &Path,
+    kernel: &Path,
+    mem_mib: u64,
+    cpus: u8,
+    read_only: bool,
+) -> Result<(String, bool), TemplateError> {
+    let initrd = crate::vmm::initramfs::Initramfs::with_init()
+        .to_bytes()
+        .map_err(|e| TemplateError::Agent(e.to_string()))?;
+    // Only whether each disk is read-only (and its serial) matters to a template.
+    let disk = |read_only: bool, serial: &str| DiskConfig {
+        path: PathBuf::new(),
+        read_only,
+        serial: serial.into(),
+        limits: Default::default(),
+    };
+    let mut disks = vec![disk(true, "brig-rootfs")];
+    if !read_only {
+        disks.push(disk(false, "brig-scratch"));
+    }
+    let vm = VmConfig {
+        kernel: kernel.to_path_buf(),
+        initrd,
+        cmdline_extra: String::new(),
+        mem_mib,
+        cpus,
+        host_cpus: Vec::new(),
+        console: ConsoleLog::default(),
+        disks,
+        vsock: None,
+        net: None,
+        fs: Vec::new(),
+    };
+    let (dir, made) = ensure(home, &vm)?;
+    let key = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((key, made))
+}
+
+/// Boots `vm` with placeholder disks into `dir` and saves it there at "agent ready".
+fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateError> {
+    let deadline = Instant::now() + BUILD_TIMEOUT;
+    let mut disks = Vec::new();
+    for (i, d) in vm.disks.iter().enumerate() {
+        let path = dir.join(format!("placeholder-{i}"));
+        std::fs::File::create(&path).map_err(io_err(&path))?;
+        disks.push(DiskConfig {
+            path,
+            read_only: d.read_only,
+            serial: d.serial.clone(),
+            limits: Default::default(),
+        });
+    }
+    let console = ConsoleLog::default();
+    let config = VmConfig {
+        kernel: vm.kernel.clone(),
+        initrd: vm.initrd.clone(),
+        cmdline_extra: vm.cmdline_extra.clone(),
+        mem_mib: vm.mem_mib,
+        cpus: vm.cpus,
+        host_cpus: vm.host_cpus.clone(),
+        console: console.clone(),
+        disks,
+        vsock: None,
+        net: None,
+        fs: Vec::new(),
+    };
+    let runtime = RuntimeDir::create(&new_id()).map_err(io_err(dir))?;
+    let agent_vm = vm::start(config, &runtime)?;
+    let agent = |what: &str| {
+        let tail = console.tail();
+        let last = tail.lines().last().unwrap_or("").to_string();
+        TemplateError::Agent(format!("{what} (console: {last})"))
+    };
+    let mut conn = agent_vm
+        .accept(Some(deadline))
+        .map_err(|end| agent(&format!("no connection: {end:?}")))?;
+    conn.set_read_timeout(Some(BUILD_TIMEOUT)).ok();
+    match read_message(&mut conn) {
+        Ok(Some(Message::Hello { .. })) => {}
+        other => return Err(agent(&format!("expected hello, got {other:?}"))),
+    }
+    write_message(&mut conn, &Message::Freeze).map_err(|e| agent(&e.to_string()))?;
+    match read_message(&mut conn) {
+        Ok(Some(Message::Done { error: None })) => {}
+        other => return Err(agent(&format!("freeze not acknowledged: {other:?}"))),
+    }
+    // The agent closes its side; the VM may be saved once the VMM has let go of it too.
+    let mut rest = Vec::new();
+    let _ = conn.read_to_end(&mut rest);
+    drop(conn);
+    while let Some(why) = agent_vm.vm.snapshot_blocker() {
+        if Instant::now() >= deadline {
+            return Err(agent(&format!("the VM did not become idle: {why}")));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    agent_vm.vm.snapshot(dir).map_err(VmError::from)?;
+    for i in 0..vm.disks.len() {
+        let _ = std::fs::remove_file(dir.join(format!("placeholder-{i}")));
+    }
+    let record = Record {
+        inputs: inputs.clone(),
+        created: super::state::now_rfc3339(),
+    };
+    let path = dir.join(KEY_FILE);
+    let json = serde_json::to_vec_pretty(&record).unwrap_or_default();
+    std::fs::write(&path, json).map_err(io_err(&path))?;
+    Ok(())
+}
+
+/// What `key.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub inputs: KeyInputs,
+    pub created: String,
+}
+
+/// The first message to the agent of a VM restored with `disks`: fresh entropy, the host's
+/// clock and the disks' sizes.
+pub fn restore_message(disks: &[DiskConfig]) -> Result<Message, TemplateError> {
+    let mut seed = vec![0u8; SEED_BYTES];
+    match rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()) {
+        Ok(n) if n == seed.len() => {}
+        _ => return Err(TemplateError::Agent("no host entropy".into())),
+    }
+    let realtime_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut sizes = Vec::new();
+    for (i, d) in disks.iter().enumerate() {
+        let len = std::fs::metadata(&d.path).map_err(io_err(&d.path))?.len();
+        let letter = char::from(b'a' + u8::try_from(i).unwrap_or(25).min(25));
+        sizes.push(DiskSize {
+            name: format!("vd{letter}"),
+            sectors: len / 512,
+        });
+    }
+    Ok(Message::Restore(RestoreSpec {
+        realtime_ns,
+        seed,
+        disks: sizes,
+    }))
+}
+
+/// Reaches the agent of a VM just restored from a template through its vsock socket, sends
+/// it [`restore_message`] and waits for its Hello (the copy is unique and its disks are
+/// attached). Returns the connection and the Hello.
+pub fn reconnect(
+    vsock_socket: &Path,
+    disks: &[DiskConfig],
+) -> Result<(UnixStream, Message), TemplateError> {
+    let msg = restore_message(disks)?;
+    let mut conn = super::control::connect(vsock_socket, RESTORE_PORT, RESTORE_TIMEOUT)
+        .map_err(|e| TemplateError::Agent(e.to_string()))?;
+    write_message(&mut conn, &msg).map_err(|e| TemplateError::Agent(e.to_string()))?;
+    conn.set_read_timeout(Some(RESTORE_TIMEOUT)).ok();
+    let hello = match read_message(&mut conn) {
+        Ok(Some(hello @ Message::Hello { .. })) => hello,
+        other => {
+            return Err(TemplateError::Agent(format!(
+                "expected hello after restore, got {other:?}"
+            )))
+        }
+    };
+    conn.set_read_timeout(None).ok();
+    Ok((conn, hello))
+}
+
+/// Removes the template in `dir` (a damaged one, or at the user's request). VMs restored from
+/// it keep their mapping: the files are unlinked, not truncated.
+pub fn discard(dir: &Path) -> Result<(), TemplateError> {
+    let trash = dir.with_file_name(format!(".trash-{}", new_id()));
+    std::fs::rename(dir, &trash).map_err(io_err(dir))?;
+    std::fs::remove_dir_all(&trash).map_err(io_err(&trash))
+}
+
+/// A template as `brig template ls` shows it.
+#[derive(Debug)]
+pub struct Listed {
+    pub key: String,
+    pub dir: PathBuf,
+    /// `None` when its key file is unreadable.
+    pub record: Option<Record>,
+    /// Bytes the template takes on disk (its memory file is sparse).
+    pub disk_bytes: u64,
+}
+
+/// The templates under `home`.
+pub fn list(home: &Path) -> Result<Vec<Listed>, TemplateError> {
+    let store = store_dir(home);
+    let entries = match std::fs::read_dir(&store) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&store)(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let dir = entry.path();
+        if name.starts_with('.') || name == "locks" || !dir.is_dir() {
+            continue;
+        }
+        let record = std::fs::read(dir.join(KEY_FILE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let disk_bytes = std::fs::read_dir(&dir)
+            .map(|files| {
+                files
+                    .flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.blocks() * 512)
+                    .sum()
+            })
+            .unwrap_or(0);
+        out.push(Listed {
+            key: name,
+            dir,
+            record,
+            disk_bytes,
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Removes the templates whose key starts with `prefix` (every one for `None`); returns the
+/// keys removed.
+pub fn remove(home: &Path, prefix: Option<&str>) -> Result<Vec<String>, TemplateError> {
+    let mut removed = Vec::new();
+    for t in list(home)? {
+        if prefix.is_none_or(|p| t.key.starts_with(p)) {
+            discard(&t.dir)?;
+            removed.push(t.key);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;

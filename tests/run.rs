@@ -4,6 +4,8 @@
 mod common;
 #[path = "run/resources.rs"]
 mod resources;
+#[path = "run/templates.rs"]
+mod templates;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -546,6 +548,18 @@ fn main() {
             trial(
                 "resource_flags_device_write_bps_throttles",
                 resources::device_write_bps_throttles_the_scratch_disk,
+            ),
+            trial(
+                "templates_restored_guests_are_unique_and_on_time",
+                templates::restored_guests_are_unique_and_on_time,
+            ),
+            trial(
+                "templates_cold_and_restored_runs_agree",
+                templates::cold_and_restored_runs_agree,
+            ),
+            trial(
+                "templates_a_damaged_template_is_rebuilt",
+                templates::a_damaged_template_is_rebuilt,
             ),
         ],
     )

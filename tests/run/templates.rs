@@ -1,0 +1,198 @@
+//! Templates: `brig run` restores a saved, booted guest instead of booting one. Runs here use
+//! `--network none` (templates do not serve VMs with a network device yet).
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::fixture::{check, stderr, stdout};
+use crate::common::procs;
+use crate::fixture;
+
+const TEMPLATE_PATH: &str = "path           restored from a template";
+
+/// `brig run --rm --network none ARGS` with BRIG_TIMINGS=1 (the path taken is on stderr).
+fn run(args: &[&str]) -> Output {
+    let mut all = vec!["run", "--rm", "--timeout", "600", "--network", "none"];
+    all.extend_from_slice(args);
+    procs::output(fixture().cmd(&all).env("BRIG_TIMINGS", "1"))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The template directories of the fixture's store.
+fn templates() -> Vec<PathBuf> {
+    let store = fixture().home.join("templates");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(store)
+        .map(|e| e.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    dirs.retain(|d| {
+        d.join("state").is_file() && !d.file_name().unwrap().to_string_lossy().starts_with('.')
+    });
+    dirs
+}
+
+fn sha256_of(path: &std::path::Path) -> Result<String, String> {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(sum) if out.status.success() => Ok(sum.to_string()),
+        _ => Err(format!("sha256sum {}: {out:?}", path.display())),
+    }
+}
+
+/// Two sandboxes restored from one template are different machines: their RNG output and
+/// UUIDs differ, their clocks are the host's (not the template's, saved seconds before), and
+/// the template's memory file is never written.
+pub fn restored_guests_are_unique_and_on_time() -> Result<(), String> {
+    // A small guest (its memory file is hashed under emulation): a template of its own.
+    let small = ["-m", "64m", "bb"];
+    let probe = "cat /proc/sys/kernel/random/uuid; head -c 16 /dev/urandom | od -An -tx1; date +%s";
+    let out = run(&[&small[..], &["true"]].concat());
+    check(
+        out.status.success(),
+        "the first run (makes the template)",
+        &out,
+    )?;
+    let memory = templates()
+        .into_iter()
+        .map(|d| d.join("memory"))
+        .find(|m| {
+            std::fs::metadata(m).is_ok_and(|m| m.len() == 128 << 20) // 64 MiB + 64 MiB
+        })
+        .ok_or("no 128 MiB template was made")?;
+    let before = sha256_of(&memory)?;
+    // Time for the template's own clock to fall visibly behind the host's.
+    std::thread::sleep(std::time::Duration::from_secs(6));
+    let mut seen = Vec::new();
+    for round in 1..=2 {
+        let host_before = now_secs();
+        let out = run(&[&small[..], &["sh", "-c", probe]].concat());
+        let host_after = now_secs();
+        check(out.status.success(), "a probe run", &out)?;
+        check(
+            stderr(&out).contains(TEMPLATE_PATH),
+            &format!("run {round} restored the template"),
+            &out,
+        )?;
+        let text = stdout(&out);
+        let lines: Vec<&str> = text.lines().collect();
+        check(lines.len() == 3, "uuid, random bytes, date", &out)?;
+        let guest: u64 = lines[2].trim().parse().map_err(|e| format!("date: {e}"))?;
+        check(
+            guest + 2 >= host_before && guest <= host_after + 2,
+            &format!("guest clock {guest} within 2 s of the host's [{host_before}, {host_after}]"),
+            &out,
+        )?;
+        seen.push((lines[0].to_string(), lines[1].to_string()));
+    }
+    if seen[0].0 == seen[1].0 || seen[0].1 == seen[1].1 {
+        return Err(format!("two restored guests repeated each other: {seen:?}"));
+    }
+    let after = sha256_of(&memory)?;
+    if before != after {
+        return Err(format!(
+            "the template's memory changed: {before} -> {after}"
+        ));
+    }
+    Ok(())
+}
+
+/// The same workload gives the same output and exit code restored and cold-booted: the
+/// image, the scratch overlay, the user, the environment and the disks' sizes.
+pub fn cold_and_restored_runs_agree() -> Result<(), String> {
+    let script = "id; echo $PATH $HOME; ls /; echo written > /tmp/f; cat /tmp/f; \
+                  cat /sys/block/vda/size /sys/block/vdb/size; cat /proc/cpuinfo | grep -c ^processor; \
+                  exit 5";
+    let restored = run(&["-e", "X=1", "bb", "sh", "-c", script]);
+    let cold = run(&["--cold", "-e", "X=1", "bb", "sh", "-c", script]);
+    check(
+        stderr(&restored).contains(TEMPLATE_PATH),
+        "the default path restores a template",
+        &restored,
+    )?;
+    check(
+        stderr(&cold).contains("path           cold boot (templates are off)"),
+        "--cold boots",
+        &cold,
+    )?;
+    for out in [&restored, &cold] {
+        check(
+            out.status.code() == Some(5),
+            "the workload's exit code",
+            out,
+        )?;
+        check(
+            stdout(out).contains("written\n"),
+            "the overlay is writable",
+            out,
+        )?;
+    }
+    if stdout(&restored) != stdout(&cold) {
+        return Err(format!(
+            "restored and cold runs differ:\n--- restored\n{}--- cold\n{}",
+            stdout(&restored),
+            stdout(&cold)
+        ));
+    }
+    // A run with a network device is not served by templates (yet), and says why.
+    let out = procs::output(
+        fixture()
+            .cmd(&["run", "--rm", "--timings", "bb", "true"])
+            .env("BRIG_TIMINGS", "1"),
+    );
+    check(
+        out.status.success() && stderr(&out).contains("templates do not serve VMs with a network"),
+        "a networked run boots cold and says why",
+        &out,
+    )
+}
+
+/// A damaged template is reported in one line, the run still succeeds by booting cold, and
+/// the next run makes the template again and restores it.
+pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
+    let out = run(&["bb", "true"]);
+    check(
+        out.status.success(),
+        "a run that makes or finds the template",
+        &out,
+    )?;
+    for dir in templates() {
+        let state = dir.join("state");
+        let mut bytes = std::fs::read(&state).map_err(|e| e.to_string())?;
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x04;
+        std::fs::write(&state, &bytes).map_err(|e| e.to_string())?;
+    }
+    let out = run(&["bb", "echo", "still runs"]);
+    check(
+        out.status.success() && stdout(&out) == "still runs\n",
+        "the run succeeds",
+        &out,
+    )?;
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("brig:")).collect();
+    check(
+        warnings.len() == 1 && warnings[0].contains("snapshot is corrupt: checksum mismatch"),
+        "one line says why the template was not used",
+        &out,
+    )?;
+    check(
+        err.contains("cold boot (restoring the template failed"),
+        "the run booted cold",
+        &out,
+    )?;
+    let out = run(&["bb", "true"]);
+    check(
+        out.status.success() && stderr(&out).contains(TEMPLATE_PATH),
+        "the next run makes the template again and restores it",
+        &out,
+    )
+}

@@ -178,15 +178,17 @@ pub fn launch(
     })
 }
 
+/// A started VM, the agent's connection and Hello when already reached, and how it started.
+type Started = (vm::AgentVm, Option<(UnixStream, Message)>, StartPath);
+
 /// A VM of `config` restored from the template in `dir`, its agent reached and made unique;
 /// or, when any of that fails, a cold boot of `config` (the template is discarded: a later
 /// run makes it again).
-#[allow(clippy::type_complexity)]
 fn start_template(
     config: VmConfig,
     runtime: &RuntimeDir,
     dir: &std::path::Path,
-) -> Result<(vm::AgentVm, Option<(UnixStream, Message)>, StartPath), LaunchError> {
+) -> Result<Started, LaunchError> {
     let disks = config.disks.clone();
     let cold = plain_copy(&config);
     let restored = vm::start_from(config, runtime, Some(dir))

@@ -14,6 +14,7 @@ packages=(
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
+  podman iptables                                                     # brig compare --runtime podman
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat                                                        # network tests and scripts/bench-net

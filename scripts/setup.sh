@@ -17,7 +17,7 @@ packages=(
   podman iptables                                                     # brig compare --runtime podman
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
-  iperf3 socat                                                        # network tests and scripts/bench-net
+  iperf3 socat fio                                                    # network tests, bench-net, bench-volume
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
   util-linux ca-certificates curl

@@ -218,6 +218,12 @@ fn contract() -> Result<(), String> {
     if state("c1")?["status"] != "running" {
         return Err("not running after start".into());
     }
+    let ps = runc_out(&["ps", "--format", "json", "c1"]);
+    check(
+        stdout(&ps).trim() == format!("[{pid}]"),
+        "ps --format json lists the VMM process",
+        &ps,
+    )?;
     let twice = runc_out(&["start", "c1"]);
     let said = std::fs::read_to_string(b.join("stderr")).unwrap_or_default();
     check(
@@ -268,11 +274,15 @@ fn contract() -> Result<(), String> {
         "delete --force of a missing one",
         &force,
     )?;
+    // Each error is also a JSON line in --log, where containerd's shim reads it.
     let log = std::fs::read_to_string(base().join("runc.log")).unwrap_or_default();
-    let last = log.lines().last().unwrap_or("");
-    let line: serde_json::Value = serde_json::from_str(last).map_err(|e| format!("log: {e}"))?;
-    if line["level"] != "error" || !line["msg"].as_str().unwrap_or("").contains("not running") {
-        return Err(format!("the log's last line: {last}"));
+    let logged = log.lines().any(|l| {
+        serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+            v["level"] == "error" && v["msg"] == "container not running" && v["time"].is_string()
+        })
+    });
+    if !logged {
+        return Err(format!("no JSON error line for kill in the log: {log}"));
     }
     let left = leftovers();
     if !left.is_empty() {
@@ -450,6 +460,28 @@ fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
                 .any(|l| l.starts_with("t5") && l.contains("RUNNING"))
         })
     })?;
+    // exec through a detached proxy whose exit status is the process's; ps lists the VMM.
+    let exec = procs::output(&mut ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t5",
+        "sh",
+        "-c",
+        "echo in-exec; exit 4",
+    ]));
+    check(
+        exec.status.code() == Some(4) && stdout(&exec).contains("in-exec"),
+        "ctr task exec: output and exit 4",
+        &exec,
+    )?;
+    let ps = procs::output(&mut ctr(&["task", "ps", "t5"]));
+    check(
+        ps.status.success() && stdout(&ps).lines().count() >= 2,
+        "ctr task ps",
+        &ps,
+    )?;
     let kill = procs::output(&mut ctr(&["task", "kill", "t5"]));
     check(kill.status.success(), "ctr task kill (SIGTERM)", &kill)?;
     eventually(120, "t5 stopped", || {

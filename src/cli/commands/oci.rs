@@ -63,6 +63,29 @@ enum OciCommand {
     },
     /// Run a created container's process.
     Start { id: String },
+    /// Run one more process in a running container.
+    Exec {
+        /// The process as runtime-spec JSON (else the command after the id).
+        #[arg(short = 'p', long)]
+        process: Option<PathBuf>,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(short = 't', long)]
+        tty: bool,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List a container's host processes.
+    Ps {
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+        id: String,
+    },
     /// Print a container's state as JSON.
     State { id: String },
     /// Send a signal (default SIGTERM) to a container.
@@ -92,6 +115,13 @@ enum OciCommand {
     Spec {
         #[arg(short = 'b', long, default_value = ".")]
         bundle: PathBuf,
+    },
+    /// A detached exec's proxy (started by `exec --detach`).
+    #[command(name = "__exec", hide = true)]
+    ExecProxy {
+        sandbox: String,
+        #[arg(long)]
+        process_json: String,
     },
     /// A container's VMM process (started by `create`).
     #[command(name = "__supervise", hide = true)]
@@ -211,6 +241,49 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             let text = serde_json::to_string_pretty(&oci::default_spec()).unwrap_or_default();
             std::fs::write(&path, text).map_err(OciError::io(path.display().to_string()))?;
         }
+        OciCommand::Exec {
+            process,
+            pid_file,
+            detach,
+            console_socket,
+            tty,
+            id,
+            command,
+        } => {
+            if console_socket.is_some() || tty {
+                return Err(OciError::Unsupported(
+                    "a terminal for exec is not supported yet".into(),
+                ));
+            }
+            let json = match process {
+                Some(p) => {
+                    std::fs::read_to_string(&p).map_err(OciError::io(p.display().to_string()))?
+                }
+                None => serde_json::json!({"args": command, "cwd": "/"}).to_string(),
+            };
+            if !detach {
+                return oci::exec::exec_wait(&root, &id, &json);
+            }
+            let pid_file = pid_file
+                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+                .transpose()?;
+            oci::exec::exec_detached(&root, &id, &json, pid_file.as_deref())?;
+        }
+        OciCommand::Ps { format, id } => {
+            let pids = oci::exec::pids(&root, &id)?;
+            if format == "json" {
+                println!("{}", serde_json::Value::from(pids));
+            } else {
+                println!("PID");
+                for p in pids {
+                    println!("{p}");
+                }
+            }
+        }
+        OciCommand::ExecProxy {
+            sandbox,
+            process_json,
+        } => return oci::exec::run_proxy(&sandbox, &process_json),
         OciCommand::Supervise {
             sandbox,
             start_fifo,

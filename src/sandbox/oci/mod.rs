@@ -8,9 +8,11 @@
 //! - [`rootfs`]: the bundle's root directory as a cached erofs image.
 //! - [`container`]: the container's state under the runtime root, and runc's state JSON.
 //! - [`verbs`]: create, start, kill, delete, list; [`supervise`]: the VMM process.
+//! - [`exec`]: exec (its detached proxy) and ps.
 
 pub mod bundle;
 pub mod container;
+pub mod exec;
 pub mod rootfs;
 pub mod supervise;
 pub mod verbs;

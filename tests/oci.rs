@@ -292,7 +292,7 @@ fn contract() -> Result<(), String> {
 }
 
 fn stdio_exit_code_and_create_errors() -> Result<(), String> {
-    cleaning(&["c2", "c3"], stdio_and_errors)
+    cleaning(&["c2", "c3", "c4"], stdio_and_errors)
 }
 
 fn stdio_and_errors() -> Result<(), String> {
@@ -315,6 +315,14 @@ fn stdio_and_errors() -> Result<(), String> {
     }
     let del = runc_out(&["delete", "c2"]);
     check(del.status.success(), "delete", &del)?;
+    // run: create, start, wait, delete, with the workload's exit status.
+    let b = bundle("c4", &["sh", "-c", "echo ran; exit 5"]);
+    let out = runc_out(&["run", "--bundle", b.to_str().unwrap(), "c4"]);
+    check(
+        out.status.code() == Some(5) && stdout(&out) == "ran\n",
+        "run: output and exit 5",
+        &out,
+    )?;
     // runc's create-time LookPath, in runc's words.
     for (args, words) in [
         (&["nosuchcmd"][..], "executable file not found in $PATH"),

@@ -61,6 +61,20 @@ enum OciCommand {
         preserve_fds: Option<u32>,
         id: String,
     },
+    /// Create, start and wait for a container, then delete it; exits with its status.
+    Run {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        no_pivot: bool,
+        #[arg(long)]
+        no_new_keyring: bool,
+        id: String,
+    },
     /// Run a created container's process.
     Start { id: String },
     /// Run one more process in a running container.
@@ -219,6 +233,28 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
                 bundle,
                 pid_file,
             })?;
+        }
+        OciCommand::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => {
+            if console_socket.is_some() {
+                return Err(OciError::Unsupported(
+                    "--console-socket (a terminal) is not supported yet".into(),
+                ));
+            }
+            let pid_file = pid_file
+                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+                .transpose()?;
+            return oci::run(&oci::CreateRequest {
+                root,
+                id,
+                bundle,
+                pid_file,
+            });
         }
         OciCommand::Start { id } => oci::start(&root, &id)?,
         OciCommand::State { id } => {

@@ -7,7 +7,7 @@
 //! - [`bundle`]: `config.json` and the workload it makes; runc's create-time executable check.
 //! - [`rootfs`]: the bundle's root directory as a cached erofs image.
 //! - [`container`]: the container's state under the runtime root, and runc's state JSON.
-//! - [`verbs`]: create, start, kill, delete, list; [`supervise`]: the VMM process.
+//! - [`verbs`]: create, start, kill, delete, run, list; [`supervise`]: the VMM process.
 //! - [`exec`]: exec (its detached proxy) and ps.
 
 pub mod bundle;
@@ -18,7 +18,7 @@ pub mod supervise;
 pub mod verbs;
 
 pub use container::{default_root, Container};
-pub use verbs::{create, delete, kill, list, start, CreateRequest};
+pub use verbs::{create, delete, kill, list, run, start, CreateRequest};
 
 /// The hidden subcommand (after `oci`) that is a container's VMM process.
 pub const SUPERVISE_COMMAND: &str = "__supervise";

@@ -315,6 +315,28 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     std::fs::remove_dir_all(&c.dir).map_err(OciError::io(c.dir.display().to_string()))
 }
 
+/// runc's `run`: create, start, wait for the container's end (its VMM process is this
+/// process's child), delete; returns the workload's exit code (128+N for signal N).
+pub fn run(req: &CreateRequest) -> Result<i32, OciError> {
+    let state = create(req)?;
+    if let Err(e) = start(&req.root, &req.id) {
+        let _ = delete(&req.root, &req.id, true);
+        return Err(e);
+    }
+    let pid = rustix::process::Pid::from_raw(state.pid).ok_or(OciError::NotExist)?;
+    let waited = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    let code = match waited {
+        Ok(Some((_, status))) => status
+            .exit_status()
+            .or_else(|| status.terminating_signal().map(|s| 128 + s))
+            .unwrap_or(255),
+        Ok(None) => 255,
+        Err(e) => return Err(OciError::io("waiting for the container")(e.into())),
+    };
+    delete(&req.root, &req.id, true)?;
+    Ok(code)
+}
+
 /// Every container under `root`, by id.
 pub fn list(root: &Path) -> Vec<OciState> {
     let Ok(entries) = std::fs::read_dir(root) else {

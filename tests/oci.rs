@@ -341,6 +341,24 @@ fn stdio_and_errors() -> Result<(), String> {
     Ok(())
 }
 
+/// The busybox test image as an OCI archive (what `ctr images import` and podman take).
+fn archive() -> &'static Path {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let tar = base().join("bb.tar");
+        let layout = images::layouts_dir().join("bb");
+        common::run_tool(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        tar
+    })
+}
+
 /// The containerd this test started (stopped at the end of the ctr trial).
 static CONTAINERD: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
 
@@ -371,16 +389,7 @@ fn containerd() -> &'static Path {
         *CONTAINERD.lock().unwrap() = Some(child);
         let sock = dir.join("c.sock");
         eventually(60, "containerd's socket", || sock.exists()).unwrap();
-        let tar = base().join("bb.tar");
-        let layout = images::layouts_dir().join("bb");
-        common::run_tool(
-            Command::new("tar")
-                .arg("-C")
-                .arg(&layout)
-                .arg("-cf")
-                .arg(&tar)
-                .arg("."),
-        );
+        let tar = archive();
         let out = ctr(&[
             "images",
             "import",
@@ -389,7 +398,7 @@ fn containerd() -> &'static Path {
             "--base-name",
             "localhost/bb",
         ])
-        .arg(&tar)
+        .arg(tar)
         .output()
         .unwrap();
         assert!(out.status.success(), "import: {}", stderr(&out));
@@ -520,6 +529,94 @@ fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
     Ok(())
 }
 
+/// podman with its storage (vfs: no overlayfs in L1) and run root under [`base`], brig-runc
+/// as its runtime.
+fn podman(args: &[&str]) -> Command {
+    let p = base().join("podman");
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(p.join("root"))
+        .arg("--runroot")
+        .arg(p.join("runroot"))
+        .arg("--tmpdir")
+        .arg(p.join("tmp"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        .args(["--events-backend", "file", "--runtime"])
+        .arg(runc_path())
+        .args(args);
+    with_env(&mut c);
+    c
+}
+
+fn podman_run(args: &[&str]) -> Output {
+    let mut all = vec!["run", "--pull", "never", "--network", "none"];
+    all.extend([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ]);
+    all.extend_from_slice(args);
+    procs::output(&mut podman(&all))
+}
+
+fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
+    let pull =
+        procs::output(podman(&["pull", "-q"]).arg(format!("oci-archive:{}", archive().display())));
+    check(pull.status.success(), "podman pull oci-archive", &pull)?;
+    let id = stdout(&pull).trim().to_string();
+    let tag = procs::output(&mut podman(&["tag", &id, "localhost/bb"]));
+    check(tag.status.success(), "podman tag", &tag)?;
+    let out = podman_run(&[
+        "--rm",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "echo from podman; exit 3",
+    ]);
+    check(
+        out.status.code() == Some(3) && stdout(&out).contains("from podman"),
+        "podman run: output and exit 3",
+        &out,
+    )?;
+    let out = podman_run(&["--rm", "localhost/bb", "nosuchcmd"]);
+    check(
+        out.status.code() == Some(127),
+        "podman run nosuchcmd: 127",
+        &out,
+    )?;
+    let out = podman_run(&["--rm", "localhost/bb", "/etc/passwd"]);
+    check(
+        out.status.code() == Some(126),
+        "podman run of a non-executable: 126",
+        &out,
+    )?;
+    let out = podman_run(&["-d", "--name", "p1", "localhost/bb", "sleep", "100"]);
+    check(out.status.success(), "podman run -d", &out)?;
+    // stop: SIGTERM through `brig-runc kill`, relayed to sleep (not PID 1 in the guest).
+    let stop = procs::output(&mut podman(&["stop", "-t", "60", "p1"]));
+    check(stop.status.success(), "podman stop", &stop)?;
+    let code = procs::output(&mut podman(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        "p1",
+    ]));
+    check(
+        stdout(&code).trim() == "143",
+        "podman stop: SIGTERM honoured (143)",
+        &code,
+    )?;
+    let rm = procs::output(&mut podman(&["rm", "p1"]));
+    check(rm.status.success(), "podman rm", &rm)?;
+    eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
+    let left = leftovers();
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    Ok(())
+}
+
 fn prepare() {
     images::fresh_busybox_layouts();
 }
@@ -548,6 +645,10 @@ fn main() {
             trial(
                 "ctr_run_kill_and_nothing_left",
                 ctr_run_kill_and_nothing_left,
+            ),
+            trial(
+                "podman_exit_codes_stop_and_nothing_left",
+                podman_exit_codes_stop_and_nothing_left,
             ),
         ],
     )

@@ -19,7 +19,7 @@ packages=(
   iperf3 socat                                                        # network tests and scripts/bench-net
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
-  containerd                                                          # tests/oci.rs: ctr through brig-runc
+  containerd podman                                                   # tests/oci.rs: ctr and podman through brig-runc
   util-linux ca-certificates curl
 )
 missing=()

@@ -1,6 +1,7 @@
 //! brig as an OCI runtime (`brig-runc`, runc's dialect): the contract callers rely on, driven
 //! directly (state JSON and transitions, the pid file, the pid's exit status, stdio, error
-//! strings), and a real caller, containerd 1.6 through `ctr run --runc-binary`.
+//! strings), and real callers: containerd 1.6 through `ctr run --runc-binary`, and podman 4.3
+//! through `--runtime` (with conmon).
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see
 //! common/kvm.rs), and as root there. Everything lives on L1's /run (a tmpfs).
 

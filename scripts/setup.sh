@@ -20,6 +20,7 @@ packages=(
   iperf3 socat fio                                                    # network tests, bench-net, bench-volume
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
+  containerd podman                                                   # tests/oci.rs: ctr and podman through brig-runc
   util-linux ca-certificates curl
 )
 missing=()
@@ -68,8 +69,10 @@ kernels/build.sh >/dev/null
 
 say "brig (release build, with the guest init embedded)"
 cargo build --release --locked
+# brig as an OCI runtime is the same binary under the name brig-runc (dispatched on argv[0]).
+ln -sfn brig target/release/brig-runc
 
 say "nested-KVM test harness cache"
 scripts/with-kvm --prepare
 
-say "done: target/release/brig, kernel $(kernels/build.sh --print-path)"
+say "done: target/release/brig (and brig-runc), kernel $(kernels/build.sh --print-path)"

@@ -14,13 +14,12 @@ packages=(
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
-  podman iptables                                                     # brig compare --runtime podman
+  podman iptables containerd                                          # compare --runtime podman; tests/oci.rs (ctr, podman)
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat fio                                                    # network tests, bench-net, bench-volume
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
-  containerd podman                                                   # tests/oci.rs: ctr and podman through brig-runc
   util-linux ca-certificates curl
 )
 missing=()

@@ -548,6 +548,17 @@ fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<()
         "-c",
         "echo logged from the jail; exec sleep 1000",
     ]);
+    if !out.status.success() {
+        // What the VMM process said on its way out.
+        for e in std::fs::read_dir(f.home.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = std::fs::read_to_string(e.path().join("supervisor.log")).unwrap_or_default();
+            eprintln!("{}: {log}", e.path().display());
+        }
+    }
     check(out.status.success(), "run -d", &out)?;
     let result = (|| {
         let out = f.brig(&["inspect", "neighbour"]);

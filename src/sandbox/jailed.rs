@@ -246,8 +246,9 @@ fn close_inherited(keep: &[RawFd]) -> io::Result<()> {
         if fd > 2 && !keep.contains(&fd) {
             // SAFETY: these descriptors belong to objects of the keeper that fork copied
             // into this process, which it never uses nor drops (forgotten), or to the
-            // directory listing above, already closed (EBADF is ignored).
-            unsafe { rustix::io::close(fd) };
+            // directory listing above, already closed: EBADF, ignored (libc's close, as
+            // rustix's asserts success).
+            unsafe { libc::close(fd) };
         }
     }
     Ok(())

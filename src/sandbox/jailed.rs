@@ -17,7 +17,9 @@ use super::logs::{self, LogWriter, Stream};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::state::Sandbox;
-use super::supervisor::{host_side, record_end, record_running, HostSide, SuperviseError};
+use super::supervisor::{
+    host_side, not_started, record_end, record_running, HostSide, SuperviseError,
+};
 use crate::vmm::{self, seccomp, ConsoleLog};
 
 /// The longest event line the keeper reads.
@@ -77,22 +79,24 @@ pub fn supervise_jailed(
         .unwrap_or_else(|| jail::default_id(&config.id));
     let gid = config.security.jail_gid.unwrap_or(uid);
     let short = &config.id[..config.id.len().min(12)];
-    let jail = jail::prepare(runtime.path(), uid, gid).map_err(SuperviseError::Jail)?;
-    let cgroup = jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)
-        .map_err(SuperviseError::Jail)?;
-    let pipe = || {
-        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| SuperviseError::Jail(e.into()))
+    let setup = (|| {
+        let jail = jail::prepare(runtime.path(), uid, gid)?;
+        let cgroup = jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?))
+    })();
+    let (jail, cgroup, (events_read, events_write), (log_read, log_write)) = match setup {
+        Ok(s) => s,
+        Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
     };
-    let (events_read, events_write) = pipe()?;
-    let (log_read, log_write) = pipe()?;
     // SAFETY: the child goes on with Rust code. The keeper may have threads by now (its port
     // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
     // only this one, and glibc's fork leaves malloc usable in the child. The child never
     // drops the keeper's objects it got a copy of (see `vmm_process`) and ends with `exit`.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        return Err(SuperviseError::Jail(io::Error::last_os_error()));
+        let e = SuperviseError::Jail(io::Error::last_os_error());
+        return Err(not_started(sandbox, e, ready));
     }
     if pid == 0 {
         drop((events_read, log_read));

@@ -272,7 +272,7 @@ mod tests {
         assert!(got[0].nanos <= got[1].nanos && got[0].nanos > 0);
 
         let to = LogWriter::open(&dir.path().join("bad"), DEFAULT_MAX_BYTES).unwrap();
-        let mut bad = vec![0u8; HEADER];
+        let mut bad = [0u8; HEADER];
         bad[8] = 7;
         let err = relay(&bad[..], &to).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);

@@ -101,7 +101,7 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 
 /// Records a sandbox that could not be started (its network, say) as exited with brig's
 /// error, and tells `ready`.
-fn not_started(
+pub(super) fn not_started(
     sandbox: &Sandbox,
     e: SuperviseError,
     ready: &mut dyn FnMut(Result<(), Failure>),

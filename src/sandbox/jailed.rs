@@ -112,14 +112,16 @@ pub fn supervise_jailed(
         // keeper's.
         std::mem::forget((log, net, served));
         let vmm = VmmSide {
-            jail,
-            cgroup,
             events: events_write,
-            log: log_write,
-            console_file,
-            vm,
-            run,
-            timeout,
+            rest: VmmRest {
+                jail,
+                cgroup,
+                log: log_write,
+                console_file,
+                vm,
+                run,
+                timeout,
+            },
         };
         vmm_process(vmm, runtime);
     }
@@ -136,11 +138,17 @@ pub fn supervise_jailed(
     Ok(verdict)
 }
 
-/// What the VMM process gets.
+/// What the VMM process gets: its events pipe, and the rest.
 struct VmmSide {
+    events: OwnedFd,
+    rest: VmmRest,
+}
+
+/// What the VMM process runs its VM with.
+struct VmmRest {
     jail: Jail,
     cgroup: Option<Cgroup>,
-    events: OwnedFd,
+    /// The write end of the log records' pipe.
     log: OwnedFd,
     console_file: super::supervisor::CappedFile,
     vm: vmm::VmConfig,
@@ -264,44 +272,33 @@ fn vmm_process(vmm: VmmSide, runtime: &RuntimeDir) -> ! {
     let send = |e: Event| {
         let _ = (&events).write_all(e.line().as_bytes());
     };
-    let verdict = run_vmm(
-        vmm.jail,
-        vmm.cgroup,
-        vmm.log,
-        vmm.console_file,
-        vmm.vm,
-        vmm.run,
-        vmm.timeout,
-        runtime,
-        &events,
-        &send,
-    );
+    let verdict = run_vmm(vmm.rest, runtime, events.as_raw_fd(), &send);
     let code = verdict.as_ref().map_or_else(|f| f.code, |c| *c);
     send(Event::Ended(verdict));
     std::process::exit(code)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Readies this process (descriptors, cgroup, console), has its VM jail it before it starts
+/// a thread, and runs the workload: the verdict.
 fn run_vmm(
-    jail: Jail,
-    cgroup: Option<Cgroup>,
-    log: OwnedFd,
-    console_file: super::supervisor::CappedFile,
-    mut vm: vmm::VmConfig,
-    run: brig_protocol::RunSpec,
-    timeout: Option<TimeoutPolicy>,
+    vmm: VmmRest,
     runtime: &RuntimeDir,
-    events: &File,
+    events: RawFd,
     send: &dyn Fn(Event),
 ) -> Result<i32, Failure> {
+    let VmmRest {
+        jail,
+        cgroup,
+        log,
+        console_file,
+        mut vm,
+        run,
+        timeout,
+    } = vmm;
     let brig = |what: &str, e: io::Error| Failure::brig(format!("jailing the VMM: {what}: {e}"));
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(|e| brig("PR_SET_PDEATHSIG", e.into()))?;
-    let mut keep = vec![
-        events.as_raw_fd(),
-        log.as_raw_fd(),
-        console_file.as_raw_fd(),
-    ];
+    let mut keep = vec![events, log.as_raw_fd(), console_file.as_raw_fd()];
     if let Some(net) = &vm.net {
         keep.push(net.backend.as_raw_fd());
     }

@@ -194,9 +194,8 @@ fn keep(
         let _ = relay.join();
     }
     let verdict = verdict.unwrap_or_else(|| {
-        Err(Failure::brig(format!(
-            "the sandbox's VMM process ended ({status}) before it said how the run ended"
-        )))
+        // As a sandbox whose (unjailed) VMM is gone reads: "the VMM process died".
+        Err(Failure::brig(format!("the VMM process died ({status})")))
     });
     if !told {
         ready(Err(verdict.clone().err().unwrap_or_else(|| {

@@ -25,6 +25,8 @@ pub mod confinement;
 pub mod control;
 pub mod copy;
 pub mod exec;
+pub mod jail;
+pub mod jailed;
 pub mod launch;
 pub mod lifecycle;
 pub mod logs;

@@ -14,9 +14,10 @@ packages=(
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
+  podman iptables containerd                                          # compare --runtime podman; tests/oci.rs (ctr, podman)
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
-  iperf3 socat                                                        # network tests and scripts/bench-net
+  iperf3 socat fio                                                    # network tests, bench-net, bench-volume
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
   util-linux ca-certificates curl
@@ -67,8 +68,10 @@ kernels/build.sh >/dev/null
 
 say "brig (release build, with the guest init embedded)"
 cargo build --release --locked
+# brig as an OCI runtime is the same binary under the name brig-runc (dispatched on argv[0]).
+ln -sfn brig target/release/brig-runc
 
 say "nested-KVM test harness cache"
 scripts/with-kvm --prepare
 
-say "done: target/release/brig, kernel $(kernels/build.sh --print-path)"
+say "done: target/release/brig (and brig-runc), kernel $(kernels/build.sh --print-path)"

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     brig::cli::init_logging();
+    // `brig-runc` (a link to brig) and `brig oci`: the OCI runtime's own command line.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if brig::cli::is_oci(&args) {
+        return ExitCode::from(u8::try_from(brig::cli::run_oci(args)).unwrap_or(1));
+    }
     let code = match brig::cli::run() {
         Ok(code) => code,
         Err(err) => {

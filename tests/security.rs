@@ -364,13 +364,201 @@ fn vmm_confinement(threads: &[(String, Vec<(String, String)>)]) -> Result<(), St
     Ok(())
 }
 
+/// What /proc shows of a descriptor of process `pid`: (fd, target).
+fn fds_of(pid: &str) -> Vec<(String, String)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                target.to_string_lossy().into_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Whether the detached sandbox `name`'s VMM `pid` is jailed: not root, in mount, IPC, UTS
+/// and network namespaces of its own, its root an empty read-only tmpfs holding only the
+/// runtime directory, without a descriptor to anything but its VM's files, and (where cgroup
+/// v2 has the memory controller) in a cgroup of its own with a memory limit; and that
+/// `brig inspect` says so.
+fn vmm_jail(f: &Fixture, name: &str, pid: &str) -> Result<(), String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let status = parse_status(&status);
+    for id in ["Uid", "Gid"] {
+        let ids: Vec<&str> = field(&status, id).split_whitespace().collect();
+        if ids.len() != 4 || ids.contains(&"0") {
+            return Err(format!("the VMM's {id} is {ids:?}: root somewhere"));
+        }
+    }
+    expect(
+        &status,
+        &[("CapEff", "0000000000000000"), ("NoNewPrivs", "1")],
+        "the VMM",
+    )?;
+    for ns in ["mnt", "ipc", "uts", "net"] {
+        let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
+        let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
+        if theirs.is_none() || theirs == ours {
+            return Err(format!("the VMM shares the {ns} namespace ({theirs:?})"));
+        }
+    }
+    let out = f.brig(&["inspect", name]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
+    let runtime = v[0]["RuntimeDir"].as_str().unwrap_or_default().to_string();
+    let short = runtime.rsplit('/').next().unwrap_or_default().to_string();
+    let jail = &v[0]["VmmConfinement"]["Jail"];
+    let uid = field(&status, "Uid")
+        .split_whitespace()
+        .next()
+        .unwrap_or("");
+    check(
+        jail["Uid"] == uid.parse::<u64>().unwrap_or(0)
+            && jail["Root"] == format!("{runtime}/root")
+            && ["mnt", "ipc", "uts", "net"].iter().all(|ns| {
+                jail["Namespaces"]
+                    .as_array()
+                    .is_some_and(|a| a.contains(&(*ns).into()))
+            })
+            && v[0]["VmmConfinement"]["HostRoot"] == false,
+        "inspect shows the jail",
+        &out,
+    )?;
+    // Its root: the tmpfs, with nothing in it but the path to the runtime directory.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let top: Vec<String> = std::fs::read_dir(&root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let inside = root.join(runtime.trim_start_matches('/'));
+    if top != ["run"] || !inside.join("vsock.sock").exists() {
+        return Err(format!(
+            "the jail's root holds {top:?}; runtime dir inside: {}",
+            inside.join("vsock.sock").exists()
+        ));
+    }
+    match std::fs::write(root.join("planted"), "x") {
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => {}
+        other => {
+            return Err(format!(
+                "writing into the jail's root: {other:?}, not EROFS"
+            ))
+        }
+    }
+    // Its descriptors: KVM, its VM's files (disks, console, log pipe), sockets, eventfds.
+    let fds = fds_of(pid);
+    let allowed = |t: &str| {
+        [
+            "anon_inode:",
+            "socket:",
+            "pipe:",
+            "/memfd:",
+            "/dev/kvm",
+            "/dev/net/tun",
+            "/dev/null",
+        ]
+        .iter()
+        .any(|p| t.starts_with(p))
+            || t.starts_with(f.home.to_str().unwrap_or("-"))
+    };
+    let stray: Vec<&(String, String)> = fds
+        .iter()
+        .filter(|(fd, t)| !(allowed(t) || fd == "2" && t.ends_with("supervisor.log")))
+        .collect();
+    if fds.is_empty() || !stray.is_empty() || fds.iter().any(|(_, t)| t.contains("/lock")) {
+        return Err(format!(
+            "the VMM's descriptors: {fds:?}; not its VM's: {stray:?}"
+        ));
+    }
+    eprintln!(
+        "jailed VMM {pid}: uid {uid}, {} descriptors, jail {jail}",
+        fds.len()
+    );
+    // Its cgroup, where cgroup v2 has the memory controller.
+    let controllers =
+        std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if controllers.split_whitespace().any(|c| c == "memory") {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let want = format!("0::/brig/{short}");
+        let max = std::fs::read_to_string(format!("/sys/fs/cgroup/brig/{short}/memory.max"))
+            .unwrap_or_default();
+        // 1024 MiB of guest RAM (the default) and 256 MiB for the VMM.
+        if cgroup.trim() != want || max.trim() != (1280u64 << 20).to_string() {
+            return Err(format!(
+                "the VMM's cgroup is {cgroup:?} (memory.max {max:?}), want {want}"
+            ));
+        }
+        check(
+            jail["Cgroup"] == format!("/brig/{short}"),
+            "inspect shows the cgroup",
+            &out,
+        )?;
+    } else {
+        eprintln!("no cgroup v2 memory controller here: the VMM's cgroup is not checked");
+    }
+    Ok(())
+}
+
+/// After `brig stop` and `brig rm`, nothing of sandbox `short`'s jail is left: its runtime
+/// directory (the jail's root in it), mounts, cgroup, and processes.
+fn jail_is_gone(runtime: &str, short: &str, pids: &[&str]) -> Result<(), String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let left: Vec<String> = [
+        std::path::Path::new(runtime)
+            .exists()
+            .then(|| runtime.to_string()),
+        std::path::Path::new(&format!("/sys/fs/cgroup/brig/{short}"))
+            .exists()
+            .then(|| format!("cgroup brig/{short}")),
+        mounts.contains(short).then(|| "a mount".to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(
+        pids.iter()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .map(|p| format!("process {p}")),
+    )
+    .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("left after rm: {left:?}"))
+    }
+}
+
 /// A detached sandbox's VMM is confined, thread by thread; then a hostile guest (`brig boot`
 /// with a command that floods its vsock stream and resets every virtio-mmio device over and
 /// over, on both vCPUs) ends with at most one line from brig, while the neighbour keeps
 /// working.
 fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<(), String> {
     let f = fixture();
-    let out = f.brig(&["run", "-d", "--name", "neighbour", "bb", "sleep", "1000"]);
+    let out = f.brig(&[
+        "run",
+        "-d",
+        "--name",
+        "neighbour",
+        "bb",
+        "sh",
+        "-c",
+        "echo logged from the jail; exec sleep 1000",
+    ]);
+    if !out.status.success() {
+        // What the VMM process said on its way out.
+        for e in std::fs::read_dir(f.home.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let log = std::fs::read_to_string(e.path().join("supervisor.log")).unwrap_or_default();
+            eprintln!("{}: {log}", e.path().display());
+        }
+    }
     check(out.status.success(), "run -d", &out)?;
     let result = (|| {
         let out = f.brig(&["inspect", "neighbour"]);
@@ -381,6 +569,13 @@ fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<()
         let out = f.brig(&["exec", "neighbour", "true"]);
         check(out.status.success(), "exec before", &out)?;
         vmm_confinement(&vmm_threads(&pid))?;
+        vmm_jail(f, "neighbour", &pid)?;
+        let out = f.brig(&["logs", "neighbour"]);
+        check(
+            stdout(&out) == "logged from the jail\n",
+            "logs of the jailed VMM's workload",
+            &out,
+        )?;
         // brig inspect shows the same, read from /proc.
         let out = f.brig(&["inspect", "neighbour"]);
         let v: serde_json::Value =
@@ -439,7 +634,16 @@ fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<()
             "exec in the neighbour after the hostile guest",
             &out,
         )?;
-        vmm_confinement(&vmm_threads(&pid))
+        vmm_confinement(&vmm_threads(&pid))?;
+        // The jailed VMM still answers the CLI: stop, then rm; then nothing of it is left.
+        let runtime = v[0]["RuntimeDir"].as_str().unwrap_or_default().to_string();
+        let short = runtime.rsplit('/').next().unwrap_or_default().to_string();
+        let keeper = std::fs::read_to_string(format!("{runtime}/pid")).unwrap_or_default();
+        let out = f.brig(&["stop", "-t", "5", "neighbour"]);
+        check(out.status.success(), "stop", &out)?;
+        let out = f.brig(&["rm", "neighbour"]);
+        check(out.status.success(), "rm", &out)?;
+        jail_is_gone(&runtime, &short, &[&pid, keeper.trim()])
     })();
     let _ = f.brig(&["rm", "-f", "neighbour"]);
     result

@@ -83,6 +83,8 @@ enum Command {
     Info,
 }
 
+pub use commands::oci::{is_oci, main as run_oci};
+
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn run() -> anyhow::Result<i32> {
     let cli = match Cli::try_parse() {

@@ -90,12 +90,17 @@ impl EchoState {
 /// clone of the log goes.
 struct Echo {
     queue: Arc<EchoQueue>,
+    /// Starts the writer thread; taken by [`ConsoleLog::start_echo`] (`None` once started).
+    start: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Drop for Echo {
     fn drop(&mut self) {
         self.queue.lock().closed = true;
         self.queue.more.notify_one();
+        if self.start.get_mut().map_or(true, |s| s.is_some()) {
+            return; // no writer was ever started
+        }
         // Let the writer finish what it holds, within reason; the thread is not joined, so a
         // writer blocked for good does not keep brig from exiting.
         self.queue.wait_idle(DROP_DRAIN);
@@ -195,10 +200,23 @@ impl ConsoleLog {
         echo: Box<dyn Write + Send>,
         confine: fn() -> Result<(), String>,
     ) -> Self {
+        let log = Self::with_deferred_echo(echo, confine);
+        log.start_echo();
+        log
+    }
+
+    /// As [`ConsoleLog::with_confined_echo`], but the echo thread starts only at
+    /// [`ConsoleLog::start_echo`] (the VMM calls it when it starts its own threads): a
+    /// process that must still be single-threaded when its VM is built (to enter a jail)
+    /// can make its console first. Until then, what is written waits in the buffer.
+    pub fn with_deferred_echo(
+        echo: Box<dyn Write + Send>,
+        confine: fn() -> Result<(), String>,
+    ) -> Self {
         let queue = Arc::new(EchoQueue::default());
         let writer = queue.clone();
-        let spawned =
-            std::thread::Builder::new()
+        let start = move || {
+            let spawned = std::thread::Builder::new()
                 .name("console".into())
                 .spawn(move || match confine() {
                     Ok(()) => writer.write_out(echo),
@@ -207,15 +225,28 @@ impl ConsoleLog {
                         writer.write_out(Box::new(std::io::sink()));
                     }
                 });
-        match spawned {
-            Ok(_) => Self {
-                tail: Arc::default(),
-                echo: Some(Arc::new(Echo { queue })),
-            },
-            Err(e) => {
+            if let Err(e) = spawned {
                 tracing::warn!("cannot start the console echo thread ({e}); not echoing");
-                Self::default()
             }
+        };
+        Self {
+            tail: Arc::default(),
+            echo: Some(Arc::new(Echo {
+                queue,
+                start: Mutex::new(Some(Box::new(start))),
+            })),
+        }
+    }
+
+    /// Starts the echo thread of a log made by [`ConsoleLog::with_deferred_echo`] (nothing
+    /// when it runs already, or when the log has no echo).
+    pub fn start_echo(&self) {
+        let start = self
+            .echo
+            .as_ref()
+            .and_then(|e| e.start.lock().unwrap_or_else(|p| p.into_inner()).take());
+        if let Some(start) = start {
+            start();
         }
     }
 

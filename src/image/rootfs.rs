@@ -136,8 +136,8 @@ fn clean_stale(store: &Store, manifest: &Digest) {
     }
 }
 
-/// Runs `mkfs.erofs` on `stage`, writing `out`.
-fn mkfs(stage: &Path, out: &Path) -> Result<(), RootfsError> {
+/// Runs `mkfs.erofs` on `stage`, writing `out` (also the OCI runtime's rootfs build).
+pub fn mkfs(stage: &Path, out: &Path) -> Result<(), RootfsError> {
     let bin = mkfs_binary();
     let mut cmd = Command::new(&bin);
     cmd.arg("--quiet").arg("--preserve-mtime");

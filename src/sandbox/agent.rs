@@ -156,6 +156,9 @@ pub fn resume_session(
     }
     let mut buf = vec![0u8; MAX_DATA + 64];
     let mut sent_spec = false;
+    // Signals relayed before the run request went out (the VM was still booting): sent
+    // right after it, so that a `kill` just after a start is not lost.
+    let mut early_signals: Vec<Message> = Vec::new();
     let mut spec = Some(spec);
     let send = |conn: &mut UnixStream, msg: &Message| conn.write_all(&encode(msg));
 
@@ -183,6 +186,9 @@ pub fn resume_session(
                         return SessionEnd::Broken(format!("sending the run request: {e}"));
                     }
                     sent_spec = true;
+                    for msg in early_signals.drain(..) {
+                        let _ = send(&mut conn, &msg);
+                    }
                 }
                 Message::Started { uptime_ns, .. } => {
                     times.started = Some(Instant::now());
@@ -266,6 +272,8 @@ pub fn resume_session(
                 };
                 if sent_spec {
                     let _ = send(&mut conn, &msg);
+                } else if early_signals.len() < 64 {
+                    early_signals.push(msg);
                 }
             }
         }

@@ -19,6 +19,8 @@ pub struct Confinement {
     pub uid: u32,
     /// Whether its root directory is the host's `/`.
     pub host_root: bool,
+    /// Its jail (root, ids, namespaces, cgroup), when it is in one.
+    pub jail: Option<super::jail::JailView>,
 }
 
 fn field<'a>(status: &'a str, name: &str) -> Option<&'a str> {
@@ -38,6 +40,7 @@ pub fn of_pid(pid: u32) -> Option<Confinement> {
         cap_eff: String::new(),
         uid: 0,
         host_root: false,
+        jail: None,
     };
     let mut caps = 0u64;
     for task in std::fs::read_dir(format!("{proc}/task")).ok()?.flatten() {
@@ -67,6 +70,14 @@ pub fn of_pid(pid: u32) -> Option<Confinement> {
     let root = std::fs::metadata(format!("{proc}/root")).ok()?;
     let host = std::fs::metadata("/").ok()?;
     c.host_root = root.dev() == host.dev() && root.ino() == host.ino();
+    Some(c)
+}
+
+/// [`of_pid`] for the VMM of the sandbox whose runtime directory is `runtime`, its jail
+/// included.
+pub fn of_vmm(pid: u32, runtime: &std::path::Path) -> Option<Confinement> {
+    let mut c = of_pid(pid)?;
+    c.jail = super::jail::describe(pid, runtime);
     Some(c)
 }
 

@@ -322,17 +322,15 @@ pub fn supervise_detached(
         };
         let _ = ready.write_all(line.as_bytes());
     };
-    let ended = supervise(
-        &sandbox,
-        &runtime,
-        Mode::Detached,
-        timeout.map(TimeoutPolicy::Kill),
-        &mut report,
-    );
+    let timeout = timeout.map(TimeoutPolicy::Kill);
+    let verdict = if super::jail::enabled() {
+        super::jailed::supervise_jailed(&sandbox, &runtime, timeout, &mut report)
+    } else {
+        supervise(&sandbox, &runtime, Mode::Detached, timeout, &mut report).map(|e| e.verdict)
+    };
     remove_if_auto(&sandbox);
     drop(runtime);
-    let ended = ended?;
-    Ok(ended.verdict.unwrap_or_else(|f| f.code))
+    Ok(verdict?.unwrap_or_else(|f| f.code))
 }
 
 /// A `--rm` sandbox's end: its state and its anonymous volumes go (as docker's `--rm`).

@@ -61,13 +61,32 @@ impl LogWriter {
         })
     }
 
+    /// A writer of records into `file` as they come, never rotated: a pipe to the process
+    /// that keeps the real log (a jailed VMM cannot reach the sandbox's directory; see
+    /// [`relay`]).
+    pub fn unrotated(file: File) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                path: PathBuf::new(),
+                file,
+                size: 0,
+                max: u64::MAX,
+            })),
+        }
+    }
+
     /// Appends one record.
     pub fn append(&self, stream: Stream, data: &[u8]) -> io::Result<()> {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        self.append_at(nanos, stream, data)
+    }
+
+    /// Appends one record that arrived at `nanos` since the epoch.
+    fn append_at(&self, nanos: u64, stream: Stream, data: &[u8]) -> io::Result<()> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         for chunk in data.chunks(u32::MAX as usize) {
             let len = (HEADER + chunk.len()) as u64;
             if inner.size > 0 && inner.size + len > inner.max {
@@ -122,6 +141,38 @@ pub struct Record {
     pub nanos: u64,
     pub stream: Stream,
     pub data: Vec<u8>,
+}
+
+/// The longest record [`relay`] waits for (the agent's frames are far shorter).
+const MAX_RELAYED_RECORD: usize = 16 << 20;
+
+/// Copies the records arriving on `from` (from a [`LogWriter::unrotated`] in another
+/// process) into `to`, each with its own time, until `from` ends. What comes is not trusted:
+/// a record that is malformed or too long ends the relay with an error.
+pub fn relay(mut from: impl Read, to: &LogWriter) -> io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let (records, used) = parse(&buf);
+        for r in records {
+            to.append_at(r.nanos, r.stream, &r.data)?;
+        }
+        buf.drain(..used);
+        let bad_stream = buf.len() >= HEADER && !matches!(buf[8], 1 | 2);
+        if bad_stream || buf.len() > HEADER + MAX_RELAYED_RECORD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a malformed log record",
+            ));
+        }
+    }
 }
 
 /// Parses complete records from `bytes`; returns them and how many bytes they took.
@@ -195,6 +246,42 @@ pub fn lines(records: &[Record]) -> Vec<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relayed_records_keep_their_streams_and_times_and_garbage_ends_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let to = LogWriter::open(&path, DEFAULT_MAX_BYTES).unwrap();
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let relaying = std::thread::spawn(move || relay(File::from(r), &to));
+        let from = LogWriter::unrotated(File::from(w));
+        from.append(Stream::Stdout, b"out\n").unwrap();
+        from.append(Stream::Stderr, &vec![b'e'; 100_000]).unwrap();
+        drop(from);
+        relaying.join().unwrap().unwrap();
+        let got = read_all(&path).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[0].stream, got[0].data.as_slice()),
+            (Stream::Stdout, &b"out\n"[..])
+        );
+        assert_eq!(
+            (got[1].stream, got[1].data.len()),
+            (Stream::Stderr, 100_000)
+        );
+        assert!(got[0].nanos <= got[1].nanos && got[0].nanos > 0);
+
+        let to = LogWriter::open(&dir.path().join("bad"), DEFAULT_MAX_BYTES).unwrap();
+        let mut bad = [0u8; HEADER];
+        bad[8] = 7;
+        let err = relay(&bad[..], &to).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let mut huge = vec![0u8; 8];
+        huge.push(1);
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.resize(HEADER + MAX_RELAYED_RECORD + 1, 0);
+        assert!(relay(&huge[..], &to).is_err());
+    }
 
     #[test]
     fn records_round_trip_and_split_into_lines() {

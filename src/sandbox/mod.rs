@@ -15,6 +15,7 @@
 //! - [`templates`]: VMs saved at "agent ready" and restored per run instead of booting.
 //! - [`compare`]: `brig compare`, the same probe under another runtime and under brig.
 //! - [`confinement`]: how a live sandbox's VMM is confined on the host (for `brig inspect`).
+//! - [`oci`]: `brig-runc`, brig as an OCI runtime in runc's dialect (containerd, podman).
 //! - [`network`]: `-p` and the userland proxy that publishes guest ports on the host.
 //! - the host terminal: [`tty`] (raw mode, size, the session's [`tty::HostTerminal`]),
 //!   [`signals`].
@@ -25,11 +26,14 @@ pub mod confinement;
 pub mod control;
 pub mod copy;
 pub mod exec;
+pub mod jail;
+pub mod jailed;
 pub mod launch;
 pub mod lifecycle;
 pub mod logs;
 pub mod maintenance;
 pub mod network;
+pub mod oci;
 pub mod outcome;
 pub mod resources;
 pub mod runtime;

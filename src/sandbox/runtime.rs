@@ -125,6 +125,8 @@ pub fn sweep_stale() {
         };
         if stale && path.is_dir() {
             let _ = std::fs::remove_dir_all(&path);
+            // A jailed VMM's cgroup, left when its keeper was killed.
+            super::jail::cgroup::remove_stale(&name);
         }
     }
 }

@@ -15,7 +15,9 @@ use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
 use super::templates;
 use super::vm;
 use super::volumes;
-use crate::vmm::{seccomp, ConsoleLog};
+use brig_protocol::RunSpec;
+
+use crate::vmm::{seccomp, ConsoleLog, VmConfig};
 
 /// Most of the guest console kept on disk per sandbox.
 const CONSOLE_MAX_BYTES: u64 = 1 << 20;
@@ -36,6 +38,9 @@ pub enum SuperviseError {
     Network(#[from] network::NetworkError),
     #[error(transparent)]
     Volume(#[from] volumes::VolumeError),
+    /// The VMM's jail could not be prepared.
+    #[error("jailing the VMM: {0}")]
+    Jail(io::Error),
 }
 
 /// How the sandbox's stdio is connected.
@@ -54,7 +59,7 @@ pub struct Ended {
 }
 
 /// A file that stops growing at `max` bytes (the guest console's copy on disk).
-struct CappedFile {
+pub(super) struct CappedFile {
     file: File,
     left: u64,
 }
@@ -70,6 +75,12 @@ impl Write for CappedFile {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.file.flush()
+    }
+}
+
+impl std::os::fd::AsRawFd for CappedFile {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }
 
@@ -91,7 +102,7 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 
 /// Records a sandbox that could not be started (its network, say) as exited with brig's
 /// error, and tells `ready`.
-fn not_started(
+pub(super) fn not_started(
     sandbox: &Sandbox,
     e: SuperviseError,
     ready: &mut dyn FnMut(Result<(), Failure>),
@@ -106,15 +117,24 @@ fn not_started(
     e
 }
 
-/// Runs `sandbox` in `runtime` until it ends; `ready` hears once whether the workload
-/// started (`Ok`) or could not (`Err` with the code and message).
-pub fn supervise(
+/// The host side of a run, set up before its VM: the sandbox's log and console files, its
+/// network and its file servers, and the VM to start (its console not yet made).
+pub(super) struct HostSide {
+    pub log: LogWriter,
+    pub console_file: CappedFile,
+    pub net: Option<network::SandboxNetwork>,
+    pub served: volumes::Served,
+    pub vm: VmConfig,
+    pub run: RunSpec,
+}
+
+/// Sets up the host side of `sandbox`'s run in `runtime` (recording the sandbox as exited,
+/// and telling `ready`, when that fails).
+pub(super) fn host_side(
     sandbox: &Sandbox,
     runtime: &RuntimeDir,
-    mode: Mode,
-    timeout: Option<TimeoutPolicy>,
     ready: &mut dyn FnMut(Result<(), Failure>),
-) -> Result<Ended, SuperviseError> {
+) -> Result<HostSide, SuperviseError> {
     let config = sandbox.config()?;
     let log =
         LogWriter::open(&sandbox.log_path(), DEFAULT_MAX_BYTES).map_err(SuperviseError::Log)?;
@@ -128,6 +148,77 @@ pub fn supervise(
         file: console_file,
         left: CONSOLE_MAX_BYTES,
     };
+    let mut net = match network::setup(
+        &config.id,
+        &config.run.hostname,
+        &config.network,
+        &runtime::leases_dir(),
+        &runtime::is_live,
+    ) {
+        Ok(net) => net,
+        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
+    };
+    let (served, fs) = match volumes::serve(&config.volumes, runtime.path(), &sandbox.dir) {
+        Ok(s) => s,
+        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
+    };
+    let mut vm = vm::config_of(&config, ConsoleLog::default())?;
+    vm.fs = fs;
+    let mut run = config.run.clone();
+    if let Some(n) = net.as_mut() {
+        vm.net = n.take_device();
+        run.network = Some(n.spec.clone());
+    }
+    Ok(HostSide {
+        log,
+        console_file,
+        net,
+        served,
+        vm,
+        run,
+    })
+}
+
+/// Records `sandbox` as ended with `verdict`.
+pub(super) fn record_end(sandbox: &Sandbox, verdict: &Result<i32, Failure>) {
+    let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
+    state.status = Status::Exited;
+    state.network = None;
+    state.finished_at = Some(now_rfc3339());
+    state.exit_code = Some(verdict.as_ref().map_or_else(|f| f.code, |c| *c));
+    state.error = verdict.as_ref().err().map(|f| f.message.clone());
+    let _ = sandbox.write_state(&state);
+}
+
+/// Records `sandbox` as running in VMM process `pid`.
+pub(super) fn record_running(sandbox: &Sandbox, pid: u32, net: Option<&network::SandboxNetwork>) {
+    let mut state = SandboxState::created();
+    state.status = Status::Running;
+    state.pid = pid;
+    state.started_at = Some(now_rfc3339());
+    if let Some(n) = net {
+        state.network = Some(n.state.clone());
+    }
+    let _ = sandbox.write_state(&state);
+}
+
+/// Runs `sandbox` in `runtime` until it ends; `ready` hears once whether the workload
+/// started (`Ok`) or could not (`Err` with the code and message).
+pub fn supervise(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    mode: Mode,
+    timeout: Option<TimeoutPolicy>,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+) -> Result<Ended, SuperviseError> {
+    let HostSide {
+        log,
+        console_file,
+        net,
+        served,
+        vm: mut vm_config,
+        run,
+    } = host_side(sandbox, runtime, ready)?;
     let (stdin, console) = match mode {
         Mode::Foreground {
             stdin,
@@ -151,28 +242,8 @@ pub fn supervise(
             ConsoleLog::with_confined_echo(Box::new(console_file), seccomp::confine_console),
         ),
     };
+    vm_config.console = console;
     let foreground = matches!(mode, Mode::Foreground { .. });
-    let mut net = match network::setup(
-        &config.id,
-        &config.run.hostname,
-        &config.network,
-        &runtime::leases_dir(),
-        &runtime::is_live,
-    ) {
-        Ok(net) => net,
-        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
-    };
-    let (served, fs) = match volumes::serve(&config.volumes, runtime.path(), &sandbox.dir) {
-        Ok(s) => s,
-        Err(e) => return Err(not_started(sandbox, e.into(), ready)),
-    };
-    let mut vm_config = vm::config_of(&config, console)?;
-    vm_config.fs = fs;
-    let mut run = config.run.clone();
-    if let Some(n) = net.as_mut() {
-        vm_config.net = n.take_device();
-        run.network = Some(n.spec.clone());
-    }
     // The sandbox's directory is `<home>/sandboxes/<id>`.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
     let template = home.map(|h| templates::choose(h, &vm_config));
@@ -187,16 +258,7 @@ pub fn supervise(
         template: template.as_ref().and_then(|t| t.dir.clone()),
     };
 
-    let mut state = SandboxState::created();
-    let mut on_vm_started = || {
-        state.status = Status::Running;
-        state.pid = std::process::id();
-        state.started_at = Some(now_rfc3339());
-        if let Some(n) = net.as_ref() {
-            state.network = Some(n.state.clone());
-        }
-        let _ = sandbox.write_state(&state);
-    };
+    let mut on_vm_started = || record_running(sandbox, std::process::id(), net.as_ref());
     let mut started = false;
     let mut on_workload_started = || {
         started = true;
@@ -224,10 +286,6 @@ pub fn supervise(
     // The host side goes with the VM: proxy, nft table, address, file servers.
     drop(net);
     drop(served);
-    let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
-    state.status = Status::Exited;
-    state.network = None;
-    state.finished_at = Some(now_rfc3339());
     match result {
         Ok(mut outcome) => {
             if let Some(t) = template {
@@ -242,16 +300,12 @@ pub fn supervise(
                     Failure::brig("the workload did not start")
                 })));
             }
-            state.exit_code = Some(verdict.as_ref().map_or_else(|f| f.code, |c| *c));
-            state.error = verdict.as_ref().err().map(|f| f.message.clone());
-            let _ = sandbox.write_state(&state);
+            record_end(sandbox, &verdict);
             Ok(Ended { verdict, outcome })
         }
         Err(e) => {
             ready(Err(Failure::brig(e.to_string())));
-            state.exit_code = Some(EXIT_BRIG_ERROR);
-            state.error = Some(e.to_string());
-            let _ = sandbox.write_state(&state);
+            record_end(sandbox, &Err(Failure::brig(e.to_string())));
             Err(e.into())
         }
     }

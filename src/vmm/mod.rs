@@ -373,8 +373,29 @@ struct Parts {
     console: ConsoleLog,
 }
 
+/// What [`confine_next_vm`] was given: run once, by the next VM this process starts.
+type BeforeThreads = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+
+static BEFORE_THREADS: Mutex<Option<BeforeThreads>> = Mutex::new(None);
+
+/// Has the next VM this process starts (or restores) call `confine` once everything it opens
+/// is open (KVM, memory, disks, sockets, the kernel read) and before it starts any thread
+/// (the console echo included): the moment for a process to jail itself (namespaces,
+/// another root, another uid), which Linux applies per thread. An error stops the start.
+pub fn confine_next_vm(confine: BeforeThreads) {
+    *BEFORE_THREADS.lock().unwrap_or_else(|p| p.into_inner()) = Some(confine);
+}
+
 /// Starts the device thread and the vCPU threads.
 fn launch(p: Parts) -> Result<RunningVm, VmmError> {
+    let confine = BEFORE_THREADS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(confine) = confine {
+        confine().map_err(setup_err("confining the VMM"))?;
+    }
+    p.console.start_echo();
     vcpu::install_kick_handler().map_err(setup_err("vCPU kick signal"))?;
     if seccomp::enabled() {
         seccomp::install_sigsys_handler().map_err(setup_err("seccomp"))?;

@@ -20,7 +20,7 @@ use kvm_bindings::{
     KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_RESET,
     KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
@@ -123,6 +123,7 @@ pub fn install_kick_handler() -> std::io::Result<()> {
 
 /// Creates and configures `count` vCPUs; vCPU 0 starts at `entry` in long mode.
 pub fn create(kvm: &Kvm, vm: &VmFd, count: u8, entry: u64) -> Result<Vec<VcpuFd>, VcpuError> {
+    let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
     let base_cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|source| VcpuError::Kvm {
@@ -150,6 +151,9 @@ pub fn create(kvm: &Kvm, vm: &VmFd, count: u8, entry: u64) -> Result<Vec<VcpuFd>
 
         let mut cpuid: CpuId = base_cpuid.clone();
         cpuid::normalize(cpuid.as_mut_slice(), u32::from(index), u32::from(count))?;
+        if tsc_deadline {
+            cpuid::offer_tsc_deadline(cpuid.as_mut_slice());
+        }
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
 
         let written = fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;

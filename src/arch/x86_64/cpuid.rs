@@ -24,6 +24,7 @@ const LEAF_AMD_SIZES: u32 = 0x8000_0008;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const ECX_HYPERVISOR: u32 = 1 << 31;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const EDX_HTT: u32 = 1 << 28;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
@@ -125,6 +126,17 @@ pub fn normalize(
     }
     normalize_xsave(entries);
     Ok(())
+}
+
+/// Offers the TSC-deadline mode of the local APIC timer (leaf 1 ECX bit 24), which
+/// `KVM_GET_SUPPORTED_CPUID` never reports: KVM emulates it in its in-kernel local APIC when
+/// it has `KVM_CAP_TSC_DEADLINE_TIMER`, and only the VMM can say so (Firecracker and QEMU
+/// do). Without it a Linux guest arms its timer through the APIC's initial-count register,
+/// one trapped MMIO write per timer event, and calibrates the APIC timer at boot.
+pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for e in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
+        e.ecx |= ECX_TSC_DEADLINE;
+    }
 }
 
 /// XCR0 bits whose instructions the other leaves offer.
@@ -279,6 +291,14 @@ mod tests {
         assert_eq!(l1d.eax & 0x3fff, 0x0121);
         let l3 = get(&e, 4, 3);
         assert_eq!((l3.eax >> 26, (l3.eax >> 14) & 0xfff), (1, 1));
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_on_leaf_1_only() {
+        let mut e = vec![entry(1, 0, [0, 0, 0, 0]), entry(7, 0, [0, 0, 0, 0])];
+        offer_tsc_deadline(&mut e);
+        assert_eq!(get(&e, 1, 0).ecx, 1 << 24);
+        assert_eq!(get(&e, 7, 0).ecx, 0);
     }
 
     #[test]

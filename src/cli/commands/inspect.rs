@@ -81,9 +81,10 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_jso
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
         },
-        // As /proc shows the VMM now: its threads' seccomp filters, capabilities, uid, root.
+        // As /proc shows the VMM now: its threads' seccomp filters, capabilities, uid, root,
+        // jail.
         "VmmConfinement": if live {
-            crate::sandbox::confinement::of_pid(state.pid)
+            crate::sandbox::confinement::of_vmm(state.pid, &runtime)
         } else {
             None
         },

@@ -13,6 +13,7 @@ pub mod kill;
 pub mod load;
 pub mod login;
 pub mod logs;
+pub mod oci;
 pub mod port;
 pub mod ps;
 pub mod pull;

@@ -130,6 +130,13 @@ pub struct RunArgs {
     /// systempaths=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// The uid the sandbox's VMM runs as, in its jail (as root; default: one of brig's
+    /// jail range, from the sandbox id).
+    #[arg(long = "jail-uid", value_name = "UID", value_parser = clap::value_parser!(u32).range(1..=4_294_967_294))]
+    jail_uid: Option<u32>,
+    /// The gid the sandbox's VMM runs as, in its jail (default: the jail uid).
+    #[arg(long = "jail-gid", value_name = "GID", value_parser = clap::value_parser!(u32).range(1..=4_294_967_294))]
+    jail_gid: Option<u32>,
     /// Share a host path or a named volume: [SRC:]DST[:ro|rw,passthrough]
     #[arg(short = 'v', long = "volume", value_name = "[SRC:]DST[:OPTS]")]
     volume: Vec<String>,
@@ -240,6 +247,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         cap_drop: args.cap_drop.clone(),
         privileged: args.privileged,
         security_opt: args.security_opt.clone(),
+        jail_uid: args.jail_uid,
+        jail_gid: args.jail_gid,
     };
     let security_spec = security.spec()?;
     let volumes = crate::sandbox::volumes::spec::parse_all(&args.volume, &args.mount, &args.tmpfs)?;

@@ -25,6 +25,10 @@ pub struct SecurityFlags {
     pub privileged: bool,
     /// `--security-opt` values, as given.
     pub security_opt: Vec<String>,
+    /// `--jail-uid`/`--jail-gid`: the ids the sandbox's VMM runs as (default: one of brig's
+    /// jail range, see `sandbox::jail`).
+    pub jail_uid: Option<u32>,
+    pub jail_gid: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]

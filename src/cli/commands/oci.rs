@@ -1,0 +1,366 @@
+//! `brig-runc` (the brig binary under that name, or `brig oci ...`): an OCI runtime command
+//! line in runc's dialect, for containerd's runc shim, conmon (podman) and dockerd. Errors
+//! are one line on stderr and, with `--log`, a `"level":"error"` line there (where
+//! containerd's shim reads them), and exit 1, as runc's.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::sandbox::oci::{self, OciError};
+
+/// An OCI runtime that runs each container in a brig microVM.
+#[derive(Debug, Parser)]
+#[command(name = "brig-runc", disable_version_flag = true)]
+pub struct OciCli {
+    /// Where containers' state lives.
+    #[arg(long, global = true)]
+    root: Option<PathBuf>,
+    /// Where errors are logged (as well as stderr).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    /// Accepted; brig does not manage cgroups through systemd.
+    #[arg(long, global = true)]
+    systemd_cgroup: bool,
+    /// Accepted.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Accepted (`spec --rootless` too).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
+    rootless: Option<String>,
+    /// Accepted.
+    #[arg(long, global = true)]
+    criu: Option<String>,
+    /// Print the version.
+    #[arg(short = 'v', long)]
+    version: bool,
+    #[command(subcommand)]
+    command: Option<OciCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum OciCommand {
+    /// Create a container from a bundle; its process waits for `start`.
+    Create {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        no_pivot: bool,
+        #[arg(long)]
+        no_new_keyring: bool,
+        #[arg(long)]
+        preserve_fds: Option<u32>,
+        id: String,
+    },
+    /// Create, start and wait for a container, then delete it; exits with its status.
+    Run {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(long)]
+        no_pivot: bool,
+        #[arg(long)]
+        no_new_keyring: bool,
+        id: String,
+    },
+    /// Run a created container's process.
+    Start { id: String },
+    /// Run one more process in a running container.
+    Exec {
+        /// The process as runtime-spec JSON (else the command after the id).
+        #[arg(short = 'p', long)]
+        process: Option<PathBuf>,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        #[arg(short = 't', long)]
+        tty: bool,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List a container's host processes.
+    Ps {
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+        id: String,
+    },
+    /// Print a container's state as JSON.
+    State { id: String },
+    /// Send a signal (default SIGTERM) to a container.
+    Kill {
+        #[arg(short = 'a', long)]
+        all: bool,
+        id: String,
+        #[arg(default_value = "SIGTERM")]
+        signal: String,
+    },
+    /// Remove a container.
+    Delete {
+        #[arg(short = 'f', long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    List {
+        #[arg(short = 'f', long, default_value = "table")]
+        format: String,
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Print what this runtime supports, as JSON.
+    Features,
+    /// Write a minimal config.json.
+    Spec {
+        #[arg(short = 'b', long, default_value = ".")]
+        bundle: PathBuf,
+    },
+    /// A detached exec's proxy (started by `exec --detach`).
+    #[command(name = "__exec", hide = true)]
+    ExecProxy {
+        sandbox: String,
+        #[arg(long)]
+        process_json: String,
+    },
+    /// A container's VMM process (started by `create`).
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        sandbox: String,
+        #[arg(long)]
+        start_fifo: PathBuf,
+        #[arg(long)]
+        ready_fd: i32,
+    },
+}
+
+/// Whether this invocation is the OCI runtime: argv[0] `brig-runc`, or `brig oci ...`.
+pub fn is_oci(args: &[OsString]) -> bool {
+    let name = args.first().map(Path::new).and_then(Path::file_name);
+    name.is_some_and(|n| n == "brig-runc") || args.get(1).is_some_and(|a| a == "oci")
+}
+
+/// Runs the OCI command line `args` (argv as given); returns the exit code.
+pub fn main(mut args: Vec<OsString>) -> i32 {
+    if args.get(1).is_some_and(|a| a == "oci") {
+        args.remove(1);
+    }
+    let cli = match OciCli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    let log = cli.log.clone();
+    let json = cli.log_format == "json";
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = e.to_string();
+            eprintln!("brig-runc: {msg}");
+            if let Some(path) = log {
+                log_error(&path, json, &msg);
+            }
+            1
+        }
+    }
+}
+
+/// Appends `msg` to the log as runc writes it (logrus text or JSON).
+fn log_error(path: &Path, json: bool, msg: &str) {
+    let time = crate::sandbox::state::now_rfc3339();
+    let line = if json {
+        serde_json::json!({"level": "error", "msg": msg, "time": time}).to_string()
+    } else {
+        format!("time={time:?} level=error msg={msg:?}")
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn dispatch(cli: OciCli) -> Result<i32, OciError> {
+    let root = match &cli.root {
+        Some(r) => std::path::absolute(r).map_err(OciError::io("--root"))?,
+        None => oci::default_root(),
+    };
+    let Some(command) = cli.command else {
+        if cli.version {
+            print_version();
+            return Ok(0);
+        }
+        let _ = <OciCli as clap::CommandFactory>::command().print_help();
+        return Ok(0);
+    };
+    match command {
+        OciCommand::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => {
+            if console_socket.is_some() {
+                return Err(OciError::Unsupported(
+                    "--console-socket (a terminal) is not supported yet".into(),
+                ));
+            }
+            let pid_file = pid_file
+                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+                .transpose()?;
+            oci::create(&oci::CreateRequest {
+                root,
+                id,
+                bundle,
+                pid_file,
+            })?;
+        }
+        OciCommand::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            id,
+            ..
+        } => {
+            if console_socket.is_some() {
+                return Err(OciError::Unsupported(
+                    "--console-socket (a terminal) is not supported yet".into(),
+                ));
+            }
+            let pid_file = pid_file
+                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+                .transpose()?;
+            return oci::run(&oci::CreateRequest {
+                root,
+                id,
+                bundle,
+                pid_file,
+            });
+        }
+        OciCommand::Start { id } => oci::start(&root, &id)?,
+        OciCommand::State { id } => {
+            let state = oci::Container::open(&root, &id)?.load()?;
+            print_json(&state.to_json());
+        }
+        OciCommand::Kill { all, id, signal } => {
+            oci::kill(&root, &id, oci::parse_signal(&signal)?, all)?
+        }
+        OciCommand::Delete { force, id } => oci::delete(&root, &id, force)?,
+        OciCommand::List { format, quiet } => list(&root, &format, quiet),
+        OciCommand::Features => print_json(&oci::features_json()),
+        OciCommand::Spec { bundle } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                return Err(OciError::Status(
+                    "File config.json exists. Remove it first".into(),
+                ));
+            }
+            let text = serde_json::to_string_pretty(&oci::default_spec()).unwrap_or_default();
+            std::fs::write(&path, text).map_err(OciError::io(path.display().to_string()))?;
+        }
+        OciCommand::Exec {
+            process,
+            pid_file,
+            detach,
+            console_socket,
+            tty,
+            id,
+            command,
+        } => {
+            if console_socket.is_some() || tty {
+                return Err(OciError::Unsupported(
+                    "a terminal for exec is not supported yet".into(),
+                ));
+            }
+            let json = match process {
+                Some(p) => {
+                    std::fs::read_to_string(&p).map_err(OciError::io(p.display().to_string()))?
+                }
+                None => serde_json::json!({"args": command, "cwd": "/"}).to_string(),
+            };
+            if !detach {
+                return oci::exec::exec_wait(&root, &id, &json);
+            }
+            let pid_file = pid_file
+                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+                .transpose()?;
+            oci::exec::exec_detached(&root, &id, &json, pid_file.as_deref())?;
+        }
+        OciCommand::Ps { format, id } => {
+            let pids = oci::exec::pids(&root, &id)?;
+            if format == "json" {
+                println!("{}", serde_json::Value::from(pids));
+            } else {
+                println!("PID");
+                for p in pids {
+                    println!("{p}");
+                }
+            }
+        }
+        OciCommand::ExecProxy {
+            sandbox,
+            process_json,
+        } => return oci::exec::run_proxy(&sandbox, &process_json),
+        OciCommand::Supervise {
+            sandbox,
+            start_fifo,
+            ready_fd,
+        } => return Ok(oci::supervise::run(&sandbox, &start_fifo, ready_fd)),
+    }
+    Ok(0)
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn print_version() {
+    println!("brig-runc version {}", env!("CARGO_PKG_VERSION"));
+    println!("spec: {}", oci::container::OCI_VERSION);
+}
+
+fn list(root: &Path, format: &str, quiet: bool) {
+    let all = oci::list(root);
+    if format == "json" {
+        let v: Vec<_> = all.iter().map(|s| s.to_json()).collect();
+        println!("{}", serde_json::Value::from(v));
+        return;
+    }
+    if quiet {
+        for s in &all {
+            println!("{}", s.id);
+        }
+        return;
+    }
+    println!("ID\tPID\tSTATUS\tBUNDLE\tCREATED\tOWNER");
+    for s in &all {
+        let j = s.to_json();
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t",
+            s.id,
+            j["pid"],
+            j["status"].as_str().unwrap_or(""),
+            s.bundle.display(),
+            s.created
+        );
+    }
+}

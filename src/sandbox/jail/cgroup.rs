@@ -1,0 +1,114 @@
+//! A jailed VMM's cgroup (v2): `/sys/fs/cgroup/brig/<short id>`, with `memory.max` set to
+//! guest RAM plus the VMM's overhead. Made only where cgroup v2 is mounted, writable and has
+//! the memory controller; otherwise the VMM runs in brig's own cgroup.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup v2 is mounted.
+const MOUNT: &str = "/sys/fs/cgroup";
+/// The cgroup under which brig's VMMs' cgroups live.
+const PARENT: &str = "brig";
+
+/// A VMM's cgroup; [`Cgroup::remove`] removes it once its process is gone.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+/// Whether `path` (as /proc/PID/cgroup writes it) is one of brig's VMM cgroups.
+pub fn is_brigs(path: &str) -> bool {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(PARENT))
+        .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+}
+
+/// The `memory.max` of the cgroup at `path` (as /proc/PID/cgroup writes it).
+pub fn memory_max(path: &str) -> Option<String> {
+    let rel = path.strip_prefix('/')?;
+    std::fs::read_to_string(Path::new(MOUNT).join(rel).join("memory.max"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The cgroup of sandbox `short_id`'s VMM.
+pub fn path_of(short_id: &str) -> PathBuf {
+    Path::new(MOUNT).join(PARENT).join(short_id)
+}
+
+fn enable_memory(dir: &Path) -> io::Result<()> {
+    let control = std::fs::read_to_string(dir.join("cgroup.subtree_control"))?;
+    if control.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+}
+
+/// Makes the cgroup of sandbox `short_id`'s VMM with a memory limit of `limit_bytes`;
+/// `Ok(None)` where cgroup v2 with the memory controller is not there to use.
+pub fn create(short_id: &str, limit_bytes: u64) -> io::Result<Option<Cgroup>> {
+    let mount = Path::new(MOUNT);
+    let controllers = match std::fs::read_to_string(mount.join("cgroup.controllers")) {
+        Ok(c) => c,
+        Err(_) => return Ok(None),
+    };
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Ok(None);
+    }
+    let parent = mount.join(PARENT);
+    if enable_memory(mount).is_err() {
+        return Ok(None);
+    }
+    match std::fs::create_dir(&parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    enable_memory(&parent)?;
+    let path = path_of(short_id);
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        // A cgroup left by a VMM that was killed with its keeper: empty, so reusable.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let cgroup = Cgroup { path };
+    std::fs::write(cgroup.path.join("memory.max"), limit_bytes.to_string())?;
+    // No swap for guest memory either, where swap accounting exists.
+    let _ = std::fs::write(cgroup.path.join("memory.swap.max"), "0");
+    Ok(Some(cgroup))
+}
+
+impl Cgroup {
+    /// Moves the calling process into the cgroup.
+    pub fn join(&self) -> io::Result<()> {
+        std::fs::write(self.path.join("cgroup.procs"), "0")
+    }
+
+    /// Removes the cgroup (its processes gone).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// Removes sandbox `short_id`'s VMM cgroup if it is left (its keeper was killed).
+pub fn remove_stale(short_id: &str) {
+    let _ = std::fs::remove_dir(path_of(short_id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brigs_cgroups_are_told_apart() {
+        assert!(is_brigs("/brig/0123456789ab"));
+        assert!(!is_brigs("/brig"));
+        assert!(!is_brigs("/brig/"));
+        assert!(!is_brigs("/user.slice/brig/x"));
+        assert!(!is_brigs("/brigs/x"));
+        assert_eq!(path_of("abc"), Path::new("/sys/fs/cgroup/brig/abc"));
+    }
+}

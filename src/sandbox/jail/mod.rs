@@ -1,0 +1,173 @@
+//! The jail a detached sandbox's VMM runs in, as Firecracker's jailer builds one, entered by
+//! the VMM process itself once its VM is built and before any of its threads starts (Linux
+//! applies namespaces and ids per thread):
+//!
+//! - new mount, IPC, UTS and network namespaces (the VMM needs no network of its own: the
+//!   TAP is an open descriptor, its sockets are Unix sockets reached by path);
+//! - its root an empty tmpfs (`nodev,nosuid,noexec`, then read-only) at `<runtime dir>/root`,
+//!   mounted only in its own mount namespace, holding nothing but the runtime directory
+//!   bind-mounted read-only at its own path (where the guest's vsock connections arrive);
+//! - an unprivileged uid and gid (`--jail-uid`/`--jail-gid`; by default one of a range of
+//!   ids kept for brig's jails, picked from the sandbox id), no supplementary groups, so no
+//!   capabilities, and `no_new_privs`;
+//! - a cgroup of its own with a memory limit (guest RAM and [`OVERHEAD_MIB`]) where cgroup
+//!   v2 is writable.
+//!
+//! Every descriptor it keeps was opened before (KVM, memory, disks, TAP, sockets, the console
+//! and log pipes); seccomp comes after, thread by thread. No PID namespace: a process cannot
+//! enter one itself, and once it has unshared one it can no longer start threads.
+//! `BRIG_JAIL=off` turns the jail off (debugging only); brig not running as root runs
+//! unjailed for now.
+
+pub mod cgroup;
+mod enter;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+pub use enter::enter;
+
+/// The first of the ids kept for brig's jails: far above the ranges of login users and of
+/// rootless containers' subordinate ids.
+pub const ID_BASE: u32 = 0x6272_0000;
+/// How many ids the range holds.
+pub const ID_COUNT: u32 = 1 << 16;
+/// What the VMM may use besides guest RAM before its cgroup reclaims and then kills it.
+pub const OVERHEAD_MIB: u64 = 256;
+
+/// Whether sandboxes' VMMs are jailed: as root, unless `BRIG_JAIL=off`.
+pub fn enabled() -> bool {
+    std::env::var("BRIG_JAIL").map_or(true, |v| v != "off") && rustix::process::geteuid().is_root()
+}
+
+/// The uid (and gid) a sandbox's VMM runs as by default: one of the range, from the id, so
+/// that two sandboxes rarely share one.
+pub fn default_id(sandbox_id: &str) -> u32 {
+    let n = sandbox_id
+        .get(..4)
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .unwrap_or(0);
+    ID_BASE + n % ID_COUNT
+}
+
+/// The jail one VMM enters.
+#[derive(Debug)]
+pub struct Jail {
+    pub uid: u32,
+    pub gid: u32,
+    /// The empty directory its root is mounted on.
+    pub root: PathBuf,
+    /// The sandbox's runtime directory, seen at the same path inside.
+    pub runtime: PathBuf,
+    /// The process that prepared the jail: the VMM ends with it.
+    pub keeper: u32,
+}
+
+/// What the jail of a VMM is, as [`describe`] reads it from /proc (for `brig inspect`).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JailView {
+    pub root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    /// The namespaces it does not share with the reader (`mnt`, `ipc`, ...).
+    pub namespaces: Vec<String>,
+    /// Its cgroup (v2 path), when it is in one of brig's.
+    pub cgroup: Option<String>,
+    /// That cgroup's `memory.max`.
+    pub memory_max: Option<String>,
+}
+
+/// The root a sandbox's jail is mounted on, inside its runtime directory (so it goes with it).
+pub fn root_of(runtime: &Path) -> PathBuf {
+    runtime.join("root")
+}
+
+/// Prepares the jail of the VMM of sandbox `runtime`, run as `uid`:`gid`, on the host side
+/// (as root, before the VMM starts): its root directory, and a runtime directory the jailed
+/// VMM may enter (group `gid`, search only) but not change.
+pub fn prepare(runtime: &Path, uid: u32, gid: u32) -> io::Result<Jail> {
+    use rustix::fs::{chmod, chown, Gid, Mode};
+    let root = root_of(runtime);
+    match std::fs::create_dir(&root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    chown(runtime, None, Some(Gid::from_raw(gid)))?;
+    chmod(runtime, Mode::from_raw_mode(0o710))?;
+    Ok(Jail {
+        uid,
+        gid,
+        root,
+        runtime: runtime.to_path_buf(),
+        keeper: std::process::id(),
+    })
+}
+
+fn ns_id(pid: &str, ns: &str) -> Option<PathBuf> {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok()
+}
+
+/// The jail process `pid` is in, if it is in one (its root is not the reader's); `runtime`
+/// is its sandbox's runtime directory.
+pub fn describe(pid: u32, runtime: &Path) -> Option<JailView> {
+    use std::os::unix::fs::MetadataExt;
+    let p = pid.to_string();
+    let root = std::fs::metadata(format!("/proc/{p}/root")).ok()?;
+    let ours = std::fs::metadata("/").ok()?;
+    if root.dev() == ours.dev() && root.ino() == ours.ino() {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+    let first = |name: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let namespaces = ["mnt", "ipc", "uts", "net", "pid", "user", "cgroup"]
+        .into_iter()
+        .filter(|ns| ns_id(&p, ns).is_some_and(|id| Some(id) != ns_id("self", ns)))
+        .map(str::to_string)
+        .collect();
+    let cgroup = std::fs::read_to_string(format!("/proc/{p}/cgroup"))
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+        })
+        .filter(|c| cgroup::is_brigs(c));
+    let memory_max = cgroup.as_deref().and_then(cgroup::memory_max);
+    Some(JailView {
+        root: root_of(runtime),
+        uid: first("Uid")?,
+        gid: first("Gid")?,
+        namespaces,
+        cgroup,
+        memory_max,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ids_are_in_the_range_and_follow_the_id() {
+        let a = default_id("0a1b2c3d");
+        assert_eq!(a, ID_BASE + 0x0a1b);
+        assert!((ID_BASE..ID_BASE + ID_COUNT).contains(&default_id("ffffffff")));
+        assert_eq!(default_id("zz"), ID_BASE);
+    }
+
+    #[test]
+    fn this_process_is_in_no_jail() {
+        assert!(describe(std::process::id(), Path::new("/nowhere")).is_none());
+    }
+}

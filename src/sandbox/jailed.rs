@@ -1,0 +1,390 @@
+//! A detached sandbox run with its VMM in a jail ([`super::jail`]). The `brig __supervise`
+//! process stays on the host side as the sandbox's keeper: it sets up the network and the
+//! file servers, holds the runtime directory's lock, writes the sandbox's state and log, and
+//! tears everything down at the end. It forks the VMM, which closes what it inherited and
+//! does not need, builds the VM, jails itself, then runs the workload; it reports back on two
+//! pipes: one line per event on one (`running`, `ready`, `ended CODE`, `failed CODE
+//! MESSAGE`), the workload's log records on the other. The keeper trusts neither: the VMM is
+//! where guest input is parsed.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::jail::{self, cgroup::Cgroup, Jail};
+use super::launch::{launch, Launch, LaunchIo};
+use super::logs::{self, LogWriter, Stream};
+use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
+use super::runtime::RuntimeDir;
+use super::state::Sandbox;
+use super::supervisor::{
+    host_side, not_started, record_end, record_running, HostSide, SuperviseError,
+};
+use crate::vmm::{self, seccomp, ConsoleLog};
+
+/// The longest event line the keeper reads.
+const MAX_EVENT: usize = 4096;
+
+/// What the VMM tells its keeper.
+#[derive(Debug, PartialEq, Eq)]
+enum Event {
+    /// The VM runs.
+    Running,
+    /// The workload runs.
+    Ready,
+    /// The run ended so.
+    Ended(Result<i32, Failure>),
+}
+
+impl Event {
+    fn line(&self) -> String {
+        match self {
+            Event::Running => "running\n".into(),
+            Event::Ready => "ready\n".into(),
+            Event::Ended(Ok(code)) => format!("ended {code}\n"),
+            Event::Ended(Err(f)) => format!("failed {} {}\n", f.code, f.message.replace('\n', " ")),
+        }
+    }
+
+    fn parse(line: &str) -> Option<Self> {
+        match line.split_once(' ') {
+            None if line == "running" => Some(Event::Running),
+            None if line == "ready" => Some(Event::Ready),
+            Some(("ended", code)) => code.parse().ok().map(|c| Event::Ended(Ok(c))),
+            Some(("failed", rest)) => {
+                let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
+                Some(Event::Ended(Err(Failure {
+                    code: code.parse().ok()?,
+                    message: message.to_string(),
+                })))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Runs `sandbox` detached in `runtime` with its VMM jailed, until it ends: the verdict.
+/// `ready` hears once whether the workload started.
+pub fn supervise_jailed(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    timeout: Option<TimeoutPolicy>,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+) -> Result<Result<i32, Failure>, SuperviseError> {
+    let config = sandbox.config()?;
+    let host = host_side(sandbox, runtime, ready)?;
+    let uid = config
+        .security
+        .jail_uid
+        .unwrap_or_else(|| jail::default_id(&config.id));
+    let gid = config.security.jail_gid.unwrap_or(uid);
+    let short = &config.id[..config.id.len().min(12)];
+    let setup = (|| {
+        let jail = jail::prepare(runtime.path(), uid, gid)?;
+        let cgroup = jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?))
+    })();
+    let (jail, cgroup, (events_read, events_write), (log_read, log_write)) = match setup {
+        Ok(s) => s,
+        Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
+    };
+    // SAFETY: the child goes on with Rust code. The keeper may have threads by now (its port
+    // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
+    // only this one, and glibc's fork leaves malloc usable in the child. The child never
+    // drops the keeper's objects it got a copy of (see `vmm_process`) and ends with `exit`.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        let e = SuperviseError::Jail(io::Error::last_os_error());
+        return Err(not_started(sandbox, e, ready));
+    }
+    if pid == 0 {
+        drop((events_read, log_read));
+        let HostSide {
+            log,
+            console_file,
+            net,
+            served,
+            vm,
+            run,
+        } = host;
+        // The keeper's: their descriptors are closed in `vmm_process`, their teardown is the
+        // keeper's.
+        std::mem::forget((log, net, served));
+        let vmm = VmmSide {
+            events: events_write,
+            rest: VmmRest {
+                jail,
+                cgroup,
+                log: log_write,
+                console_file,
+                vm,
+                run,
+                timeout,
+            },
+        };
+        vmm_process(vmm, runtime);
+    }
+    drop((events_write, log_write));
+    let pid = pid as u32;
+    let verdict = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
+    let HostSide { net, served, .. } = host;
+    drop(net);
+    drop(served);
+    if let Some(c) = cgroup {
+        c.remove();
+    }
+    record_end(sandbox, &verdict);
+    Ok(verdict)
+}
+
+/// What the VMM process gets: its events pipe, and the rest.
+struct VmmSide {
+    events: OwnedFd,
+    rest: VmmRest,
+}
+
+/// What the VMM process runs its VM with.
+struct VmmRest {
+    jail: Jail,
+    cgroup: Option<Cgroup>,
+    /// The write end of the log records' pipe.
+    log: OwnedFd,
+    console_file: super::supervisor::CappedFile,
+    vm: vmm::VmConfig,
+    run: brig_protocol::RunSpec,
+    timeout: Option<TimeoutPolicy>,
+}
+
+/// The keeper's side: follows the VMM's events until it ends, relaying its log records into
+/// `log`, and says how the run ended.
+fn keep(
+    pid: u32,
+    events: OwnedFd,
+    records: OwnedFd,
+    log: &LogWriter,
+    sandbox: &Sandbox,
+    host: &HostSide,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+) -> Result<i32, Failure> {
+    let log = log.clone();
+    let relay = std::thread::Builder::new()
+        .name("log-relay".into())
+        .spawn(move || {
+            if let Err(e) = logs::relay(File::from(records), &log) {
+                tracing::warn!("the VMM's log: {e}");
+            }
+        });
+    let mut events = File::from(events);
+    let mut told = false;
+    let mut verdict = None;
+    while let Some(line) = read_line(&mut events) {
+        match Event::parse(&line) {
+            Some(Event::Running) => record_running(sandbox, pid, host.net.as_ref()),
+            Some(Event::Ready) if !told => {
+                told = true;
+                ready(Ok(()));
+            }
+            Some(Event::Ended(v)) => verdict = Some(v),
+            _ => {}
+        }
+    }
+    let status = reap(pid);
+    if let Ok(relay) = relay {
+        let _ = relay.join();
+    }
+    let verdict = verdict.unwrap_or_else(|| {
+        // As a sandbox whose (unjailed) VMM is gone reads: "the VMM process died".
+        Err(Failure::brig(format!("the VMM process died ({status})")))
+    });
+    if !told {
+        ready(Err(verdict.clone().err().unwrap_or_else(|| {
+            Failure::brig("the workload did not start")
+        })));
+    }
+    verdict
+}
+
+/// One line of at most [`MAX_EVENT`] bytes (longer ones cut), or `None` at the end.
+fn read_line(from: &mut File) -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match from.read(&mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => {
+                if line.len() < MAX_EVENT {
+                    line.push(byte[0]);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            _ if line.is_empty() => return None,
+            _ => break,
+        }
+    }
+    Some(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Waits for the VMM process to end; how it ended, in words.
+fn reap(pid: u32) -> String {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return "unknown".into();
+    };
+    loop {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                return match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => format!("exit status {code}"),
+                    (_, Some(sig)) => format!("killed by signal {sig}"),
+                    _ => "stopped".into(),
+                };
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(_) => return "unknown".into(),
+        }
+    }
+}
+
+/// Closes every descriptor of this process but `keep` (and stdio): what the VMM inherited
+/// from its keeper (port proxy listeners, the runtime lock, file servers' pipes).
+fn close_inherited(keep: &[RawFd]) -> io::Result<()> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: these descriptors belong to objects of the keeper that fork copied
+            // into this process, which it never uses nor drops (forgotten), or to the
+            // directory listing above, already closed: EBADF, ignored (libc's close, as
+            // rustix's asserts success).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// The VMM process: never returns.
+fn vmm_process(vmm: VmmSide, runtime: &RuntimeDir) -> ! {
+    let events = File::from(vmm.events);
+    let send = |e: Event| {
+        let _ = (&events).write_all(e.line().as_bytes());
+    };
+    let verdict = run_vmm(vmm.rest, runtime, events.as_raw_fd(), &send);
+    let code = verdict.as_ref().map_or_else(|f| f.code, |c| *c);
+    send(Event::Ended(verdict));
+    std::process::exit(code)
+}
+
+/// Readies this process (descriptors, cgroup, console), has its VM jail it before it starts
+/// a thread, and runs the workload: the verdict.
+fn run_vmm(
+    vmm: VmmRest,
+    runtime: &RuntimeDir,
+    events: RawFd,
+    send: &dyn Fn(Event),
+) -> Result<i32, Failure> {
+    let VmmRest {
+        jail,
+        cgroup,
+        log,
+        console_file,
+        mut vm,
+        run,
+        timeout,
+    } = vmm;
+    let brig = |what: &str, e: io::Error| Failure::brig(format!("jailing the VMM: {what}: {e}"));
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| brig("PR_SET_PDEATHSIG", e.into()))?;
+    let mut keep = vec![events, log.as_raw_fd(), console_file.as_raw_fd()];
+    if let Some(net) = &vm.net {
+        keep.push(net.backend.as_raw_fd());
+    }
+    close_inherited(&keep).map_err(|e| brig("closing inherited descriptors", e))?;
+    if let Some(c) = &cgroup {
+        c.join().map_err(|e| brig("joining its cgroup", e))?;
+    }
+    vm.console = ConsoleLog::with_deferred_echo(Box::new(console_file), seccomp::confine_console);
+    vmm::confine_next_vm(Box::new(move || jail::enter(&jail)));
+    let log = LogWriter::unrotated(File::from(log));
+    let spec = Launch {
+        vm,
+        run,
+        stdin: false,
+        timeout: timeout.map(|t| match t {
+            TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
+        }),
+        restore_from: None,
+        // A jailed VMM sees no template store (yet): it boots.
+        template: None,
+    };
+    let mut on_vm_started = || send(Event::Running);
+    let mut on_workload_started = || send(Event::Ready);
+    let io = LaunchIo {
+        stdout: &mut log.stream(Stream::Stdout),
+        stderr: &mut log.stream(Stream::Stderr),
+        relay_signals: false,
+        on_vm_started: &mut on_vm_started,
+        on_workload_started: &mut on_workload_started,
+    };
+    match launch(spec, runtime, io) {
+        Ok(outcome) => judge(&outcome.end, &outcome.console, &outcome.reason, timeout),
+        Err(e) => Err(Failure {
+            code: EXIT_BRIG_ERROR,
+            message: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_and_garbage_is_ignored() {
+        for e in [
+            Event::Running,
+            Event::Ready,
+            Event::Ended(Ok(3)),
+            Event::Ended(Err(Failure {
+                code: 137,
+                message: "killed\nhard".into(),
+            })),
+        ] {
+            let line = e.line();
+            let parsed = Event::parse(line.trim_end_matches('\n')).unwrap();
+            match (&e, &parsed) {
+                (Event::Ended(Err(a)), Event::Ended(Err(b))) => {
+                    assert_eq!(a.code, b.code);
+                    assert_eq!(b.message, "killed hard");
+                }
+                _ => assert_eq!(e, parsed),
+            }
+        }
+        for junk in [
+            "",
+            "ended",
+            "ended x",
+            "failed",
+            "failed x y",
+            "runningx",
+            "ready now",
+        ] {
+            assert_eq!(Event::parse(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_the_end_is_none() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let mut w = File::from(w);
+        w.write_all(&vec![b'x'; MAX_EVENT + 10]).unwrap();
+        w.write_all(b"\nready\n").unwrap();
+        drop(w);
+        let mut r = File::from(r);
+        assert_eq!(read_line(&mut r).unwrap().len(), MAX_EVENT);
+        assert_eq!(read_line(&mut r).as_deref(), Some("ready"));
+        assert_eq!(read_line(&mut r), None);
+    }
+}

@@ -1,0 +1,123 @@
+//! `exec`: one more process in a running container, through brig's exec path (a vsock
+//! connection to the agent, brig's stdio and signals relayed, the process's exit status).
+//! With `--detach` a small proxy process of its own (`brig oci __exec`) does that; its pid
+//! goes in the pid file, since callers wait on and signal that pid (runsc and kata-shim do
+//! the same).
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+
+use super::bundle::Process;
+use super::container::{write_atomic, Container, Status};
+use super::OciError;
+use crate::sandbox::exec::{exec, ExecError, ExecOptions};
+use crate::sandbox::state::Sandbox;
+
+/// The hidden subcommand (after `oci`) of a detached exec's proxy.
+pub const EXEC_PROXY_COMMAND: &str = "__exec";
+
+/// Parses a process JSON (runtime-spec's `process`).
+pub fn parse_process(text: &str) -> Result<Process, OciError> {
+    let p: Process =
+        serde_json::from_str(text).map_err(|e| OciError::Bundle(format!("process: {e}")))?;
+    if p.args.is_empty() {
+        return Err(OciError::Bundle("process: args must not be empty".into()));
+    }
+    if p.terminal {
+        return Err(OciError::Unsupported(
+            "a terminal for exec is not supported yet".into(),
+        ));
+    }
+    Ok(p)
+}
+
+/// The running container `id`'s sandbox id.
+fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
+    let state = Container::open(root, id)?.load()?;
+    match state.status() {
+        Status::Running => Ok(state.sandbox_id),
+        Status::Created => Err(OciError::Status(
+            "cannot exec in a container that has not started".into(),
+        )),
+        Status::Stopped => Err(OciError::Status(
+            "cannot exec in a stopped container".into(),
+        )),
+    }
+}
+
+/// `exec` without `--detach`: runs `process_json` in container `id` with this process's
+/// stdio; returns its exit code.
+pub fn exec_wait(root: &Path, id: &str, process_json: &str) -> Result<i32, OciError> {
+    let sandbox_id = running_sandbox(root, id)?;
+    run_proxy(&sandbox_id, process_json)
+}
+
+/// `exec --detach`: starts the proxy and writes its pid to `pid_file`.
+pub fn exec_detached(
+    root: &Path,
+    id: &str,
+    process_json: &str,
+    pid_file: Option<&Path>,
+) -> Result<(), OciError> {
+    let sandbox_id = running_sandbox(root, id)?;
+    parse_process(process_json)?;
+    let exe = std::env::current_exe().map_err(OciError::io("locating the brig binary"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0("brig").args([
+        "oci",
+        EXEC_PROXY_COMMAND,
+        &sandbox_id,
+        "--process-json",
+        process_json,
+    ]);
+    // SAFETY: in the child between fork and exec: one system call, no allocation, no locks.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(OciError::io("starting the exec proxy"))?;
+    if let Some(p) = pid_file {
+        write_atomic(p, child.id().to_string().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// The proxy: runs the process in sandbox `sandbox_id`; returns its exit code.
+pub fn run_proxy(sandbox_id: &str, process_json: &str) -> Result<i32, OciError> {
+    let p = parse_process(process_json)?;
+    let _ = rustix::process::chdir("/");
+    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
+    let sandbox = Sandbox {
+        dir: home.join("sandboxes").join(sandbox_id),
+        id: sandbox_id.into(),
+    };
+    let opts = ExecOptions {
+        command: p.args.clone(),
+        env: p.env.clone(),
+        workdir: (!p.cwd.is_empty()).then(|| p.cwd.clone()),
+        user: Some(format!("{}:{}", p.user.uid, p.user.gid)),
+        ..Default::default()
+    };
+    match exec(&sandbox, sandbox_id, &opts) {
+        Ok(code) => Ok(code),
+        Err(ExecError::Failed(f)) => {
+            eprintln!("brig-runc: {}", f.message);
+            Ok(f.code)
+        }
+        Err(e) => Err(OciError::Sandbox(e.to_string())),
+    }
+}
+
+/// `ps --format json`: the container's host processes (its VMM; empty once stopped).
+pub fn pids(root: &Path, id: &str) -> Result<Vec<i32>, OciError> {
+    let state = Container::open(root, id)?.load()?;
+    Ok(if state.alive() {
+        vec![state.pid]
+    } else {
+        Vec::new()
+    })
+}

@@ -1,0 +1,135 @@
+//! brig as an OCI runtime, in runc's dialect (`brig-runc`): what containerd's runc shim,
+//! conmon and dockerd run for each container. A container is a brig sandbox whose VMM
+//! process (`brig oci __supervise`) is the pid callers wait on: `create` starts it with the
+//! caller's stdio and it waits for `start` before it boots; it exits with the workload's
+//! status (128+N for signal N).
+//!
+//! - [`bundle`]: `config.json` and the workload it makes; runc's create-time executable check.
+//! - [`rootfs`]: the bundle's root directory as a cached erofs image.
+//! - [`container`]: the container's state under the runtime root, and runc's state JSON.
+//! - [`verbs`]: create, start, kill, delete, run, list; [`supervise`]: the VMM process.
+//! - [`exec`]: exec (its detached proxy) and ps.
+
+pub mod bundle;
+pub mod container;
+pub mod exec;
+pub mod rootfs;
+pub mod supervise;
+pub mod verbs;
+
+pub use container::{default_root, Container};
+pub use verbs::{create, delete, kill, list, run, start, CreateRequest};
+
+/// The hidden subcommand (after `oci`) that is a container's VMM process.
+pub const SUPERVISE_COMMAND: &str = "__supervise";
+
+/// Why an OCI verb failed; the message is what runc would say where callers parse it.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// `config.json` is missing or malformed.
+    #[error("bundle: {0}")]
+    Bundle(String),
+    /// The process cannot be executed (runc's create-time `LookPath`).
+    #[error("{0}")]
+    Exec(String),
+    /// A feature of the config brig does not implement yet.
+    #[error("not supported: {0}")]
+    Unsupported(String),
+    /// The root directory could not be turned into an image.
+    #[error("rootfs: {0}")]
+    Rootfs(String),
+    /// No container by that id.
+    #[error("container does not exist")]
+    NotExist,
+    /// The id is taken.
+    #[error("container with id exists: {0}")]
+    Exists(String),
+    /// An id runc would refuse.
+    #[error("invalid container id format: {0}")]
+    BadId(String),
+    /// A verb not allowed in the container's status.
+    #[error("{0}")]
+    Status(String),
+    /// An unknown signal name or number.
+    #[error("unknown signal {0:?}")]
+    Signal(String),
+    /// The sandbox could not be made.
+    #[error("{0}")]
+    Sandbox(String),
+    /// A file under the runtime root, or a process, failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl OciError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Io { what, source }
+    }
+}
+
+/// A signal as runc's `kill` takes it: a number, or a name with or without `SIG`.
+pub fn parse_signal(s: &str) -> Result<i32, OciError> {
+    super::control::parse_signal(s).ok_or_else(|| OciError::Signal(s.into()))
+}
+
+/// runc's `features` output (runc ≥ 1.1; containerd 2 asks and tolerates failure).
+pub fn features_json() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.1.0",
+        "hooks": [],
+        "mountOptions": [],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": [],
+            "cgroup": {"v1": false, "v2": false, "systemd": false, "systemdUser": false},
+            "seccomp": {"enabled": false},
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false}
+        },
+        "annotations": {"io.brig.runtime": "microvm"}
+    })
+}
+
+/// runc's `spec`: a minimal config.json running `sh` from `rootfs`.
+pub fn default_spec() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "runc",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+        ],
+        "linux": {"namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]}
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_and_name() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("sigusr1").unwrap(), libc::SIGUSR1);
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("NOPE").is_err());
+    }
+}

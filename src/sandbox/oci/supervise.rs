@@ -1,0 +1,87 @@
+//! A container's VMM process (`brig oci __supervise SANDBOX`): the pid in the pid file. It
+//! takes the sandbox's runtime directory (the lock that marks the VM alive), tells `create`
+//! it is ready, waits for `start` on the container's FIFO, then runs the sandbox in the
+//! foreground: the workload's stdout and stderr go to this process's (the caller's) fds 1
+//! and 2, drained before it exits, and catchable signals sent to it reach the workload.
+//! Its exit status is the workload's (128+N for signal N).
+
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use super::OciError;
+use crate::sandbox::outcome::EXIT_BRIG_ERROR;
+use crate::sandbox::runtime::RuntimeDir;
+use crate::sandbox::state::Sandbox;
+use crate::sandbox::supervisor::{supervise, Mode};
+
+/// Runs the container's sandbox `sandbox_id`; returns the exit code.
+pub fn run(sandbox_id: &str, start_fifo: &Path, ready_fd: RawFd) -> i32 {
+    // SAFETY: `create` handed this descriptor down for this process alone; nothing else here
+    // owns it.
+    let ready = unsafe { OwnedFd::from_raw_fd(ready_fd) };
+    let _ = rustix::io::fcntl_setfd(&ready, rustix::io::FdFlags::CLOEXEC);
+    let mut ready = std::fs::File::from(ready);
+    // Hold no directory of the caller's (the bundle's rootfs is unmounted after delete).
+    let _ = rustix::process::chdir("/");
+    let prepared = prepare(sandbox_id, start_fifo);
+    let (sandbox, runtime, mut fifo) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = writeln!(ready, "err {}", e.to_string().replace('\n', " "));
+            return EXIT_BRIG_ERROR;
+        }
+    };
+    let _ = ready.write_all(b"ok\n");
+    drop(ready);
+    // One byte from `start`; nothing else writes to the FIFO (this process holds a write end
+    // too, so the read never sees end-of-file).
+    let mut byte = [0u8; 1];
+    if fifo.read_exact(&mut byte).is_err() {
+        return EXIT_BRIG_ERROR;
+    }
+    drop(fifo);
+    // The workload's stderr is this process's: a failure to start it is said there once.
+    let mut said = false;
+    let mut report = |r: Result<(), crate::sandbox::outcome::Failure>| {
+        if let Err(f) = r {
+            eprintln!("brig-runc: {}", f.message);
+            said = true;
+        }
+    };
+    let mode = Mode::Foreground {
+        stdin: false,
+        console: false,
+    };
+    let ended = supervise(&sandbox, &runtime, mode, None, &mut report);
+    drop(runtime);
+    match ended {
+        Ok(ended) => ended.verdict.unwrap_or_else(|f| f.code),
+        Err(e) => {
+            if !said {
+                eprintln!("brig-runc: {e}");
+            }
+            EXIT_BRIG_ERROR
+        }
+    }
+}
+
+fn prepare(
+    sandbox_id: &str,
+    start_fifo: &Path,
+) -> Result<(Sandbox, RuntimeDir, std::fs::File), OciError> {
+    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
+    let sandbox = Sandbox {
+        dir: home.join("sandboxes").join(sandbox_id),
+        id: sandbox_id.into(),
+    };
+    let runtime = RuntimeDir::create(sandbox_id).map_err(OciError::io("runtime directory"))?;
+    // Read and write: the open does not wait for a writer, and `start`'s non-blocking open
+    // for writing succeeds as soon as this process is ready.
+    let fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(start_fifo)
+        .map_err(OciError::io(start_fifo.display().to_string()))?;
+    Ok((sandbox, runtime, fifo))
+}

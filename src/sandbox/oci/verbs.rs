@@ -1,0 +1,354 @@
+//! The verbs that change a container: `create` (the sandbox, its VMM process, the pid
+//! file), `start`, `kill`, `delete`; and `list`.
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use brig_protocol::RootfsSpec;
+
+use super::bundle::Bundle;
+use super::container::{process_start_time, write_atomic, Container, OciState, Status};
+use super::{OciError, SUPERVISE_COMMAND};
+use crate::sandbox::resources::{DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB};
+use crate::sandbox::runtime;
+use crate::sandbox::scratch;
+use crate::sandbox::state::{self, DiskSpec, Sandbox, SandboxConfig};
+
+/// How long `delete --force` waits for a killed VMM process to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// `create`'s arguments.
+#[derive(Debug)]
+pub struct CreateRequest {
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Creates the container: checks the bundle, builds its rootfs image, makes the sandbox,
+/// starts its VMM process (with this process's stdio, which become the container's) and
+/// writes the pid file. Nothing is left behind when it fails.
+pub fn create(req: &CreateRequest) -> Result<OciState, OciError> {
+    let container = Container::new(&req.root, &req.id)?;
+    std::fs::create_dir_all(&req.root).map_err(OciError::io(req.root.display().to_string()))?;
+    match std::fs::create_dir(&container.dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(OciError::Exists(req.id.clone()))
+        }
+        Err(e) => return Err(OciError::io(container.dir.display().to_string())(e)),
+    }
+    let mut sandbox = None;
+    let made = create_in(req, &container, &mut sandbox);
+    if made.is_err() {
+        if let Some(s) = sandbox {
+            let _ = s.remove();
+        }
+        let _ = std::fs::remove_dir_all(&container.dir);
+    }
+    made
+}
+
+fn create_in(
+    req: &CreateRequest,
+    container: &Container,
+    made: &mut Option<Sandbox>,
+) -> Result<OciState, OciError> {
+    let bundle = Bundle::load(&req.bundle)?;
+    let mut run = bundle.run_spec()?;
+    bundle.check_executable()?;
+    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
+    let image = super::rootfs::ensure(&home, &bundle.rootfs)?;
+    let kernel =
+        crate::vmm::boot::default_kernel().map_err(|e| OciError::Sandbox(e.to_string()))?;
+
+    let id = runtime::new_id();
+    let read_only = bundle.read_only();
+    let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
+    let mut disks = vec![DiskSpec {
+        path: image,
+        read_only: true,
+        serial: "brig-rootfs".into(),
+        limits: Default::default(),
+    }];
+    if !read_only {
+        disks.push(DiskSpec {
+            path: scratch_path.clone(),
+            read_only: false,
+            serial: "brig-scratch".into(),
+            limits: Default::default(),
+        });
+    }
+    run.rootfs = Some(RootfsSpec {
+        device: "/dev/vda".into(),
+        fstype: "erofs".into(),
+        scratch: if read_only {
+            String::new()
+        } else {
+            "/dev/vdb".into()
+        },
+        read_only,
+        mounts: Vec::new(),
+    });
+    let memory = bundle.memory_limit();
+    let config = SandboxConfig {
+        name: format!("oci-{}", &id[..12]),
+        id: id.clone(),
+        image: format!("oci:{}", bundle.dir.display()),
+        image_id: String::new(),
+        created: state::now_rfc3339(),
+        kernel,
+        mem_mib: if memory > 0 {
+            memory.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB
+        } else {
+            DEFAULT_MEM_MIB
+        },
+        cpus: 1,
+        host_cpus: Vec::new(),
+        cpuset_cpus: String::new(),
+        cpuset_mems: String::new(),
+        blkio: Default::default(),
+        disks,
+        run,
+        stop_signal: "SIGTERM".into(),
+        auto_remove: false,
+        detached: true,
+        network: Default::default(),
+        security: Default::default(),
+        volumes: Vec::new(),
+    };
+    let sandbox = Sandbox::create(&home, &config).map_err(|e| OciError::Sandbox(e.to_string()))?;
+    *made = Some(sandbox);
+    if !read_only {
+        scratch::create(&home.join("cache"), &scratch_path, scratch::DEFAULT_SIZE)
+            .map_err(|e| OciError::Sandbox(e.to_string()))?;
+    }
+    let fifo = container.start_fifo();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .map_err(|e| OciError::io(fifo.display().to_string())(e.into()))?;
+
+    let pid = spawn_vmm(&id, &fifo)?;
+    let state = OciState {
+        id: req.id.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        pid,
+        start_time: process_start_time(pid).unwrap_or(0),
+        created: state::now_rfc3339(),
+        sandbox_id: id,
+        annotations: bundle.config.annotations.clone(),
+        started: false,
+    };
+    container.save(&state)?;
+    if let Some(p) = &req.pid_file {
+        write_atomic(p, pid.to_string().as_bytes())?;
+    }
+    Ok(state)
+}
+
+/// Starts `brig oci __supervise` with this process's stdio and waits until it holds the
+/// sandbox's runtime directory; returns its pid.
+fn spawn_vmm(sandbox_id: &str, fifo: &Path) -> Result<i32, OciError> {
+    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| OciError::io("pipe")(e.into()))?;
+    let ready_fd = write_end.as_raw_fd();
+    let exe = std::env::current_exe().map_err(OciError::io("locating the brig binary"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg0("brig")
+        .args(["oci", SUPERVISE_COMMAND, sandbox_id]);
+    cmd.arg("--start-fifo").arg(fifo);
+    cmd.args(["--ready-fd", &ready_fd.to_string()]);
+    // SAFETY: in the child between fork and exec: only system calls (a session of its own,
+    // so the caller's terminal signals do not reach it; the ready pipe kept across exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setsid()?;
+            // SAFETY: the descriptor is open in this child, inherited from the parent, which
+            // keeps it open until spawn returns.
+            let fd = rustix::fd::BorrowedFd::borrow_raw(ready_fd);
+            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(OciError::io("starting the container's VMM process"))?;
+    drop(write_end);
+    let mut answer = String::new();
+    let _ = std::fs::File::from(read_end)
+        .take(4096)
+        .read_to_string(&mut answer);
+    let pid = child.id() as i32;
+    match answer.trim_end() {
+        "ok" => Ok(pid),
+        other => {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&child),
+                rustix::process::Signal::KILL,
+            );
+            Err(OciError::Sandbox(
+                other
+                    .strip_prefix("err ")
+                    .unwrap_or("the VMM process ended before it was ready")
+                    .to_string(),
+            ))
+        }
+    }
+}
+
+/// Lets the created container's workload run.
+pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
+    let c = Container::open(root, id)?;
+    let mut state = c.load()?;
+    match state.status() {
+        Status::Created => {}
+        Status::Running => {
+            return Err(OciError::Status(
+                "cannot start an already running container".into(),
+            ))
+        }
+        Status::Stopped => {
+            return Err(OciError::Status(
+                "cannot start a container that has stopped".into(),
+            ))
+        }
+    }
+    state.started = true;
+    c.save(&state)?;
+    let fifo = c.start_fifo();
+    let opened = rustix::fs::open(
+        &fifo,
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let sent = opened.and_then(|fd| rustix::io::write(&fd, b"s"));
+    if let Err(e) = sent {
+        state.started = false;
+        let _ = c.save(&state);
+        return Err(OciError::Status(format!(
+            "cannot start container {id}: its VMM process is not waiting ({e})"
+        )));
+    }
+    Ok(())
+}
+
+fn signal_vmm(state: &OciState, sig: i32) -> Result<(), OciError> {
+    let pid = rustix::process::Pid::from_raw(state.pid).ok_or(OciError::NotExist)?;
+    let sig = rustix::process::Signal::from_named_raw(sig)
+        .ok_or_else(|| OciError::Signal(sig.to_string()))?;
+    rustix::process::kill_process(pid, sig).map_err(|e| match e {
+        rustix::io::Errno::SRCH => OciError::Status("container not running".into()),
+        e => OciError::io("kill")(e.into()),
+    })
+}
+
+/// Sends `sig` to the container: the VMM process relays catchable signals to the workload;
+/// SIGKILL ends the VMM, and with it the VM. A stopped container: "container not running",
+/// except with `all` (runc exits 0 then).
+pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<(), OciError> {
+    let c = Container::open(root, id)?;
+    let state = c.load()?;
+    if state.status() == Status::Stopped {
+        return if all {
+            Ok(())
+        } else {
+            Err(OciError::Status("container not running".into()))
+        };
+    }
+    signal_vmm(&state, sig)
+}
+
+/// Removes a stopped container (`force`: any; a created one is killed first), with its
+/// sandbox and runtime files. A missing one is an error unless `force`.
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
+    let c = match Container::open(root, id) {
+        Ok(c) => c,
+        Err(OciError::NotExist) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let state = match c.load() {
+        Ok(s) => s,
+        Err(OciError::NotExist) if force => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    match state.status() {
+        Status::Running if !force => {
+            return Err(OciError::Status(format!(
+                "cannot delete container {id} that is not stopped: running"
+            )))
+        }
+        Status::Stopped => {}
+        _ => {
+            let _ = signal_vmm(&state, libc::SIGKILL);
+            let deadline = Instant::now() + KILL_WAIT;
+            while state.alive() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if state.alive() {
+                return Err(OciError::Status(format!(
+                    "container {id}: its VMM process {} did not end",
+                    state.pid
+                )));
+            }
+        }
+    }
+    if let Ok(home) = crate::image::store::default_home() {
+        let sandbox = Sandbox {
+            dir: home.join("sandboxes").join(&state.sandbox_id),
+            id: state.sandbox_id.clone(),
+        };
+        let _ = sandbox.remove();
+    }
+    if !runtime::is_live(&state.sandbox_id) {
+        let _ = std::fs::remove_dir_all(runtime::dir_of(&state.sandbox_id));
+    }
+    std::fs::remove_dir_all(&c.dir).map_err(OciError::io(c.dir.display().to_string()))
+}
+
+/// runc's `run`: create, start, wait for the container's end (its VMM process is this
+/// process's child), delete; returns the workload's exit code (128+N for signal N).
+pub fn run(req: &CreateRequest) -> Result<i32, OciError> {
+    let state = create(req)?;
+    if let Err(e) = start(&req.root, &req.id) {
+        let _ = delete(&req.root, &req.id, true);
+        return Err(e);
+    }
+    let pid = rustix::process::Pid::from_raw(state.pid).ok_or(OciError::NotExist)?;
+    let waited = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    let code = match waited {
+        Ok(Some((_, status))) => status
+            .exit_status()
+            .or_else(|| status.terminating_signal().map(|s| 128 + s))
+            .unwrap_or(255),
+        Ok(None) => 255,
+        Err(e) => return Err(OciError::io("waiting for the container")(e.into())),
+    };
+    delete(&req.root, &req.id, true)?;
+    Ok(code)
+}
+
+/// Every container under `root`, by id.
+pub fn list(root: &Path) -> Vec<OciState> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut out: Vec<OciState> = entries
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_string_lossy().into_owned();
+            Container::open(root, &id).ok()?.load().ok()
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}

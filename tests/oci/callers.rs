@@ -1,0 +1,286 @@
+//! The real callers of tests/oci.rs: containerd 1.6 through `ctr run --runc-binary`, and
+//! podman 4.3 (with conmon) through `--runtime`, each with brig-runc, state on L1's /run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::common::fixture::{check, eventually, process_gone, stderr, stdout};
+use crate::common::{self, images, procs};
+use crate::{base, leftovers, runc_path, with_env};
+
+/// The busybox test image as an OCI archive (what `ctr images import` and podman take).
+fn archive() -> &'static Path {
+    static A: OnceLock<PathBuf> = OnceLock::new();
+    A.get_or_init(|| {
+        let tar = base().join("bb.tar");
+        let layout = images::layouts_dir().join("bb");
+        common::run_tool(
+            Command::new("tar")
+                .arg("-C")
+                .arg(&layout)
+                .arg("-cf")
+                .arg(&tar)
+                .arg("."),
+        );
+        tar
+    })
+}
+
+/// The containerd this test started (stopped at the end of the ctr trial).
+static CONTAINERD: std::sync::Mutex<Option<std::process::Child>> = std::sync::Mutex::new(None);
+
+/// containerd, its state on L1's /run, started once, with the busybox image imported.
+fn containerd() -> &'static Path {
+    static C: OnceLock<PathBuf> = OnceLock::new();
+    C.get_or_init(|| {
+        let dir = base().join("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{d}/c.sock\"\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let mut cmd = Command::new("containerd");
+        cmd.arg("--config")
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = with_env(&mut cmd).spawn().expect("containerd");
+        *CONTAINERD.lock().unwrap() = Some(child);
+        let sock = dir.join("c.sock");
+        eventually(60, "containerd's socket", || sock.exists()).unwrap();
+        let tar = archive();
+        let out = ctr(&[
+            "images",
+            "import",
+            "--snapshotter",
+            "native",
+            "--base-name",
+            "localhost/bb",
+        ])
+        .arg(tar)
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "import: {}", stderr(&out));
+        dir
+    })
+}
+
+fn ctr(args: &[&str]) -> Command {
+    let mut c = Command::new("ctr");
+    c.arg("-a")
+        .arg(base().join("containerd/c.sock"))
+        .args(["-n", "brigtest"])
+        .args(args);
+    with_env(&mut c);
+    c
+}
+
+/// `ctr run --rm` through brig-runc.
+fn ctr_run(id: &str, detach: bool, cmd: &[&str]) -> Output {
+    containerd();
+    let runc = runc_path();
+    let mut args = vec![
+        "run",
+        "--snapshotter",
+        "native",
+        "--runtime",
+        "io.containerd.runc.v2",
+    ];
+    args.extend(["--runc-binary", runc.to_str().unwrap()]);
+    args.push(if detach { "-d" } else { "--rm" });
+    args.extend(["localhost/bb:latest", id]);
+    args.extend_from_slice(cmd);
+    procs::output(&mut ctr(&args))
+}
+
+fn brig_vmms() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                String::from_utf8_lossy(&c).contains("__supervise") && !process_gone(*pid)
+            })
+        })
+        .collect()
+}
+
+pub fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
+    let out = ctr_run("t1", false, &["sh", "-c", "echo hello from brig; exit 3"]);
+    check(
+        out.status.code() == Some(3) && stdout(&out).contains("hello from brig"),
+        "ctr run: output and exit 3",
+        &out,
+    )?;
+    let out = ctr_run("t2", false, &["true"]);
+    check(out.status.success(), "ctr run true", &out)?;
+    let out = ctr_run("t3", false, &["nosuchcmd"]);
+    check(
+        !out.status.success() && stderr(&out).contains("executable file not found in $PATH"),
+        "ctr run nosuchcmd: runc's words (127 for docker)",
+        &out,
+    )?;
+    let out = ctr_run("t4", false, &["/etc/passwd"]);
+    check(
+        !out.status.success() && stderr(&out).contains("permission denied"),
+        "ctr run of a file that is not executable: runc's words (126 for docker)",
+        &out,
+    )?;
+    let out = ctr_run("t5", true, &["sleep", "100"]);
+    check(out.status.success(), "ctr run -d", &out)?;
+    eventually(120, "t5 running", || {
+        ctr(&["task", "ls"]).output().is_ok_and(|o| {
+            stdout(&o)
+                .lines()
+                .any(|l| l.starts_with("t5") && l.contains("RUNNING"))
+        })
+    })?;
+    // exec through a detached proxy whose exit status is the process's; ps lists the VMM.
+    let exec = procs::output(&mut ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "t5",
+        "sh",
+        "-c",
+        "echo in-exec; exit 4",
+    ]));
+    check(
+        exec.status.code() == Some(4) && stdout(&exec).contains("in-exec"),
+        "ctr task exec: output and exit 4",
+        &exec,
+    )?;
+    let ps = procs::output(&mut ctr(&["task", "ps", "t5"]));
+    check(
+        ps.status.success() && stdout(&ps).lines().count() >= 2,
+        "ctr task ps",
+        &ps,
+    )?;
+    let kill = procs::output(&mut ctr(&["task", "kill", "t5"]));
+    check(kill.status.success(), "ctr task kill (SIGTERM)", &kill)?;
+    eventually(120, "t5 stopped", || {
+        ctr(&["task", "ls"]).output().is_ok_and(|o| {
+            stdout(&o)
+                .lines()
+                .any(|l| l.starts_with("t5") && l.contains("STOPPED"))
+        })
+    })?;
+    let del = procs::output(&mut ctr(&["task", "delete", "t5"]));
+    check(del.status.success(), "ctr task delete", &del)?;
+    let del = procs::output(&mut ctr(&["container", "delete", "t5"]));
+    check(del.status.success(), "ctr container delete", &del)?;
+    eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
+    let left = leftovers();
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    if let Some(mut c) = CONTAINERD.lock().unwrap().take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let ctd = base().join("containerd").display().to_string();
+    if let Some(m) = mounts.lines().find(|l| l.contains(&ctd)) {
+        return Err(format!("a mount is left: {m}"));
+    }
+    Ok(())
+}
+
+/// podman with its storage (vfs: no overlayfs in L1) and run root under [`base`], brig-runc
+/// as its runtime.
+fn podman(args: &[&str]) -> Command {
+    let p = base().join("podman");
+    let mut c = Command::new("podman");
+    c.arg("--root")
+        .arg(p.join("root"))
+        .arg("--runroot")
+        .arg(p.join("runroot"))
+        .arg("--tmpdir")
+        .arg(p.join("tmp"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
+        .args(["--events-backend", "file", "--runtime"])
+        .arg(runc_path())
+        .args(args);
+    with_env(&mut c);
+    c
+}
+
+fn podman_run(args: &[&str]) -> Output {
+    let mut all = vec!["run", "--pull", "never", "--network", "none"];
+    all.extend([
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+    ]);
+    all.extend_from_slice(args);
+    procs::output(&mut podman(&all))
+}
+
+pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
+    let pull =
+        procs::output(podman(&["pull", "-q"]).arg(format!("oci-archive:{}", archive().display())));
+    check(pull.status.success(), "podman pull oci-archive", &pull)?;
+    let id = stdout(&pull).trim().to_string();
+    let tag = procs::output(&mut podman(&["tag", &id, "localhost/bb"]));
+    check(tag.status.success(), "podman tag", &tag)?;
+    let out = podman_run(&[
+        "--rm",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "echo from podman; exit 3",
+    ]);
+    check(
+        out.status.code() == Some(3) && stdout(&out).contains("from podman"),
+        "podman run: output and exit 3",
+        &out,
+    )?;
+    let out = podman_run(&["--rm", "localhost/bb", "nosuchcmd"]);
+    check(
+        out.status.code() == Some(127),
+        "podman run nosuchcmd: 127",
+        &out,
+    )?;
+    let out = podman_run(&["--rm", "localhost/bb", "/etc/passwd"]);
+    check(
+        out.status.code() == Some(126),
+        "podman run of a non-executable: 126",
+        &out,
+    )?;
+    let out = podman_run(&["-d", "--name", "p1", "localhost/bb", "sleep", "100"]);
+    check(out.status.success(), "podman run -d", &out)?;
+    // stop: SIGTERM through `brig-runc kill`, relayed to sleep (not PID 1 in the guest).
+    let stop = procs::output(&mut podman(&["stop", "-t", "60", "p1"]));
+    check(stop.status.success(), "podman stop", &stop)?;
+    let code = procs::output(&mut podman(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        "p1",
+    ]));
+    check(
+        stdout(&code).trim() == "143",
+        "podman stop: SIGTERM honoured (143)",
+        &code,
+    )?;
+    let rm = procs::output(&mut podman(&["rm", "p1"]));
+    check(rm.status.success(), "podman rm", &rm)?;
+    eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
+    let left = leftovers();
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    Ok(())
+}

@@ -104,6 +104,10 @@ pub struct KeyInputs {
     /// The disks in guest order: read-only or not (fixed when the driver probes).
     pub disks_read_only: Vec<bool>,
     pub vsock_cid: u64,
+    /// The brig executable that saves and restores (size, inode, modification time): a
+    /// rebuilt VMM may set up vCPUs and devices otherwise (CPUID it offers, device state it
+    /// saves) while its version string stays the same.
+    pub vmm_build: String,
     /// The host (kernel, brig, KVM's CPUID and MSR lists).
     pub host: HostFingerprint,
 }
@@ -148,8 +152,16 @@ pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
         mem_mib: vm.mem_mib,
         disks_read_only: vm.disks.iter().map(|d| d.read_only).collect(),
         vsock_cid: DEFAULT_GUEST_CID,
+        vmm_build: vmm_build(),
         host: snapshot::host::fingerprint(&kvm)?,
     })
+}
+
+/// This brig executable's identity (see [`KeyInputs::vmm_build`]); empty when unreadable.
+fn vmm_build() -> String {
+    std::fs::metadata("/proc/self/exe")
+        .map(|m| format!("{}:{}:{}.{}", m.len(), m.ino(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default()
 }
 
 /// The template store under `home`.

@@ -15,6 +15,7 @@ fn inputs() -> KeyInputs {
         mem_mib: 1024,
         disks_read_only: vec![true, false],
         vsock_cid: 3,
+        vmm_build: "1:2:3.4".into(),
         host: HostFingerprint {
             kernel: "6.1".into(),
             brig: "0.1".into(),
@@ -30,7 +31,7 @@ fn the_key_follows_every_input() {
     let base = inputs();
     assert_eq!(base.key(), inputs().key());
     assert_eq!(base.key().len(), 32);
-    let variants: [fn(&mut KeyInputs); 9] = [
+    let variants: [fn(&mut KeyInputs); 10] = [
         |i| i.format += 1,
         |i| i.kernel_mtime_ns += 1,
         |i| i.kernel_size += 1,
@@ -40,6 +41,7 @@ fn the_key_follows_every_input() {
         |i| i.mem_mib = 512,
         |i| i.disks_read_only = vec![true],
         |i| i.host.cpuid = "d".into(),
+        |i| i.vmm_build = "1:2:3.5".into(),
     ];
     for change in variants {
         let mut i = inputs();

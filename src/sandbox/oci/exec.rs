@@ -90,8 +90,13 @@ fn spawn_proxy(
     p: &Process,
     console_socket: Option<&Path>,
 ) -> Result<std::process::Child, OciError> {
+    // The master goes out before the proxy starts (conmon must have it before `exec` exits).
     let console = match console_socket {
-        Some(_) if p.terminal => Some(Console::open(p.console_rows_cols())?),
+        Some(socket) if p.terminal => {
+            let c = Console::open(p.console_rows_cols())?;
+            c.send_master(socket)?;
+            Some(c)
+        }
         _ => None,
     };
     let exe = std::env::current_exe().map_err(OciError::io("locating the brig binary"))?;
@@ -113,17 +118,9 @@ fn spawn_proxy(
     if let Some(c) = &console {
         c.attach(&mut cmd)?;
     }
-    let mut child = cmd
+    let child = cmd
         .spawn()
         .map_err(OciError::io("starting the exec proxy"))?;
-    drop(cmd);
-    if let (Some(c), Some(socket)) = (&console, console_socket) {
-        if let Err(e) = c.send_master(socket) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    }
     Ok(child)
 }
 

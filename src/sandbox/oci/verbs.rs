@@ -69,8 +69,14 @@ fn create_in(
     let terminal = bundle.process().terminal;
     console::check(terminal, req.console_socket.as_deref(), req.detaching)?;
     // With a socket, the terminal is a pty of brig's; without one (`run`), the caller's.
+    // The master goes out first, as runc's init sends it early: conmon must take it before
+    // `create` exits (it gives up when the exit comes first), containerd takes it after.
     let console = match (terminal, &req.console_socket) {
-        (true, Some(_)) => Some(Console::open(bundle.process().console_rows_cols())?),
+        (true, Some(socket)) => {
+            let c = Console::open(bundle.process().console_rows_cols())?;
+            c.send_master(socket)?;
+            Some(c)
+        }
         _ => None,
     };
     let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
@@ -150,12 +156,6 @@ fn create_in(
     .map_err(|e| OciError::io(fifo.display().to_string())(e.into()))?;
 
     let pid = spawn_vmm(&id, &fifo, console.as_ref())?;
-    if let (Some(c), Some(socket)) = (&console, &req.console_socket) {
-        if let Err(e) = c.send_master(socket) {
-            kill_pid(pid);
-            return Err(e);
-        }
-    }
     drop(console);
     let state = OciState {
         id: req.id.clone(),
@@ -173,12 +173,6 @@ fn create_in(
         write_atomic(p, pid.to_string().as_bytes())?;
     }
     Ok(state)
-}
-
-fn kill_pid(pid: i32) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-    }
 }
 
 /// Starts `brig oci __supervise` with this process's stdio (or `console`'s slave) and waits

@@ -1,6 +1,6 @@
 //! brig as an OCI runtime (`brig-runc`, runc's dialect): the contract callers rely on, driven
-//! directly (state JSON and transitions, the pid file, the pid's exit status, stdio, error
-//! strings), and real callers: containerd 1.6 through `ctr run --runc-binary`, and podman 4.3
+//! directly (state JSON and transitions, the pid file, the pid's exit status, stdio, a
+//! terminal through the console socket, error strings), and real callers: containerd 1.6 through `ctr run --runc-binary`, and podman 4.3
 //! through `--runtime` (with conmon).
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see
 //! common/kvm.rs), and as root there. Everything lives on L1's /run (a tmpfs).
@@ -8,6 +8,8 @@
 #[path = "oci/callers.rs"]
 mod callers;
 mod common;
+#[path = "oci/console.rs"]
+mod console;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -71,7 +73,7 @@ fn bundle(name: &str, args: &[&str]) -> PathBuf {
     let bin = dir.join("rootfs/bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    for a in ["sh", "echo", "sleep", "cat", "true"] {
+    for a in ["sh", "echo", "sleep", "cat", "true", "tty", "stty"] {
         std::os::unix::fs::symlink("busybox", bin.join(a)).unwrap();
     }
     std::fs::write(bin.join("data"), "not a program\n").unwrap();
@@ -294,11 +296,12 @@ fn contract() -> Result<(), String> {
     Ok(())
 }
 
-fn stdio_exit_code_and_create_errors() -> Result<(), String> {
-    cleaning(&["c2", "c3", "c4"], stdio_and_errors)
+fn stdio_tty_exit_code_and_create_errors() -> Result<(), String> {
+    cleaning(&["c2", "c3", "c4", "c5"], stdio_and_errors)
 }
 
 fn stdio_and_errors() -> Result<(), String> {
+    console::tty_through_the_console_socket()?;
     let b = bundle("c2", &["sh", "-c", "echo out; echo err >&2; exit 3"]);
     let (out_path, err_path) = (b.join("stdout"), b.join("stderr"));
     let (ok, err) = create("c2", &b, None);
@@ -366,8 +369,8 @@ fn main() {
                 contract_states_pid_file_and_errors,
             ),
             trial(
-                "stdio_exit_code_and_create_errors",
-                stdio_exit_code_and_create_errors,
+                "stdio_tty_exit_code_and_create_errors",
+                stdio_tty_exit_code_and_create_errors,
             ),
             trial(
                 "ctr_run_kill_and_nothing_left",

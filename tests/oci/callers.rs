@@ -201,7 +201,20 @@ pub fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
 /// as its runtime.
 fn podman(args: &[&str]) -> Command {
     let p = base().join("podman");
+    // podman gives conmon a clean environment: TMPDIR, where conmon makes the console socket
+    // for -t, must come from containers.conf (L1's /tmp is 9p, which refuses sockets).
+    let conf = p.join("containers.conf");
+    if !conf.exists() {
+        std::fs::create_dir_all(&p).unwrap();
+        let text = format!(
+            "[engine]\nconmon_env_vars = [\"PATH={}\", \"TMPDIR={}\"]\n",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            base().join("tmp").display()
+        );
+        std::fs::write(&conf, text).unwrap();
+    }
     let mut c = Command::new("podman");
+    c.env("CONTAINERS_CONF", &conf);
     c.arg("--root")
         .arg(p.join("root"))
         .arg("--runroot")
@@ -216,7 +229,7 @@ fn podman(args: &[&str]) -> Command {
     c
 }
 
-fn podman_run(args: &[&str]) -> Output {
+fn podman_run_cmd(args: &[&str]) -> Command {
     let mut all = vec!["run", "--pull", "never", "--network", "none"];
     all.extend([
         "--ulimit",
@@ -225,7 +238,30 @@ fn podman_run(args: &[&str]) -> Output {
         "nproc=1024:1024",
     ]);
     all.extend_from_slice(args);
-    procs::output(&mut podman(&all))
+    podman(&all)
+}
+
+fn podman_run(args: &[&str]) -> Output {
+    procs::output(&mut podman_run_cmd(args))
+}
+
+/// `cmd` under `script`, which gives it a terminal of its own (for `-t`); exits with its
+/// status.
+fn in_a_pty(cmd: &Command) -> Command {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(quote)
+        .collect();
+    let mut c = Command::new("script");
+    c.args(["-qec", &line.join(" "), "/dev/null"]);
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    with_env(&mut c);
+    c
 }
 
 pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
@@ -245,6 +281,21 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
     check(
         out.status.code() == Some(3) && stdout(&out).contains("from podman"),
         "podman run: output and exit 3",
+        &out,
+    )?;
+    // -t: conmon takes the pty master from the console socket and relays it to podman's
+    // terminal; the guest's stdio is a terminal.
+    let out = procs::output(&mut in_a_pty(&podman_run_cmd(&[
+        "--rm",
+        "-t",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "[ -t 0 ] && [ -t 1 ] && echo on-a-tty; exit 7",
+    ])));
+    check(
+        out.status.code() == Some(7) && stdout(&out).contains("on-a-tty"),
+        "podman run -t (under script): a terminal and exit 7",
         &out,
     )?;
     let out = podman_run(&["--rm", "localhost/bb", "nosuchcmd"]);

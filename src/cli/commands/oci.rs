@@ -219,11 +219,6 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             id,
             ..
         } => {
-            if console_socket.is_some() {
-                return Err(OciError::Unsupported(
-                    "--console-socket (a terminal) is not supported yet".into(),
-                ));
-            }
             let pid_file = pid_file
                 .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
                 .transpose()?;
@@ -232,6 +227,8 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
                 id,
                 bundle,
                 pid_file,
+                console_socket,
+                detaching: true,
             })?;
         }
         OciCommand::Run {
@@ -241,11 +238,6 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             id,
             ..
         } => {
-            if console_socket.is_some() {
-                return Err(OciError::Unsupported(
-                    "--console-socket (a terminal) is not supported yet".into(),
-                ));
-            }
             let pid_file = pid_file
                 .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
                 .transpose()?;
@@ -254,6 +246,8 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
                 id,
                 bundle,
                 pid_file,
+                console_socket,
+                detaching: false,
             });
         }
         OciCommand::Start { id } => oci::start(&root, &id)?,
@@ -286,24 +280,21 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             id,
             command,
         } => {
-            if console_socket.is_some() || tty {
-                return Err(OciError::Unsupported(
-                    "a terminal for exec is not supported yet".into(),
-                ));
-            }
-            let json = match process {
-                Some(p) => {
-                    std::fs::read_to_string(&p).map_err(OciError::io(p.display().to_string()))?
-                }
-                None => serde_json::json!({"args": command, "cwd": "/"}).to_string(),
-            };
+            let json =
+                match process {
+                    Some(p) => std::fs::read_to_string(&p)
+                        .map_err(OciError::io(p.display().to_string()))?,
+                    None => serde_json::json!({"args": command, "cwd": "/", "terminal": tty})
+                        .to_string(),
+                };
+            let socket = console_socket.as_deref();
             if !detach {
-                return oci::exec::exec_wait(&root, &id, &json);
+                return oci::exec::exec_wait(&root, &id, &json, socket);
             }
             let pid_file = pid_file
                 .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
                 .transpose()?;
-            oci::exec::exec_detached(&root, &id, &json, pid_file.as_deref())?;
+            oci::exec::exec_detached(&root, &id, &json, pid_file.as_deref(), socket)?;
         }
         OciCommand::Ps { format, id } => {
             let pids = oci::exec::pids(&root, &id)?;

@@ -26,12 +26,28 @@ pub struct Config {
 #[serde(default, rename_all = "camelCase")]
 pub struct Process {
     pub terminal: bool,
+    pub console_size: Option<ConsoleSize>,
     pub user: User,
     pub args: Vec<String>,
     pub env: Vec<String>,
     pub cwd: String,
     pub rlimits: Vec<ConfigRlimit>,
     pub no_new_privileges: bool,
+}
+
+/// `process.consoleSize`: the terminal's initial size.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[serde(default)]
+pub struct ConsoleSize {
+    pub height: u16,
+    pub width: u16,
+}
+
+impl Process {
+    /// The terminal's initial size as (rows, cols), when the config gives one.
+    pub fn console_rows_cols(&self) -> Option<(u16, u16)> {
+        self.console_size.map(|c| (c.height, c.width))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,7 +135,7 @@ impl Bundle {
         })
     }
 
-    fn process(&self) -> &Process {
+    pub fn process(&self) -> &Process {
         // Checked by load.
         self.config.process.as_ref().expect("process")
     }
@@ -144,11 +160,6 @@ impl Bundle {
     /// The workload (without its rootfs, which the caller sets).
     pub fn run_spec(&self) -> Result<RunSpec, OciError> {
         let p = self.process();
-        if p.terminal {
-            return Err(OciError::Unsupported(
-                "process.terminal (a console socket) is not supported yet".into(),
-            ));
-        }
         if p.args.is_empty() {
             return Err(OciError::Bundle("process.args must not be empty".into()));
         }
@@ -180,6 +191,9 @@ impl Bundle {
             },
             user: format!("{}:{}", p.user.uid, p.user.gid),
             groups: p.user.additional_gids.iter().map(u32::to_string).collect(),
+            // A terminal is both ways: its input is the workload's stdin.
+            tty: p.terminal,
+            stdin: p.terminal,
             rlimits,
             hostname: self.config.hostname.clone(),
             memory_limit: self.memory_limit(),
@@ -332,9 +346,13 @@ mod tests {
     }
 
     #[test]
-    fn a_terminal_is_refused_clearly() {
-        let (_d, b) =
-            bundle(&with_args(r#"["sh"]"#).replace("\"args\"", "\"terminal\":true,\"args\""));
-        assert!(b.run_spec().unwrap_err().to_string().contains("terminal"));
+    fn a_terminal_is_a_tty_with_input_and_its_size() {
+        let (_d, b) = bundle(&with_args(r#"["sh"]"#).replace(
+            "\"args\"",
+            "\"terminal\":true,\"consoleSize\":{\"height\":40,\"width\":100},\"args\"",
+        ));
+        let run = b.run_spec().unwrap();
+        assert!(run.tty && run.stdin);
+        assert_eq!(b.process().console_rows_cols(), Some((40, 100)));
     }
 }

@@ -2,12 +2,14 @@
 //! connection to the agent, brig's stdio and signals relayed, the process's exit status).
 //! With `--detach` a small proxy process of its own (`brig oci __exec`) does that; its pid
 //! goes in the pid file, since callers wait on and signal that pid (runsc and kata-shim do
-//! the same).
+//! the same). With a terminal the proxy's stdio is a pty whose master goes to the caller's
+//! `--console-socket`, as for the container.
 
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
 
 use super::bundle::Process;
+use super::console::{self, Console};
 use super::container::{write_atomic, Container, Status};
 use super::OciError;
 use crate::sandbox::exec::{exec, ExecError, ExecOptions};
@@ -22,11 +24,6 @@ pub fn parse_process(text: &str) -> Result<Process, OciError> {
         serde_json::from_str(text).map_err(|e| OciError::Bundle(format!("process: {e}")))?;
     if p.args.is_empty() {
         return Err(OciError::Bundle("process: args must not be empty".into()));
-    }
-    if p.terminal {
-        return Err(OciError::Unsupported(
-            "a terminal for exec is not supported yet".into(),
-        ));
     }
     Ok(p)
 }
@@ -46,10 +43,25 @@ fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
 }
 
 /// `exec` without `--detach`: runs `process_json` in container `id` with this process's
-/// stdio; returns its exit code.
-pub fn exec_wait(root: &Path, id: &str, process_json: &str) -> Result<i32, OciError> {
+/// stdio (or a terminal through `console_socket`); returns its exit code.
+pub fn exec_wait(
+    root: &Path,
+    id: &str,
+    process_json: &str,
+    console_socket: Option<&Path>,
+) -> Result<i32, OciError> {
     let sandbox_id = running_sandbox(root, id)?;
-    run_proxy(&sandbox_id, process_json)
+    let p = parse_process(process_json)?;
+    console::check(p.terminal, console_socket, false)?;
+    let Some(socket) = console_socket else {
+        return run_proxy(&sandbox_id, process_json);
+    };
+    let mut child = spawn_proxy(&sandbox_id, process_json, &p, Some(socket))?;
+    let status = child.wait().map_err(OciError::io("waiting for the exec"))?;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(255))
 }
 
 /// `exec --detach`: starts the proxy and writes its pid to `pid_file`.
@@ -58,15 +70,41 @@ pub fn exec_detached(
     id: &str,
     process_json: &str,
     pid_file: Option<&Path>,
+    console_socket: Option<&Path>,
 ) -> Result<(), OciError> {
     let sandbox_id = running_sandbox(root, id)?;
-    parse_process(process_json)?;
+    let p = parse_process(process_json)?;
+    console::check(p.terminal, console_socket, true)?;
+    let child = spawn_proxy(&sandbox_id, process_json, &p, console_socket)?;
+    if let Some(path) = pid_file {
+        write_atomic(path, child.id().to_string().as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Starts the proxy in a session of its own; with a terminal, the console's slave is its
+/// stdio and controlling terminal, and the master goes to `console_socket`.
+fn spawn_proxy(
+    sandbox_id: &str,
+    process_json: &str,
+    p: &Process,
+    console_socket: Option<&Path>,
+) -> Result<std::process::Child, OciError> {
+    // The master goes out before the proxy starts (conmon must have it before `exec` exits).
+    let console = match console_socket {
+        Some(socket) if p.terminal => {
+            let c = Console::open(p.console_rows_cols())?;
+            c.send_master(socket)?;
+            Some(c)
+        }
+        _ => None,
+    };
     let exe = std::env::current_exe().map_err(OciError::io("locating the brig binary"))?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg0("brig").args([
         "oci",
         EXEC_PROXY_COMMAND,
-        &sandbox_id,
+        sandbox_id,
         "--process-json",
         process_json,
     ]);
@@ -77,13 +115,13 @@ pub fn exec_detached(
             Ok(())
         });
     }
+    if let Some(c) = &console {
+        c.attach(&mut cmd)?;
+    }
     let child = cmd
         .spawn()
         .map_err(OciError::io("starting the exec proxy"))?;
-    if let Some(p) = pid_file {
-        write_atomic(p, child.id().to_string().as_bytes())?;
-    }
-    Ok(())
+    Ok(child)
 }
 
 /// The proxy: runs the process in sandbox `sandbox_id`; returns its exit code.
@@ -100,6 +138,8 @@ pub fn run_proxy(sandbox_id: &str, process_json: &str) -> Result<i32, OciError> 
         env: p.env.clone(),
         workdir: (!p.cwd.is_empty()).then(|| p.cwd.clone()),
         user: Some(format!("{}:{}", p.user.uid, p.user.gid)),
+        tty: p.terminal,
+        interactive: p.terminal,
         ..Default::default()
     };
     match exec(&sandbox, sandbox_id, &opts) {

@@ -8,9 +8,10 @@
 //! - [`rootfs`]: the bundle's root directory as a cached erofs image.
 //! - [`container`]: the container's state under the runtime root, and runc's state JSON.
 //! - [`verbs`]: create, start, kill, delete, run, list; [`supervise`]: the VMM process.
-//! - [`exec`]: exec (its detached proxy) and ps.
+//! - [`exec`]: exec (its detached proxy) and ps; [`console`]: a terminal through `--console-socket`.
 
 pub mod bundle;
+pub mod console;
 pub mod container;
 pub mod exec;
 pub mod rootfs;
@@ -32,9 +33,6 @@ pub enum OciError {
     /// The process cannot be executed (runc's create-time `LookPath`).
     #[error("{0}")]
     Exec(String),
-    /// A feature of the config brig does not implement yet.
-    #[error("not supported: {0}")]
-    Unsupported(String),
     /// The root directory could not be turned into an image.
     #[error("rootfs: {0}")]
     Rootfs(String),

@@ -3,6 +3,7 @@
 //! it is ready, waits for `start` on the container's FIFO, then runs the sandbox in the
 //! foreground: the workload's stdout and stderr go to this process's (the caller's) fds 1
 //! and 2, drained before it exits, and catchable signals sent to it reach the workload.
+//! With a terminal, its stdio is the console's slave (see [`super::console`]).
 //! Its exit status is the workload's (128+N for signal N).
 
 use std::io::{Read, Write};
@@ -49,8 +50,11 @@ pub fn run(sandbox_id: &str, start_fifo: &Path, ready_fd: RawFd) -> i32 {
             said = true;
         }
     };
+    // With a terminal (this process's stdio is then its pty's slave, and its controlling
+    // terminal) the input is relayed too, and SIGWINCH becomes a resize.
+    let tty = sandbox.config().is_ok_and(|c| c.run.tty);
     let mode = Mode::Foreground {
-        stdin: false,
+        stdin: tty,
         console: false,
     };
     let ended = supervise(&sandbox, &runtime, mode, None, &mut report);

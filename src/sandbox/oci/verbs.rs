@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use brig_protocol::RootfsSpec;
 
 use super::bundle::Bundle;
+use super::console::{self, Console};
 use super::container::{process_start_time, write_atomic, Container, OciState, Status};
 use super::{OciError, SUPERVISE_COMMAND};
 use crate::sandbox::resources::{DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB};
@@ -27,6 +28,10 @@ pub struct CreateRequest {
     pub id: String,
     pub bundle: PathBuf,
     pub pid_file: Option<PathBuf>,
+    /// Where the terminal's master goes (`process.terminal`).
+    pub console_socket: Option<PathBuf>,
+    /// The caller returns before the container ends (`create`, not `run`).
+    pub detaching: bool,
 }
 
 /// Creates the container: checks the bundle, builds its rootfs image, makes the sandbox,
@@ -61,6 +66,19 @@ fn create_in(
     let bundle = Bundle::load(&req.bundle)?;
     let mut run = bundle.run_spec()?;
     bundle.check_executable()?;
+    let terminal = bundle.process().terminal;
+    console::check(terminal, req.console_socket.as_deref(), req.detaching)?;
+    // With a socket, the terminal is a pty of brig's; without one (`run`), the caller's.
+    // The master goes out first, as runc's init sends it early: conmon must take it before
+    // `create` exits (it gives up when the exit comes first), containerd takes it after.
+    let console = match (terminal, &req.console_socket) {
+        (true, Some(socket)) => {
+            let c = Console::open(bundle.process().console_rows_cols())?;
+            c.send_master(socket)?;
+            Some(c)
+        }
+        _ => None,
+    };
     let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
     let image = super::rootfs::ensure(&home, &bundle.rootfs)?;
     let kernel =
@@ -137,7 +155,8 @@ fn create_in(
     )
     .map_err(|e| OciError::io(fifo.display().to_string())(e.into()))?;
 
-    let pid = spawn_vmm(&id, &fifo)?;
+    let pid = spawn_vmm(&id, &fifo, console.as_ref())?;
+    drop(console);
     let state = OciState {
         id: req.id.clone(),
         bundle: bundle.dir.clone(),
@@ -156,9 +175,9 @@ fn create_in(
     Ok(state)
 }
 
-/// Starts `brig oci __supervise` with this process's stdio and waits until it holds the
-/// sandbox's runtime directory; returns its pid.
-fn spawn_vmm(sandbox_id: &str, fifo: &Path) -> Result<i32, OciError> {
+/// Starts `brig oci __supervise` with this process's stdio (or `console`'s slave) and waits
+/// until it holds the sandbox's runtime directory; returns its pid.
+fn spawn_vmm(sandbox_id: &str, fifo: &Path, console: Option<&Console>) -> Result<i32, OciError> {
     let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| OciError::io("pipe")(e.into()))?;
     let ready_fd = write_end.as_raw_fd();
@@ -180,9 +199,14 @@ fn spawn_vmm(sandbox_id: &str, fifo: &Path) -> Result<i32, OciError> {
             Ok(())
         });
     }
+    if let Some(c) = console {
+        c.attach(&mut cmd)?;
+    }
     let child = cmd
         .spawn()
         .map_err(OciError::io("starting the container's VMM process"))?;
+    // The child's copies of the slave are its own now.
+    drop(cmd);
     drop(write_end);
     let mut answer = String::new();
     let _ = std::fs::File::from(read_end)

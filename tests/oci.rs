@@ -146,6 +146,13 @@ fn leftovers() -> Vec<String> {
         }
     }
     left.retain(|p| !p.ends_with("/leases"));
+    // What is inside a leftover directory says who left it.
+    let inside: Vec<String> = left
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .collect();
+    left.extend(inside);
     left
 }
 

@@ -333,6 +333,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
         };
         let _ = sandbox.remove();
     }
+    // As `brig rm` does: runtime directories whose VM is gone (a template's build VM whose
+    // process was killed mid-build, as `kill` right after `start` does) go too.
+    runtime::sweep_stale();
     if !runtime::is_live(&state.sandbox_id) {
         let _ = std::fs::remove_dir_all(runtime::dir_of(&state.sandbox_id));
     }

@@ -264,20 +264,8 @@ fn json_of_debian_has_every_probe_for_both_sides() -> Result<(), String> {
         "debian",
     ]);
     check(out.status.success(), "brig compare --format json", &out)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("JSON: {e}: {}", stdout(&out)))?;
-    let sides = v["sides"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = sides.iter().filter_map(|s| s["runtime"].as_str()).collect();
-    check(names == ["runc", "brig"], "sides runc and brig", &out)?;
+    let (v, sides) = sides_with_every_probe(&out, ["runc", "brig"])?;
     for s in &sides {
-        for k in KEYS {
-            let p = &s["probes"][k];
-            check(
-                p["saw"].is_string() && p["verdict"].is_string() && p["host_exposed"].is_boolean(),
-                &format!("{}: probe {k}", s["runtime"]),
-                &out,
-            )?;
-        }
         for k in FACTS {
             check(
                 s["facts"][k].as_str().is_some_and(|v| !v.is_empty()),
@@ -319,6 +307,30 @@ fn json_of_debian_has_every_probe_for_both_sides() -> Result<(), String> {
         "docker's seccomp filter on both sides",
         &out,
     )
+}
+
+/// The JSON report of `out` and its sides, checked to be `names` in that order, each with
+/// every probe answered (saw, verdict, host_exposed).
+fn sides_with_every_probe(
+    out: &std::process::Output,
+    names: [&str; 2],
+) -> Result<(serde_json::Value, Vec<serde_json::Value>), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("JSON: {e}: {}", stdout(out)))?;
+    let sides = v["sides"].as_array().cloned().unwrap_or_default();
+    let got: Vec<&str> = sides.iter().filter_map(|s| s["runtime"].as_str()).collect();
+    check(got == names, &format!("sides {names:?}"), out)?;
+    for s in &sides {
+        for k in KEYS {
+            let p = &s["probes"][k];
+            check(
+                p["saw"].is_string() && p["verdict"].is_string() && p["host_exposed"].is_boolean(),
+                &format!("{}: probe {k}", s["runtime"]),
+                out,
+            )?;
+        }
+    }
+    Ok((v, sides))
 }
 
 fn html_writes_the_table_and_a_chart() -> Result<(), String> {
@@ -429,21 +441,7 @@ fn podman_side_answers_every_probe() -> Result<(), String> {
         .output()
         .map_err(|e| format!("brig compare: {e}"))?;
     check(out.status.success(), "brig compare --runtime podman", &out)?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("JSON: {e}: {}", stdout(&out)))?;
-    let sides = v["sides"].as_array().cloned().unwrap_or_default();
-    let names: Vec<&str> = sides.iter().filter_map(|s| s["runtime"].as_str()).collect();
-    check(names == ["podman", "brig"], "sides podman and brig", &out)?;
-    for s in &sides {
-        for k in KEYS {
-            let p = &s["probes"][k];
-            check(
-                p["saw"].is_string() && p["verdict"].is_string() && p["host_exposed"].is_boolean(),
-                &format!("{}: probe {k}", s["runtime"]),
-                &out,
-            )?;
-        }
-    }
+    let (_, sides) = sides_with_every_probe(&out, ["podman", "brig"])?;
     let podman = &sides[0];
     check(
         podman["probes"]["kernel"]["verdict"] == "host's kernel"

@@ -43,38 +43,49 @@ pub struct OciCli {
     command: Option<OciCommand>,
 }
 
+/// `create`'s and `run`'s arguments (runc's; `--no-pivot`, `--no-new-keyring` and
+/// `--preserve-fds` are accepted and mean nothing for a VM).
+#[derive(Debug, clap::Args)]
+struct CreateArgs {
+    #[arg(short = 'b', long, default_value = ".")]
+    bundle: PathBuf,
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+    #[arg(long)]
+    no_pivot: bool,
+    #[arg(long)]
+    no_new_keyring: bool,
+    #[arg(long)]
+    preserve_fds: Option<u32>,
+    id: String,
+}
+
+impl CreateArgs {
+    /// The request; `detaching`: `create` (the caller goes on) rather than `run`.
+    fn request(self, root: PathBuf, detaching: bool) -> Result<oci::CreateRequest, OciError> {
+        let pid_file = self
+            .pid_file
+            .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
+            .transpose()?;
+        Ok(oci::CreateRequest {
+            root,
+            id: self.id,
+            bundle: self.bundle,
+            pid_file,
+            console_socket: self.console_socket,
+            detaching,
+        })
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum OciCommand {
     /// Create a container from a bundle; its process waits for `start`.
-    Create {
-        #[arg(short = 'b', long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        #[arg(long)]
-        preserve_fds: Option<u32>,
-        id: String,
-    },
+    Create(CreateArgs),
     /// Create, start and wait for a container, then delete it; exits with its status.
-    Run {
-        #[arg(short = 'b', long, default_value = ".")]
-        bundle: PathBuf,
-        #[arg(long)]
-        pid_file: Option<PathBuf>,
-        #[arg(long)]
-        console_socket: Option<PathBuf>,
-        #[arg(long)]
-        no_pivot: bool,
-        #[arg(long)]
-        no_new_keyring: bool,
-        id: String,
-    },
+    Run(CreateArgs),
     /// Run a created container's process.
     Start { id: String },
     /// Run one more process in a running container.
@@ -212,44 +223,10 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
         return Ok(0);
     };
     match command {
-        OciCommand::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            id,
-            ..
-        } => {
-            let pid_file = pid_file
-                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
-                .transpose()?;
-            oci::create(&oci::CreateRequest {
-                root,
-                id,
-                bundle,
-                pid_file,
-                console_socket,
-                detaching: true,
-            })?;
+        OciCommand::Create(args) => {
+            oci::create(&args.request(root, true)?)?;
         }
-        OciCommand::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            id,
-            ..
-        } => {
-            let pid_file = pid_file
-                .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
-                .transpose()?;
-            return oci::run(&oci::CreateRequest {
-                root,
-                id,
-                bundle,
-                pid_file,
-                console_socket,
-                detaching: false,
-            });
-        }
+        OciCommand::Run(args) => return oci::run(&args.request(root, false)?),
         OciCommand::Start { id } => oci::start(&root, &id)?,
         OciCommand::State { id } => {
             let state = oci::Container::open(&root, &id)?.load()?;

@@ -264,7 +264,25 @@ fn in_a_pty(cmd: &Command) -> Command {
     c
 }
 
+/// Where brig-runc keeps its sandboxes and runtime directories under podman: its defaults
+/// as root. podman runs `start`, `kill` and `delete` itself with an environment of its own
+/// (only XDG_RUNTIME_DIR, seen with a logging wrapper), so no BRIG_HOME or BRIG_RUNTIME_DIR
+/// reaches them, and conmon's `create` must use the same defaults. The containers' state
+/// lives in `/run/brig/oci` (the default `--root`, which podman does not pass): the directory
+/// stays, as runc's `/run/runc` does, what is in it must not.
+const PODMAN_BRIG_DIRS: [&str; 3] = ["/var/lib/brig/sandboxes", "/run/brig", "/run/brig/oci"];
+
+/// The entries of `dirs` (address leases aside).
+fn entries(dirs: &[&str]) -> std::collections::BTreeSet<String> {
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .map(|e| e.path().display().to_string())
+        .filter(|p| !p.ends_with("/leases") && p != "/run/brig/oci")
+        .collect()
+}
+
 pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
+    let before = entries(&PODMAN_BRIG_DIRS);
     let pull =
         procs::output(podman(&["pull", "-q"]).arg(format!("oci-archive:{}", archive().display())));
     check(pull.status.success(), "podman pull oci-archive", &pull)?;
@@ -329,7 +347,8 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
     let rm = procs::output(&mut podman(&["rm", "p1"]));
     check(rm.status.success(), "podman rm", &rm)?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
-    let left = leftovers();
+    let mut left = leftovers();
+    left.extend(entries(&PODMAN_BRIG_DIRS).difference(&before).cloned());
     if !left.is_empty() {
         return Err(format!("left behind: {left:?}"));
     }

@@ -167,6 +167,26 @@ pub fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
         "ctr task ps",
         &ps,
     )?;
+    // The VMM process is in the container's cgroup (linux.cgroupsPath), so containerd's
+    // metrics are the VM's: the VMM's threads (vCPU, devices, agent session) and its memory.
+    // (A VM restored from a template reads most of its RAM from the template's page cache,
+    // charged where the template was made: what is charged here is what it wrote.)
+    let metrics = procs::output(&mut ctr(&["task", "metrics", "t5"]));
+    let metric = |name: &str| {
+        stdout(&metrics)
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next()?.parse::<u64>().ok())?
+            })
+            .unwrap_or(0)
+    };
+    let (usage, tasks) = (metric("memory.usage"), metric("pids.current"));
+    check(
+        metrics.status.success() && usage >= 1 << 20 && tasks >= 3,
+        &format!("ctr task metrics: the VMM's cgroup ({usage} bytes, {tasks} tasks)"),
+        &metrics,
+    )?;
     let kill = procs::output(&mut ctr(&["task", "kill", "t5"]));
     check(kill.status.success(), "ctr task kill (SIGTERM)", &kill)?;
     eventually(120, "t5 stopped", || {
@@ -181,7 +201,21 @@ pub fn ctr_run_kill_and_nothing_left() -> Result<(), String> {
     let del = procs::output(&mut ctr(&["container", "delete", "t5"]));
     check(del.status.success(), "ctr container delete", &del)?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
-    let left = leftovers();
+    let mut left = leftovers();
+    // The containers' cgroups (cgroupsPath "/<namespace>/<id>") went with `delete`.
+    left.extend(
+        std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|ns| std::fs::read_dir(ns.path()).into_iter().flatten().flatten())
+            .map(|e| e.path().display().to_string())
+            .filter(|p| {
+                ["t1", "t2", "t3", "t4", "t5"]
+                    .iter()
+                    .any(|t| p.ends_with(&format!("/{t}")))
+            }),
+    );
     if !left.is_empty() {
         return Err(format!("left behind: {left:?}"));
     }

@@ -76,8 +76,10 @@ pub struct Root {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
+#[serde(rename_all = "camelCase")]
 pub struct Linux {
     pub resources: Option<Resources>,
+    pub cgroups_path: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -150,6 +152,14 @@ impl Bundle {
             .and_then(|r| r.memory.as_ref())
             .and_then(|m| m.limit);
         limit.map_or(0, |l| u64::try_from(l).unwrap_or(0))
+    }
+
+    /// `linux.cgroupsPath` ("" when none).
+    pub fn cgroups_path(&self) -> &str {
+        self.config
+            .linux
+            .as_ref()
+            .map_or("", |l| l.cgroups_path.as_str())
     }
 
     /// Whether `root.readonly` is set.

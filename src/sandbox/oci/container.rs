@@ -37,6 +37,9 @@ pub struct OciState {
     /// `start` was given.
     #[serde(default)]
     pub started: bool,
+    /// The cgroup the VMM process was put in (`linux.cgroupsPath`), removed by `delete`.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 /// A container's status, as runc names it.
@@ -204,6 +207,7 @@ mod tests {
             sandbox_id: "0".repeat(64),
             annotations: BTreeMap::new(),
             started: false,
+            cgroup: None,
         };
         assert_eq!(s.status(), Status::Created);
         s.started = true;

@@ -11,6 +11,7 @@
 //! - [`exec`]: exec (its detached proxy) and ps; [`console`]: a terminal through `--console-socket`.
 
 pub mod bundle;
+pub mod cgroup;
 pub mod console;
 pub mod container;
 pub mod exec;

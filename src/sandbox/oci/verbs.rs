@@ -157,6 +157,16 @@ fn create_in(
 
     let pid = spawn_vmm(&id, &fifo, console.as_ref())?;
     drop(console);
+    let cgroup = match super::cgroup::place(bundle.cgroups_path(), pid) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid).expect("a child's pid"),
+                rustix::process::Signal::KILL,
+            );
+            return Err(OciError::io(format!("cgroup {}", bundle.cgroups_path()))(e));
+        }
+    };
     let state = OciState {
         id: req.id.clone(),
         bundle: bundle.dir.clone(),
@@ -167,6 +177,7 @@ fn create_in(
         sandbox_id: id,
         annotations: bundle.config.annotations.clone(),
         started: false,
+        cgroup,
     };
     container.save(&state)?;
     if let Some(p) = &req.pid_file {
@@ -332,6 +343,9 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
             id: state.sandbox_id.clone(),
         };
         let _ = sandbox.remove();
+    }
+    if let Some(dir) = &state.cgroup {
+        super::cgroup::remove(dir);
     }
     // As `brig rm` does: runtime directories whose VM is gone (a template's build VM whose
     // process was killed mid-build, as `kill` right after `start` does) go too.

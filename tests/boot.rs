@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::fixture::{check, stderr, stdout};
+use common::fixture::{check, sha256_of, stderr, stdout};
 use common::kvm::{brig, brig_cmd, run_tests, trial, Limits};
 
 /// `brig boot` with busybox as /bin/sh (and as itself), a generous timeout, then `args`.
@@ -297,20 +297,6 @@ fn ticks(console: &str) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("tick ")?.parse().ok())
         .collect()
-}
-
-/// sha256sum's digest of `path` (coreutils: a test binary's unoptimised hashing of a
-/// memory file takes minutes under nested emulation).
-fn sha256_of(path: &std::path::Path) -> Result<String, String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.split_whitespace().next() {
-        Some(sum) if out.status.success() && sum.len() == 64 => Ok(sum.to_string()),
-        _ => Err(format!("sha256sum {}: {out:?}", path.display())),
-    }
 }
 
 /// A guest saved mid-loop (`brig boot --snapshot-when`) goes on from where it was when

@@ -155,3 +155,17 @@ pub fn process_gone(pid: u32) -> bool {
         },
     )
 }
+
+/// sha256sum's digest of `path` (coreutils: a test binary's unoptimised hashing of a
+/// memory file takes minutes under nested emulation).
+pub fn sha256_of(path: &std::path::Path) -> Result<String, String> {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.split_whitespace().next() {
+        Some(sum) if out.status.success() && sum.len() == 64 => Ok(sum.to_string()),
+        _ => Err(format!("sha256sum {}: {out:?}", path.display())),
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::common::fixture::{check, stderr, stdout};
+use crate::common::fixture::{check, sha256_of, stderr, stdout};
 use crate::common::procs;
 use crate::fixture;
 
@@ -34,18 +34,6 @@ fn templates() -> Vec<PathBuf> {
         d.join("state").is_file() && !d.file_name().unwrap().to_string_lossy().starts_with('.')
     });
     dirs
-}
-
-fn sha256_of(path: &std::path::Path) -> Result<String, String> {
-    let out = std::process::Command::new("sha256sum")
-        .arg(path)
-        .output()
-        .map_err(|e| format!("sha256sum: {e}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    match text.split_whitespace().next() {
-        Some(sum) if out.status.success() => Ok(sum.to_string()),
-        _ => Err(format!("sha256sum {}: {out:?}", path.display())),
-    }
 }
 
 /// Two sandboxes restored from one template are different machines: their RNG output and

@@ -189,8 +189,8 @@ pub fn ensure(home: &Path, vm: &VmConfig) -> Result<(PathBuf, bool), TemplateErr
     if dir.join(snapshot::STATE_FILE).is_file() {
         return Ok((dir, false));
     }
+    sweep_partial(&store, &key);
     let tmp = store.join(format!(".tmp-{key}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let made = build(vm, &inputs, &tmp).and_then(|()| {
         // A broken leftover under the final name (a state file missing) goes first.
@@ -201,6 +201,17 @@ pub fn ensure(home: &Path, vm: &VmConfig) -> Result<(PathBuf, bool), TemplateErr
         let _ = std::fs::remove_dir_all(&tmp);
     }
     made.map(|()| (dir, true))
+}
+
+/// Removes what builds of `key` killed midway left (`.tmp-<key>-<pid>`: a partial memory
+/// file can be large). Called with the key's lock held, so no build of it is under way.
+fn sweep_partial(store: &Path, key: &str) {
+    let prefix = format!(".tmp-{key}-");
+    for e in std::fs::read_dir(store).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Whether a run of `vm` restores a template, as [`choose`] decided.

@@ -136,3 +136,21 @@ fn volumes_and_network_are_refused() {
     assert!(refusal(&vm).is_some());
     assert!(matches!(inputs_of(&vm), Err(TemplateError::NotEligible(_))));
 }
+
+/// A build killed midway leaves `.tmp-<key>-<pid>`; the next build of that key removes it
+/// (and nothing of another key's).
+#[test]
+fn partial_builds_of_the_key_are_swept() {
+    let store = tempfile::tempdir().unwrap();
+    for name in [".tmp-abc-12", ".tmp-abc-345", ".tmp-abd-12", "abc"] {
+        std::fs::create_dir(store.path().join(name)).unwrap();
+        std::fs::write(store.path().join(name).join("memory"), b"x").unwrap();
+    }
+    sweep_partial(store.path(), "abc");
+    let mut left: Vec<String> = std::fs::read_dir(store.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, [".tmp-abd-12", "abc"]);
+}

@@ -190,7 +190,7 @@ fn start_template(
     dir: &std::path::Path,
 ) -> Result<Started, LaunchError> {
     let disks = config.disks.clone();
-    let cold = plain_copy(&config);
+    let cold = templates::copy_of(&config);
     let restored = vm::start_from(config, runtime, Some(dir))
         .map_err(|e| e.to_string())
         .and_then(
@@ -216,24 +216,6 @@ fn start_template(
             let agent_vm = vm::start(cold, runtime)?;
             Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why)))
         }
-    }
-}
-
-/// `config` again (templates only serve VMs without a network device, the one part that
-/// cannot be copied).
-fn plain_copy(config: &VmConfig) -> VmConfig {
-    VmConfig {
-        kernel: config.kernel.clone(),
-        initrd: config.initrd.clone(),
-        cmdline_extra: config.cmdline_extra.clone(),
-        mem_mib: config.mem_mib,
-        cpus: config.cpus,
-        host_cpus: config.host_cpus.clone(),
-        console: config.console.clone(),
-        disks: config.disks.clone(),
-        vsock: None,
-        net: None,
-        fs: config.fs.clone(),
     }
 }
 

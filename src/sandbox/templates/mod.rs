@@ -295,6 +295,24 @@ pub fn build_for(
     Ok((key, made))
 }
 
+/// `vm` again, for a VM that templates serve: it has no network device, the one part that
+/// cannot be copied (and a vsock device the VMM sets up itself).
+pub(super) fn copy_of(vm: &VmConfig) -> VmConfig {
+    VmConfig {
+        kernel: vm.kernel.clone(),
+        initrd: vm.initrd.clone(),
+        cmdline_extra: vm.cmdline_extra.clone(),
+        mem_mib: vm.mem_mib,
+        cpus: vm.cpus,
+        host_cpus: vm.host_cpus.clone(),
+        console: vm.console.clone(),
+        disks: vm.disks.clone(),
+        vsock: None,
+        net: None,
+        fs: vm.fs.clone(),
+    }
+}
+
 /// Boots `vm` with placeholder disks into `dir` and saves it there at "agent ready".
 fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateError> {
     let deadline = Instant::now() + BUILD_TIMEOUT;
@@ -311,17 +329,10 @@ fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateEr
     }
     let console = ConsoleLog::default();
     let config = VmConfig {
-        kernel: vm.kernel.clone(),
-        initrd: vm.initrd.clone(),
-        cmdline_extra: vm.cmdline_extra.clone(),
-        mem_mib: vm.mem_mib,
-        cpus: vm.cpus,
-        host_cpus: vm.host_cpus.clone(),
         console: console.clone(),
         disks,
-        vsock: None,
-        net: None,
         fs: Vec::new(),
+        ..copy_of(vm)
     };
     let runtime = RuntimeDir::create(&new_id()).map_err(io_err(dir))?;
     let agent_vm = vm::start(config, &runtime)?;

@@ -11,7 +11,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use common::fixture::{check, eventually, stderr, stdout, Fixture};
+use common::fixture::{check, eventually, pids_whose_cmdline, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
 
@@ -60,17 +60,7 @@ fn setuid_root(meta: &std::fs::Metadata) -> bool {
 /// The virtiofsd processes serving this fixture's sandboxes.
 fn servers() -> Vec<u32> {
     let runtime = fixture().runtime.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                let c = String::from_utf8_lossy(&c);
-                c.contains("virtiofsd") && c.contains(&runtime)
-            })
-        })
-        .collect()
+    pids_whose_cmdline(|c| c.contains("virtiofsd") && c.contains(&runtime))
 }
 
 fn live_sharing_both_ways() -> Result<(), String> {

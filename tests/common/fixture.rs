@@ -169,3 +169,18 @@ pub fn sha256_of(path: &std::path::Path) -> Result<String, String> {
         _ => Err(format!("sha256sum {}: {out:?}", path.display())),
     }
 }
+
+/// The processes whose command line (arguments joined by NULs, as /proc gives it) `wanted`
+/// accepts.
+pub fn pids_whose_cmdline(wanted: impl Fn(&str) -> bool) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| wanted(&String::from_utf8_lossy(&c)))
+        })
+        .collect()
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::common::fixture::{check, eventually, process_gone, stderr, stdout};
+use crate::common::fixture::{check, eventually, pids_whose_cmdline, process_gone, stderr, stdout};
 use crate::common::{self, images, procs};
 use crate::{base, leftovers, runc_path, with_env};
 
@@ -103,16 +103,9 @@ fn ctr_run(id: &str, detach: bool, cmd: &[&str]) -> Output {
 }
 
 fn brig_vmms() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                String::from_utf8_lossy(&c).contains("__supervise") && !process_gone(*pid)
-            })
-        })
-        .collect()
+    let mut pids = pids_whose_cmdline(|c| c.contains("__supervise"));
+    pids.retain(|pid| !process_gone(*pid));
+    pids
 }
 
 pub fn ctr_run_kill_and_nothing_left() -> Result<(), String> {

@@ -165,6 +165,23 @@ impl SandboxState {
     }
 }
 
+/// Whether process `pid` runs: it exists and is not a zombie. 0 (not recorded) counts as
+/// alive, so that only a VMM known to be dead changes what the lock says.
+fn process_alive(pid: u32) -> bool {
+    if pid == 0 {
+        return true;
+    }
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The state letter follows the command name's closing parenthesis.
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    !matches!(state, Some("Z" | "X" | "x"))
+}
+
 /// Writes `bytes` to `path` atomically (temp file, fsync, rename).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -308,19 +325,42 @@ impl Sandbox {
     /// Whether its workload runs: started, and its VMM alive. (A stopped sandbox whose disks
     /// a maintenance VM has open is live, but not running.)
     pub fn is_running(&self) -> bool {
-        self.is_live() && self.state().is_ok_and(|s| s.status == Status::Running)
+        self.is_live()
+            && self
+                .state()
+                .is_ok_and(|s| s.status == Status::Running && process_alive(s.pid))
+    }
+
+    /// Waits up to `within` for the keeper of a VMM that died to record the end and let go
+    /// of the lock (a moment: it reaps the VMM, writes the state, and tears down).
+    pub fn settle(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline
+            && self.is_live()
+            && self
+                .state()
+                .is_ok_and(|s| s.status == Status::Running && !process_alive(s.pid))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// The state, corrected for a VMM that died without recording its end.
     pub fn current_state(&self) -> Result<SandboxState, StateError> {
         let mut state = self.state()?;
-        if state.status == Status::Running && !self.is_live() {
+        // A jailed VMM runs as its keeper's child, and the keeper holds the lock until it
+        // has reaped it and recorded the end: a VMM killed a moment ago is a zombie (or
+        // gone) while the lock is still held, and reads as dead already.
+        if state.status == Status::Running && !(self.is_live() && process_alive(state.pid)) {
             state.status = Status::Exited;
             state
                 .error
                 .get_or_insert_with(|| "the VMM process died".into());
-            // Record it, so that later readers agree; a racing writer wins either way.
-            let _ = self.write_state(&state);
+            // Record it, so that later readers agree; a racing writer wins either way. While
+            // the lock is held, its keeper is winding down and records the end itself.
+            if !self.is_live() {
+                let _ = self.write_state(&state);
+            }
         }
         Ok(state)
     }
@@ -489,6 +529,22 @@ mod tests {
             left.is_empty(),
             "nothing is left under sandboxes/: {left:?}"
         );
+    }
+
+    #[test]
+    fn a_zombie_or_missing_process_is_not_alive() {
+        assert!(process_alive(std::process::id()));
+        assert!(process_alive(0), "an unrecorded pid defers to the lock");
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            !process_alive(pid)
+        });
+        assert!(zombie, "an exited, unreaped child reads as not alive");
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
     }
 
     #[test]

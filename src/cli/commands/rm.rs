@@ -19,6 +19,7 @@ pub fn run(args: RmArgs) -> anyhow::Result<i32> {
     let mut failed = None;
     for name in &args.sandboxes {
         let result = super::resolve(&home, name).and_then(|sb| {
+            sb.settle(Duration::from_secs(5));
             if sb.is_live() {
                 if !args.force {
                     anyhow::bail!(if sb.is_running() {

@@ -380,8 +380,8 @@ fn fds_of(pid: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Whether the detached sandbox `name`'s VMM `pid` is jailed: not root, in mount, IPC, UTS
-/// and network namespaces of its own, its root an empty read-only tmpfs holding only the
+/// Whether the detached sandbox `name`'s VMM `pid` is jailed: not root, in PID, mount, IPC,
+/// UTS and network namespaces of its own (pid 1 in its own), its root an empty read-only tmpfs holding only the
 /// runtime directory, without a descriptor to anything but its VM's files, and (where cgroup
 /// v2 has the memory controller) in a cgroup of its own with a memory limit; and that
 /// `brig inspect` says so.
@@ -399,12 +399,17 @@ fn vmm_jail(f: &Fixture, name: &str, pid: &str) -> Result<(), String> {
         &[("CapEff", "0000000000000000"), ("NoNewPrivs", "1")],
         "the VMM",
     )?;
-    for ns in ["mnt", "ipc", "uts", "net"] {
+    for ns in ["pid", "mnt", "ipc", "uts", "net"] {
         let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).ok();
         let ours = std::fs::read_link(format!("/proc/self/ns/{ns}")).ok();
         if theirs.is_none() || theirs == ours {
             return Err(format!("the VMM shares the {ns} namespace ({theirs:?})"));
         }
+    }
+    // The first process of its PID namespace: its pid there is 1.
+    let nspid: Vec<&str> = field(&status, "NSpid").split_whitespace().collect();
+    if nspid.len() != 2 || nspid[1] != "1" {
+        return Err(format!("the VMM's NSpid is {nspid:?}, not [{pid}, 1]"));
     }
     let out = f.brig(&["inspect", name]);
     let v: serde_json::Value =
@@ -419,7 +424,7 @@ fn vmm_jail(f: &Fixture, name: &str, pid: &str) -> Result<(), String> {
     check(
         jail["Uid"] == uid.parse::<u64>().unwrap_or(0)
             && jail["Root"] == format!("{runtime}/root")
-            && ["mnt", "ipc", "uts", "net"].iter().all(|ns| {
+            && ["pid", "mnt", "ipc", "uts", "net"].iter().all(|ns| {
                 jail["Namespaces"]
                     .as_array()
                     .is_some_and(|a| a.contains(&(*ns).into()))

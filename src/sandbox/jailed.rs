@@ -93,11 +93,10 @@ pub fn supervise_jailed(
     // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
     // only this one, and glibc's fork leaves malloc usable in the child. The child never
     // drops the keeper's objects it got a copy of (see `vmm_process`) and ends with `exit`.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        let e = SuperviseError::Jail(io::Error::last_os_error());
-        return Err(not_started(sandbox, e, ready));
-    }
+    let pid = match unsafe { jail::fork_in_new_pid_namespace() } {
+        Ok(pid) => pid,
+        Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
+    };
     if pid == 0 {
         drop((events_read, log_read));
         let HostSide {
@@ -306,7 +305,7 @@ fn run_vmm(
         c.join().map_err(|e| brig("joining its cgroup", e))?;
     }
     vm.console = ConsoleLog::with_deferred_echo(Box::new(console_file), seccomp::confine_console);
-    vmm::confine_next_vm(Box::new(move || jail::enter(&jail)));
+    vmm::confine_next_vm(Box::new(move || jail::enter(&jail, events)));
     let log = LogWriter::unrotated(File::from(log));
     let spec = Launch {
         vm,

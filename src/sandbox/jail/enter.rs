@@ -60,9 +60,71 @@ fn pivot(jail: &Jail) -> io::Result<()> {
     Ok(())
 }
 
-/// Enters `jail`. The calling process must be single-threaded (namespaces, ids and
+/// Forks the VMM process as the first process (pid 1) of a new PID namespace, as
+/// Firecracker's jailer does: it sees no other process and can signal none. A process cannot
+/// move itself into a new PID namespace, only its children, and a thread whose children would
+/// go to another PID namespace than its own cannot start threads: this thread goes back to its
+/// own namespace for its later children right after the fork. `Ok(0)` in the child, the
+/// child's pid in the parent.
+///
+/// # Safety
+///
+/// As `fork`: the child must not rely on locks other threads held, and must end by `exit`.
+pub unsafe fn fork_in_new_pid_namespace() -> io::Result<libc::pid_t> {
+    use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+    use std::os::fd::AsFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/pid")?;
+    // SAFETY: no FILES flag (see `enter`); the new namespace only applies to this thread's
+    // children.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }
+        .map_err(step("unshare(CLONE_NEWPID)"))?;
+    // SAFETY: per this function's contract.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        return Ok(0);
+    }
+    let forked = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    let back =
+        rustix::thread::move_into_link_name_space(own.as_fd(), Some(LinkNameSpaceType::ProcessID))
+            .map_err(step("setns back to its own PID namespace"));
+    match (forked, back) {
+        (Ok(pid), Ok(())) => Ok(pid),
+        (Err(e), _) => Err(e),
+        (Ok(pid), Err(e)) => {
+            // It could start no more threads: end the child, and fail.
+            // SAFETY: signals and reaps the child just forked, which nothing else waits for.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Whether the keeper still reads the events pipe whose write end is `events`: a pipe with
+/// no reader polls as an error. (The VMM is pid 1 of its own PID namespace, where its
+/// parent's pid reads as 0.)
+fn keeper_alive(events: std::os::fd::BorrowedFd<'_>) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let mut fds = [PollFd::new(&events, PollFlags::OUT)];
+    match poll(&mut fds, Some(&rustix::time::Timespec::default())) {
+        Ok(_) => !fds[0]
+            .revents()
+            .intersects(PollFlags::ERR | PollFlags::HUP | PollFlags::NVAL),
+        Err(_) => false,
+    }
+}
+
+/// Enters `jail`; `events` is the write end of the pipe the VMM tells its keeper its events
+/// on, open for the whole life of the process (the VMM ends with its keeper, which it sees
+/// gone when that pipe has no reader left). The calling process must be single-threaded (namespaces, ids and
 /// `no_new_privs` are per thread; threads started later inherit them) and root.
-pub fn enter(jail: &Jail) -> io::Result<()> {
+pub fn enter(jail: &Jail, events: std::os::fd::RawFd) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
     let (uid, gid) = (Uid::from_raw(jail.uid), Gid::from_raw(jail.gid));
     hand_over_sockets(jail, uid, gid)?;
@@ -85,7 +147,9 @@ pub fn enter(jail: &Jail) -> io::Result<()> {
     // keeper did not end meanwhile.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(step("PR_SET_PDEATHSIG"))?;
-    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(jail.keeper) {
+    // SAFETY: open for the whole life of the process (this function's contract).
+    let events = unsafe { std::os::fd::BorrowedFd::borrow_raw(events) };
+    if !keeper_alive(events) {
         return Err(io::Error::other("the sandbox's keeper process ended"));
     }
     rustix::thread::set_no_new_privs(true).map_err(step("no_new_privs"))?;

@@ -2,6 +2,8 @@
 //! the VMM process itself once its VM is built and before any of its threads starts (Linux
 //! applies namespaces and ids per thread):
 //!
+//! - a new PID namespace, of which it is the first process (forked into it by its keeper,
+//!   [`fork_in_new_pid_namespace`]);
 //! - new mount, IPC, UTS and network namespaces (the VMM needs no network of its own: the
 //!   TAP is an open descriptor, its sockets are Unix sockets reached by path);
 //! - its root an empty tmpfs (`nodev,nosuid,noexec`, then read-only) at `<runtime dir>/root`,
@@ -14,8 +16,7 @@
 //!   v2 is writable.
 //!
 //! Every descriptor it keeps was opened before (KVM, memory, disks, TAP, sockets, the console
-//! and log pipes); seccomp comes after, thread by thread. No PID namespace: a process cannot
-//! enter one itself, and once it has unshared one it can no longer start threads.
+//! and log pipes); seccomp comes after, thread by thread.
 //! `BRIG_JAIL=off` turns the jail off (debugging only); brig not running as root runs
 //! unjailed for now.
 
@@ -27,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use enter::enter;
+pub use enter::{enter, fork_in_new_pid_namespace};
 
 /// The first of the ids kept for brig's jails: far above the ranges of login users and of
 /// rootless containers' subordinate ids.
@@ -61,8 +62,6 @@ pub struct Jail {
     pub root: PathBuf,
     /// The sandbox's runtime directory, seen at the same path inside.
     pub runtime: PathBuf,
-    /// The process that prepared the jail: the VMM ends with it.
-    pub keeper: u32,
 }
 
 /// What the jail of a VMM is, as [`describe`] reads it from /proc (for `brig inspect`).
@@ -103,7 +102,6 @@ pub fn prepare(runtime: &Path, uid: u32, gid: u32) -> io::Result<Jail> {
         gid,
         root,
         runtime: runtime.to_path_buf(),
-        keeper: std::process::id(),
     })
 }
 

@@ -561,6 +561,10 @@ fn main() {
                 "templates_a_damaged_template_is_rebuilt",
                 templates::a_damaged_template_is_rebuilt,
             ),
+            trial(
+                "templates_detached_jailed_sandboxes_restore_them",
+                templates::detached_jailed_sandboxes_restore_templates,
+            ),
         ],
     )
 }

@@ -20,7 +20,13 @@ use super::state::Sandbox;
 use super::supervisor::{
     host_side, not_started, record_end, record_running, HostSide, SuperviseError,
 };
+use super::templates;
 use crate::vmm::{self, seccomp, ConsoleLog};
+
+/// Whether `s` is one short lowercase word (what a start path reads as).
+fn is_word(s: &str) -> bool {
+    (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase())
+}
 
 /// The longest event line the keeper reads.
 const MAX_EVENT: usize = 4096;
@@ -28,8 +34,8 @@ const MAX_EVENT: usize = 4096;
 /// What the VMM tells its keeper.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
-    /// The VM runs.
-    Running,
+    /// The VM runs, started so ([`super::launch::StartPath::word`]).
+    Running(String),
     /// The workload runs.
     Ready,
     /// The run ended so.
@@ -39,7 +45,7 @@ enum Event {
 impl Event {
     fn line(&self) -> String {
         match self {
-            Event::Running => "running\n".into(),
+            Event::Running(path) => format!("running {path}\n"),
             Event::Ready => "ready\n".into(),
             Event::Ended(Ok(code)) => format!("ended {code}\n"),
             Event::Ended(Err(f)) => format!("failed {} {}\n", f.code, f.message.replace('\n', " ")),
@@ -48,7 +54,7 @@ impl Event {
 
     fn parse(line: &str) -> Option<Self> {
         match line.split_once(' ') {
-            None if line == "running" => Some(Event::Running),
+            Some(("running", path)) if is_word(path) => Some(Event::Running(path.to_string())),
             None if line == "ready" => Some(Event::Ready),
             Some(("ended", code)) => code.parse().ok().map(|c| Event::Ended(Ok(c))),
             Some(("failed", rest)) => {
@@ -89,6 +95,10 @@ pub fn supervise_jailed(
         Ok(s) => s,
         Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
     };
+    // The template is found (or made) out here, as root with the host in view; the VMM opens
+    // its files before it enters the jail.
+    let home = sandbox.dir.parent().and_then(std::path::Path::parent);
+    let template = home.and_then(|h| templates::choose(h, &host.vm).dir);
     // SAFETY: the child goes on with Rust code. The keeper may have threads by now (its port
     // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
     // only this one, and glibc's fork leaves malloc usable in the child. The child never
@@ -120,6 +130,7 @@ pub fn supervise_jailed(
                 vm,
                 run,
                 timeout,
+                template,
             },
         };
         vmm_process(vmm, runtime);
@@ -153,6 +164,8 @@ struct VmmRest {
     vm: vmm::VmConfig,
     run: brig_protocol::RunSpec,
     timeout: Option<TimeoutPolicy>,
+    /// The template it restores instead of booting, if one serves it.
+    template: Option<std::path::PathBuf>,
 }
 
 /// The keeper's side: follows the VMM's events until it ends, relaying its log records into
@@ -179,7 +192,7 @@ fn keep(
     let mut verdict = None;
     while let Some(line) = read_line(&mut events) {
         match Event::parse(&line) {
-            Some(Event::Running) => record_running(sandbox, pid, host.net.as_ref()),
+            Some(Event::Running(path)) => record_running(sandbox, pid, &path, host.net.as_ref()),
             Some(Event::Ready) if !told => {
                 told = true;
                 ready(Ok(()));
@@ -292,6 +305,7 @@ fn run_vmm(
         mut vm,
         run,
         timeout,
+        template,
     } = vmm;
     let brig = |what: &str, e: io::Error| Failure::brig(format!("jailing the VMM: {what}: {e}"));
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
@@ -315,10 +329,10 @@ fn run_vmm(
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
         }),
         restore_from: None,
-        // A jailed VMM sees no template store (yet): it boots.
-        template: None,
+        template,
     };
-    let mut on_vm_started = || send(Event::Running);
+    let mut on_vm_started =
+        |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));
     let mut on_workload_started = || send(Event::Ready);
     let io = LaunchIo {
         stdout: &mut log.stream(Stream::Stdout),
@@ -343,7 +357,7 @@ mod tests {
     #[test]
     fn events_round_trip_and_garbage_is_ignored() {
         for e in [
-            Event::Running,
+            Event::Running("template".into()),
             Event::Ready,
             Event::Ended(Ok(3)),
             Event::Ended(Err(Failure {
@@ -368,6 +382,9 @@ mod tests {
             "failed",
             "failed x y",
             "runningx",
+            "running",
+            "running Boot",
+            "running a b",
             "ready now",
         ] {
             assert_eq!(Event::parse(junk), None, "{junk:?}");

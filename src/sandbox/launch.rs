@@ -49,14 +49,27 @@ pub enum StartPath {
     Template { reconnected: Instant },
 }
 
+impl StartPath {
+    /// How the VM came to run, in one word (`brig inspect`'s `State.StartPath`).
+    pub fn word(&self) -> &'static str {
+        match self {
+            StartPath::Cold
+            | StartPath::ColdNoTemplate(_)
+            | StartPath::ColdAfterFailedRestore(_) => "boot",
+            StartPath::Restored => "snapshot",
+            StartPath::Template { .. } => "template",
+        }
+    }
+}
+
 /// Where the workload's output goes and what happens on the way.
 pub struct LaunchIo<'a> {
     pub stdout: &'a mut dyn Write,
     pub stderr: &'a mut dyn Write,
     /// Relay the host's signals to the workload (foreground runs).
     pub relay_signals: bool,
-    /// Called once the VM runs.
-    pub on_vm_started: &'a mut dyn FnMut(),
+    /// Called once the VM runs, with how it came to.
+    pub on_vm_started: &'a mut dyn FnMut(&StartPath),
     /// Called once the workload runs.
     pub on_workload_started: &'a mut dyn FnMut(),
 }
@@ -90,6 +103,9 @@ pub enum LaunchError {
     Signals(std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    /// Restoring the template failed, and so did booting cold after it.
+    #[error("restoring the template failed ({restore}); booting cold then failed: {cold}")]
+    NeitherStart { restore: String, cold: VmError },
 }
 
 /// Boots the VM, runs the workload, tears everything down.
@@ -125,7 +141,7 @@ pub fn launch(
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
     let vm = &agent_vm.vm;
     let vmm_ready = vm.ready_at();
-    (io.on_vm_started)();
+    (io.on_vm_started)(&path);
     let deadline = spec.timeout.map(|t| vmm_ready + t);
 
     let terminal =
@@ -189,19 +205,20 @@ fn start_template(
     runtime: &RuntimeDir,
     dir: &std::path::Path,
 ) -> Result<Started, LaunchError> {
-    let disks = config.disks.clone();
     let cold = templates::copy_of(&config);
-    let restored = vm::start_from(config, runtime, Some(dir))
+    // Before the VM starts: a jailed VMM no longer sees its disks by path once it runs.
+    let restored = templates::disk_sizes(&config.disks)
         .map_err(|e| e.to_string())
-        .and_then(
-            |agent_vm| match templates::reconnect(&runtime.vsock_socket(), &disks) {
+        .and_then(|sizes| {
+            let agent_vm = vm::start_from(config, runtime, Some(dir)).map_err(|e| e.to_string())?;
+            match templates::reconnect(&runtime.vsock_socket(), sizes) {
                 Ok(conn) => Ok((agent_vm, conn)),
                 Err(e) => {
                     let _ = agent_vm.vm.shutdown();
                     Err(e.to_string())
                 }
-            },
-        );
+            }
+        });
     match restored {
         Ok((agent_vm, conn)) => {
             let reconnected = Instant::now();
@@ -213,8 +230,10 @@ fn start_template(
             // What the failed VM left in the runtime directory.
             let _ = std::fs::remove_file(runtime.vsock_listener(brig_protocol::AGENT_PORT));
             let _ = std::fs::remove_file(runtime.vsock_socket());
-            let agent_vm = vm::start(cold, runtime)?;
-            Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why)))
+            match vm::start(cold, runtime) {
+                Ok(agent_vm) => Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why))),
+                Err(cold) => Err(LaunchError::NeitherStart { restore: why, cold }),
+            }
         }
     }
 }

@@ -146,6 +146,9 @@ pub struct SandboxState {
     pub exit_code: Option<i32>,
     /// Why it ended abnormally (kernel panic, VMM died, ...).
     pub error: Option<String>,
+    /// How its VM came to run: `boot`, `template` or `snapshot`.
+    #[serde(default)]
+    pub start_path: Option<String>,
     /// The network while it runs (address, published ports, policy).
     #[serde(default)]
     pub network: Option<NetworkState>,
@@ -160,6 +163,7 @@ impl SandboxState {
             finished_at: None,
             exit_code: None,
             error: None,
+            start_path: None,
             network: None,
         }
     }

@@ -191,10 +191,16 @@ pub(super) fn record_end(sandbox: &Sandbox, verdict: &Result<i32, Failure>) {
 }
 
 /// Records `sandbox` as running in VMM process `pid`.
-pub(super) fn record_running(sandbox: &Sandbox, pid: u32, net: Option<&network::SandboxNetwork>) {
+pub(super) fn record_running(
+    sandbox: &Sandbox,
+    pid: u32,
+    path: &str,
+    net: Option<&network::SandboxNetwork>,
+) {
     let mut state = SandboxState::created();
     state.status = Status::Running;
     state.pid = pid;
+    state.start_path = Some(path.to_string());
     state.started_at = Some(now_rfc3339());
     if let Some(n) = net {
         state.network = Some(n.state.clone());
@@ -258,7 +264,8 @@ pub fn supervise(
         template: template.as_ref().and_then(|t| t.dir.clone()),
     };
 
-    let mut on_vm_started = || record_running(sandbox, std::process::id(), net.as_ref());
+    let mut on_vm_started =
+        |path: &StartPath| record_running(sandbox, std::process::id(), path.word(), net.as_ref());
     let mut started = false;
     let mut on_workload_started = || {
         started = true;

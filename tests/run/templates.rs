@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Output;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::common::fixture::{check, sha256_of, stderr, stdout};
+use crate::common::fixture::{check, eventually, sha256_of, stderr, stdout};
 use crate::common::procs;
 use crate::fixture;
 
@@ -183,4 +183,65 @@ pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
         "the next run makes the template again and restores it",
         &out,
     )
+}
+
+/// A detached sandbox restores the template too, with its VMM jailed: `inspect` says so,
+/// `exec` and `logs` work in it, and `rm -f` leaves nothing behind.
+pub fn detached_jailed_sandboxes_restore_templates() -> Result<(), String> {
+    let f = fixture();
+    let out = run(&["bb", "true"]);
+    check(out.status.success(), "a run that makes the template", &out)?;
+    let out = f.brig(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "tpl-detached",
+        "bb",
+        "sh",
+        "-c",
+        "echo up; sleep 1000",
+    ]);
+    check(out.status.success(), "run -d", &out)?;
+    let id = stdout(&out).trim().to_string();
+    let result = (|| {
+        eventually(120, "the workload logs", || {
+            stdout(&f.brig(&["logs", "tpl-detached"])) == "up\n"
+        })?;
+        let out = f.brig(&["inspect", "tpl-detached"]);
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
+        check(
+            v[0]["State"]["StartPath"] == "template",
+            "inspect: State.StartPath is template",
+            &out,
+        )?;
+        check(
+            v[0]["VmmConfinement"]["Jail"]["Namespaces"]
+                .as_array()
+                .is_some_and(|a| a.contains(&"pid".into())),
+            "inspect: the VMM is jailed",
+            &out,
+        )?;
+        let out = f.brig(&["exec", "tpl-detached", "sh", "-c", "echo in; exit 4"]);
+        check(
+            out.status.code() == Some(4) && stdout(&out) == "in\n",
+            "exec into the restored sandbox",
+            &out,
+        )
+    })();
+    let out = f.brig(&["rm", "-f", "tpl-detached"]);
+    result?;
+    check(out.status.success(), "rm -f", &out)?;
+    let left: Vec<String> = f
+        .leftovers()
+        .into_iter()
+        .filter(|d| d.contains(&id[..12.min(id.len())]))
+        .collect();
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("rm -f left {left:?}"))
+    }
 }

@@ -124,7 +124,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         stdout: &mut out,
         stderr: &mut err,
         relay_signals: true,
-        on_vm_started: &mut || {},
+        on_vm_started: &mut |_| {},
         on_workload_started: &mut || {},
     };
     let outcome = launch(spec, &runtime, io)?;

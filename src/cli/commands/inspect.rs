@@ -80,6 +80,8 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_jso
             "Error": state.error,
             "StartedAt": state.started_at,
             "FinishedAt": state.finished_at,
+            // How its VM came to run: "boot", "template" (restored) or "snapshot".
+            "StartPath": state.start_path,
         },
         // As /proc shows the VMM now: its threads' seccomp filters, capabilities, uid, root,
         // jail.

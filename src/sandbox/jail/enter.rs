@@ -12,14 +12,16 @@ fn step(what: &'static str) -> impl Fn(rustix::io::Errno) -> io::Error {
     move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
-/// Lets the jailed uid connect to the runtime directory's listening sockets (where the
-/// guest's vsock connections arrive), which the VMM bound as root.
+/// Lets the jailed uid connect to the runtime directory's listening sockets, which the VMM
+/// bound as root: those where the guest's vsock connections arrive (`vsock.sock_PORT`), and
+/// its own for host-initiated ones (`vsock.sock`), through which a VMM restored from a
+/// template reaches the agent again.
 fn hand_over_sockets(jail: &Jail, uid: Uid, gid: Gid) -> io::Result<()> {
     for entry in std::fs::read_dir(&jail.runtime)?.flatten() {
         if entry
             .file_name()
             .to_string_lossy()
-            .starts_with("vsock.sock_")
+            .starts_with("vsock.sock")
         {
             rustix::fs::chown(entry.path(), Some(uid), Some(gid)).map_err(step("chown"))?;
         }

@@ -385,17 +385,9 @@ pub struct Record {
     pub created: String,
 }
 
-/// The first message to the agent of a VM restored with `disks`: fresh entropy, the host's
-/// clock and the disks' sizes.
-pub fn restore_message(disks: &[DiskConfig]) -> Result<Message, TemplateError> {
-    let mut seed = vec![0u8; SEED_BYTES];
-    match rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()) {
-        Ok(n) if n == seed.len() => {}
-        _ => return Err(TemplateError::Agent("no host entropy".into())),
-    }
-    let realtime_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
+/// The sizes of `disks` as the restored guest names them (`vda`, `vdb`, ...): read before
+/// the VM starts, while a VMM about to be jailed still sees the files by path.
+pub fn disk_sizes(disks: &[DiskConfig]) -> Result<Vec<DiskSize>, TemplateError> {
     let mut sizes = Vec::new();
     for (i, d) in disks.iter().enumerate() {
         let len = std::fs::metadata(&d.path).map_err(io_err(&d.path))?.len();
@@ -405,6 +397,20 @@ pub fn restore_message(disks: &[DiskConfig]) -> Result<Message, TemplateError> {
             sectors: len / 512,
         });
     }
+    Ok(sizes)
+}
+
+/// The first message to the agent of a VM restored with disks of `sizes`
+/// ([`disk_sizes`]): fresh entropy, the host's clock now, and the sizes.
+pub fn restore_message(sizes: Vec<DiskSize>) -> Result<Message, TemplateError> {
+    let mut seed = vec![0u8; SEED_BYTES];
+    match rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()) {
+        Ok(n) if n == seed.len() => {}
+        _ => return Err(TemplateError::Agent("no host entropy".into())),
+    }
+    let realtime_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     Ok(Message::Restore(RestoreSpec {
         realtime_ns,
         seed,
@@ -413,13 +419,13 @@ pub fn restore_message(disks: &[DiskConfig]) -> Result<Message, TemplateError> {
 }
 
 /// Reaches the agent of a VM just restored from a template through its vsock socket, sends
-/// it [`restore_message`] and waits for its Hello (the copy is unique and its disks are
-/// attached). Returns the connection and the Hello.
+/// it [`restore_message`] and waits for its Hello (the copy is unique and its disks, of
+/// `sizes`, are attached). Returns the connection and the Hello.
 pub fn reconnect(
     vsock_socket: &Path,
-    disks: &[DiskConfig],
+    sizes: Vec<DiskSize>,
 ) -> Result<(UnixStream, Message), TemplateError> {
-    let msg = restore_message(disks)?;
+    let msg = restore_message(sizes)?;
     let mut conn = super::control::connect(vsock_socket, RESTORE_PORT, RESTORE_TIMEOUT)
         .map_err(|e| TemplateError::Agent(e.to_string()))?;
     write_message(&mut conn, &msg).map_err(|e| TemplateError::Agent(e.to_string()))?;

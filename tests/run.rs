@@ -459,7 +459,8 @@ fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
             common::procs::threads_report(&stray)
         ));
     }
-    // The VMM was brig's own threads: gone with it. Its files are swept by the next run.
+    // The VMM (brig's jailed child, or brig's own threads unjailed) is gone with it. Its
+    // files and cgroup are swept by the next run.
     let out = f.run(&["bb", "true"]);
     check(out.status.success(), "next run", &out)?;
     let left = f.leftovers();

@@ -537,6 +537,61 @@ fn jail_is_gone(runtime: &str, short: &str, pids: &[&str]) -> Result<(), String>
     }
 }
 
+/// A foreground `brig run`'s VMM is jailed too: a child of brig (which stays on the host side,
+/// as the sandbox's keeper), confined thread by thread; a signal sent to brig still reaches
+/// the workload, whose exit code brig exits with; nothing is left.
+fn foreground_vmm_is_jailed_and_signals_reach_the_workload() -> Result<(), String> {
+    let f = fixture();
+    let mut brig = f.spawn(&[
+        "run",
+        "--rm",
+        "--name",
+        "fg-jailed",
+        "bb",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 7' TERM; echo workload-started; while :; do sleep 1; done",
+    ])?;
+    brig.wait_for_stdout("workload-started\n", 300)?;
+    let out = f.brig(&["inspect", "fg-jailed"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
+    let pid = v[0]["State"]["Pid"].to_string();
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_default()
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().nth(1).map(str::to_string));
+    let checked = check(
+        parent == Some(brig.pid().to_string()),
+        &format!("the VMM ({pid}) is a child of brig ({})", brig.pid()),
+        &out,
+    )
+    .and_then(|()| vmm_confinement(&vmm_threads(&pid)))
+    .and_then(|()| vmm_jail(f, "fg-jailed", &pid));
+    if let Err(e) = checked {
+        brig.kill();
+        return Err(e);
+    }
+    // SAFETY: kill on the pid of the brig this trial started.
+    unsafe { libc::kill(brig.pid() as i32, libc::SIGTERM) };
+    let out = brig.output_within(120)?;
+    check(
+        out.status.code() == Some(7) && stdout(&out).contains("got-term\n"),
+        "SIGTERM to brig reached the workload, whose exit code brig exits with",
+        &out,
+    )?;
+    jail_is_gone(
+        v[0]["RuntimeDir"].as_str().unwrap_or_default(),
+        v[0]["Id"]
+            .as_str()
+            .unwrap_or_default()
+            .get(..12)
+            .unwrap_or_default(),
+        &[&pid],
+    )
+}
+
 /// A detached sandbox's VMM is confined, thread by thread; then a hostile guest (`brig boot`
 /// with a command that floods its vsock stream and resets every virtio-mmio device over and
 /// over, on both vCPUs) ends with at most one line from brig, while the neighbour keeps
@@ -683,6 +738,10 @@ fn main() {
                 default_profile_blocks_with_eperm,
             ),
             trial("custom_profile_applies", custom_profile_applies),
+            trial(
+                "foreground_vmm_is_jailed_and_signals_reach_the_workload",
+                foreground_vmm_is_jailed_and_signals_reach_the_workload,
+            ),
             trial(
                 "proc_paths_are_masked_and_read_only",
                 proc_paths_are_masked_and_read_only,

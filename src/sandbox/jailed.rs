@@ -1,5 +1,6 @@
-//! A detached sandbox run with its VMM in a jail ([`super::jail`]). The `brig __supervise`
-//! process stays on the host side as the sandbox's keeper: it sets up the network and the
+//! A sandbox run with its VMM in a jail ([`super::jail`]). The `brig __supervise` process
+//! of a detached sandbox, or the `brig run` of a foreground one, stays on the host side as
+//! the sandbox's keeper: it sets up the network and the
 //! file servers, holds the runtime directory's lock, writes the sandbox's state and log, and
 //! tears everything down at the end. It forks the VMM, which closes what it inherited and
 //! does not need, builds the VM, jails itself, then runs the workload; it reports back on two
@@ -10,15 +11,18 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Instant;
 
 use super::jail::{self, cgroup::Cgroup, Jail};
 use super::launch::{launch, Launch, LaunchIo};
 use super::logs::{self, LogWriter, Stream};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
+use super::signals;
 use super::state::Sandbox;
 use super::supervisor::{
-    host_side, not_started, record_end, record_running, HostSide, SuperviseError,
+    host_side, not_started, note_template, record_end, record_running, HostSide, Mode,
+    SuperviseError, Tee,
 };
 use super::templates;
 use crate::vmm::{self, seccomp, ConsoleLog};
@@ -69,12 +73,17 @@ impl Event {
     }
 }
 
-/// Runs `sandbox` detached in `runtime` with its VMM jailed, until it ends: the verdict.
-/// `ready` hears once whether the workload started.
+/// Runs `sandbox` in `runtime` with its VMM jailed, until it ends: the verdict. `ready`
+/// hears once whether the workload started. In the foreground, the VMM has brig's stdio
+/// (and its terminal), relays the terminal's signals, and prints the run's timings when
+/// `timings` (brig's start) is given; the keeper forwards to it the signals other processes
+/// send brig, and puts the terminal back as it was.
 pub fn supervise_jailed(
     sandbox: &Sandbox,
     runtime: &RuntimeDir,
+    mode: Mode,
     timeout: Option<TimeoutPolicy>,
+    timings: Option<Instant>,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<Result<i32, Failure>, SuperviseError> {
     let config = sandbox.config()?;
@@ -98,7 +107,13 @@ pub fn supervise_jailed(
     // The template is found (or made) out here, as root with the host in view; the VMM opens
     // its files before it enters the jail.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
-    let template = home.and_then(|h| templates::choose(h, &host.vm).dir);
+    let template = home.map(|h| templates::choose(h, &host.vm));
+    let foreground = matches!(mode, Mode::Foreground { .. });
+    let terminal = if foreground {
+        rustix::termios::tcgetattr(io::stdin()).ok()
+    } else {
+        None
+    };
     // SAFETY: the child goes on with Rust code. The keeper may have threads by now (its port
     // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
     // only this one, and glibc's fork leaves malloc usable in the child. The child never
@@ -131,13 +146,31 @@ pub fn supervise_jailed(
                 run,
                 timeout,
                 template,
+                mode,
+                timings,
             },
         };
         vmm_process(vmm, runtime);
     }
     drop((events_write, log_write));
+    let forwarder = if foreground {
+        let signals: Vec<i32> = signals::FORWARDED
+            .into_iter()
+            .filter(|&s| s != rustix::process::Signal::WINCH.as_raw())
+            .collect();
+        signals::Forwarder::install(pid, &signals)
+            .map_err(|e| tracing::warn!("forwarding signals to the VMM: {e}"))
+            .ok()
+    } else {
+        None
+    };
     let pid = pid as u32;
     let verdict = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
+    drop(forwarder);
+    if let Some(t) = terminal {
+        // The VMM put a terminal in raw mode for -t; it may have died before putting it back.
+        let _ = rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &t);
+    }
     let HostSide { net, served, .. } = host;
     drop(net);
     drop(served);
@@ -164,8 +197,12 @@ struct VmmRest {
     vm: vmm::VmConfig,
     run: brig_protocol::RunSpec,
     timeout: Option<TimeoutPolicy>,
-    /// The template it restores instead of booting, if one serves it.
-    template: Option<std::path::PathBuf>,
+    /// Whether it restores a template instead of booting.
+    template: Option<templates::Choice>,
+    /// Its stdio: brig's own (foreground), or only the log.
+    mode: Mode,
+    /// Print the run's timings, relative to brig's start.
+    timings: Option<Instant>,
 }
 
 /// The keeper's side: follows the VMM's events until it ends, relaying its log records into
@@ -306,10 +343,13 @@ fn run_vmm(
         run,
         timeout,
         template,
+        mode,
+        timings,
     } = vmm;
     let brig = |what: &str, e: io::Error| Failure::brig(format!("jailing the VMM: {what}: {e}"));
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(|e| brig("PR_SET_PDEATHSIG", e.into()))?;
+    // Stdio (fds 0-2) stays: brig's terminal or pipes in the foreground, /dev/null otherwise.
     let mut keep = vec![events, log.as_raw_fd(), console_file.as_raw_fd()];
     if let Some(net) = &vm.net {
         keep.push(net.backend.as_raw_fd());
@@ -318,31 +358,58 @@ fn run_vmm(
     if let Some(c) = &cgroup {
         c.join().map_err(|e| brig("joining its cgroup", e))?;
     }
-    vm.console = ConsoleLog::with_deferred_echo(Box::new(console_file), seccomp::confine_console);
+    let console: Box<dyn Write + Send> = match mode {
+        Mode::Foreground { console: true, .. } => Box::new(Tee(io::stderr(), console_file)),
+        _ => Box::new(console_file),
+    };
+    vm.console = ConsoleLog::with_deferred_echo(console, seccomp::confine_console);
     vmm::confine_next_vm(Box::new(move || jail::enter(&jail, events)));
     let log = LogWriter::unrotated(File::from(log));
+    let (foreground, stdin) = match mode {
+        Mode::Foreground { stdin, .. } => (true, stdin),
+        Mode::Detached => (false, false),
+    };
     let spec = Launch {
         vm,
         run,
-        stdin: false,
+        stdin,
         timeout: timeout.map(|t| match t {
             TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
         }),
         restore_from: None,
-        template,
+        template: template.as_ref().and_then(|t| t.dir.clone()),
     };
     let mut on_vm_started =
         |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));
     let mut on_workload_started = || send(Event::Ready);
+    let (mut out, mut err): (Box<dyn Write>, Box<dyn Write>) = if foreground {
+        (
+            Box::new(Tee(io::stdout(), log.stream(Stream::Stdout))),
+            Box::new(Tee(io::stderr(), log.stream(Stream::Stderr))),
+        )
+    } else {
+        (
+            Box::new(log.stream(Stream::Stdout)),
+            Box::new(log.stream(Stream::Stderr)),
+        )
+    };
     let io = LaunchIo {
-        stdout: &mut log.stream(Stream::Stdout),
-        stderr: &mut log.stream(Stream::Stderr),
-        relay_signals: false,
+        stdout: &mut out,
+        stderr: &mut err,
+        relay_signals: foreground,
         on_vm_started: &mut on_vm_started,
         on_workload_started: &mut on_workload_started,
     };
     match launch(spec, runtime, io) {
-        Ok(outcome) => judge(&outcome.end, &outcome.console, &outcome.reason, timeout),
+        Ok(mut outcome) => {
+            if let Some(t) = template {
+                note_template(&mut outcome, t);
+            }
+            if let Some(t0) = timings {
+                outcome.print_timings(t0);
+            }
+            judge(&outcome.end, &outcome.console, &outcome.reason, timeout)
+        }
         Err(e) => Err(Failure {
             code: EXIT_BRIG_ERROR,
             message: e.to_string(),

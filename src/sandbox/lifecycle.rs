@@ -188,26 +188,41 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
 }
 
 impl Created {
-    /// Runs the sandbox with brig as its VMM process, its output on brig's stdout/stderr (and
-    /// in its log); `stdin` forwards brig's stdin, `console` copies the guest console to
-    /// stderr. With `--rm`, the sandbox's state is gone when this returns.
+    /// Runs the sandbox in the foreground, its output on brig's stdout/stderr (and in its
+    /// log); `stdin` forwards brig's stdin, `console` copies the guest console to stderr,
+    /// `timings` (brig's start) has the run's phases printed on stderr. The VMM is a jailed
+    /// child of brig as root (see [`super::jail`]), brig itself otherwise. With `--rm`, the
+    /// sandbox's state is gone when this returns. The verdict: the workload's exit code, or
+    /// why there is none.
     pub fn run(
         self,
         stdin: bool,
         console: bool,
         timeout: Option<Duration>,
-    ) -> Result<Ended, LifecycleError> {
+        timings: Option<std::time::Instant>,
+    ) -> Result<Result<i32, Failure>, LifecycleError> {
         let mode = Mode::Foreground { stdin, console };
-        let ended = supervise(
-            &self.sandbox,
-            &self.runtime,
-            mode,
-            timeout.map(TimeoutPolicy::Kill),
-            &mut |_| {},
-        );
+        let timeout = timeout.map(TimeoutPolicy::Kill);
+        let verdict = if super::jail::enabled() {
+            super::jailed::supervise_jailed(
+                &self.sandbox,
+                &self.runtime,
+                mode,
+                timeout,
+                timings,
+                &mut |_| {},
+            )
+        } else {
+            supervise(&self.sandbox, &self.runtime, mode, timeout, &mut |_| {}).map(|ended| {
+                if let Some(t0) = timings {
+                    ended.outcome.print_timings(t0);
+                }
+                ended.verdict
+            })
+        };
         remove_if_auto(&self.sandbox);
         drop(self.runtime);
-        Ok(ended?)
+        Ok(verdict?)
     }
 
     /// Runs the sandbox with brig as its VMM process, its output only in its log (nothing on
@@ -324,7 +339,14 @@ pub fn supervise_detached(
     };
     let timeout = timeout.map(TimeoutPolicy::Kill);
     let verdict = if super::jail::enabled() {
-        super::jailed::supervise_jailed(&sandbox, &runtime, timeout, &mut report)
+        super::jailed::supervise_jailed(
+            &sandbox,
+            &runtime,
+            Mode::Detached,
+            timeout,
+            None,
+            &mut report,
+        )
     } else {
         supervise(&sandbox, &runtime, Mode::Detached, timeout, &mut report).map(|e| e.verdict)
     };

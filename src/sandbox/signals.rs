@@ -111,6 +111,56 @@ impl Drop for SignalPipe {
     }
 }
 
+/// The process [`Forwarder`]'s handler sends signals on to; 0 when none is installed.
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel hands a SA_SIGINFO handler a valid siginfo.
+    let code = unsafe { (*info).si_code };
+    let pid = FORWARD_TO.load(Ordering::SeqCst);
+    // Only signals a process sent (kill, sigqueue, tgkill: si_code <= 0). One the terminal
+    // raised (Ctrl-C: SI_KERNEL) reached the whole foreground process group, the child too.
+    if pid > 0 && code <= 0 {
+        // SAFETY: kill(2) is async-signal-safe; `pid` is the child the Forwarder was made
+        // for, which its owner reaps only after dropping the Forwarder.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Sends the signals a process sends this one on to a child (the jailed VMM of a foreground
+/// run, which relays them to the workload); those the terminal raises reach the child
+/// directly. Dropping it restores the default dispositions.
+#[derive(Debug)]
+pub struct Forwarder {
+    signals: Vec<i32>,
+}
+
+impl Forwarder {
+    /// Forwards `signals` to `child`.
+    pub fn install(child: i32, signals: &[i32]) -> io::Result<Self> {
+        FORWARD_TO.store(child, Ordering::SeqCst);
+        let mut installed = Self {
+            signals: Vec::with_capacity(signals.len()),
+        };
+        for &sig in signals {
+            vmm_sys_util::signal::register_signal_handler(sig, forward)
+                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+            installed.signals.push(sig);
+        }
+        Ok(installed)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for &sig in &self.signals {
+            // SAFETY: as in SignalPipe's drop.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+        FORWARD_TO.store(0, Ordering::SeqCst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +181,19 @@ mod tests {
         assert_eq!(got, vec![sig.as_raw()]);
         drop(pipe);
         assert_eq!(PIPE_WRITE.load(Ordering::SeqCst), -1);
+    }
+
+    #[test]
+    fn a_sent_signal_is_forwarded_to_the_child() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fwd = Forwarder::install(child.id() as i32, &[Signal::HUP.as_raw()]).unwrap();
+        rustix::process::kill_process(rustix::process::getpid(), Signal::HUP).unwrap();
+        let status = child.wait().unwrap();
+        drop(fwd);
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(Signal::HUP.as_raw()));
     }
 }

@@ -44,6 +44,7 @@ pub enum SuperviseError {
 }
 
 /// How the sandbox's stdio is connected.
+#[derive(Debug, Clone, Copy)]
 pub enum Mode {
     /// brig's own terminal/pipes: output also goes there; `stdin` forwards brig's stdin.
     Foreground { stdin: bool, console: bool },
@@ -85,7 +86,7 @@ impl std::os::fd::AsRawFd for CappedFile {
 }
 
 /// Writes to two places (the terminal and the log).
-struct Tee<A: Write, B: Write>(A, B);
+pub(super) struct Tee<A: Write, B: Write>(pub A, pub B);
 
 impl<A: Write, B: Write> Write for Tee<A, B> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -208,6 +209,14 @@ pub(super) fn record_running(
     let _ = sandbox.write_state(&state);
 }
 
+/// Adds to `outcome` when the template was ready, and why a cold boot did not restore one.
+pub(super) fn note_template(outcome: &mut Outcome, t: templates::Choice) {
+    outcome.template_ready = Some(t.at);
+    if let (StartPath::Cold, Some(why)) = (&outcome.path, t.why_not) {
+        outcome.path = StartPath::ColdNoTemplate(why);
+    }
+}
+
 /// Runs `sandbox` in `runtime` until it ends; `ready` hears once whether the workload
 /// started (`Ok`) or could not (`Err` with the code and message).
 pub fn supervise(
@@ -296,10 +305,7 @@ pub fn supervise(
     match result {
         Ok(mut outcome) => {
             if let Some(t) = template {
-                outcome.template_ready = Some(t.at);
-                if let (StartPath::Cold, Some(why)) = (&outcome.path, t.why_not) {
-                    outcome.path = StartPath::ColdNoTemplate(why);
-                }
+                note_template(&mut outcome, t);
             }
             let verdict = judge(&outcome.end, &outcome.console, &outcome.reason, timeout);
             if !started {

@@ -114,6 +114,11 @@ impl Running {
         })
     }
 
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The child's stdin, when `cmd` made it a pipe (once).
     pub fn stdin(&mut self) -> Option<ChildStdin> {
         self.child.stdin.take()

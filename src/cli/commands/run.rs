@@ -315,11 +315,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    let ended = created.run(args.interactive, args.console, timeout)?;
-    if args.timings || std::env::var("BRIG_TIMINGS").is_ok_and(|v| v == "1") {
-        ended.outcome.print_timings(t0);
-    }
-    Ok(ended.verdict?)
+    let timings =
+        (args.timings || std::env::var("BRIG_TIMINGS").is_ok_and(|v| v == "1")).then_some(t0);
+    Ok(created.run(args.interactive, args.console, timeout, timings)??)
 }
 
 /// `brig __supervise ID`: the VMM process of a detached sandbox.

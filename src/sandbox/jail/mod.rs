@@ -1,4 +1,4 @@
-//! The jail a detached sandbox's VMM runs in, as Firecracker's jailer builds one, entered by
+//! The jail a sandbox's VMM runs in (detached or in the foreground), as Firecracker's jailer builds one, entered by
 //! the VMM process itself once its VM is built and before any of its threads starts (Linux
 //! applies namespaces and ids per thread):
 //!

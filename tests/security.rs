@@ -593,9 +593,9 @@ fn foreground_vmm_is_jailed_and_signals_reach_the_workload() -> Result<(), Strin
 }
 
 /// A detached sandbox's VMM is confined, thread by thread; then a hostile guest (`brig boot`
-/// with a command that floods its vsock stream and resets every virtio-mmio device over and
-/// over, on both vCPUs) ends with at most one line from brig, while the neighbour keeps
-/// working.
+/// with a command that floods its vsock stream, resets every virtio-mmio device over and
+/// over on both vCPUs, and writes garbage into every register of every device through
+/// /dev/mem, the vsock device's last) ends with at most one line from brig, while the neighbour keeps working.
 fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<(), String> {
     let f = fixture();
     let out = f.brig(&[
@@ -652,6 +652,33 @@ fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<()
 
         let hostile = r#"
             yes 'hostile guest output' | head -c 4000000
+            [ -e /dev/mem ] || mknod /dev/mem c 1 1
+            devices=$(sed -n 's/^ *\([0-9a-f]*\)-[0-9a-f]* : virtio-mmio.*/\1/p' /proc/iomem)
+            # Each device's magic value first ("virt"): the guest does reach the registers.
+            for base in $devices; do echo "magic $(devmem 0x$base 32)"; done
+            # Garbage into every register of every virtio-mmio device, drivers bound: queue
+            # sizes, descriptor addresses, status, notifications, config space. The vsock
+            # device (id 19), which carries this output, last.
+            garbage() {
+                seed=$2
+                off=0
+                while [ $off -lt 512 ]; do
+                    seed=$(( (seed * 1103515245 + 12345) % 4294967296 ))
+                    devmem $(printf 0x%x $(( 0x$1 + off ))) 32 $seed
+                    off=$(( off + 4 ))
+                done
+            }
+            vsock=
+            for base in $devices; do
+                if [ $(( $(devmem $(printf 0x%x $(( 0x$base + 8 ))) 32) )) = 19 ]; then
+                    vsock=$base
+                else
+                    for round in 1 2 3; do garbage $base $round; done
+                fi
+            done
+            echo garbage written
+            sleep 2
+            [ -n "$vsock" ] && garbage $vsock 9
             cd /sys/bus/platform/drivers/virtio-mmio || exit 3
             for round in 1 2 3 4 5; do
                 for d in virtio-mmio.*; do
@@ -669,21 +696,39 @@ fn vmm_is_confined_and_a_hostile_guest_cannot_disturb_a_neighbour() -> Result<()
             brig_cmd(&["boot", "--cpus", "2", "--add", "/bin/busybox:/bin/sh"])
                 .args(["--add", "/bin/busybox:/bin/yes"])
                 .args(["--add", "/bin/busybox:/bin/head"])
+                .args(["--add", "/bin/busybox:/bin/sed"])
+                .args(["--add", "/bin/busybox:/bin/printf"])
+                .args(["--add", "/bin/busybox:/bin/mknod"])
+                .args(["--add", "/bin/busybox:/bin/devmem"])
                 .args(["--timeout", "300", "--", "/bin/sh", "-c", hostile]),
         )?;
         let out = boot.output_within(400)?;
         let err = stderr(&out);
         let brig_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("brig")).collect();
+        let text = stdout(&out);
+        let magic = text.matches("magic 0x74726976\n").count();
+        if magic < 3 || !text.contains("garbage written\n") {
+            return Err(format!(
+                "the hostile guest did not write garbage into the devices' registers \
+                 ({magic} magic values); \
+                 end of its output: {:?}; stderr: {err:?}",
+                &text[text.len().saturating_sub(300)..]
+            ));
+        }
         check(
             !err.contains("panicked")
                 && brig_lines.len() <= 1
                 && out.status.code().is_some()
                 && started.elapsed() < Duration::from_secs(400),
             "the hostile guest ends with at most one line from brig, no panic, no crash",
-            &out,
+            &Output {
+                stdout: text.as_bytes()[text.len().saturating_sub(300)..].to_vec(),
+                ..out.clone()
+            },
         )?;
         eprintln!(
-            "hostile guest: status {:?}, {} bytes of output, brig said {brig_lines:?}",
+            "hostile guest: status {:?}, {} bytes of output, {magic} devices' registers reached, \
+             brig said {brig_lines:?}",
             out.status.code(),
             out.stdout.len()
         );

@@ -230,6 +230,36 @@ fn contract() -> Result<(), String> {
     if state("c1")?["status"] != "running" {
         return Err("not running after start".into());
     }
+    // The container's process is the keeper; the VM runs in its jailed child (pid 1 of its
+    // own PID namespace, not root).
+    let jailed = |child: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        field("NSpid:").last().map(String::as_str) == Some("1")
+            && field("Uid:").first().is_some_and(|u| u != "0")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if children.split_whitespace().any(jailed) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "no jailed VMM under the container's process {pid} (children: {children:?})"
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let ps = runc_out(&["ps", "--format", "json", "c1"]);
     check(
         stdout(&ps).trim() == format!("[{pid}]"),

@@ -73,6 +73,19 @@ impl Event {
     }
 }
 
+/// How a jailed VMM runs.
+#[derive(Debug)]
+pub struct JailedRun {
+    /// Its stdio: brig's own (foreground), or only the log.
+    pub mode: Mode,
+    pub timeout: Option<TimeoutPolicy>,
+    /// Print the run's timings, relative to brig's start.
+    pub timings: Option<Instant>,
+    /// Give it a cgroup of its own with a memory limit (`false`: it stays in its keeper's,
+    /// which an OCI caller chose and reads).
+    pub own_cgroup: bool,
+}
+
 /// Runs `sandbox` in `runtime` with its VMM jailed, until it ends: the verdict. `ready`
 /// hears once whether the workload started. In the foreground, the VMM has brig's stdio
 /// (and its terminal), relays the terminal's signals, and prints the run's timings when
@@ -81,11 +94,15 @@ impl Event {
 pub fn supervise_jailed(
     sandbox: &Sandbox,
     runtime: &RuntimeDir,
-    mode: Mode,
-    timeout: Option<TimeoutPolicy>,
-    timings: Option<Instant>,
+    how: JailedRun,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<Result<i32, Failure>, SuperviseError> {
+    let JailedRun {
+        mode,
+        timeout,
+        timings,
+        own_cgroup,
+    } = how;
     let config = sandbox.config()?;
     let host = host_side(sandbox, runtime, ready)?;
     let uid = config
@@ -96,7 +113,11 @@ pub fn supervise_jailed(
     let short = &config.id[..config.id.len().min(12)];
     let setup = (|| {
         let jail = jail::prepare(runtime.path(), uid, gid)?;
-        let cgroup = jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+        let cgroup = if own_cgroup {
+            jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?
+        } else {
+            None
+        };
         let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
         Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?))
     })();

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use brig_protocol::RootfsSpec;
 
+use super::jailed::JailedRun;
 use super::network::NetworkOptions;
 use super::outcome::{Failure, TimeoutPolicy};
 pub use super::resources::Resources;
@@ -204,14 +205,13 @@ impl Created {
         let mode = Mode::Foreground { stdin, console };
         let timeout = timeout.map(TimeoutPolicy::Kill);
         let verdict = if super::jail::enabled() {
-            super::jailed::supervise_jailed(
-                &self.sandbox,
-                &self.runtime,
+            let how = JailedRun {
                 mode,
                 timeout,
                 timings,
-                &mut |_| {},
-            )
+                own_cgroup: true,
+            };
+            super::jailed::supervise_jailed(&self.sandbox, &self.runtime, how, &mut |_| {})
         } else {
             supervise(&self.sandbox, &self.runtime, mode, timeout, &mut |_| {}).map(|ended| {
                 if let Some(t0) = timings {
@@ -339,14 +339,13 @@ pub fn supervise_detached(
     };
     let timeout = timeout.map(TimeoutPolicy::Kill);
     let verdict = if super::jail::enabled() {
-        super::jailed::supervise_jailed(
-            &sandbox,
-            &runtime,
-            Mode::Detached,
+        let how = JailedRun {
+            mode: Mode::Detached,
             timeout,
-            None,
-            &mut report,
-        )
+            timings: None,
+            own_cgroup: true,
+        };
+        super::jailed::supervise_jailed(&sandbox, &runtime, how, &mut report)
     } else {
         supervise(&sandbox, &runtime, Mode::Detached, timeout, &mut report).map(|e| e.verdict)
     };

@@ -4,13 +4,15 @@
 //! foreground: the workload's stdout and stderr go to this process's (the caller's) fds 1
 //! and 2, drained before it exits, and catchable signals sent to it reach the workload.
 //! With a terminal, its stdio is the console's slave (see [`super::console`]).
-//! Its exit status is the workload's (128+N for signal N).
+//! Its exit status is the workload's (128+N for signal N). As root, the VMM is its jailed
+//! child ([`crate::sandbox::jailed`]), and this process the keeper.
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use super::OciError;
+use crate::sandbox::jailed::{supervise_jailed, JailedRun};
 use crate::sandbox::outcome::EXIT_BRIG_ERROR;
 use crate::sandbox::runtime::RuntimeDir;
 use crate::sandbox::state::Sandbox;
@@ -57,10 +59,22 @@ pub fn run(sandbox_id: &str, start_fifo: &Path, ready_fd: RawFd) -> i32 {
         stdin: tty,
         console: false,
     };
-    let ended = supervise(&sandbox, &runtime, mode, None, &mut report);
+    // Jailed as brig run's VMM is; this process stays the keeper, in the cgroup the caller
+    // chose (linux.cgroupsPath), where the VMM stays too.
+    let verdict = if crate::sandbox::jail::enabled() {
+        let how = JailedRun {
+            mode,
+            timeout: None,
+            timings: None,
+            own_cgroup: false,
+        };
+        supervise_jailed(&sandbox, &runtime, how, &mut report)
+    } else {
+        supervise(&sandbox, &runtime, mode, None, &mut report).map(|ended| ended.verdict)
+    };
     drop(runtime);
-    match ended {
-        Ok(ended) => ended.verdict.unwrap_or_else(|f| f.code),
+    match verdict {
+        Ok(verdict) => verdict.unwrap_or_else(|f| f.code),
         Err(e) => {
             if !said {
                 eprintln!("brig-runc: {e}");

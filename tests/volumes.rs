@@ -497,6 +497,40 @@ fn rootless_run_shares_a_directory() -> Result<(), String> {
         meta.uid() == 65534,
         "the guest's file belongs to the rootless user on the host",
         &out,
+    )?;
+    // The rootless VMM is jailed in a user namespace of its own, as the calling user.
+    let out = nobody(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        "rl",
+        "-v",
+        &vol,
+        "bb",
+        "sleep",
+        "1000",
+    ]);
+    check(out.status.success(), "rootless run -d", &out)?;
+    let out = nobody(&["inspect", "rl"]);
+    let _ = nobody(&["rm", "-f", "rl"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
+    let c = &v[0]["VmmConfinement"];
+    let jail = &c["Jail"];
+    check(
+        ["user", "mnt", "ipc", "uts", "net"].iter().all(|ns| {
+            jail["Namespaces"]
+                .as_array()
+                .is_some_and(|a| a.contains(&(*ns).into()))
+        }) && jail["Uid"] == 65534
+            && c["HostRoot"] == false
+            && c["SeccompThreads"] == c["Threads"]
+            && c["NoNewPrivsThreads"] == c["Threads"]
+            && c["CapEff"] == "0000000000000000",
+        "the rootless VMM is jailed in a user namespace",
+        &out,
     )
 }
 

@@ -105,14 +105,29 @@ pub fn supervise_jailed(
     } = how;
     let config = sandbox.config()?;
     let host = host_side(sandbox, runtime, ready)?;
-    let uid = config
-        .security
-        .jail_uid
-        .unwrap_or_else(|| jail::default_id(&config.id));
-    let gid = config.security.jail_gid.unwrap_or(uid);
+    let user_ns = !rustix::process::geteuid().is_root();
+    let (uid, gid) = if user_ns {
+        if config.security.jail_uid.is_some() || config.security.jail_gid.is_some() {
+            let e = io::Error::other(
+                "--jail-uid and --jail-gid need brig to run as root (without root, the VMM is \
+                 jailed in a user namespace as the calling user)",
+            );
+            return Err(not_started(sandbox, SuperviseError::Jail(e), ready));
+        }
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    } else {
+        let uid = config
+            .security
+            .jail_uid
+            .unwrap_or_else(|| jail::default_id(&config.id));
+        (uid, config.security.jail_gid.unwrap_or(uid))
+    };
     let short = &config.id[..config.id.len().min(12)];
     let setup = (|| {
-        let jail = jail::prepare(runtime.path(), uid, gid)?;
+        let jail = jail::prepare(runtime.path(), uid, gid, user_ns)?;
         let cgroup = if own_cgroup {
             jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?
         } else {

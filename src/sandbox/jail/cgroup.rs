@@ -66,12 +66,18 @@ pub fn create(short_id: &str, limit_bytes: u64) -> io::Result<Option<Cgroup>> {
         Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(None),
         Err(e) => return Err(e),
     }
-    enable_memory(&parent)?;
+    match enable_memory(&parent) {
+        // brig without root, where root's brig made the parent.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
+        other => other?,
+    }
     let path = path_of(short_id);
     match std::fs::create_dir(&path) {
         Ok(()) => {}
         // A cgroup left by a VMM that was killed with its keeper: empty, so reusable.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        // brig without root, where root's brig made the parent.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(None),
         Err(e) => return Err(e),
     }
     let cgroup = Cgroup { path };

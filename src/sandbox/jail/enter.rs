@@ -75,6 +75,16 @@ fn pivot(jail: &Jail) -> io::Result<()> {
 pub unsafe fn fork_in_new_pid_namespace() -> io::Result<libc::pid_t> {
     use rustix::thread::{LinkNameSpaceType, UnshareFlags};
     use std::os::fd::AsFd;
+    if !rustix::process::geteuid().is_root() {
+        // A user namespace's jail (see `Jail::user_ns`): a plain fork.
+        // SAFETY: per this function's contract.
+        let pid = unsafe { libc::fork() };
+        return if pid < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(pid)
+        };
+    }
     let own = std::fs::File::open("/proc/thread-self/ns/pid")?;
     // SAFETY: no FILES flag (see `enter`); the new namespace only applies to this thread's
     // children.
@@ -122,14 +132,37 @@ fn keeper_alive(events: std::os::fd::BorrowedFd<'_>) -> bool {
     }
 }
 
+/// A user namespace of its own, in which the caller's uid and gid map to themselves (the
+/// files it made keep their owner) and supplementary groups cannot be dropped to gain
+/// access: the privilege to make the other namespaces and mount its root, and nothing on the
+/// host.
+fn enter_user_namespace(jail: &Jail) -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: as in `enter`: no FILES flag, one thread.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) }
+        .map_err(step("unshare(CLONE_NEWUSER)"))?;
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing /proc/self/{file}: {e}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{0} {0} 1\n", jail.uid))?;
+    write("gid_map", format!("{0} {0} 1\n", jail.gid))
+}
+
 /// Enters `jail`; `events` is the write end of the pipe the VMM tells its keeper its events
 /// on, open for the whole life of the process (the VMM ends with its keeper, which it sees
-/// gone when that pipe has no reader left). The calling process must be single-threaded (namespaces, ids and
+/// gone when that pipe has no reader left). The calling process must be single-threaded
+/// and root, or for a user namespace's jail, the user the jail is for (namespaces, ids and
 /// `no_new_privs` are per thread; threads started later inherit them) and root.
 pub fn enter(jail: &Jail, events: std::os::fd::RawFd) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
     let (uid, gid) = (Uid::from_raw(jail.uid), Gid::from_raw(jail.gid));
-    hand_over_sockets(jail, uid, gid)?;
+    if jail.user_ns {
+        enter_user_namespace(jail)?;
+    } else {
+        hand_over_sockets(jail, uid, gid)?;
+    }
     // SAFETY: no FILES flag: the descriptor table stays shared, so no thread can see
     // descriptors of a table other than its own (and there is one thread).
     unsafe {
@@ -142,9 +175,13 @@ pub fn enter(jail: &Jail, events: std::os::fd::RawFd) -> io::Result<()> {
     }
     .map_err(step("unshare"))?;
     pivot(jail)?;
-    rustix::thread::set_thread_groups(&[]).map_err(step("setgroups"))?;
-    rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(step("setresgid"))?;
-    rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(step("setresuid"))?;
+    if !jail.user_ns {
+        rustix::thread::set_thread_groups(&[]).map_err(step("setgroups"))?;
+        rustix::thread::set_thread_res_gid(gid, gid, gid).map_err(step("setresgid"))?;
+        rustix::thread::set_thread_res_uid(uid, uid, uid).map_err(step("setresuid"))?;
+    }
+    // (In a user namespace the capabilities it holds there go with the seccomp step, which
+    // drops every capability of every thread.)
     // A change of uid cleared the parent-death signal: set it again, then make sure the
     // keeper did not end meanwhile.
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))

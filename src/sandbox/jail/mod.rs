@@ -17,8 +17,10 @@
 //!
 //! Every descriptor it keeps was opened before (KVM, memory, disks, TAP, sockets, the console
 //! and log pipes); seccomp comes after, thread by thread.
-//! `BRIG_JAIL=off` turns the jail off (debugging only); brig not running as root runs
-//! unjailed for now.
+//! Without root, the same jail is built from a user namespace ([`Jail::user_ns`]): the VMM
+//! stays the calling user, mapped to itself, in new user, mount, IPC, UTS and network
+//! namespaces, with the same root; no PID namespace, no cgroup of its own (unless delegated).
+//! `BRIG_JAIL=off` turns the jail off (debugging only).
 
 pub mod cgroup;
 mod enter;
@@ -38,9 +40,27 @@ pub const ID_COUNT: u32 = 1 << 16;
 /// What the VMM may use besides guest RAM before its cgroup reclaims and then kills it.
 pub const OVERHEAD_MIB: u64 = 256;
 
-/// Whether sandboxes' VMMs are jailed: as root, unless `BRIG_JAIL=off`.
+/// Whether sandboxes' VMMs are jailed: unless `BRIG_JAIL=off`, as root, and without root
+/// where this kernel lets users make user namespaces.
 pub fn enabled() -> bool {
-    std::env::var("BRIG_JAIL").map_or(true, |v| v != "off") && rustix::process::geteuid().is_root()
+    std::env::var("BRIG_JAIL").map_or(true, |v| v != "off")
+        && (rustix::process::geteuid().is_root() || user_namespaces_allowed())
+}
+
+/// Whether an unprivileged process may make a user namespace here: Debian's
+/// `kernel.unprivileged_userns_clone`, `user.max_user_namespaces`, and Ubuntu's AppArmor
+/// restriction.
+pub fn user_namespaces_allowed() -> bool {
+    let sysctl = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(Path::new("/proc/sys").join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    sysctl("kernel/unprivileged_userns_clone") != Some(0)
+        && sysctl("user/max_user_namespaces").is_some_and(|n| n > 0)
+        && sysctl("kernel/apparmor_restrict_unprivileged_userns") != Some(1)
 }
 
 /// The uid (and gid) a sandbox's VMM runs as by default: one of the range, from the id, so
@@ -62,6 +82,10 @@ pub struct Jail {
     pub root: PathBuf,
     /// The sandbox's runtime directory, seen at the same path inside.
     pub runtime: PathBuf,
+    /// Built from a user namespace (brig without root): `uid` and `gid` are the caller's
+    /// own, mapped to themselves; no PID namespace (making one takes privilege its keeper
+    /// lacks).
+    pub user_ns: bool,
 }
 
 /// What the jail of a VMM is, as [`describe`] reads it from /proc (for `brig inspect`).
@@ -87,7 +111,7 @@ pub fn root_of(runtime: &Path) -> PathBuf {
 /// Prepares the jail of the VMM of sandbox `runtime`, run as `uid`:`gid`, on the host side
 /// (as root, before the VMM starts): its root directory, and a runtime directory the jailed
 /// VMM may enter (group `gid`, search only) but not change.
-pub fn prepare(runtime: &Path, uid: u32, gid: u32) -> io::Result<Jail> {
+pub fn prepare(runtime: &Path, uid: u32, gid: u32, user_ns: bool) -> io::Result<Jail> {
     use rustix::fs::{chmod, chown, Gid, Mode};
     let root = root_of(runtime);
     match std::fs::create_dir(&root) {
@@ -102,6 +126,7 @@ pub fn prepare(runtime: &Path, uid: u32, gid: u32) -> io::Result<Jail> {
         gid,
         root,
         runtime: runtime.to_path_buf(),
+        user_ns,
     })
 }
 

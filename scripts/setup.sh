@@ -14,7 +14,7 @@ packages=(
   qemu-system-x86 busybox-static zstd                                 # with-kvm harness, test payloads
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
-  podman iptables containerd                                          # compare --runtime podman; tests/oci.rs (ctr, podman)
+  podman iptables containerd docker.io                                # compare --runtime podman; tests/oci.rs (ctr, podman, dockerd)
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat fio                                                    # network tests, bench-net, bench-volume

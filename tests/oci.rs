@@ -1,7 +1,8 @@
 //! brig as an OCI runtime (`brig-runc`, runc's dialect): the contract callers rely on, driven
 //! directly (state JSON and transitions, the pid file, the pid's exit status, stdio, a
-//! terminal through the console socket, error strings), and real callers: containerd 1.6 through `ctr run --runc-binary`, and podman 4.3
-//! through `--runtime` (with conmon).
+//! terminal through the console socket, error strings), and real callers: containerd 1.6
+//! through `ctr run --runc-binary`, podman 4.3 through `--runtime` (with conmon), and dockerd
+//! 20.10 through `--add-runtime brig=PATH`.
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see
 //! common/kvm.rs), and as root there. Everything lives on L1's /run (a tmpfs).
 
@@ -10,6 +11,8 @@ mod callers;
 mod common;
 #[path = "oci/console.rs"]
 mod console;
+#[path = "oci/docker.rs"]
+mod docker;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -416,6 +419,10 @@ fn main() {
             trial(
                 "podman_exit_codes_stop_and_nothing_left",
                 callers::podman_exit_codes_stop_and_nothing_left,
+            ),
+            trial(
+                "docker_run_exec_stop_and_nothing_left",
+                docker::docker_run_exec_stop_and_nothing_left,
             ),
         ],
     )

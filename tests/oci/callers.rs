@@ -102,7 +102,7 @@ fn ctr_run(id: &str, detach: bool, cmd: &[&str]) -> Output {
     procs::output(&mut ctr(&args))
 }
 
-fn brig_vmms() -> Vec<u32> {
+pub fn brig_vmms() -> Vec<u32> {
     let mut pids = pids_whose_cmdline(|c| c.contains("__supervise"));
     pids.retain(|pid| !process_gone(*pid));
     pids

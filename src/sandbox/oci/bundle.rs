@@ -201,9 +201,10 @@ impl Bundle {
             },
             user: format!("{}:{}", p.user.uid, p.user.gid),
             groups: p.user.additional_gids.iter().map(u32::to_string).collect(),
-            // A terminal is both ways: its input is the workload's stdin.
             tty: p.terminal,
-            stdin: p.terminal,
+            // As under runc, the workload's stdin is the container's fd 0 (relayed): the
+            // caller's pipe for -i, its terminal, or /dev/null (at its end at once).
+            stdin: true,
             rlimits,
             hostname: self.config.hostname.clone(),
             memory_limit: self.memory_limit(),

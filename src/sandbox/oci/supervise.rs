@@ -52,11 +52,12 @@ pub fn run(sandbox_id: &str, start_fifo: &Path, ready_fd: RawFd) -> i32 {
             said = true;
         }
     };
-    // With a terminal (this process's stdio is then its pty's slave, and its controlling
-    // terminal) the input is relayed too, and SIGWINCH becomes a resize.
-    let tty = sandbox.config().is_ok_and(|c| c.run.tty);
+    // Fd 0 is the container's stdin, as under runc: relayed to the workload (a caller
+    // without -i gives /dev/null, which reads as its end at once). With a terminal (this
+    // process's stdio is then its pty's slave, and its controlling terminal) SIGWINCH
+    // becomes a resize.
     let mode = Mode::Foreground {
-        stdin: tty,
+        stdin: true,
         console: false,
     };
     // Jailed as brig run's VMM is; this process stays the keeper, in the cgroup the caller

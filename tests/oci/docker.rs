@@ -1,0 +1,210 @@
+//! dockerd 20.10 as a caller of tests/oci.rs: `--add-runtime brig=PATH` and
+//! `docker run --runtime brig`, its data and exec roots on L1's /run, vfs storage (no
+//! overlayfs in L1), no bridge and no iptables (the trial's containers have no network).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+use crate::callers::brig_vmms;
+use crate::common::fixture::{check, eventually, stdout};
+use crate::common::{self, images, procs};
+use crate::{base, leftovers, runc_path, with_env};
+
+/// Debian's docker CLI (a newer one may shadow it on PATH).
+const DOCKER: &str = "/usr/bin/docker";
+const IMAGE: &str = "localhost/bb:latest";
+
+/// The dockerd this test started (stopped at the end of the trial).
+static DOCKERD: Mutex<Option<std::process::Child>> = Mutex::new(None);
+
+fn dir() -> PathBuf {
+    base().join("docker")
+}
+
+fn docker(args: &[&str]) -> Command {
+    let mut c = Command::new(DOCKER);
+    c.arg("-H")
+        .arg(format!("unix://{}", dir().join("d.sock").display()))
+        .args(args);
+    with_env(&mut c);
+    c
+}
+
+fn docker_out(args: &[&str]) -> Output {
+    procs::output(&mut docker(args))
+}
+
+/// dockerd (with the containerd it starts itself), brig-runc added as runtime `brig`, and
+/// the busybox test image loaded.
+fn dockerd() -> &'static Path {
+    static D: OnceLock<()> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = dir();
+        std::fs::create_dir_all(d.join("data")).unwrap();
+        std::fs::create_dir_all(d.join("exec")).unwrap();
+        let log = std::fs::File::create(d.join("log")).unwrap();
+        let mut cmd = Command::new("/usr/sbin/dockerd");
+        cmd.arg("--data-root")
+            .arg(d.join("data"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("d.sock").display()))
+            .arg("--pidfile")
+            .arg(d.join("d.pid"))
+            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
+            .args(["--storage-driver", "vfs", "--log-level", "warn"])
+            .arg("--add-runtime")
+            .arg(format!("brig={}", runc_path().display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = with_env(&mut cmd).spawn().expect("dockerd");
+        *DOCKERD.lock().unwrap() = Some(child);
+        eventually(180, "dockerd answers", || {
+            docker(&["version"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}; dockerd's log: {}",
+                std::fs::read_to_string(d.join("log")).unwrap_or_default()
+            )
+        });
+        let tar = d.join("bb-docker.tar");
+        common::run_tool(
+            Command::new("skopeo")
+                .arg("copy")
+                .arg(format!(
+                    "oci:{}",
+                    images::layouts_dir().join("bb").display()
+                ))
+                .arg(format!("docker-archive:{}:{IMAGE}", tar.display())),
+        );
+        let out = docker_out(&["load", "-i", tar.to_str().unwrap()]);
+        assert!(out.status.success(), "docker load: {out:?}");
+    });
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(dir)
+}
+
+/// `docker run --rm --runtime brig --network none IMAGE ARGS`.
+fn run(args: &[&str]) -> Output {
+    dockerd();
+    let mut all = vec![
+        "run",
+        "--rm",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        IMAGE,
+    ];
+    all.extend_from_slice(args);
+    docker_out(&all)
+}
+
+pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
+    let out = run(&["sh", "-c", "echo hello from brig; exit 3"]);
+    check(
+        out.status.code() == Some(3) && stdout(&out) == "hello from brig\n",
+        "docker run: output and exit 3",
+        &out,
+    )?;
+    let out = run(&["nosuchcmd"]);
+    check(
+        out.status.code() == Some(127),
+        "docker run nosuchcmd: 127",
+        &out,
+    )?;
+    let out = run(&["/etc/passwd"]);
+    check(
+        out.status.code() == Some(126),
+        "docker run of a file that is not executable: 126",
+        &out,
+    )?;
+    // -i: the caller's stdin reaches the workload.
+    let mut cmd = docker(&[
+        "run",
+        "-i",
+        "--rm",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        IMAGE,
+        "cat",
+    ]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(b"piped through docker\n");
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    check(
+        out.status.success() && stdout(&out) == "piped through docker\n",
+        "docker run -i: stdin reaches the workload",
+        &out,
+    )?;
+    // Detached, exec, stop (SIGTERM honoured by a trap), rm.
+    let out = docker_out(&[
+        "run",
+        "-d",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        "--name",
+        "d1",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1; done",
+    ]);
+    check(out.status.success(), "docker run -d", &out)?;
+    eventually(120, "d1 running", || {
+        stdout(&docker_out(&["inspect", "-f", "{{.State.Running}}", "d1"])).trim() == "true"
+    })?;
+    let out = docker_out(&["exec", "d1", "sh", "-c", "echo in-exec; exit 4"]);
+    check(
+        out.status.code() == Some(4) && stdout(&out) == "in-exec\n",
+        "docker exec: output and exit 4",
+        &out,
+    )?;
+    let out = docker_out(&["stop", "-t", "20", "d1"]);
+    check(out.status.success(), "docker stop", &out)?;
+    let out = docker_out(&["inspect", "-f", "{{.State.ExitCode}}", "d1"]);
+    check(
+        stdout(&out).trim() == "0",
+        "the workload's TERM trap ended it (exit 0, not 137)",
+        &out,
+    )?;
+    let out = docker_out(&["rm", "d1"]);
+    check(out.status.success(), "docker rm", &out)?;
+    eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
+    if let Some(mut d) = DOCKERD.lock().unwrap().take() {
+        // SAFETY: kill on the pid of the dockerd this test started.
+        unsafe { libc::kill(d.id() as i32, libc::SIGTERM) };
+        let _ = d.wait();
+    }
+    let left = leftovers();
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let root = dir().display().to_string();
+    match mounts.lines().find(|l| l.contains(&root)) {
+        Some(m) => Err(format!("a mount is left: {m}")),
+        None => Ok(()),
+    }
+}

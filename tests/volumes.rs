@@ -519,19 +519,26 @@ fn rootless_run_shares_a_directory() -> Result<(), String> {
         serde_json::from_slice(&out.stdout).map_err(|e| format!("inspect: {e}"))?;
     let c = &v[0]["VmmConfinement"];
     let jail = &c["Jail"];
-    check(
-        ["user", "mnt", "ipc", "uts", "net"].iter().all(|ns| {
+    let jailed = ["user", "pid", "mnt", "ipc", "uts", "net"]
+        .iter()
+        .all(|ns| {
             jail["Namespaces"]
                 .as_array()
                 .is_some_and(|a| a.contains(&(*ns).into()))
-        }) && jail["Uid"] == 65534
-            && c["HostRoot"] == false
-            && c["SeccompThreads"] == c["Threads"]
-            && c["NoNewPrivsThreads"] == c["Threads"]
-            && c["CapEff"] == "0000000000000000",
-        "the rootless VMM is jailed in a user namespace",
-        &out,
-    )
+        })
+        && jail["Uid"] == 65534
+        && c["HostRoot"] == false
+        && c["SeccompThreads"] == c["Threads"]
+        && c["NoNewPrivsThreads"] == c["Threads"]
+        && c["CapEff"] == "0000000000000000";
+    if jailed {
+        Ok(())
+    } else {
+        Err(format!(
+            "the rootless VMM is not jailed in a user namespace: VmmConfinement {c}; stderr {:?}",
+            stderr(&out)
+        ))
+    }
 }
 
 fn main() {

@@ -38,6 +38,9 @@ const MAX_EVENT: usize = 4096;
 /// What the VMM tells its keeper.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
+    /// The VMM's pid, from the process standing in for it (brig without root: see
+    /// [`jail::fork_vmm`]).
+    Vmm(u32),
     /// The VM runs, started so ([`super::launch::StartPath::word`]).
     Running(String),
     /// The workload runs.
@@ -49,6 +52,7 @@ enum Event {
 impl Event {
     fn line(&self) -> String {
         match self {
+            Event::Vmm(pid) => format!("vmm {pid}\n"),
             Event::Running(path) => format!("running {path}\n"),
             Event::Ready => "ready\n".into(),
             Event::Ended(Ok(code)) => format!("ended {code}\n"),
@@ -59,6 +63,7 @@ impl Event {
     fn parse(line: &str) -> Option<Self> {
         match line.split_once(' ') {
             Some(("running", path)) if is_word(path) => Some(Event::Running(path.to_string())),
+            Some(("vmm", pid)) => pid.parse().ok().map(Event::Vmm),
             None if line == "ready" => Some(Event::Ready),
             Some(("ended", code)) => code.parse().ok().map(|c| Event::Ended(Ok(c))),
             Some(("failed", rest)) => {
@@ -154,7 +159,15 @@ pub fn supervise_jailed(
     // proxy's, blocked in poll or accept; they hold no lock the child takes): fork copies
     // only this one, and glibc's fork leaves malloc usable in the child. The child never
     // drops the keeper's objects it got a copy of (see `vmm_process`) and ends with `exit`.
-    let pid = match unsafe { jail::fork_in_new_pid_namespace() } {
+    let report = |r: Result<libc::pid_t, io::Error>| {
+        let event = match r {
+            Ok(vmm) => Event::Vmm(vmm as u32),
+            Err(e) => Event::Ended(Err(Failure::brig(format!("jailing the VMM: {e}")))),
+        };
+        let _ = rustix::io::write(&events_write, event.line().as_bytes());
+    };
+    // SAFETY: as for fork (see above); the child side is `vmm_process`, which ends by `exit`.
+    let pid = match unsafe { jail::fork_vmm(&jail, &report) } {
         Ok(pid) => pid,
         Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
     };
@@ -190,11 +203,7 @@ pub fn supervise_jailed(
     }
     drop((events_write, log_write));
     let forwarder = if foreground {
-        let signals: Vec<i32> = signals::FORWARDED
-            .into_iter()
-            .filter(|&s| s != rustix::process::Signal::WINCH.as_raw())
-            .collect();
-        signals::Forwarder::install(pid, &signals)
+        signals::Forwarder::install(pid, &signals::FROM_KEEPER)
             .map_err(|e| tracing::warn!("forwarding signals to the VMM: {e}"))
             .ok()
     } else {
@@ -263,9 +272,13 @@ fn keep(
     let mut events = File::from(events);
     let mut told = false;
     let mut verdict = None;
+    // The VMM's pid: the child's, or the one its stand-in announces.
+    let mut vmm = pid;
     while let Some(line) = read_line(&mut events) {
         match Event::parse(&line) {
-            Some(Event::Running(path)) => record_running(sandbox, pid, &path, host.net.as_ref()),
+            // Only a child of the process it forked (a stand-in's VMM) is taken for the VMM.
+            Some(Event::Vmm(p)) if parent_of(p) == Some(pid) => vmm = p,
+            Some(Event::Running(path)) => record_running(sandbox, vmm, &path, host.net.as_ref()),
             Some(Event::Ready) if !told => {
                 told = true;
                 ready(Ok(()));
@@ -288,6 +301,17 @@ fn keep(
         })));
     }
     verdict
+}
+
+/// The parent of process `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')')
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// One line of at most [`MAX_EVENT`] bytes (longer ones cut), or `None` at the end.
@@ -460,6 +484,7 @@ mod tests {
     #[test]
     fn events_round_trip_and_garbage_is_ignored() {
         for e in [
+            Event::Vmm(42),
             Event::Running("template".into()),
             Event::Ready,
             Event::Ended(Ok(3)),
@@ -488,6 +513,9 @@ mod tests {
             "running",
             "running Boot",
             "running a b",
+            "vmm",
+            "vmm x",
+            "vmm -1",
             "ready now",
         ] {
             assert_eq!(Event::parse(junk), None, "{junk:?}");

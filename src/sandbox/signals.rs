@@ -111,6 +111,17 @@ impl Drop for SignalPipe {
     }
 }
 
+/// The signals a keeper forwards to its jailed VMM: [`FORWARDED`] but SIGWINCH (a terminal
+/// sends that to the whole foreground process group, the VMM included).
+pub const FROM_KEEPER: [i32; 6] = [
+    Signal::INT.as_raw(),
+    Signal::TERM.as_raw(),
+    Signal::HUP.as_raw(),
+    Signal::QUIT.as_raw(),
+    Signal::USR1.as_raw(),
+    Signal::USR2.as_raw(),
+];
+
 /// The process [`Forwarder`]'s handler sends signals on to; 0 when none is installed.
 static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
 

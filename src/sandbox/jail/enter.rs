@@ -8,7 +8,7 @@ use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
 use super::Jail;
 
-fn step(what: &'static str) -> impl Fn(rustix::io::Errno) -> io::Error {
+pub(super) fn step(what: &'static str) -> impl Fn(rustix::io::Errno) -> io::Error {
     move |e| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
 }
 
@@ -62,62 +62,6 @@ fn pivot(jail: &Jail) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks the VMM process as the first process (pid 1) of a new PID namespace, as
-/// Firecracker's jailer does: it sees no other process and can signal none. A process cannot
-/// move itself into a new PID namespace, only its children, and a thread whose children would
-/// go to another PID namespace than its own cannot start threads: this thread goes back to its
-/// own namespace for its later children right after the fork. `Ok(0)` in the child, the
-/// child's pid in the parent.
-///
-/// # Safety
-///
-/// As `fork`: the child must not rely on locks other threads held, and must end by `exit`.
-pub unsafe fn fork_in_new_pid_namespace() -> io::Result<libc::pid_t> {
-    use rustix::thread::{LinkNameSpaceType, UnshareFlags};
-    use std::os::fd::AsFd;
-    if !rustix::process::geteuid().is_root() {
-        // A user namespace's jail (see `Jail::user_ns`): a plain fork.
-        // SAFETY: per this function's contract.
-        let pid = unsafe { libc::fork() };
-        return if pid < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(pid)
-        };
-    }
-    let own = std::fs::File::open("/proc/thread-self/ns/pid")?;
-    // SAFETY: no FILES flag (see `enter`); the new namespace only applies to this thread's
-    // children.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }
-        .map_err(step("unshare(CLONE_NEWPID)"))?;
-    // SAFETY: per this function's contract.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        return Ok(0);
-    }
-    let forked = if pid < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pid)
-    };
-    let back =
-        rustix::thread::move_into_link_name_space(own.as_fd(), Some(LinkNameSpaceType::ProcessID))
-            .map_err(step("setns back to its own PID namespace"));
-    match (forked, back) {
-        (Ok(pid), Ok(())) => Ok(pid),
-        (Err(e), _) => Err(e),
-        (Ok(pid), Err(e)) => {
-            // It could start no more threads: end the child, and fail.
-            // SAFETY: signals and reaps the child just forked, which nothing else waits for.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-                libc::waitpid(pid, std::ptr::null_mut(), 0);
-            }
-            Err(e)
-        }
-    }
-}
-
 /// Whether the keeper still reads the events pipe whose write end is `events`: a pipe with
 /// no reader polls as an error. (The VMM is pid 1 of its own PID namespace, where its
 /// parent's pid reads as 0.)
@@ -132,24 +76,6 @@ fn keeper_alive(events: std::os::fd::BorrowedFd<'_>) -> bool {
     }
 }
 
-/// A user namespace of its own, in which the caller's uid and gid map to themselves (the
-/// files it made keep their owner) and supplementary groups cannot be dropped to gain
-/// access: the privilege to make the other namespaces and mount its root, and nothing on the
-/// host.
-fn enter_user_namespace(jail: &Jail) -> io::Result<()> {
-    use rustix::thread::UnshareFlags;
-    // SAFETY: as in `enter`: no FILES flag, one thread.
-    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) }
-        .map_err(step("unshare(CLONE_NEWUSER)"))?;
-    let write = |file: &str, text: String| {
-        std::fs::write(format!("/proc/self/{file}"), text)
-            .map_err(|e| io::Error::new(e.kind(), format!("writing /proc/self/{file}: {e}")))
-    };
-    write("setgroups", "deny".into())?;
-    write("uid_map", format!("{0} {0} 1\n", jail.uid))?;
-    write("gid_map", format!("{0} {0} 1\n", jail.gid))
-}
-
 /// Enters `jail`; `events` is the write end of the pipe the VMM tells its keeper its events
 /// on, open for the whole life of the process (the VMM ends with its keeper, which it sees
 /// gone when that pipe has no reader left). The calling process must be single-threaded
@@ -158,9 +84,8 @@ fn enter_user_namespace(jail: &Jail) -> io::Result<()> {
 pub fn enter(jail: &Jail, events: std::os::fd::RawFd) -> io::Result<()> {
     use rustix::thread::UnshareFlags;
     let (uid, gid) = (Uid::from_raw(jail.uid), Gid::from_raw(jail.gid));
-    if jail.user_ns {
-        enter_user_namespace(jail)?;
-    } else {
+    // (A user namespace's jail is entered from inside one already: see `spawn`.)
+    if !jail.user_ns {
         hand_over_sockets(jail, uid, gid)?;
     }
     // SAFETY: no FILES flag: the descriptor table stays shared, so no thread can see

@@ -3,7 +3,7 @@
 //! applies namespaces and ids per thread):
 //!
 //! - a new PID namespace, of which it is the first process (forked into it by its keeper,
-//!   [`fork_in_new_pid_namespace`]);
+//!   [`fork_vmm`]);
 //! - new mount, IPC, UTS and network namespaces (the VMM needs no network of its own: the
 //!   TAP is an open descriptor, its sockets are Unix sockets reached by path);
 //! - its root an empty tmpfs (`nodev,nosuid,noexec`, then read-only) at `<runtime dir>/root`,
@@ -18,19 +18,21 @@
 //! Every descriptor it keeps was opened before (KVM, memory, disks, TAP, sockets, the console
 //! and log pipes); seccomp comes after, thread by thread.
 //! Without root, the same jail is built from a user namespace ([`Jail::user_ns`]): the VMM
-//! stays the calling user, mapped to itself, in new user, mount, IPC, UTS and network
-//! namespaces, with the same root; no PID namespace, no cgroup of its own (unless delegated).
+//! stays the calling user, mapped to itself, in new user, PID, mount, IPC, UTS and network
+//! namespaces, with the same root; no cgroup of its own (unless delegated).
 //! `BRIG_JAIL=off` turns the jail off (debugging only).
 
 pub mod cgroup;
 mod enter;
+mod spawn;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use enter::{enter, fork_in_new_pid_namespace};
+pub use enter::enter;
+pub use spawn::fork_vmm;
 
 /// The first of the ids kept for brig's jails: far above the ranges of login users and of
 /// rootless containers' subordinate ids.
@@ -83,8 +85,7 @@ pub struct Jail {
     /// The sandbox's runtime directory, seen at the same path inside.
     pub runtime: PathBuf,
     /// Built from a user namespace (brig without root): `uid` and `gid` are the caller's
-    /// own, mapped to themselves; no PID namespace (making one takes privilege its keeper
-    /// lacks).
+    /// own, mapped to themselves.
     pub user_ns: bool,
 }
 

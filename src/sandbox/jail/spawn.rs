@@ -1,0 +1,159 @@
+//! Starting the VMM process of a jail: the first process (pid 1) of a PID namespace of its
+//! own, as Firecracker's jailer starts it.
+
+use std::io;
+
+use rustix::thread::UnshareFlags;
+
+use super::enter::step;
+use super::Jail;
+use crate::sandbox::signals;
+
+/// Forks the VMM process of `jail`: `Ok(0)` in it, its pid (or, without root, that of the
+/// process standing for it) in the caller. As root, the VMM is the caller's child, pid 1 of
+/// a new PID namespace. Without root ([`Jail::user_ns`]) making a PID namespace takes a user
+/// namespace first, which only a single-threaded process may make: the child makes both
+/// (see [`stand_in`]) and forks the VMM as the new namespace's pid 1. There, `report` gets
+/// the VMM's pid, or why it could not start it (its exit status is then 125).
+///
+/// # Safety
+///
+/// As `fork`: the child must not rely on locks other threads held, and must end by `exit`.
+pub unsafe fn fork_vmm(
+    jail: &Jail,
+    report: &dyn Fn(io::Result<libc::pid_t>),
+) -> io::Result<libc::pid_t> {
+    if !jail.user_ns {
+        // SAFETY: per this function's contract.
+        return unsafe { fork_in_new_pid_namespace() };
+    }
+    // SAFETY: per this function's contract.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        0 => {}
+        p if p < 0 => return Err(io::Error::last_os_error()),
+        p => return Ok(p),
+    }
+    match stand_in(jail) {
+        Ok(0) => Ok(0),
+        Ok(vmm) => {
+            report(Ok(vmm));
+            let code = wait_for(vmm);
+            // SAFETY: ends this forked process without running the caller's destructors (its
+            // objects are the caller's copies).
+            unsafe { libc::_exit(code) }
+        }
+        Err(e) => {
+            report(Err(e));
+            // SAFETY: as above.
+            unsafe { libc::_exit(crate::sandbox::outcome::EXIT_BRIG_ERROR) }
+        }
+    }
+}
+
+/// In the forked child of a keeper without root: makes the user namespace (the caller's
+/// uid and gid mapped to themselves) and a PID namespace in it, forks the VMM into that as
+/// its pid 1 (`Ok(0)` there), and here (`Ok(pid)`) forwards it the signals the keeper sends.
+/// It ends with its parent, and the VMM with it.
+fn stand_in(jail: &Jail) -> io::Result<libc::pid_t> {
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(step("PR_SET_PDEATHSIG"))?;
+    enter_user_namespace(jail)?;
+    // SAFETY: no FILES flag; this process has one thread.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }
+        .map_err(step("unshare(CLONE_NEWPID)"))?;
+    // SAFETY: this process has one thread; the child goes on as the VMM.
+    let vmm = unsafe { libc::fork() };
+    if vmm < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if vmm > 0 {
+        // Kept installed until this process exits.
+        std::mem::forget(signals::Forwarder::install(vmm, &signals::FROM_KEEPER));
+    }
+    Ok(vmm)
+}
+
+/// Waits for `pid` to end: its exit status, or 128+N for signal N.
+fn wait_for(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for this process's own child.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            break;
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return crate::sandbox::outcome::EXIT_BRIG_ERROR;
+        }
+    }
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    }
+}
+
+/// A user namespace of its own, in which the caller's uid and gid map to themselves (the
+/// files it made keep their owner) and supplementary groups cannot be dropped to gain
+/// access: the privilege to make the other namespaces and mount its root, and nothing on the
+/// host.
+fn enter_user_namespace(jail: &Jail) -> io::Result<()> {
+    use rustix::thread::UnshareFlags;
+    // SAFETY: as in `enter`: no FILES flag, one thread.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWUSER) }
+        .map_err(step("unshare(CLONE_NEWUSER)"))?;
+    let write = |file: &str, text: String| {
+        std::fs::write(format!("/proc/self/{file}"), text)
+            .map_err(|e| io::Error::new(e.kind(), format!("writing /proc/self/{file}: {e}")))
+    };
+    write("setgroups", "deny".into())?;
+    write("uid_map", format!("{0} {0} 1\n", jail.uid))?;
+    write("gid_map", format!("{0} {0} 1\n", jail.gid))
+}
+
+/// Forks the VMM process as the first process (pid 1) of a new PID namespace, as
+/// Firecracker's jailer does: it sees no other process and can signal none. A process cannot
+/// move itself into a new PID namespace, only its children, and a thread whose children would
+/// go to another PID namespace than its own cannot start threads: this thread goes back to its
+/// own namespace for its later children right after the fork. `Ok(0)` in the child, the
+/// child's pid in the parent.
+///
+/// # Safety
+///
+/// As `fork`: the child must not rely on locks other threads held, and must end by `exit`.
+unsafe fn fork_in_new_pid_namespace() -> io::Result<libc::pid_t> {
+    use rustix::thread::{LinkNameSpaceType, UnshareFlags};
+    use std::os::fd::AsFd;
+    let own = std::fs::File::open("/proc/thread-self/ns/pid")?;
+    // SAFETY: no FILES flag (see `enter`); the new namespace only applies to this thread's
+    // children.
+    unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWPID) }
+        .map_err(step("unshare(CLONE_NEWPID)"))?;
+    // SAFETY: per this function's contract.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        return Ok(0);
+    }
+    let forked = if pid < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(pid)
+    };
+    let back =
+        rustix::thread::move_into_link_name_space(own.as_fd(), Some(LinkNameSpaceType::ProcessID))
+            .map_err(step("setns back to its own PID namespace"));
+    match (forked, back) {
+        (Ok(pid), Ok(())) => Ok(pid),
+        (Err(e), _) => Err(e),
+        (Ok(pid), Err(e)) => {
+            // It could start no more threads: end the child, and fail.
+            // SAFETY: signals and reaps the child just forked, which nothing else waits for.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            Err(e)
+        }
+    }
+}

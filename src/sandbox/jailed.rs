@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use super::jail::{self, cgroup::Cgroup, Jail};
 use super::launch::{launch, Launch, LaunchIo};
-use super::logs::{self, LogWriter, Stream};
+use super::logs::{self, LogWriter};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
 use super::state::Sandbox;
 use super::supervisor::{
-    host_side, not_started, note_template, record_end, record_running, HostSide, Mode,
+    host_side, not_started, note_template, outputs, record_end, record_running, HostSide, Mode,
     SuperviseError, Tee,
 };
 use super::templates;
@@ -442,17 +442,7 @@ fn run_vmm(
     let mut on_vm_started =
         |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));
     let mut on_workload_started = || send(Event::Ready);
-    let (mut out, mut err): (Box<dyn Write>, Box<dyn Write>) = if foreground {
-        (
-            Box::new(Tee(io::stdout(), log.stream(Stream::Stdout))),
-            Box::new(Tee(io::stderr(), log.stream(Stream::Stderr))),
-        )
-    } else {
-        (
-            Box::new(log.stream(Stream::Stdout)),
-            Box::new(log.stream(Stream::Stderr)),
-        )
-    };
+    let (mut out, mut err) = outputs(foreground, &log);
     let io = LaunchIo {
         stdout: &mut out,
         stderr: &mut err,

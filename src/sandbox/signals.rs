@@ -46,6 +46,21 @@ extern "C" fn on_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
     IN_HANDLER.fetch_sub(1, Ordering::SeqCst);
 }
 
+/// Installs `handler` for each of `signals`, noting in `installed` each one it did (for the
+/// owner's drop to put the defaults back, also after a failure half-way).
+fn register(
+    signals: &[i32],
+    handler: vmm_sys_util::signal::SignalHandler,
+    installed: &mut Vec<i32>,
+) -> io::Result<()> {
+    for &sig in signals {
+        vmm_sys_util::signal::register_signal_handler(sig, handler)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        installed.push(sig);
+    }
+    Ok(())
+}
+
 /// Receives the relayed signals; readable when one arrived.
 #[derive(Debug)]
 pub struct SignalPipe {
@@ -66,11 +81,7 @@ impl SignalPipe {
             write: Some(write),
             signals: Vec::with_capacity(signals.len()),
         };
-        for &sig in signals {
-            vmm_sys_util::signal::register_signal_handler(sig, on_signal)
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-            pipe.signals.push(sig);
-        }
+        register(signals, on_signal, &mut pipe.signals)?;
         Ok(pipe)
     }
 
@@ -153,11 +164,7 @@ impl Forwarder {
         let mut installed = Self {
             signals: Vec::with_capacity(signals.len()),
         };
-        for &sig in signals {
-            vmm_sys_util::signal::register_signal_handler(sig, forward)
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-            installed.signals.push(sig);
-        }
+        register(signals, forward, &mut installed.signals)?;
         Ok(installed)
     }
 }

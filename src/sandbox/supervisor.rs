@@ -209,6 +209,21 @@ pub(super) fn record_running(
     let _ = sandbox.write_state(&state);
 }
 
+/// Where the workload's stdout and stderr go: the log, and in the foreground brig's own too.
+pub(super) fn outputs(foreground: bool, log: &LogWriter) -> (Box<dyn Write>, Box<dyn Write>) {
+    if foreground {
+        (
+            Box::new(Tee(io::stdout(), log.stream(Stream::Stdout))),
+            Box::new(Tee(io::stderr(), log.stream(Stream::Stderr))),
+        )
+    } else {
+        (
+            Box::new(log.stream(Stream::Stdout)),
+            Box::new(log.stream(Stream::Stderr)),
+        )
+    }
+}
+
 /// Adds to `outcome` when the template was ready, and why a cold boot did not restore one.
 pub(super) fn note_template(outcome: &mut Outcome, t: templates::Choice) {
     outcome.template_ready = Some(t.at);
@@ -280,17 +295,7 @@ pub fn supervise(
         started = true;
         ready(Ok(()));
     };
-    let (mut out, mut err): (Box<dyn Write>, Box<dyn Write>) = if foreground {
-        (
-            Box::new(Tee(io::stdout(), log.stream(Stream::Stdout))),
-            Box::new(Tee(io::stderr(), log.stream(Stream::Stderr))),
-        )
-    } else {
-        (
-            Box::new(log.stream(Stream::Stdout)),
-            Box::new(log.stream(Stream::Stderr)),
-        )
-    };
+    let (mut out, mut err) = outputs(foreground, &log);
     let io = LaunchIo {
         stdout: &mut out,
         stderr: &mut err,

@@ -115,18 +115,17 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         "docker run: output and exit 3",
         &out,
     )?;
-    let out = run(&["nosuchcmd"]);
-    check(
-        out.status.code() == Some(127),
-        "docker run nosuchcmd: 127",
-        &out,
-    )?;
-    let out = run(&["/etc/passwd"]);
-    check(
-        out.status.code() == Some(126),
-        "docker run of a file that is not executable: 126",
-        &out,
-    )?;
+    for (cmd, code, what) in [
+        ("nosuchcmd", 127, "a command that is not there"),
+        ("/etc/passwd", 126, "a file that is not executable"),
+    ] {
+        let out = run(&[cmd]);
+        check(
+            out.status.code() == Some(code),
+            &format!("docker run of {what}: {code}"),
+            &out,
+        )?;
+    }
     // -i: the caller's stdin reaches the workload.
     let mut cmd = docker(&[
         "run",

@@ -355,25 +355,6 @@ fn reap(pid: u32) -> String {
     }
 }
 
-/// Closes every descriptor of this process but `keep` (and stdio): what the VMM inherited
-/// from its keeper (port proxy listeners, the runtime lock, file servers' pipes).
-fn close_inherited(keep: &[RawFd]) -> io::Result<()> {
-    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in open {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: these descriptors belong to objects of the keeper that fork copied
-            // into this process, which it never uses nor drops (forgotten), or to the
-            // directory listing above, already closed: EBADF, ignored (libc's close, as
-            // rustix's asserts success).
-            unsafe { libc::close(fd) };
-        }
-    }
-    Ok(())
-}
-
 /// The VMM process: never returns.
 fn vmm_process(vmm: VmmSide, runtime: &RuntimeDir) -> ! {
     let events = File::from(vmm.events);
@@ -414,7 +395,7 @@ fn run_vmm(
     if let Some(net) = &vm.net {
         keep.push(net.backend.as_raw_fd());
     }
-    close_inherited(&keep).map_err(|e| brig("closing inherited descriptors", e))?;
+    jail::close_inherited(&keep).map_err(|e| brig("closing inherited descriptors", e))?;
     if let Some(c) = &cgroup {
         c.join().map_err(|e| brig("joining its cgroup", e))?;
     }

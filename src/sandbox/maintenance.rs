@@ -5,22 +5,26 @@
 //! workload, answers `Started { pid: 0 }` and then serves requests (Stat, CopyOut, CopyIn)
 //! on the main connection until the host closes it; then it syncs and resets the VM. The
 //! maintenance VM holds the sandbox's runtime lock for its whole life, so that no two of them
-//! (or a sandbox and one) ever share the scratch disk, and `brig rm -f` can end it.
+//! (or a sandbox and one) ever share the scratch disk, and `brig rm -f` can end it. Its VMM
+//! is jailed as a sandbox's is ([`super::jailed_vm`]), where jails are on: `brig cp` stays
+//! on the host side, reading and writing the host's files.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use brig_protocol::{read_message, write_message, Message, RunSpec, PROTOCOL_VERSION};
 
-use super::agent::SessionEnd;
+use super::agent::{self, SessionEnd};
+use super::jail;
+use super::jailed_vm::{self, JailedVm};
 use super::outcome::Failure;
 use super::runtime::{self, RuntimeDir};
 use super::state::{Sandbox, StateError};
 use super::vm::{self, VmError};
-use crate::vmm::{ConsoleLog, RunningVm};
+use crate::vmm::{ConsoleLog, ExitReason, RunningVm};
 
 /// How long the guest may take to boot and mount the sandbox's root.
 const BOOT_DEADLINE: Duration = Duration::from_secs(300);
@@ -44,15 +48,52 @@ pub enum MaintenanceError {
     /// The connection watcher could not be set up.
     #[error("watching the maintenance VM: {0}")]
     Watch(#[source] io::Error),
+    /// Its jailed VMM did not start.
+    #[error("starting a jailed VM on the sandbox's disks: {0}")]
+    Jailed(#[source] io::Error),
     /// The guest did not get as far as serving requests.
     #[error("the sandbox's file system could not be mounted: {0}")]
     Guest(String),
 }
 
+/// The VM: run by this process, or by a jailed child.
+enum Vm {
+    Here(RunningVm),
+    Jailed(JailedVm),
+}
+
+impl Vm {
+    fn exit_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Vm::Here(vm) => vm.exit_fd(),
+            Vm::Jailed(vm) => vm.exit_fd(),
+        }
+    }
+
+    /// Whether it ended by itself within `timeout`.
+    fn wait(&self, timeout: Duration) -> bool {
+        match self {
+            Vm::Here(vm) => vm.wait(Some(timeout)).is_some(),
+            Vm::Jailed(vm) => vm.wait(timeout),
+        }
+    }
+
+    /// Ends it: why it had ended, where this process ran it.
+    fn shutdown(self) -> ExitReason {
+        match self {
+            Vm::Here(vm) => vm.shutdown(),
+            Vm::Jailed(mut vm) => {
+                vm.kill();
+                ExitReason::Stopped
+            }
+        }
+    }
+}
+
 /// A running maintenance VM and its agent connection.
 pub struct MaintenanceVm {
     conn: UnixStream,
-    vm: Option<RunningVm>,
+    vm: Option<Vm>,
     console: ConsoleLog,
     /// Ends the watcher thread (written at teardown).
     stop: Option<OwnedFd>,
@@ -108,11 +149,35 @@ impl MaintenanceVm {
             }
         })?;
         let console = ConsoleLog::default();
-        let agent_vm = vm::start(vm::config_of(&config, console.clone())?, &runtime)?;
-        let conn = match agent_vm.accept(Some(Instant::now() + BOOT_DEADLINE)) {
+        let vm_config = vm::config_of(&config, console.clone())?;
+        let (vm, listener) = if jail::enabled() {
+            let uid = config
+                .security
+                .jail_uid
+                .unwrap_or_else(|| jail::default_id(&config.id));
+            let gid = config.security.jail_gid.unwrap_or(uid);
+            let (vm, listener) = jailed_vm::start(
+                vm_config,
+                &runtime,
+                (uid, gid),
+                sandbox.short_id(),
+                console.clone(),
+            )
+            .map_err(MaintenanceError::Jailed)?;
+            (Vm::Jailed(vm), listener)
+        } else {
+            let (vm, listener) = vm::start(vm_config, &runtime)?.into_parts();
+            (Vm::Here(vm), listener)
+        };
+        let accepted = agent::accept(
+            &listener,
+            vm.exit_fd(),
+            Some(Instant::now() + BOOT_DEADLINE),
+        );
+        let conn = match accepted {
             Ok(c) => c,
             Err(end) => {
-                let reason = agent_vm.vm.shutdown();
+                let reason = vm.shutdown();
                 let why = match end {
                     SessionEnd::TimedOut => "the guest did not connect in time".to_string(),
                     SessionEnd::Broken(m) => m,
@@ -121,7 +186,6 @@ impl MaintenanceVm {
                 return Err(MaintenanceError::Guest(why));
             }
         };
-        let vm = agent_vm.vm;
         let setup = || -> io::Result<(OwnedFd, JoinHandle<()>)> {
             let exit = vm.exit_fd().try_clone_to_owned()?;
             let (stop_r, stop_w) = pipe()?;
@@ -194,10 +258,7 @@ impl MaintenanceVm {
     /// itself (then writes may not have reached the scratch disk).
     pub fn finish(mut self) -> Result<(), MaintenanceError> {
         let _ = self.conn.shutdown(std::net::Shutdown::Write);
-        let clean = self
-            .vm
-            .as_ref()
-            .is_some_and(|vm| vm.wait(Some(SHUTDOWN_GRACE)).is_some());
+        let clean = self.vm.as_ref().is_some_and(|vm| vm.wait(SHUTDOWN_GRACE));
         self.teardown();
         if clean {
             Ok(())

@@ -117,4 +117,9 @@ impl AgentVm {
     pub fn accept(&self, deadline: Option<Instant>) -> Result<UnixStream, SessionEnd> {
         agent::accept(&self.listener, self.vm.exit_fd(), deadline)
     }
+
+    /// The VM, and the listener its guest agent connects to.
+    pub fn into_parts(self) -> (RunningVm, UnixListener) {
+        (self.vm, self.listener)
+    }
 }

@@ -27,6 +27,7 @@ mod enter;
 mod spawn;
 
 use std::io;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -102,6 +103,26 @@ pub struct JailView {
     pub cgroup: Option<String>,
     /// That cgroup's `memory.max`.
     pub memory_max: Option<String>,
+}
+
+/// Closes every descriptor of this process but `keep` (and stdio): what a VMM process
+/// inherited from its keeper (port proxy listeners, the runtime lock, file servers' pipes).
+/// Called in the forked VMM process only.
+pub fn close_inherited(keep: &[RawFd]) -> io::Result<()> {
+    let open: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: these descriptors belong to objects of the keeper that fork copied
+            // into this process, which it never uses nor drops (forgotten), or to the
+            // directory listing above, already closed: EBADF, ignored (libc's close, as
+            // rustix's asserts success).
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
 }
 
 /// The root a sandbox's jail is mounted on, inside its runtime directory (so it goes with it).

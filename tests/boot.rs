@@ -195,8 +195,16 @@ fn vcpu_threads_are_seccomp_filtered() -> Result<(), String> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let pid = child.id();
+    let brig = child.id();
+    // The VMM: brig's jailed child (as root), or brig itself (BRIG_JAIL=off).
+    let vmm = || -> u32 {
+        std::fs::read_to_string(format!("/proc/{brig}/task/{brig}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            .unwrap_or(brig)
+    };
     let vcpus = || -> Vec<(String, String)> {
+        let pid = vmm();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             return Vec::new();
         };
@@ -219,12 +227,28 @@ fn vcpu_threads_are_seccomp_filtered() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
         seen = vcpus();
     }
+    // Jailed: pid 1 of its own PID namespace, not root.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm())).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let jailed = vmm() != brig
+        && field("NSpid:").last().map(String::as_str) == Some("1")
+        && field("Uid:").first().is_some_and(|u| u != "0");
     let _ = child.kill();
     let _ = child.wait();
-    if seen.len() == 2 && seen.iter().all(|(_, m)| m.ends_with("\t2")) {
+    if seen.len() == 2 && seen.iter().all(|(_, m)| m.ends_with("\t2")) && jailed {
         Ok(())
     } else {
-        Err(format!("vCPU threads and their seccomp modes: {seen:?}"))
+        Err(format!(
+            "vCPU threads and their seccomp modes: {seen:?}; the VMM jailed: {jailed}"
+        ))
     }
 }
 

@@ -28,6 +28,7 @@ pub mod copy;
 pub mod exec;
 pub mod jail;
 pub mod jailed;
+pub mod jailed_boot;
 mod jailed_vm;
 pub mod launch;
 pub mod lifecycle;

@@ -207,11 +207,11 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
-        let fwd = Forwarder::install(child.id() as i32, &[Signal::HUP.as_raw()]).unwrap();
-        rustix::process::kill_process(rustix::process::getpid(), Signal::HUP).unwrap();
+        let fwd = Forwarder::install(child.id() as i32, &[Signal::POWER.as_raw()]).unwrap();
+        rustix::process::kill_process(rustix::process::getpid(), Signal::POWER).unwrap();
         let status = child.wait().unwrap();
         drop(fwd);
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(Signal::HUP.as_raw()));
+        assert_eq!(status.signal(), Some(Signal::POWER.as_raw()));
     }
 }

@@ -79,7 +79,15 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         fs.add_file(&host, &guest).context("--add")?;
     }
     let initrd = fs.to_bytes().context("initramfs")?;
-    let console = if args.console {
+    // The VMM is jailed (a child of this process) unless it saves a snapshot to a host
+    // directory; a jailed VMM must start its console thread after it has entered the jail.
+    let jailed = crate::sandbox::jail::enabled() && args.snapshot_when.is_none();
+    let console = if args.console && jailed {
+        ConsoleLog::with_deferred_echo(
+            Box::new(std::io::stderr()),
+            crate::vmm::seccomp::confine_console,
+        )
+    } else if args.console {
         ConsoleLog::with_confined_echo(
             Box::new(std::io::stderr()),
             crate::vmm::seccomp::confine_console,
@@ -119,6 +127,12 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         restore_from: args.restore_from.clone(),
         template: None,
     };
+    if jailed {
+        let timings = args.timings.then_some(t0);
+        let code =
+            crate::sandbox::jailed_boot::run(spec, &runtime, timings).context("jailing the VMM")?;
+        return Ok(code);
+    }
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let io = LaunchIo {
         stdout: &mut out,

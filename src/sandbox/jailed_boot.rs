@@ -1,0 +1,132 @@
+//! `brig boot`'s VM with its VMM jailed ([`super::jail`]): this process keeps the host side
+//! (the runtime directory, the terminal) and forks the VMM, which boots (or restores) the
+//! VM, jails itself before its threads start, runs the command with brig's stdio, prints
+//! what it has to say, and exits with the command's status; signals other processes send
+//! brig are forwarded to it.
+
+use std::io::{self, Write};
+use std::time::Instant;
+
+use super::jail;
+use super::launch::{launch, Launch, LaunchIo};
+use super::outcome::{judge, TimeoutPolicy, EXIT_BRIG_ERROR};
+use super::runtime::RuntimeDir;
+use super::signals;
+
+/// Runs `spec` in `runtime` with its VMM jailed; `timings` (brig's start) has the phases
+/// printed. The exit status brig ends with: the command's, or 125 after one line on stderr.
+pub fn run(spec: Launch, runtime: &RuntimeDir, timings: Option<Instant>) -> io::Result<i32> {
+    let id = runtime
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let user_ns = !rustix::process::geteuid().is_root();
+    let (uid, gid) = if user_ns {
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    } else {
+        let id = jail::default_id(&id);
+        (id, id)
+    };
+    let jail = jail::prepare(runtime.path(), uid, gid, user_ns)?;
+    let cgroup = jail::cgroup::create(&id, (spec.vm.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+    let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let terminal = rustix::termios::tcgetattr(io::stdin()).ok();
+    let report = |r: io::Result<libc::pid_t>| {
+        if let Err(e) = r {
+            eprintln!("brig: jailing the VMM: {e}");
+        }
+    };
+    // SAFETY: the child goes on as `vmm`, which ends by `exit`; this process has no other
+    // thread that holds a lock the child takes.
+    let pid = unsafe { jail::fork_vmm(&jail, &report) }?;
+    if pid == 0 {
+        drop(alive_r);
+        vmm(spec, runtime, jail, cgroup.as_ref(), alive_w, timings);
+    }
+    drop(alive_w);
+    let forwarder = signals::Forwarder::install(pid, &signals::FROM_KEEPER)?;
+    let mut status = 0;
+    // SAFETY: waits for this process's own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    drop(forwarder);
+    drop(alive_r);
+    if let Some(t) = terminal {
+        let _ = rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &t);
+    }
+    if let Some(c) = cgroup {
+        c.remove();
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        let sig = libc::WTERMSIG(status);
+        eprintln!("brig: the VMM process died (killed by signal {sig})");
+        EXIT_BRIG_ERROR
+    })
+}
+
+/// The VMM process: never returns. `alive` is the write end of a pipe only the keeper reads
+/// (the jail checks that the keeper still lives).
+fn vmm(
+    spec: Launch,
+    runtime: &RuntimeDir,
+    jail: jail::Jail,
+    cgroup: Option<&jail::cgroup::Cgroup>,
+    alive: std::os::fd::OwnedFd,
+    timings: Option<Instant>,
+) -> ! {
+    use std::os::fd::AsRawFd;
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    let timeout = spec.timeout;
+    let result = (|| {
+        jail::close_inherited(&[alive.as_raw_fd()])?;
+        if let Some(c) = cgroup {
+            c.join()?;
+        }
+        let events = alive.as_raw_fd();
+        crate::vmm::confine_next_vm(Box::new(move || jail::enter(&jail, events)));
+        let (mut out, mut err) = (io::stdout(), io::stderr());
+        let io = LaunchIo {
+            stdout: &mut out,
+            stderr: &mut err,
+            relay_signals: true,
+            on_vm_started: &mut |_| {},
+            on_workload_started: &mut || {},
+        };
+        launch(spec, runtime, io).map_err(io::Error::other)
+    })();
+    let code = match result {
+        Ok(outcome) => {
+            if let Some(t0) = timings {
+                outcome.print_timings(t0);
+            }
+            match judge(
+                &outcome.end,
+                &outcome.console,
+                &outcome.reason,
+                timeout.map(TimeoutPolicy::GiveUp),
+            ) {
+                Ok(code) => code,
+                Err(f) => {
+                    eprintln!("brig: {}", f.message);
+                    f.code
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("brig: {e}");
+            EXIT_BRIG_ERROR
+        }
+    };
+    let _ = io::stdout().flush();
+    drop(alive);
+    std::process::exit(code)
+}

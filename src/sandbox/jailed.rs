@@ -38,6 +38,8 @@ const MAX_EVENT: usize = 4096;
 /// What the VMM tells its keeper.
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
+    /// The VMM process's peak resident memory in bytes, sent just before it ends.
+    Peak(u64),
     /// The VMM's pid, from the process standing in for it (brig without root: see
     /// [`jail::fork_vmm`]).
     Vmm(u32),
@@ -53,6 +55,7 @@ impl Event {
     fn line(&self) -> String {
         match self {
             Event::Vmm(pid) => format!("vmm {pid}\n"),
+            Event::Peak(bytes) => format!("peak {bytes}\n"),
             Event::Running(path) => format!("running {path}\n"),
             Event::Ready => "ready\n".into(),
             Event::Ended(Ok(code)) => format!("ended {code}\n"),
@@ -64,6 +67,7 @@ impl Event {
         match line.split_once(' ') {
             Some(("running", path)) if is_word(path) => Some(Event::Running(path.to_string())),
             Some(("vmm", pid)) => pid.parse().ok().map(Event::Vmm),
+            Some(("peak", bytes)) => bytes.parse().ok().map(Event::Peak),
             None if line == "ready" => Some(Event::Ready),
             Some(("ended", code)) => code.parse().ok().map(|c| Event::Ended(Ok(c))),
             Some(("failed", rest)) => {
@@ -76,6 +80,15 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// How a jailed VMM's run ended.
+#[derive(Debug)]
+pub struct JailedEnd {
+    /// The workload's exit code, or why there is none.
+    pub verdict: Result<i32, Failure>,
+    /// The VMM process's peak resident memory, as it said (bytes).
+    pub peak_rss: Option<u64>,
 }
 
 /// How a jailed VMM runs.
@@ -101,7 +114,7 @@ pub fn supervise_jailed(
     runtime: &RuntimeDir,
     how: JailedRun,
     ready: &mut dyn FnMut(Result<(), Failure>),
-) -> Result<Result<i32, Failure>, SuperviseError> {
+) -> Result<JailedEnd, SuperviseError> {
     let JailedRun {
         mode,
         timeout,
@@ -210,7 +223,7 @@ pub fn supervise_jailed(
         None
     };
     let pid = pid as u32;
-    let verdict = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
+    let end = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
     drop(forwarder);
     if let Some(t) = terminal {
         // The VMM put a terminal in raw mode for -t; it may have died before putting it back.
@@ -222,8 +235,8 @@ pub fn supervise_jailed(
     if let Some(c) = cgroup {
         c.remove();
     }
-    record_end(sandbox, &verdict);
-    Ok(verdict)
+    record_end(sandbox, &end.verdict);
+    Ok(end)
 }
 
 /// What the VMM process gets: its events pipe, and the rest.
@@ -260,7 +273,7 @@ fn keep(
     sandbox: &Sandbox,
     host: &HostSide,
     ready: &mut dyn FnMut(Result<(), Failure>),
-) -> Result<i32, Failure> {
+) -> JailedEnd {
     let log = log.clone();
     let relay = std::thread::Builder::new()
         .name("log-relay".into())
@@ -272,6 +285,7 @@ fn keep(
     let mut events = File::from(events);
     let mut told = false;
     let mut verdict = None;
+    let mut peak_rss = None;
     // The VMM's pid: the child's, or the one its stand-in announces.
     let mut vmm = pid;
     while let Some(line) = read_line(&mut events) {
@@ -284,6 +298,7 @@ fn keep(
                 ready(Ok(()));
             }
             Some(Event::Ended(v)) => verdict = Some(v),
+            Some(Event::Peak(bytes)) => peak_rss = Some(bytes),
             _ => {}
         }
     }
@@ -300,7 +315,7 @@ fn keep(
             Failure::brig("the workload did not start")
         })));
     }
-    verdict
+    JailedEnd { verdict, peak_rss }
 }
 
 /// The parent of process `pid`, from /proc.
@@ -363,6 +378,16 @@ fn vmm_process(vmm: VmmSide, runtime: &RuntimeDir) -> ! {
     };
     let verdict = run_vmm(vmm.rest, runtime, events.as_raw_fd(), &send);
     let code = verdict.as_ref().map_or_else(|f| f.code, |c| *c);
+    // getrusage: the jail has no /proc.
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given, which is zeroed (a valid value) anyway.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0 {
+        // SAFETY: zero-initialised, and filled by the successful call.
+        let usage = unsafe { usage.assume_init() };
+        send(Event::Peak(
+            u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024,
+        ));
+    }
     send(Event::Ended(verdict));
     std::process::exit(code)
 }
@@ -456,6 +481,7 @@ mod tests {
     fn events_round_trip_and_garbage_is_ignored() {
         for e in [
             Event::Vmm(42),
+            Event::Peak(1 << 30),
             Event::Running("template".into()),
             Event::Ready,
             Event::Ended(Ok(3)),

@@ -21,7 +21,7 @@ use super::scratch::{self, ScratchError};
 use super::security::SecurityFlags;
 use super::spec::{compose, RunOptions};
 use super::state::{self, DiskSpec, Sandbox, SandboxConfig, StateError};
-use super::supervisor::{supervise, Ended, Mode, SuperviseError};
+use super::supervisor::{supervise, Mode, SuperviseError};
 use crate::image::ImageRecord;
 
 /// The hidden `brig` subcommand that is a detached sandbox's VMM process.
@@ -188,6 +188,16 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
     Ok(Created { sandbox, runtime })
 }
 
+/// What `brig compare` measures of a [`Created::run_quiet`] run (it reads the workload's
+/// output from the log, whatever its exit code).
+#[derive(Debug)]
+pub struct QuietEnd {
+    /// When the workload started.
+    pub started: Option<std::time::Instant>,
+    /// The jailed VMM process's peak resident memory (`None`: the VMM was this process).
+    pub peak_rss: Option<u64>,
+}
+
 impl Created {
     /// Runs the sandbox in the foreground, its output on brig's stdout/stderr (and in its
     /// log); `stdin` forwards brig's stdin, `console` copies the guest console to stderr,
@@ -212,6 +222,7 @@ impl Created {
                 own_cgroup: true,
             };
             super::jailed::supervise_jailed(&self.sandbox, &self.runtime, how, &mut |_| {})
+                .map(|end| end.verdict)
         } else {
             supervise(&self.sandbox, &self.runtime, mode, timeout, &mut |_| {}).map(|ended| {
                 if let Some(t0) = timings {
@@ -225,18 +236,39 @@ impl Created {
         Ok(verdict?)
     }
 
-    /// Runs the sandbox with brig as its VMM process, its output only in its log (nothing on
-    /// brig's stdio): `brig compare` reads the log afterwards. The sandbox stays for that.
-    pub fn run_quiet(self, timeout: Option<Duration>) -> Result<Ended, LifecycleError> {
-        let ended = supervise(
-            &self.sandbox,
-            &self.runtime,
-            Mode::Detached,
-            timeout.map(TimeoutPolicy::Kill),
-            &mut |_| {},
-        );
+    /// Runs the sandbox, its output only in its log (nothing on brig's stdio): `brig compare`
+    /// reads the log afterwards. The sandbox stays for that. The VMM is jailed as for `brig
+    /// run`; what `brig compare` measures of it comes back in [`QuietEnd`].
+    pub fn run_quiet(self, timeout: Option<Duration>) -> Result<QuietEnd, LifecycleError> {
+        let timeout = timeout.map(TimeoutPolicy::Kill);
+        let mut started = None;
+        let mut ready = |r: Result<(), Failure>| {
+            if r.is_ok() {
+                started = Some(std::time::Instant::now());
+            }
+        };
+        let end = if super::jail::enabled() {
+            let how = JailedRun {
+                mode: Mode::Detached,
+                timeout,
+                timings: None,
+                own_cgroup: true,
+            };
+            super::jailed::supervise_jailed(&self.sandbox, &self.runtime, how, &mut ready)
+                .map(|end| end.peak_rss)
+        } else {
+            supervise(
+                &self.sandbox,
+                &self.runtime,
+                Mode::Detached,
+                timeout,
+                &mut ready,
+            )
+            .map(|_| None)
+        };
         drop(self.runtime);
-        Ok(ended?)
+        let peak_rss = end?;
+        Ok(QuietEnd { started, peak_rss })
     }
 
     /// Hands the sandbox to a VMM process of its own (`brig __supervise`, with the runtime
@@ -345,7 +377,7 @@ pub fn supervise_detached(
             timings: None,
             own_cgroup: true,
         };
-        super::jailed::supervise_jailed(&sandbox, &runtime, how, &mut report)
+        super::jailed::supervise_jailed(&sandbox, &runtime, how, &mut report).map(|end| end.verdict)
     } else {
         supervise(&sandbox, &runtime, Mode::Detached, timeout, &mut report).map(|e| e.verdict)
     };

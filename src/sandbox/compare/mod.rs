@@ -358,7 +358,7 @@ fn run_brig(
         let t0 = Instant::now();
         let (ended, hap) = baseline::profiled(profiler, || created.run_quiet(Some(RUN_TIMEOUT)));
         let ended = ended?;
-        let memory_bytes = peak_rss();
+        let memory_bytes = ended.peak_rss.or_else(peak_rss);
         let records = logs::read_all(&sandbox.log_path()).map_err(io(&sandbox.log_path()))?;
         let stdout: Vec<u8> = records
             .iter()
@@ -366,8 +366,6 @@ fn run_brig(
             .flat_map(|r| r.data.iter().copied())
             .collect();
         let start_ms = ended
-            .outcome
-            .times
             .started
             .map_or(0.0, |s| (s - t0).as_secs_f64() * 1000.0);
         Ok(SideRun {

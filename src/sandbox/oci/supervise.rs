@@ -69,7 +69,7 @@ pub fn run(sandbox_id: &str, start_fifo: &Path, ready_fd: RawFd) -> i32 {
             timings: None,
             own_cgroup: false,
         };
-        supervise_jailed(&sandbox, &runtime, how, &mut report)
+        supervise_jailed(&sandbox, &runtime, how, &mut report).map(|end| end.verdict)
     } else {
         supervise(&sandbox, &runtime, mode, None, &mut report).map(|ended| ended.verdict)
     };

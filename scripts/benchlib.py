@@ -203,8 +203,9 @@ def _read_out(f):
 def run_timed(argv, env=None, sample_guest_mib=None, cwd=None):
     """Runs argv (stdin /dev/null, stdout+stderr captured) and returns a Result: wall time
     from spawn to exit, exit status, max RSS (wait4's ru_maxrss, KiB). With
-    sample_guest_mib, also samples /proc/PID/smaps every few ms: the largest RSS seen in
-    the guest-RAM mapping(s) (anonymous, that size) and in everything else."""
+    sample_guest_mib, also samples /proc/PID/smaps every few ms, of the process and its
+    descendants (brig's jailed VMM is its child): the largest RSS seen in the guest-RAM
+    mapping(s) (anonymous, that size) and in everything else."""
     with tempfile.TemporaryFile(dir="/run" if os.path.isdir("/run") else None) as out:
         t0 = time.perf_counter()
         p = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
@@ -216,7 +217,10 @@ def run_timed(argv, env=None, sample_guest_mib=None, cwd=None):
                 pid, status, ru = os.wait4(p.pid, os.WNOHANG)
                 if pid:
                     break
-                g, o = _smaps_split(p.pid, sample_guest_mib)
+                g = o = 0
+                for each in _tree(p.pid):
+                    eg, eo = _smaps_split(each, sample_guest_mib)
+                    g, o = g + eg, o + eo
                 guest, other = max(guest, g), max(other, o)
                 time.sleep(0.003)
         else:
@@ -224,6 +228,21 @@ def run_timed(argv, env=None, sample_guest_mib=None, cwd=None):
         wall = time.perf_counter() - t0
         p.returncode = os.waitstatus_to_exitcode(status)
         return Result(wall, p.returncode, ru.ru_maxrss, _read_out(out), guest, other)
+
+
+def _tree(pid):
+    """pid and its descendants, from /proc/PID/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            pass
+    return out
 
 
 def _smaps_split(pid, guest_mib):

@@ -227,20 +227,7 @@ fn vcpu_threads_are_seccomp_filtered() -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(100));
         seen = vcpus();
     }
-    // Jailed: pid 1 of its own PID namespace, not root.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", vmm())).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or("")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
-    let jailed = vmm() != brig
-        && field("NSpid:").last().map(String::as_str) == Some("1")
-        && field("Uid:").first().is_some_and(|u| u != "0");
+    let jailed = vmm() != brig && common::fixture::is_jailed_vmm(&vmm().to_string());
     let _ = child.kill();
     let _ = child.wait();
     if seen.len() == 2 && seen.iter().all(|(_, m)| m.ends_with("\t2")) && jailed {

@@ -235,20 +235,7 @@ fn contract() -> Result<(), String> {
     }
     // The container's process is the keeper; the VM runs in its jailed child (pid 1 of its
     // own PID namespace, not root).
-    let jailed = |child: &str| {
-        let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap_or("")
-                .split_whitespace()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        };
-        field("NSpid:").last().map(String::as_str) == Some("1")
-            && field("Uid:").first().is_some_and(|u| u != "0")
-    };
+    let jailed = common::fixture::is_jailed_vmm;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         let children =

@@ -19,16 +19,17 @@ static PIPE_WRITE: AtomicI32 = AtomicI32::new(-1);
 /// waits for none before it closes the descriptor.
 static IN_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
-/// Signals forwarded to the workload; SIGWINCH becomes a resize.
-pub const FORWARDED: [i32; 7] = [
-    Signal::INT.as_raw(),
-    Signal::TERM.as_raw(),
-    Signal::HUP.as_raw(),
-    Signal::QUIT.as_raw(),
-    Signal::USR1.as_raw(),
-    Signal::USR2.as_raw(),
-    Signal::WINCH.as_raw(),
-];
+/// Signals forwarded to the workload: [`FROM_KEEPER`]'s, and SIGWINCH, which becomes a
+/// resize.
+pub const FORWARDED: [i32; 7] = {
+    let mut all = [Signal::WINCH.as_raw(); 7];
+    let mut i = 0;
+    while i < FROM_KEEPER.len() {
+        all[i] = FROM_KEEPER[i];
+        i += 1;
+    }
+    all
+};
 
 extern "C" fn on_signal(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
     IN_HANDLER.fetch_add(1, Ordering::SeqCst);

@@ -156,6 +156,22 @@ pub fn process_gone(pid: u32) -> bool {
     )
 }
 
+/// Whether process `pid` is a jailed VMM: pid 1 of a PID namespace of its own, and not root.
+pub fn is_jailed_vmm(pid: &str) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> Vec<String> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    field("NSpid:").last().map(String::as_str) == Some("1")
+        && field("Uid:").first().is_some_and(|u| u != "0")
+}
+
 /// sha256sum's digest of `path` (coreutils: a test binary's unoptimised hashing of a
 /// memory file takes minutes under nested emulation).
 pub fn sha256_of(path: &std::path::Path) -> Result<String, String> {

@@ -25,6 +25,7 @@ use super::supervisor::{
     SuperviseError, Tee,
 };
 use super::templates;
+use super::tty::SavedTerminal;
 use crate::vmm::{self, seccomp, ConsoleLog};
 
 /// Whether `s` is one short lowercase word (what a start path reads as).
@@ -123,29 +124,10 @@ pub fn supervise_jailed(
     } = how;
     let config = sandbox.config()?;
     let host = host_side(sandbox, runtime, ready)?;
-    let user_ns = !rustix::process::geteuid().is_root();
-    let (uid, gid) = if user_ns {
-        if config.security.jail_uid.is_some() || config.security.jail_gid.is_some() {
-            let e = io::Error::other(
-                "--jail-uid and --jail-gid need brig to run as root (without root, the VMM is \
-                 jailed in a user namespace as the calling user)",
-            );
-            return Err(not_started(sandbox, SuperviseError::Jail(e), ready));
-        }
-        (
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        )
-    } else {
-        let uid = config
-            .security
-            .jail_uid
-            .unwrap_or_else(|| jail::default_id(&config.id));
-        (uid, config.security.jail_gid.unwrap_or(uid))
-    };
     let short = &config.id[..config.id.len().min(12)];
     let setup = (|| {
-        let jail = jail::prepare(runtime.path(), uid, gid, user_ns)?;
+        let (uid, gid) = (config.security.jail_uid, config.security.jail_gid);
+        let jail = jail::prepare(runtime.path(), &config.id, uid, gid)?;
         let cgroup = if own_cgroup {
             jail::cgroup::create(short, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?
         } else {
@@ -163,8 +145,9 @@ pub fn supervise_jailed(
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
     let template = home.map(|h| templates::choose(h, &host.vm));
     let foreground = matches!(mode, Mode::Foreground { .. });
+    // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = if foreground {
-        rustix::termios::tcgetattr(io::stdin()).ok()
+        SavedTerminal::save(rustix::stdio::stdin())
     } else {
         None
     };
@@ -225,10 +208,7 @@ pub fn supervise_jailed(
     let pid = pid as u32;
     let end = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
     drop(forwarder);
-    if let Some(t) = terminal {
-        // The VMM put a terminal in raw mode for -t; it may have died before putting it back.
-        let _ = rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &t);
-    }
+    drop(terminal);
     let HostSide { net, served, .. } = host;
     drop(net);
     drop(served);
@@ -302,7 +282,7 @@ fn keep(
             _ => {}
         }
     }
-    let status = reap(pid);
+    let status = i32::try_from(pid).map_or(jail::Reaped::Unknown, jail::reap);
     if let Ok(relay) = relay {
         let _ = relay.join();
     }
@@ -347,27 +327,6 @@ fn read_line(from: &mut File) -> Option<String> {
         }
     }
     Some(String::from_utf8_lossy(&line).into_owned())
-}
-
-/// Waits for the VMM process to end; how it ended, in words.
-fn reap(pid: u32) -> String {
-    use rustix::process::{waitpid, Pid, WaitOptions};
-    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return "unknown".into();
-    };
-    loop {
-        match waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => {
-                return match (status.exit_status(), status.terminating_signal()) {
-                    (Some(code), _) => format!("exit status {code}"),
-                    (_, Some(sig)) => format!("killed by signal {sig}"),
-                    _ => "stopped".into(),
-                };
-            }
-            Err(rustix::io::Errno::INTR) => {}
-            Ok(None) | Err(_) => return "unknown".into(),
-        }
-    }
 }
 
 /// The VMM process: never returns.

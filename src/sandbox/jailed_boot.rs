@@ -8,10 +8,11 @@ use std::io::{self, Write};
 use std::time::Instant;
 
 use super::jail;
-use super::launch::{launch, Launch, LaunchIo};
-use super::outcome::{judge, TimeoutPolicy, EXIT_BRIG_ERROR};
+use super::launch::{launch, Launch, LaunchError, LaunchIo};
+use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
+use super::tty::SavedTerminal;
 
 /// Runs `spec` in `runtime` with its VMM jailed; `timings` (brig's start) has the phases
 /// printed. The exit status brig ends with: the command's, or 125 after one line on stderr.
@@ -21,20 +22,11 @@ pub fn run(spec: Launch, runtime: &RuntimeDir, timings: Option<Instant>) -> io::
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let user_ns = !rustix::process::geteuid().is_root();
-    let (uid, gid) = if user_ns {
-        (
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        )
-    } else {
-        let id = jail::default_id(&id);
-        (id, id)
-    };
-    let jail = jail::prepare(runtime.path(), uid, gid, user_ns)?;
+    let jail = jail::prepare(runtime.path(), &id, None, None)?;
     let cgroup = jail::cgroup::create(&id, (spec.vm.mem_mib + jail::OVERHEAD_MIB) << 20)?;
     let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let terminal = rustix::termios::tcgetattr(io::stdin()).ok();
+    // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
+    let terminal = SavedTerminal::save(rustix::stdio::stdin());
     let report = |r: io::Result<libc::pid_t>| {
         if let Err(e) = r {
             eprintln!("brig: jailing the VMM: {e}");
@@ -49,28 +41,49 @@ pub fn run(spec: Launch, runtime: &RuntimeDir, timings: Option<Instant>) -> io::
     }
     drop(alive_w);
     let forwarder = signals::Forwarder::install(pid, &signals::FROM_KEEPER)?;
-    let mut status = 0;
-    // SAFETY: waits for this process's own child.
-    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
-        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    let reaped = jail::reap(pid);
     drop(forwarder);
     drop(alive_r);
-    if let Some(t) = terminal {
-        let _ = rustix::termios::tcsetattr(io::stdin(), rustix::termios::OptionalActions::Now, &t);
-    }
+    drop(terminal);
     if let Some(c) = cgroup {
         c.remove();
     }
-    Ok(if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        let sig = libc::WTERMSIG(status);
-        eprintln!("brig: the VMM process died (killed by signal {sig})");
-        EXIT_BRIG_ERROR
+    Ok(match reaped {
+        jail::Reaped::Exited(code) => code,
+        other => {
+            eprintln!("brig: the VMM process died ({other})");
+            EXIT_BRIG_ERROR
+        }
     })
+}
+
+/// Runs `spec` in `runtime` with this process as the VMM (jailed or not), the command's
+/// stdio brig's own; `timings` (brig's start) has the phases printed. The command's exit
+/// status, or why there is none; `Err` when the VM did not start.
+pub fn boot_here(
+    spec: Launch,
+    runtime: &RuntimeDir,
+    timings: Option<Instant>,
+) -> Result<Result<i32, Failure>, LaunchError> {
+    let timeout = spec.timeout;
+    let (mut out, mut err) = (io::stdout(), io::stderr());
+    let io = LaunchIo {
+        stdout: &mut out,
+        stderr: &mut err,
+        relay_signals: true,
+        on_vm_started: &mut |_| {},
+        on_workload_started: &mut || {},
+    };
+    let outcome = launch(spec, runtime, io)?;
+    if let Some(t0) = timings {
+        outcome.print_timings(t0);
+    }
+    Ok(judge(
+        &outcome.end,
+        &outcome.console,
+        &outcome.reason,
+        timeout.map(TimeoutPolicy::GiveUp),
+    ))
 }
 
 /// The VMM process: never returns. `alive` is the write end of a pipe only the keeper reads
@@ -85,7 +98,6 @@ fn vmm(
 ) -> ! {
     use std::os::fd::AsRawFd;
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
-    let timeout = spec.timeout;
     let result = (|| {
         jail::close_inherited(&[alive.as_raw_fd()])?;
         if let Some(c) = cgroup {
@@ -93,33 +105,13 @@ fn vmm(
         }
         let events = alive.as_raw_fd();
         crate::vmm::confine_next_vm(Box::new(move || jail::enter(&jail, events)));
-        let (mut out, mut err) = (io::stdout(), io::stderr());
-        let io = LaunchIo {
-            stdout: &mut out,
-            stderr: &mut err,
-            relay_signals: true,
-            on_vm_started: &mut |_| {},
-            on_workload_started: &mut || {},
-        };
-        launch(spec, runtime, io).map_err(io::Error::other)
+        boot_here(spec, runtime, timings).map_err(io::Error::other)
     })();
     let code = match result {
-        Ok(outcome) => {
-            if let Some(t0) = timings {
-                outcome.print_timings(t0);
-            }
-            match judge(
-                &outcome.end,
-                &outcome.console,
-                &outcome.reason,
-                timeout.map(TimeoutPolicy::GiveUp),
-            ) {
-                Ok(code) => code,
-                Err(f) => {
-                    eprintln!("brig: {}", f.message);
-                    f.code
-                }
-            }
+        Ok(Ok(code)) => code,
+        Ok(Err(f)) => {
+            eprintln!("brig: {}", f.message);
+            f.code
         }
         Err(e) => {
             eprintln!("brig: {e}");

@@ -12,11 +12,9 @@ use std::os::unix::net::UnixListener;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use brig_protocol::AGENT_PORT;
-
 use super::jail;
 use super::runtime::RuntimeDir;
-use crate::vmm::{self, seccomp, ConsoleLog, VmConfig, VsockConfig, DEFAULT_GUEST_CID};
+use crate::vmm::{self, seccomp, ConsoleLog, VmConfig};
 
 /// A VM run by a jailed child process.
 #[derive(Debug)]
@@ -34,33 +32,20 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }
 
-/// Starts `config` in a jailed child (uid `uid`:`gid` as root; the caller's own in a user
-/// namespace without root) with a cgroup of its own (sandbox `short_id`'s, where cgroup v2
-/// allows), its vsock device's guest-initiated connections landing in `runtime`; the console
-/// goes to `console`. Returns once the VM runs, with the listener the guest agent connects
-/// to.
+/// Starts `config` in a jailed child (as [`jail::prepare`] makes it for sandbox
+/// `sandbox_id`, with `ids` asked for) with a cgroup of its own (sandbox `short_id`'s, where
+/// cgroup v2 allows), its vsock device's guest-initiated connections landing in `runtime`;
+/// the console goes to `console`. Returns once the VM runs, with the listener the guest
+/// agent connects to.
 pub fn start(
     mut config: VmConfig,
     runtime: &RuntimeDir,
-    (uid, gid): (u32, u32),
-    short_id: &str,
+    (sandbox_id, short_id): (&str, &str),
+    ids: (Option<u32>, Option<u32>),
     console: ConsoleLog,
 ) -> io::Result<(JailedVm, UnixListener)> {
-    let user_ns = !rustix::process::geteuid().is_root();
-    let (uid, gid) = if user_ns {
-        (
-            rustix::process::getuid().as_raw(),
-            rustix::process::getgid().as_raw(),
-        )
-    } else {
-        (uid, gid)
-    };
-    let listener = UnixListener::bind(runtime.vsock_listener(AGENT_PORT))?;
-    config.vsock = Some(VsockConfig {
-        cid: DEFAULT_GUEST_CID,
-        uds_path: runtime.vsock_socket(),
-    });
-    let jail = jail::prepare(runtime.path(), uid, gid, user_ns)?;
+    let listener = super::vm::listen_for_agent(&mut config, runtime)?;
+    let jail = jail::prepare(runtime.path(), sandbox_id, ids.0, ids.1)?;
     let cgroup = jail::cgroup::create(short_id, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
     let (status_r, status_w) = pipe()?;
     let (console_r, console_w) = pipe()?;
@@ -181,8 +166,7 @@ impl JailedVm {
     pub fn kill(&mut self) {
         if !self.reaped {
             let _ = rustix::process::pidfd_send_signal(&self.pidfd, rustix::process::Signal::KILL);
-            // SAFETY: waits for this process's own child, which nothing else reaps.
-            unsafe { libc::waitpid(self.pid, std::ptr::null_mut(), 0) };
+            jail::reap(self.pid);
             self.reaped = true;
             if let Some(c) = self.cgroup.take() {
                 c.remove();

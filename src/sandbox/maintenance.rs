@@ -151,16 +151,11 @@ impl MaintenanceVm {
         let console = ConsoleLog::default();
         let vm_config = vm::config_of(&config, console.clone())?;
         let (vm, listener) = if jail::enabled() {
-            let uid = config
-                .security
-                .jail_uid
-                .unwrap_or_else(|| jail::default_id(&config.id));
-            let gid = config.security.jail_gid.unwrap_or(uid);
             let (vm, listener) = jailed_vm::start(
                 vm_config,
                 &runtime,
-                (uid, gid),
-                sandbox.short_id(),
+                (&config.id, sandbox.short_id()),
+                (config.security.jail_uid, config.security.jail_gid),
                 console.clone(),
             )
             .map_err(MaintenanceError::Jailed)?;

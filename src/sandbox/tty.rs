@@ -55,25 +55,40 @@ pub fn check_interactive(tty: bool, interactive: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Puts a terminal in raw mode until dropped.
-pub struct RawMode {
+/// A terminal's attributes as they were, put back when dropped (by a VMM's keeper too, whose
+/// child may die with the terminal in raw mode).
+pub struct SavedTerminal {
     fd: BorrowedFd<'static>,
     saved: Termios,
+}
+
+impl SavedTerminal {
+    /// The attributes of the terminal `fd` (e.g. `rustix::stdio::stdin()`), or `None` when it
+    /// is not a terminal.
+    pub fn save(fd: BorrowedFd<'static>) -> Option<Self> {
+        let saved = termios::tcgetattr(fd).ok()?;
+        Some(Self { fd, saved })
+    }
+}
+
+/// Puts a terminal in raw mode until dropped (which puts back what was saved).
+pub struct RawMode {
+    _saved: SavedTerminal,
 }
 
 impl RawMode {
     /// Raw mode on the terminal `fd` (e.g. `rustix::stdio::stdin()`), or `None` when it is not
     /// a terminal.
     pub fn new(fd: BorrowedFd<'static>) -> Option<Self> {
-        let saved = termios::tcgetattr(fd).ok()?;
-        let mut raw = saved.clone();
+        let saved = SavedTerminal::save(fd)?;
+        let mut raw = saved.saved.clone();
         raw.make_raw();
         termios::tcsetattr(fd, OptionalActions::Now, &raw).ok()?;
-        Some(Self { fd, saved })
+        Some(Self { _saved: saved })
     }
 }
 
-impl Drop for RawMode {
+impl Drop for SavedTerminal {
     fn drop(&mut self) {
         // Restoring the attributes read from the same terminal; nothing to do if it is gone.
         let _ = termios::tcsetattr(self.fd, OptionalActions::Now, &self.saved);

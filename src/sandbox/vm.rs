@@ -67,17 +67,26 @@ pub fn start_from(
     runtime: &RuntimeDir,
     snapshot: Option<&Path>,
 ) -> Result<AgentVm, VmError> {
-    let listener =
-        UnixListener::bind(runtime.vsock_listener(AGENT_PORT)).map_err(VmError::Runtime)?;
-    config.vsock = Some(VsockConfig {
-        cid: DEFAULT_GUEST_CID,
-        uds_path: runtime.vsock_socket(),
-    });
+    let listener = listen_for_agent(&mut config, runtime).map_err(VmError::Runtime)?;
     let vm = match snapshot {
         Some(dir) => vmm::restore(config, dir)?,
         None => vmm::start(config)?,
     };
     Ok(AgentVm { vm, listener })
+}
+
+/// Gives `config` its vsock device, whose guest-initiated connections land in `runtime`, and
+/// listens there for the guest agent's.
+pub fn listen_for_agent(
+    config: &mut VmConfig,
+    runtime: &RuntimeDir,
+) -> std::io::Result<UnixListener> {
+    let listener = UnixListener::bind(runtime.vsock_listener(AGENT_PORT))?;
+    config.vsock = Some(VsockConfig {
+        cid: DEFAULT_GUEST_CID,
+        uds_path: runtime.vsock_socket(),
+    });
+    Ok(listener)
 }
 
 /// How often [`snapshot_when`] looks at the console.

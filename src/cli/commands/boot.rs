@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use brig_protocol::RunSpec;
 use clap::Args;
 
-use crate::sandbox::launch::{launch, Launch, LaunchIo};
-use crate::sandbox::outcome::{judge, TimeoutPolicy};
+use crate::sandbox::launch::Launch;
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::vmm::initramfs::Initramfs;
 use crate::vmm::{ConsoleLog, VmConfig};
@@ -127,32 +126,15 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         restore_from: args.restore_from.clone(),
         template: None,
     };
+    let timings = args.timings.then_some(t0);
     if jailed {
-        let timings = args.timings.then_some(t0);
         let code =
             crate::sandbox::jailed_boot::run(spec, &runtime, timings).context("jailing the VMM")?;
         return Ok(code);
     }
-    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let io = LaunchIo {
-        stdout: &mut out,
-        stderr: &mut err,
-        relay_signals: true,
-        on_vm_started: &mut |_| {},
-        on_workload_started: &mut || {},
-    };
-    let outcome = launch(spec, &runtime, io)?;
-    drop(runtime);
-    if args.timings {
-        outcome.print_timings(t0);
-    }
-    let code = judge(
-        &outcome.end,
-        &outcome.console,
-        &outcome.reason,
-        timeout.map(TimeoutPolicy::GiveUp),
-    )?;
-    Ok(code)
+    Ok(crate::sandbox::jailed_boot::boot_here(
+        spec, &runtime, timings,
+    )??)
 }
 
 #[cfg(test)]

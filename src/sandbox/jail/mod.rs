@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use enter::enter;
-pub use spawn::fork_vmm;
+pub use spawn::{fork_vmm, reap, Reaped};
 
 /// The first of the ids kept for brig's jails: far above the ranges of login users and of
 /// rootless containers' subordinate ids.
@@ -130,11 +130,34 @@ pub fn root_of(runtime: &Path) -> PathBuf {
     runtime.join("root")
 }
 
-/// Prepares the jail of the VMM of sandbox `runtime`, run as `uid`:`gid`, on the host side
-/// (as root, before the VMM starts): its root directory, and a runtime directory the jailed
-/// VMM may enter (group `gid`, search only) but not change.
-pub fn prepare(runtime: &Path, uid: u32, gid: u32, user_ns: bool) -> io::Result<Jail> {
+/// Prepares the jail of the VMM of sandbox `sandbox_id`, whose runtime directory is
+/// `runtime`, on the host side before the VMM starts: whose the VMM is (as root `uid`:`gid`
+/// as asked, else [`default_id`] of the sandbox; without root the caller's own, in a user
+/// namespace, where asking for ids is refused), its root directory, and a runtime directory
+/// the jailed VMM may enter (its group, search only) but not change.
+pub fn prepare(
+    runtime: &Path,
+    sandbox_id: &str,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> io::Result<Jail> {
     use rustix::fs::{chmod, chown, Gid, Mode};
+    let user_ns = !rustix::process::geteuid().is_root();
+    let (uid, gid) = if user_ns {
+        if uid.is_some() || gid.is_some() {
+            return Err(io::Error::other(
+                "--jail-uid and --jail-gid need brig to run as root (without root, the VMM is \
+                 jailed in a user namespace as the calling user)",
+            ));
+        }
+        (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        )
+    } else {
+        let uid = uid.unwrap_or_else(|| default_id(sandbox_id));
+        (uid, gid.unwrap_or(uid))
+    };
     let root = root_of(runtime);
     match std::fs::create_dir(&root) {
         Ok(()) => {}

@@ -38,7 +38,7 @@ pub unsafe fn fork_vmm(
         Ok(0) => Ok(0),
         Ok(vmm) => {
             report(Ok(vmm));
-            let code = wait_for(vmm);
+            let code = reap(vmm).code();
             // SAFETY: ends this forked process without running the caller's destructors (its
             // objects are the caller's copies).
             unsafe { libc::_exit(code) }
@@ -74,23 +74,54 @@ fn stand_in(jail: &Jail) -> io::Result<libc::pid_t> {
     Ok(vmm)
 }
 
-/// Waits for `pid` to end: its exit status, or 128+N for signal N.
-fn wait_for(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for this process's own child.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            return crate::sandbox::outcome::EXIT_BRIG_ERROR;
+/// How a process this one waited for ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    Exited(i32),
+    Killed(i32),
+    /// It could not be waited for.
+    Unknown,
+}
+
+impl Reaped {
+    /// Its status as a shell gives it: the exit code, 128+N for signal N, 125 if unknown.
+    pub fn code(self) -> i32 {
+        match self {
+            Reaped::Exited(code) => code,
+            Reaped::Killed(sig) => 128 + sig,
+            Reaped::Unknown => crate::sandbox::outcome::EXIT_BRIG_ERROR,
         }
     }
-    if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        128 + libc::WTERMSIG(status)
+}
+
+impl std::fmt::Display for Reaped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reaped::Exited(code) => write!(f, "exit status {code}"),
+            Reaped::Killed(sig) => write!(f, "killed by signal {sig}"),
+            Reaped::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+/// Waits for this process's child `pid` to end (a VMM, or its stand-in) and reaps it.
+pub fn reap(pid: libc::pid_t) -> Reaped {
+    use rustix::process::{waitpid, Pid, WaitOptions};
+    let Some(pid) = Pid::from_raw(pid) else {
+        return Reaped::Unknown;
+    };
+    loop {
+        match waitpid(Some(pid), WaitOptions::empty()) {
+            Ok(Some((_, status))) => {
+                return match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => Reaped::Exited(code),
+                    (_, Some(sig)) => Reaped::Killed(sig),
+                    _ => Reaped::Unknown,
+                };
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Ok(None) | Err(_) => return Reaped::Unknown,
+        }
     }
 }
 

@@ -398,9 +398,7 @@ fn run_vmm(
         vm,
         run,
         stdin,
-        timeout: timeout.map(|t| match t {
-            TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
-        }),
+        timeout: timeout.map(TimeoutPolicy::after),
         restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
     };

@@ -76,6 +76,15 @@ pub enum TimeoutPolicy {
     GiveUp(Duration),
 }
 
+impl TimeoutPolicy {
+    /// How long the workload may run.
+    pub fn after(self) -> Duration {
+        match self {
+            TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
+        }
+    }
+}
+
 /// The exit code of a session that ended as `end` in a VM that stopped for `reason`.
 pub fn judge(
     end: &SessionEnd,

@@ -281,9 +281,7 @@ pub fn supervise(
         vm: vm_config,
         run,
         stdin,
-        timeout: timeout.map(|t| match t {
-            TimeoutPolicy::Kill(d) | TimeoutPolicy::GiveUp(d) => d,
-        }),
+        timeout: timeout.map(TimeoutPolicy::after),
         restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
     };

@@ -2,10 +2,13 @@
 //! directly (state JSON and transitions, the pid file, the pid's exit status, stdio, a
 //! terminal through the console socket, error strings), and real callers: containerd 1.6
 //! through `ctr run --runc-binary`, podman 4.3 through `--runtime` (with conmon), and dockerd
-//! 20.10 through `--add-runtime brig=PATH`.
+//! 20.10 through `--add-runtime brig=PATH`. And the rest of a bundle (oci/bundle.rs): a pod's
+//! network namespace, mounts, hooks, capabilities and limits.
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see
 //! common/kvm.rs), and as root there. Everything lives on L1's /run (a tmpfs).
 
+#[path = "oci/bundle.rs"]
+mod bundle_trial;
 #[path = "oci/callers.rs"]
 mod callers;
 mod common;
@@ -398,6 +401,10 @@ fn main() {
             trial(
                 "stdio_tty_exit_code_and_create_errors",
                 stdio_tty_exit_code_and_create_errors,
+            ),
+            trial(
+                "bundle_network_mounts_hooks_and_limits",
+                bundle_trial::bundle_network_mounts_hooks_and_limits,
             ),
             trial(
                 "ctr_run_kill_and_nothing_left",

@@ -101,10 +101,11 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
         .address
         .parse()
         .map_err(|_| format!("bad guest address {:?}", spec.address))?;
-    let gateway: Ipv4Addr = spec
-        .gateway
-        .parse()
-        .map_err(|_| format!("bad gateway {:?}", spec.gateway))?;
+    // No gateway: a link without a default route (a network namespace that has none).
+    let gateway: Option<Ipv4Addr> = match spec.gateway.as_str() {
+        "" => None,
+        g => Some(g.parse().map_err(|_| format!("bad gateway {g:?}"))?),
+    };
     if spec.prefix_len > 32 {
         return Err(format!("bad prefix length {}", spec.prefix_len));
     }
@@ -140,6 +141,9 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
     let _ = std::fs::write(format!("/proc/sys/net/ipv4/conf/{name}/arp_notify"), "1");
     req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
     set(libc::SIOCSIFFLAGS, &req, "up")?;
+    let Some(gateway) = gateway else {
+        return Ok(());
+    };
     let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();
     dev.push(0);
     let route = RtEntry {

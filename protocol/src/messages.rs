@@ -243,7 +243,7 @@ pub struct NetworkSpec {
     pub address: String,
     /// Its prefix length (`30`).
     pub prefix_len: u8,
-    /// The default route's gateway (the host's side of the link).
+    /// The default route's gateway (the host's side of the link); empty: no default route.
     pub gateway: String,
     /// The interface's MTU.
     pub mtu: u16,

@@ -14,6 +14,7 @@
 
 mod bridge;
 pub mod host;
+pub mod joined;
 pub mod nft;
 pub mod passt;
 pub mod pool;
@@ -86,6 +87,14 @@ pub struct NetworkOptions {
     pub add_hosts: Vec<(String, String)>,
     /// `--egress-allow CIDR[:PORT[-PORT]]` as given; empty: everything not always denied.
     pub egress_allow: Vec<String>,
+    /// Join the network namespace at this path instead of making a network: the guest takes
+    /// over its interface ([`joined`]; an OCI runtime's caller made it). Then `mode` is
+    /// `None`, and no flag but `add_hosts`, `dns*` and the files below applies.
+    pub netns: Option<std::path::PathBuf>,
+    /// The guest's `/etc/resolv.conf` and `/etc/hosts` as the caller wrote them (an OCI
+    /// bundle's bind mounts), instead of brig's.
+    pub resolv_conf: Option<String>,
+    pub hosts: Option<String>,
 }
 
 /// A network flag is wrong, or the network could not be set up.
@@ -171,6 +180,7 @@ impl NetworkOptions {
             dns_options: flags.dns_options.clone(),
             add_hosts,
             egress_allow: flags.egress_allow.clone(),
+            ..Default::default()
         };
         if mode == NetworkMode::None {
             let extra = [
@@ -212,7 +222,7 @@ pub struct NetworkState {
 
 /// A networked sandbox's host side, for as long as the VMM runs. Its parts are dropped in
 /// field order (no Drop impl: keep the order): forwarding first, then the nft table (or
-/// passt), then the address lease.
+/// passt, or a joined namespace's redirects), then the address lease.
 pub struct SandboxNetwork {
     /// What the guest agent configures.
     pub spec: NetworkSpec,
@@ -221,7 +231,9 @@ pub struct SandboxNetwork {
     proxy: Option<proxy::RunningProxy>,
     table: Option<nft::Table>,
     passt: Option<passt::Passt>,
-    _lease: pool::Lease,
+    _joined: Option<joined::Joined>,
+    /// `None` in a joined namespace, whose owner chose the address.
+    _lease: Option<pool::Lease>,
 }
 
 impl std::fmt::Debug for SandboxNetwork {
@@ -388,7 +400,8 @@ impl Plan<'_> {
             proxy: None,
             table: None,
             passt: None,
-            _lease: self.lease,
+            _joined: None,
+            _lease: Some(self.lease),
         }
     }
 
@@ -440,7 +453,8 @@ pub fn backend_words() -> String {
 }
 
 /// Builds sandbox `id`'s network, or `None` for `--network none`: as root a TAP, its
-/// address, an nft table and the port proxy ([`bridge`]); rootless, passt ([`passt`]).
+/// address, an nft table and the port proxy ([`bridge`]); rootless, passt ([`passt`]); in
+/// a network namespace to join, its interface taken over ([`joined`]).
 /// `leases` is where address leases live.
 pub fn setup(
     id: &str,
@@ -449,6 +463,9 @@ pub fn setup(
     leases: &Path,
     is_live: &dyn Fn(&str) -> bool,
 ) -> Result<Option<SandboxNetwork>, NetworkError> {
+    if let Some(path) = &opts.netns {
+        return joined::setup(id, hostname, opts, path);
+    }
     if opts.mode == NetworkMode::None {
         return Ok(None);
     }

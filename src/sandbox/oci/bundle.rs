@@ -1,14 +1,29 @@
-//! An OCI bundle's `config.json`, the part brig uses (runtime-spec config.md): the process,
-//! the root, the host name and the memory limit; and the workload it makes
+//! An OCI bundle's `config.json`, the part brig uses (runtime-spec config.md): the process
+//! (with its capabilities), the root, the host name, the mounts, the hooks, the namespaces,
+//! the resources (memory, CPU quota, pids) and the seccomp filter; and the workload it makes
 //! ([`Bundle::run_spec`]). Unknown fields are ignored, as runc ignores what it does not use.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use brig_protocol::{Rlimit, RunSpec};
+use brig_protocol::{Rlimit, RunSpec, SecuritySpec};
 use serde::Deserialize;
 
 use super::OciError;
+use crate::sandbox::resources::{ResourceFlags, Resources as VmResources};
+use crate::sandbox::security::caps;
+
+/// Where a container's network comes from (`linux.namespaces`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetNamespace {
+    /// No network namespace: runc would share the host's, which a VM cannot; the guest
+    /// gets only `lo`.
+    Host,
+    /// A new one, which the container's pid holds: hooks (docker's) may configure it.
+    New,
+    /// The one at this path (a pod's, podman's, CNI's).
+    Join(PathBuf),
+}
 
 /// `config.json`.
 #[derive(Debug, Default, Deserialize)]
@@ -18,6 +33,8 @@ pub struct Config {
     pub process: Option<Process>,
     pub root: Option<Root>,
     pub hostname: String,
+    pub mounts: Vec<super::mounts::Mount>,
+    pub hooks: Option<super::hooks::Hooks>,
     pub linux: Option<Linux>,
     pub annotations: std::collections::BTreeMap<String, String>,
 }
@@ -33,6 +50,17 @@ pub struct Process {
     pub cwd: String,
     pub rlimits: Vec<ConfigRlimit>,
     pub no_new_privileges: bool,
+    pub capabilities: Option<Capabilities>,
+}
+
+/// `process.capabilities`: the bounding set is what the workload can ever have; brig gives a
+/// root workload that set as its permitted and effective ones (see `SecuritySpec`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Capabilities {
+    pub bounding: Vec<String>,
+    pub effective: Vec<String>,
+    pub permitted: Vec<String>,
 }
 
 /// `process.consoleSize`: the terminal's initial size.
@@ -80,18 +108,50 @@ pub struct Root {
 pub struct Linux {
     pub resources: Option<Resources>,
     pub cgroups_path: String,
+    pub namespaces: Vec<Namespace>,
+    /// runtime-spec's `LinuxSeccomp`, which docker's profile format reads as it is.
+    pub seccomp: Option<serde_json::Value>,
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+}
+
+/// `linux.namespaces[]`: a namespace to create (no `path`) or to join.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Namespace {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Resources {
     pub memory: Option<Memory>,
+    pub cpu: Option<Cpu>,
+    pub pids: Option<Pids>,
+}
+
+/// `linux.resources.cpu`: a quota per period becomes vCPUs (rounded up), `cpus` a cpuset.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Cpu {
+    pub quota: Option<i64>,
+    pub period: Option<u64>,
+    pub cpus: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Pids {
+    pub limit: i64,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct Memory {
     pub limit: Option<i64>,
+    pub swap: Option<i64>,
 }
 
 /// A bundle directory and its parsed config.
@@ -162,6 +222,98 @@ impl Bundle {
             .map_or("", |l| l.cgroups_path.as_str())
     }
 
+    /// `linux.resources` as brig run's flags would give them: the memory limit (and
+    /// docker's swap), CPUs from the quota (rounded up), the cpuset. As under `brig run`,
+    /// the VM gets the workload's memory plus the guest's overhead.
+    pub fn resources(&self) -> Result<VmResources, OciError> {
+        let r = self
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref());
+        let memory = r.and_then(|r| r.memory.as_ref());
+        let limit = memory.and_then(|m| m.limit).filter(|l| *l > 0);
+        let cpu = r.and_then(|r| r.cpu.as_ref());
+        let flags = ResourceFlags {
+            memory: limit.map(|l| l.to_string()),
+            memory_swap: limit
+                .and(memory.and_then(|m| m.swap))
+                .filter(|s| *s != 0)
+                .map(|s| s.to_string()),
+            cpus: cpu.and_then(|c| match (c.quota, c.period) {
+                (Some(q), Some(p)) if q > 0 && p > 0 => Some(q as f64 / p as f64),
+                _ => None,
+            }),
+            cpuset_cpus: cpu.map(|c| c.cpus.clone()).filter(|c| !c.is_empty()),
+            ..Default::default()
+        };
+        VmResources::from_flags(&flags)
+            .map_err(|e| OciError::Bundle(format!("linux.resources: {e}")))
+    }
+
+    /// `linux.resources.pids.limit` (0: none).
+    pub fn pids_limit(&self) -> u64 {
+        let pids = self
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .and_then(|r| r.pids.as_ref());
+        pids.map_or(0, |p| u64::try_from(p.limit).unwrap_or(0))
+    }
+
+    /// Where the container's network comes from: its `network` namespace entry.
+    pub fn network_namespace(&self) -> NetNamespace {
+        let ns = self
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.namespaces.iter().find(|n| n.kind == "network"));
+        match ns {
+            None => NetNamespace::Host,
+            Some(n) if n.path.is_empty() => NetNamespace::New,
+            Some(n) => NetNamespace::Join(PathBuf::from(&n.path)),
+        }
+    }
+
+    /// The workload's confinement: the bounding set of `process.capabilities` (every
+    /// capability when absent), noNewPrivileges, `linux.seccomp` compiled, and the masked and
+    /// read-only paths; `None` when the config asks for none of it.
+    pub fn security(&self) -> Result<Option<SecuritySpec>, OciError> {
+        let p = self.process();
+        let linux = self.config.linux.as_ref();
+        let seccomp = linux.and_then(|l| l.seccomp.as_ref());
+        let (masked, readonly) = linux.map_or((&[][..], &[][..]), |l| {
+            (&l.masked_paths[..], &l.readonly_paths[..])
+        });
+        if p.capabilities.is_none()
+            && !p.no_new_privileges
+            && seccomp.is_none()
+            && masked.is_empty()
+            && readonly.is_empty()
+        {
+            return Ok(None);
+        }
+        let capabilities = p.capabilities.as_ref().map_or(caps::ALL, |c| {
+            let names: Vec<&str> = c.bounding.iter().map(String::as_str).collect();
+            caps::mask(&names)
+        });
+        let seccomp = match seccomp {
+            Some(profile) => {
+                crate::sandbox::security::compile_profile(&profile.to_string(), capabilities)
+                    .map_err(|e| OciError::Bundle(format!("linux.seccomp: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(SecuritySpec {
+            capabilities,
+            no_new_privs: p.no_new_privileges,
+            seccomp,
+            masked_paths: masked.to_vec(),
+            readonly_paths: readonly.to_vec(),
+        }))
+    }
+
     /// Whether `root.readonly` is set.
     pub fn read_only(&self) -> bool {
         self.config.root.as_ref().is_some_and(|r| r.readonly)
@@ -186,11 +338,7 @@ impl Bundle {
                 hard: r.hard,
             })
             .collect();
-        let security = p.no_new_privileges.then(|| brig_protocol::SecuritySpec {
-            capabilities: u64::MAX >> (64 - 41),
-            no_new_privs: true,
-            ..Default::default()
-        });
+        let security = self.security()?;
         Ok(RunSpec {
             argv: p.args.clone(),
             env: p.env.clone(),
@@ -208,6 +356,7 @@ impl Bundle {
             rlimits,
             hostname: self.config.hostname.clone(),
             memory_limit: self.memory_limit(),
+            pids_limit: self.pids_limit(),
             security,
             ..Default::default()
         })
@@ -354,6 +503,48 @@ mod tests {
         let (_d, b) = bundle(&with_args(r#"["data"]"#));
         let e = b.check_executable().unwrap_err().to_string();
         assert!(e.contains("permission denied"), "{e}");
+    }
+
+    #[test]
+    fn capabilities_seccomp_resources_and_namespaces_follow_the_config() {
+        let config = with_args(r#"["sh"]"#)
+            .replace(
+                "\"args\"",
+                r#""noNewPrivileges":true,"capabilities":{"bounding":["CAP_CHOWN","CAP_KILL","CAP_NO_SUCH"]},"args""#,
+            )
+            .replace(
+                r#""resources":{"memory":{"limit":67108864}}"#,
+                r#""resources":{"memory":{"limit":67108864,"swap":134217728},"cpu":{"quota":150000,"period":100000},"pids":{"limit":50}},
+                "namespaces":[{"type":"pid"},{"type":"network","path":"/run/netns/pod"}],
+                "maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"],
+                "seccomp":{"defaultAction":"SCMP_ACT_ERRNO","defaultErrnoRet":1,"architectures":["SCMP_ARCH_X86_64"],"flags":["SECCOMP_FILTER_FLAG_SPEC_ALLOW"],
+                  "syscalls":[{"names":["read","write","exit_group"],"action":"SCMP_ACT_ALLOW"},
+                              {"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"}]}]}"#,
+            );
+        let (_d, b) = bundle(&config);
+        let s = b.run_spec().unwrap();
+        let sec = s.security.unwrap();
+        assert_eq!(sec.capabilities, caps::mask(&["CAP_CHOWN", "CAP_KILL"]));
+        assert!(sec.no_new_privs);
+        assert!(!sec.seccomp.is_empty());
+        assert_eq!(sec.masked_paths, ["/proc/kcore"]);
+        assert_eq!(sec.readonly_paths, ["/proc/sys"]);
+        assert_eq!(s.pids_limit, 50);
+        let r = b.resources().unwrap();
+        assert_eq!(r.cpus, 2);
+        assert_eq!(r.memory_swap, 128 << 20);
+        assert_eq!(
+            r.mem_mib,
+            64 + crate::sandbox::resources::GUEST_OVERHEAD_MIB
+        );
+        assert_eq!(
+            b.network_namespace(),
+            NetNamespace::Join(PathBuf::from("/run/netns/pod"))
+        );
+        // Nothing asked: every capability, no filter (as brig boot's).
+        let (_d, b) = bundle(&with_args(r#"["sh"]"#));
+        assert_eq!(b.run_spec().unwrap().security, None);
+        assert_eq!(b.network_namespace(), NetNamespace::Host);
     }
 
     #[test]

@@ -40,6 +40,16 @@ pub struct OciState {
     /// The cgroup the VMM process was put in (`linux.cgroupsPath`), removed by `delete`.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// `config.json`'s hooks, for `start` and `delete`.
+    #[serde(default, skip_serializing_if = "super::hooks::Hooks::is_empty")]
+    pub hooks: super::hooks::Hooks,
+}
+
+impl OciState {
+    /// The state a hook reads on its stdin, with `status`.
+    pub fn hook_json(&self, status: &str) -> String {
+        super::hooks::state_json(&self.id, status, self.pid, &self.bundle, &self.annotations)
+    }
 }
 
 /// A container's status, as runc names it.
@@ -208,6 +218,7 @@ mod tests {
             annotations: BTreeMap::new(),
             started: false,
             cgroup: None,
+            hooks: Default::default(),
         };
         assert_eq!(s.status(), Status::Created);
         s.started = true;

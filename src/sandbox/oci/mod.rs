@@ -15,6 +15,8 @@ pub mod cgroup;
 pub mod console;
 pub mod container;
 pub mod exec;
+pub mod hooks;
+pub mod mounts;
 pub mod rootfs;
 pub mod supervise;
 pub mod verbs;
@@ -55,6 +57,9 @@ pub enum OciError {
     /// The sandbox could not be made.
     #[error("{0}")]
     Sandbox(String),
+    /// A hook failed ("error running prestart hook #0: ...").
+    #[error("{0}")]
+    Hook(String),
     /// A file under the runtime root, or a process, failed.
     #[error("{what}: {source}")]
     Io {

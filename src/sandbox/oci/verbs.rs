@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use brig_protocol::RootfsSpec;
 
-use super::bundle::Bundle;
+use super::bundle::{Bundle, NetNamespace};
 use super::console::{self, Console};
 use super::container::{process_start_time, write_atomic, Container, OciState, Status};
+use super::hooks;
 use super::{OciError, SUPERVISE_COMMAND};
-use crate::sandbox::resources::{DEFAULT_MEM_MIB, GUEST_OVERHEAD_MIB};
+use crate::sandbox::network::joined::OWN_NAMESPACE;
+use crate::sandbox::network::NetworkOptions;
 use crate::sandbox::runtime;
 use crate::sandbox::scratch;
 use crate::sandbox::state::{self, DiskSpec, Sandbox, SandboxConfig};
@@ -79,6 +81,8 @@ fn create_in(
         }
         _ => None,
     };
+    let resources = bundle.resources()?;
+    let placed = super::mounts::place(&bundle.config.mounts, &bundle.dir)?;
     let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
     let image = super::rootfs::ensure(&home, &bundle.rootfs)?;
     let kernel =
@@ -112,7 +116,30 @@ fn create_in(
         read_only,
         mounts: Vec::new(),
     });
-    let memory = bundle.memory_limit();
+    run.memory_swap = resources.memory_swap;
+    run.cpuset_cpus = resources.guest_cpuset();
+    if run.hostname.is_empty() {
+        if let Some(name) = &placed.etc.hostname {
+            run.hostname = name.trim().to_string();
+        }
+    }
+    let new_netns = bundle.network_namespace() == NetNamespace::New;
+    let network = NetworkOptions {
+        netns: match bundle.network_namespace() {
+            NetNamespace::Host => None,
+            // The VMM process's own, which it makes (see spawn_vmm) and hooks configure.
+            NetNamespace::New => Some(PathBuf::from(OWN_NAMESPACE)),
+            NetNamespace::Join(path) => Some(path),
+        },
+        resolv_conf: placed.etc.resolv_conf.clone(),
+        hosts: placed.etc.hosts.clone(),
+        ..Default::default()
+    };
+    let (volumes, guest_mounts) = crate::sandbox::volumes::resolve(&home, &placed.volumes)
+        .map_err(|e| OciError::Bundle(e.to_string()))?;
+    if let Some(r) = run.rootfs.as_mut() {
+        r.mounts = guest_mounts;
+    }
     let config = SandboxConfig {
         name: format!("oci-{}", &id[..12]),
         id: id.clone(),
@@ -120,14 +147,10 @@ fn create_in(
         image_id: String::new(),
         created: state::now_rfc3339(),
         kernel,
-        mem_mib: if memory > 0 {
-            memory.div_ceil(1 << 20) + GUEST_OVERHEAD_MIB
-        } else {
-            DEFAULT_MEM_MIB
-        },
-        cpus: 1,
-        host_cpus: Vec::new(),
-        cpuset_cpus: String::new(),
+        mem_mib: resources.mem_mib,
+        cpus: resources.cpus,
+        host_cpus: resources.host_cpus.clone(),
+        cpuset_cpus: resources.cpuset_cpus.clone(),
         cpuset_mems: String::new(),
         blkio: Default::default(),
         disks,
@@ -135,9 +158,9 @@ fn create_in(
         stop_signal: "SIGTERM".into(),
         auto_remove: false,
         detached: true,
-        network: Default::default(),
+        network,
         security: Default::default(),
-        volumes: Vec::new(),
+        volumes,
     };
     let sandbox = Sandbox::create(&home, &config).map_err(|e| OciError::Sandbox(e.to_string()))?;
     *made = Some(sandbox);
@@ -155,15 +178,12 @@ fn create_in(
     )
     .map_err(|e| OciError::io(fifo.display().to_string())(e.into()))?;
 
-    let pid = spawn_vmm(&id, &fifo, console.as_ref())?;
+    let pid = spawn_vmm(&id, &fifo, console.as_ref(), new_netns)?;
     drop(console);
     let cgroup = match super::cgroup::place(bundle.cgroups_path(), pid) {
         Ok(c) => c,
         Err(e) => {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid).expect("a child's pid"),
-                rustix::process::Signal::KILL,
-            );
+            kill_now(pid);
             return Err(OciError::io(format!("cgroup {}", bundle.cgroups_path()))(e));
         }
     };
@@ -178,17 +198,42 @@ fn create_in(
         annotations: bundle.config.annotations.clone(),
         started: false,
         cgroup,
+        hooks: bundle.config.hooks.clone().unwrap_or_default(),
     };
+    // Saved before the hooks run: one that fails leaves a state `delete` can clean up.
     container.save(&state)?;
+    if let Err(e) = hooks::run(state.hooks.at_create(), &state.hook_json("creating")) {
+        kill_now(pid);
+        if let Some(dir) = &state.cgroup {
+            super::cgroup::remove(dir);
+        }
+        return Err(e);
+    }
     if let Some(p) = &req.pid_file {
         write_atomic(p, pid.to_string().as_bytes())?;
     }
     Ok(state)
 }
 
-/// Starts `brig oci __supervise` with this process's stdio (or `console`'s slave) and waits
-/// until it holds the sandbox's runtime directory; returns its pid.
-fn spawn_vmm(sandbox_id: &str, fifo: &Path, console: Option<&Console>) -> Result<i32, OciError> {
+/// Kills the VMM process `pid` (create failed after it started) and waits until it is gone,
+/// so the sandbox's files can go.
+fn kill_now(pid: i32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pid) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
+    }
+}
+
+/// Starts `brig oci __supervise` with this process's stdio (or `console`'s slave), in a
+/// network namespace of its own when `new_netns` (the container's, which docker's prestart
+/// hook configures through this pid), and waits until it holds the sandbox's runtime
+/// directory; returns its pid.
+fn spawn_vmm(
+    sandbox_id: &str,
+    fifo: &Path,
+    console: Option<&Console>,
+    new_netns: bool,
+) -> Result<i32, OciError> {
     let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| OciError::io("pipe")(e.into()))?;
     let ready_fd = write_end.as_raw_fd();
@@ -203,6 +248,11 @@ fn spawn_vmm(sandbox_id: &str, fifo: &Path, console: Option<&Console>) -> Result
     unsafe {
         cmd.pre_exec(move || {
             rustix::process::setsid()?;
+            if new_netns {
+                // Failing is failing create: without it, the network set up for the
+                // container's namespace would be the host's.
+                rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)?;
+            }
             // SAFETY: the descriptor is open in this child, inherited from the parent, which
             // keeps it open until spawn returns.
             let fd = rustix::fd::BorrowedFd::borrow_raw(ready_fd);
@@ -266,13 +316,31 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
         rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     );
-    let sent = opened.and_then(|fd| rustix::io::write(&fd, b"s"));
-    if let Err(e) = sent {
+    if let Err(e) = opened {
         state.started = false;
         let _ = c.save(&state);
         return Err(OciError::Status(format!(
             "cannot start container {id}: its VMM process is not waiting ({e})"
         )));
+    }
+    let fail = |e: OciError| {
+        let _ = signal_vmm(&state, libc::SIGKILL);
+        Err(e)
+    };
+    if let Err(e) = hooks::run(
+        state.hooks.at_start_container(),
+        &state.hook_json("created"),
+    ) {
+        return fail(e);
+    }
+    let sent = opened.and_then(|fd| rustix::io::write(&fd, b"s"));
+    if let Err(e) = sent {
+        return fail(OciError::Status(format!(
+            "cannot start container {id}: its VMM process is not waiting ({e})"
+        )));
+    }
+    if let Err(e) = hooks::run(state.hooks.at_poststart(), &state.hook_json("running")) {
+        return fail(e);
     }
     Ok(())
 }
@@ -336,6 +404,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
                 )));
             }
         }
+    }
+    if let Err(e) = hooks::run(state.hooks.at_delete(), &state.hook_json("stopped")) {
+        // As runc: said, and the container goes anyway.
+        eprintln!("brig-runc: {e}");
     }
     if let Ok(home) = crate::image::store::default_home() {
         let sandbox = Sandbox {

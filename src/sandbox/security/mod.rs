@@ -152,10 +152,7 @@ impl SecurityFlags {
             (Seccomp::Profile(text), false) => Some(text.as_str()),
         };
         let seccomp = match profile {
-            Some(json) => bpf::compile(&profile::resolve(json, caps)?)?
-                .into_iter()
-                .map(bpf::Insn::pack)
-                .collect(),
+            Some(json) => compile_profile(json, caps)?,
             None => Vec::new(),
         };
         let confined_paths = opts.system_paths && !self.privileged;
@@ -179,6 +176,15 @@ impl SecurityFlags {
     pub fn spec(&self) -> Result<SecuritySpec, SecurityError> {
         self.spec_with(&|f| std::fs::read_to_string(f))
     }
+}
+
+/// A seccomp profile (docker's format, which runtime-spec's `linux.seccomp` is a subset of)
+/// compiled for a workload with the `bounding` capabilities, packed for the RunSpec.
+pub fn compile_profile(json: &str, bounding: u64) -> Result<Vec<u64>, SecurityError> {
+    Ok(bpf::compile(&profile::resolve(json, bounding)?)?
+        .into_iter()
+        .map(bpf::Insn::pack)
+        .collect())
 }
 
 /// `brig exec --privileged`: the sandbox's confinement with every capability and no

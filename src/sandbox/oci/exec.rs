@@ -28,11 +28,29 @@ pub fn parse_process(text: &str) -> Result<Process, OciError> {
     Ok(p)
 }
 
-/// The running container `id`'s sandbox id.
+/// The running container `id`'s sandbox id. A container is running once `start` returned,
+/// and callers exec at once (probes); its VM may still be starting then (booting, or making
+/// its template): this waits until the VM runs, or its VMM process is gone.
 fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
     let state = Container::open(root, id)?.load()?;
     match state.status() {
-        Status::Running => Ok(state.sandbox_id),
+        Status::Running => {
+            let home = crate::image::store::default_home()
+                .map_err(|e| OciError::Sandbox(e.to_string()))?;
+            let sandbox = Sandbox {
+                dir: home.join("sandboxes").join(&state.sandbox_id),
+                id: state.sandbox_id.clone(),
+            };
+            while state.alive()
+                && !sandbox.is_running()
+                && sandbox
+                    .state()
+                    .is_ok_and(|s| s.status == crate::sandbox::state::Status::Created)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(state.sandbox_id)
+        }
         Status::Created => Err(OciError::Status(
             "cannot exec in a container that has not started".into(),
         )),

@@ -373,6 +373,7 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
     )?;
     let rm = procs::output(&mut podman(&["rm", "p1"]));
     check(rm.status.success(), "podman rm", &rm)?;
+    podman_bridge_network()?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
     let mut left = leftovers();
     left.extend(entries(&PODMAN_BRIG_DIRS).difference(&before).cloned());
@@ -380,4 +381,68 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
         return Err(format!("left behind: {left:?}"));
     }
     Ok(())
+}
+
+/// podman's own network (CNI's bridge plugin, in a network namespace podman makes): the
+/// guest takes over the container's interface, has the address podman gave it, and serves
+/// HTTP on it to L1, which reaches it over podman's bridge.
+fn podman_bridge_network() -> Result<(), String> {
+    let run = procs::output(&mut podman(&[
+        "run",
+        "-d",
+        "--pull",
+        "never",
+        "--name",
+        "web",
+        "--network",
+        "bridge",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "mkdir -p /www && echo served-by-brig > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]));
+    let result = (|| {
+        check(run.status.success(), "podman run -d --network bridge", &run)?;
+        let ip = procs::output(&mut podman(&[
+            "inspect",
+            "--format",
+            "{{.NetworkSettings.IPAddress}}",
+            "web",
+        ]));
+        let ip = stdout(&ip).trim().to_string();
+        if ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!("podman inspect: no IPv4 address ({ip:?})"));
+        }
+        let exec = procs::output(&mut podman(&[
+            "exec", "web", "ip", "-4", "addr", "show", "eth0",
+        ]));
+        check(
+            stdout(&exec).contains(&format!("inet {ip}/")),
+            "podman exec: the guest's eth0 has podman's address",
+            &exec,
+        )?;
+        let mut body = String::new();
+        eventually(60, "HTTP from the guest over podman's bridge", || {
+            body = http_get(&format!("{ip}:8080")).unwrap_or_default();
+            body.contains("served-by-brig")
+        })
+        .map_err(|e| format!("{e}: last answer {body:?}"))
+    })();
+    let rm = procs::output(&mut podman(&["rm", "-f", "web"]));
+    result?;
+    check(rm.status.success(), "podman rm -f web", &rm)
+}
+
+fn http_get(addr: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .ok();
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
 }

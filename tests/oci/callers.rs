@@ -433,7 +433,7 @@ fn podman_bridge_network() -> Result<(), String> {
     check(rm.status.success(), "podman rm -f web", &rm)
 }
 
-fn http_get(addr: &str) -> Result<String, String> {
+pub fn http_get(addr: &str) -> Result<String, String> {
     use std::io::{Read, Write};
     let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))

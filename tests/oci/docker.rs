@@ -1,6 +1,7 @@
 //! dockerd 20.10 as a caller of tests/oci.rs: `--add-runtime brig=PATH` and
 //! `docker run --runtime brig`, its data and exec roots on L1's /run, vfs storage (no
-//! overlayfs in L1), no bridge and no iptables (the trial's containers have no network).
+//! overlayfs in L1), its default bridge without iptables (the containers' network reaches L1
+//! over docker0; docker configures each container's namespace from its prestart hook).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -53,7 +54,7 @@ fn dockerd() -> &'static Path {
             .arg(format!("unix://{}", d.join("d.sock").display()))
             .arg("--pidfile")
             .arg(d.join("d.pid"))
-            .args(["--bridge", "none", "--iptables=false", "--ip6tables=false"])
+            .args(["--iptables=false", "--ip6tables=false"])
             .args(["--exec-opt", "native.cgroupdriver=cgroupfs"])
             .args(["--storage-driver", "vfs", "--log-level", "warn"])
             .arg("--add-runtime")
@@ -190,6 +191,7 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
     )?;
     let out = docker_out(&["rm", "d1"]);
     check(out.status.success(), "docker rm", &out)?;
+    bridge_network()?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
     if let Some(mut d) = DOCKERD.lock().unwrap().take() {
         // SAFETY: kill on the pid of the dockerd this test started.
@@ -206,4 +208,55 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         Some(m) => Err(format!("a mount is left: {m}")),
         None => Ok(()),
     }
+}
+
+/// docker's default network: libnetwork-setkey (the prestart hook) moves a veth into the
+/// network namespace of the container's pid, brig's VMM process; the guest takes it over,
+/// with docker's address, /etc/hosts and host name, and serves HTTP to L1 over docker0.
+fn bridge_network() -> Result<(), String> {
+    let run = docker_out(&[
+        "run",
+        "-d",
+        "--runtime",
+        "brig",
+        "--name",
+        "web",
+        IMAGE,
+        "sh",
+        "-c",
+        "mkdir -p /www && echo served-by-brig > /www/index.html && exec httpd -f -p 8080 -h /www",
+    ]);
+    let result = (|| {
+        check(run.status.success(), "docker run -d (bridge)", &run)?;
+        let id = stdout(&run).trim().to_string();
+        let ip = docker_out(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", "web"]);
+        let ip = stdout(&ip).trim().to_string();
+        if ip.parse::<std::net::Ipv4Addr>().is_err() {
+            return Err(format!("docker inspect: no IPv4 address ({ip:?})"));
+        }
+        let exec = docker_out(&[
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "hostname; cat /etc/hosts; ip -4 addr show eth0",
+        ]);
+        let short = id.get(..12).unwrap_or(&id);
+        check(
+            stdout(&exec).starts_with(&format!("{short}\n"))
+                && stdout(&exec).contains(&format!("{ip}\t{short}"))
+                && stdout(&exec).contains(&format!("inet {ip}/")),
+            "docker exec: docker's host name, /etc/hosts and address in the guest",
+            &exec,
+        )?;
+        let mut body = String::new();
+        eventually(60, "HTTP from the guest over docker0", || {
+            body = crate::callers::http_get(&format!("{ip}:8080")).unwrap_or_default();
+            body.contains("served-by-brig")
+        })
+        .map_err(|e| format!("{e}: last answer {body:?}"))
+    })();
+    let rm = docker_out(&["rm", "-f", "web"]);
+    result?;
+    check(rm.status.success(), "docker rm -f web", &rm)
 }

@@ -15,6 +15,7 @@ packages=(
   erofs-utils e2fsprogs                                               # rootfs images
   skopeo umoci docker-registry runc crun debootstrap                  # image tests, baselines
   podman iptables containerd docker.io                                # compare --runtime podman; tests/oci.rs (ctr, podman, dockerd)
+  protobuf-compiler containernetworking-plugins                       # tests/oci/cri.rs: the CRI client's build, the pod network
   golang-go                                                           # Go stdlib tests (tests/suites.rs)
   nftables passt iproute2                                             # sandbox networking (NAT, rootless)
   iperf3 socat fio                                                    # network tests, bench-net, bench-volume

@@ -14,6 +14,8 @@ mod callers;
 mod common;
 #[path = "oci/console.rs"]
 mod console;
+#[path = "oci/cri.rs"]
+mod cri;
 #[path = "oci/docker.rs"]
 mod docker;
 
@@ -413,6 +415,10 @@ fn main() {
             trial(
                 "podman_exit_codes_stop_and_nothing_left",
                 callers::podman_exit_codes_stop_and_nothing_left,
+            ),
+            trial(
+                "cri_pod_with_a_brig_container",
+                cri::cri_pod_with_a_brig_container,
             ),
             trial(
                 "docker_run_exec_stop_and_nothing_left",

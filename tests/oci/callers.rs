@@ -10,7 +10,7 @@ use crate::common::{self, images, procs};
 use crate::{base, leftovers, runc_path, with_env};
 
 /// The busybox test image as an OCI archive (what `ctr images import` and podman take).
-fn archive() -> &'static Path {
+pub fn archive() -> &'static Path {
     static A: OnceLock<PathBuf> = OnceLock::new();
     A.get_or_init(|| {
         let tar = base().join("bb.tar");

@@ -157,6 +157,14 @@ enum OciCommand {
         #[arg(long)]
         ready_fd: i32,
     },
+    /// A pod sandbox's placeholder (started by `create`).
+    #[command(name = "__pod-sandbox", hide = true)]
+    PodSandbox {
+        #[arg(long)]
+        start_fifo: PathBuf,
+        #[arg(long)]
+        ready_fd: i32,
+    },
 }
 
 /// Whether this invocation is the OCI runtime: argv[0] `brig-runc`, or `brig oci ...`.
@@ -293,6 +301,10 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             start_fifo,
             ready_fd,
         } => return Ok(oci::supervise::run(&sandbox, &start_fifo, ready_fd)),
+        OciCommand::PodSandbox {
+            start_fifo,
+            ready_fd,
+        } => return Ok(oci::pod::run(&start_fifo, ready_fd)),
     }
     Ok(0)
 }

@@ -34,6 +34,9 @@ pub fn parse_process(text: &str) -> Result<Process, OciError> {
 fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
     let state = Container::open(root, id)?.load()?;
     match state.status() {
+        Status::Running if state.sandbox_id.is_empty() => Err(OciError::Status(
+            "cannot exec in a pod's sandbox container: it has no VM".into(),
+        )),
         Status::Running => {
             let home = crate::image::store::default_home()
                 .map_err(|e| OciError::Sandbox(e.to_string()))?;

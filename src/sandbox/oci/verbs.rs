@@ -1,9 +1,6 @@
 //! The verbs that change a container: `create` (the sandbox, its VMM process, the pid
 //! file), `start`, `kill`, `delete`; and `list`.
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,9 +8,9 @@ use brig_protocol::RootfsSpec;
 
 use super::bundle::{Bundle, NetNamespace};
 use super::console::{self, Console};
-use super::container::{process_start_time, write_atomic, Container, OciState, Status};
+use super::container::{Container, OciState, Status};
 use super::hooks;
-use super::{OciError, SUPERVISE_COMMAND};
+use super::{keeper, OciError, SUPERVISE_COMMAND};
 use crate::sandbox::network::joined::OWN_NAMESPACE;
 use crate::sandbox::network::NetworkOptions;
 use crate::sandbox::runtime;
@@ -66,6 +63,9 @@ fn create_in(
     made: &mut Option<Sandbox>,
 ) -> Result<OciState, OciError> {
     let bundle = Bundle::load(&req.bundle)?;
+    if super::pod::is_pod_sandbox(&bundle.config.annotations) {
+        return super::pod::create(req, container, &bundle);
+    }
     let mut run = bundle.run_spec()?;
     bundle.check_executable()?;
     let terminal = bundle.process().terminal;
@@ -168,127 +168,15 @@ fn create_in(
         scratch::create(&home.join("cache"), &scratch_path, scratch::DEFAULT_SIZE)
             .map_err(|e| OciError::Sandbox(e.to_string()))?;
     }
-    let fifo = container.start_fifo();
-    rustix::fs::mknodat(
-        rustix::fs::CWD,
-        &fifo,
-        rustix::fs::FileType::Fifo,
-        rustix::fs::Mode::from_raw_mode(0o600),
-        0,
-    )
-    .map_err(|e| OciError::io(fifo.display().to_string())(e.into()))?;
-
-    let pid = spawn_vmm(&id, &fifo, console.as_ref(), new_netns)?;
+    let fifo = keeper::make_fifo(container)?;
+    let netns = if new_netns {
+        keeper::Netns::New
+    } else {
+        keeper::Netns::Keep
+    };
+    let pid = keeper::spawn(&[SUPERVISE_COMMAND, &id], &fifo, console.as_ref(), netns)?;
     drop(console);
-    let cgroup = match super::cgroup::place(bundle.cgroups_path(), pid) {
-        Ok(c) => c,
-        Err(e) => {
-            kill_now(pid);
-            return Err(OciError::io(format!("cgroup {}", bundle.cgroups_path()))(e));
-        }
-    };
-    let state = OciState {
-        id: req.id.clone(),
-        bundle: bundle.dir.clone(),
-        rootfs: bundle.rootfs.clone(),
-        pid,
-        start_time: process_start_time(pid).unwrap_or(0),
-        created: state::now_rfc3339(),
-        sandbox_id: id,
-        annotations: bundle.config.annotations.clone(),
-        started: false,
-        cgroup,
-        hooks: bundle.config.hooks.clone().unwrap_or_default(),
-    };
-    // Saved before the hooks run: one that fails leaves a state `delete` can clean up.
-    container.save(&state)?;
-    if let Err(e) = hooks::run(state.hooks.at_create(), &state.hook_json("creating")) {
-        kill_now(pid);
-        if let Some(dir) = &state.cgroup {
-            super::cgroup::remove(dir);
-        }
-        return Err(e);
-    }
-    if let Some(p) = &req.pid_file {
-        write_atomic(p, pid.to_string().as_bytes())?;
-    }
-    Ok(state)
-}
-
-/// Kills the VMM process `pid` (create failed after it started) and waits until it is gone,
-/// so the sandbox's files can go.
-fn kill_now(pid: i32) {
-    if let Some(p) = rustix::process::Pid::from_raw(pid) {
-        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
-        let _ = rustix::process::waitpid(Some(p), rustix::process::WaitOptions::empty());
-    }
-}
-
-/// Starts `brig oci __supervise` with this process's stdio (or `console`'s slave), in a
-/// network namespace of its own when `new_netns` (the container's, which docker's prestart
-/// hook configures through this pid), and waits until it holds the sandbox's runtime
-/// directory; returns its pid.
-fn spawn_vmm(
-    sandbox_id: &str,
-    fifo: &Path,
-    console: Option<&Console>,
-    new_netns: bool,
-) -> Result<i32, OciError> {
-    let (read_end, write_end) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| OciError::io("pipe")(e.into()))?;
-    let ready_fd = write_end.as_raw_fd();
-    let exe = std::env::current_exe().map_err(OciError::io("locating the brig binary"))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg0("brig")
-        .args(["oci", SUPERVISE_COMMAND, sandbox_id]);
-    cmd.arg("--start-fifo").arg(fifo);
-    cmd.args(["--ready-fd", &ready_fd.to_string()]);
-    // SAFETY: in the child between fork and exec: only system calls (a session of its own,
-    // so the caller's terminal signals do not reach it; the ready pipe kept across exec).
-    unsafe {
-        cmd.pre_exec(move || {
-            rustix::process::setsid()?;
-            if new_netns {
-                // Failing is failing create: without it, the network set up for the
-                // container's namespace would be the host's.
-                rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET)?;
-            }
-            // SAFETY: the descriptor is open in this child, inherited from the parent, which
-            // keeps it open until spawn returns.
-            let fd = rustix::fd::BorrowedFd::borrow_raw(ready_fd);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
-    }
-    if let Some(c) = console {
-        c.attach(&mut cmd)?;
-    }
-    let child = cmd
-        .spawn()
-        .map_err(OciError::io("starting the container's VMM process"))?;
-    // The child's copies of the slave are its own now.
-    drop(cmd);
-    drop(write_end);
-    let mut answer = String::new();
-    let _ = std::fs::File::from(read_end)
-        .take(4096)
-        .read_to_string(&mut answer);
-    let pid = child.id() as i32;
-    match answer.trim_end() {
-        "ok" => Ok(pid),
-        other => {
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_child(&child),
-                rustix::process::Signal::KILL,
-            );
-            Err(OciError::Sandbox(
-                other
-                    .strip_prefix("err ")
-                    .unwrap_or("the VMM process ended before it was ready")
-                    .to_string(),
-            ))
-        }
-    }
+    keeper::finish(req, container, &bundle, pid, id)
 }
 
 /// Lets the created container's workload run.
@@ -409,7 +297,12 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
         // As runc: said, and the container goes anyway.
         eprintln!("brig-runc: {e}");
     }
-    if let Ok(home) = crate::image::store::default_home() {
+    // A pod sandbox's placeholder has no sandbox (see super::pod).
+    let has_vm = !state.sandbox_id.is_empty();
+    if let Some(home) = has_vm
+        .then(crate::image::store::default_home)
+        .and_then(Result::ok)
+    {
         let sandbox = Sandbox {
             dir: home.join("sandboxes").join(&state.sandbox_id),
             id: state.sandbox_id.clone(),
@@ -422,7 +315,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     // As `brig rm` does: runtime directories whose VM is gone (a template's build VM whose
     // process was killed mid-build, as `kill` right after `start` does) go too.
     runtime::sweep_stale();
-    if !runtime::is_live(&state.sandbox_id) {
+    if has_vm && !runtime::is_live(&state.sandbox_id) {
         let _ = std::fs::remove_dir_all(runtime::dir_of(&state.sandbox_id));
     }
     std::fs::remove_dir_all(&c.dir).map_err(OciError::io(c.dir.display().to_string()))

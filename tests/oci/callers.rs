@@ -357,6 +357,19 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
     )?;
     let out = podman_run(&["-d", "--name", "p1", "localhost/bb", "sleep", "100"]);
     check(out.status.success(), "podman run -d", &out)?;
+    // podman stats reads the container's cgroup, where the VMM process is: the VM's memory.
+    let stats = procs::output(&mut podman(&[
+        "stats",
+        "--no-stream",
+        "--format",
+        "{{.MemUsage}}",
+        "p1",
+    ]));
+    check(
+        stats.status.success() && mem_usage_bytes(&stdout(&stats)) >= 1 << 20,
+        "podman stats: the VM's memory",
+        &stats,
+    )?;
     // stop: SIGTERM through `brig-runc kill`, relayed to sleep (not PID 1 in the guest).
     let stop = procs::output(&mut podman(&["stop", "-t", "60", "p1"]));
     check(stop.status.success(), "podman stop", &stop)?;
@@ -445,4 +458,24 @@ pub fn http_get(addr: &str) -> Result<String, String> {
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| e.to_string())?;
     Ok(body)
+}
+
+/// The used part of a `MemUsage` column (`12.5MiB / 2.9GiB`), in bytes.
+pub fn mem_usage_bytes(column: &str) -> u64 {
+    let used = column.split('/').next().unwrap_or("").trim();
+    let split = used
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(used.len());
+    let (number, unit) = used.split_at(split);
+    let scale: f64 = match unit.trim() {
+        "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "KiB" => 1024.0,
+        "MB" => 1e6,
+        "MiB" => 1048576.0,
+        "GB" => 1e9,
+        "GiB" => 1073741824.0,
+        _ => 0.0,
+    };
+    (number.parse::<f64>().unwrap_or(0.0) * scale) as u64
 }

@@ -305,7 +305,9 @@ async fn in_the_pod(
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     if sandboxes.len() != 1 {
-        return Err(format!("one VM for the pod's app container, not {sandboxes:?}"));
+        return Err(format!(
+            "one VM for the pod's app container, not {sandboxes:?}"
+        ));
     }
     let mut body = String::new();
     eventually(

@@ -181,6 +181,20 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         "docker exec: output and exit 4",
         &out,
     )?;
+    // docker stats (containerd's metrics of the container's cgroup, the VMM's) and docker
+    // top (brig-runc ps: the container's host process).
+    let out = docker_out(&["stats", "--no-stream", "--format", "{{.MemUsage}}", "d1"]);
+    check(
+        out.status.success() && crate::callers::mem_usage_bytes(&stdout(&out)) >= 1 << 20,
+        "docker stats: the VM's memory",
+        &out,
+    )?;
+    let out = docker_out(&["top", "d1"]);
+    check(
+        out.status.success() && stdout(&out).contains("__supervise"),
+        "docker top: the container's VMM process",
+        &out,
+    )?;
     let out = docker_out(&["stop", "-t", "20", "d1"]);
     check(out.status.success(), "docker stop", &out)?;
     let out = docker_out(&["inspect", "-f", "{{.State.ExitCode}}", "d1"]);

@@ -133,6 +133,29 @@ fn workload_cgroup(spec: &RunSpec) -> Result<Option<File>, String> {
         .map_err(|e| err("cgroup.procs", e))
 }
 
+/// Changes the workload cgroup's limits (each a number or `max`, checked: the host's word
+/// is written to a cgroup file).
+fn update_limits(u: &brig_protocol::ResourceUpdate) -> Result<(), String> {
+    let dir = WORKLOAD_CGROUP;
+    for (file, value) in [
+        ("memory.max", &u.memory_max),
+        ("memory.swap.max", &u.memory_swap_max),
+        ("pids.max", &u.pids_max),
+    ] {
+        let Some(v) = value else { continue };
+        if v != "max" && (v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(format!("cgroup {file}: bad value {v:?}"));
+        }
+        match fs::write(format!("{dir}/{file}"), v) {
+            // A kernel without swap has no swap to limit (callers such as containerd's shim
+            // always send it).
+            Err(e) if file == "memory.swap.max" && e.kind() == std::io::ErrorKind::NotFound => {}
+            r => r.map_err(|e| format!("cgroup {file}: {e}"))?,
+        }
+    }
+    Ok(())
+}
+
 fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError> {
     if let Some(rootfs) = &spec.rootfs {
         rootfs::enter(rootfs, &spec.hostname).map_err(SpawnError::setup)?;
@@ -288,6 +311,7 @@ fn serve_request(request: Message, reader: &mut File, writer: &HostWriter) -> Re
         },
         Message::CopyOut { path } => done(copy::copy_out(&path, writer)),
         Message::CopyIn { path } => done(copy::copy_in(&path, reader)),
+        Message::Update(update) => done(update_limits(&update)),
         other => Err(format!("unexpected request {other:?}")),
     }
 }

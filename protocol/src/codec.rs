@@ -4,7 +4,9 @@ use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::{ExecErrorKind, ExitStatus, Message, PathInfo, RestoreSpec, RunSpec, Stats};
+use crate::messages::{
+    ExecErrorKind, ExitStatus, Message, PathInfo, ResourceUpdate, RestoreSpec, RunSpec, Stats,
+};
 use crate::MAX_FRAME;
 
 const HELLO: u8 = 1;
@@ -27,6 +29,7 @@ const STAT: u8 = 17;
 const PATH_INFO: u8 = 18;
 const FREEZE: u8 = 19;
 const RESTORE: u8 = 20;
+const UPDATE: u8 = 21;
 
 /// A frame that cannot be decoded. The connection it came from cannot be trusted any further.
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +151,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::PathInfo(info) => (PATH_INFO, json(info).into()),
         Message::Freeze => (FREEZE, Vec::new().into()),
         Message::Restore(spec) => (RESTORE, json(spec).into()),
+        Message::Update(update) => (UPDATE, json(update).into()),
     };
     let len = payload.len() + 1;
     let mut frame = Vec::with_capacity(4 + len);
@@ -218,6 +222,7 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         PATH_INFO => Message::PathInfo(parse::<PathInfo>(kind, payload)?),
         FREEZE => Message::Freeze,
         RESTORE => Message::Restore(parse::<RestoreSpec>(kind, payload)?),
+        UPDATE => Message::Update(parse::<ResourceUpdate>(kind, payload)?),
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -418,6 +423,11 @@ pub(crate) mod tests {
                 mtime: -5,
             }),
             Message::Freeze,
+            Message::Update(crate::messages::ResourceUpdate {
+                memory_max: Some("67108864".into()),
+                memory_swap_max: None,
+                pids_max: Some("max".into()),
+            }),
             Message::Restore(RestoreSpec {
                 realtime_ns: 1_700_000_000_123_456_789,
                 seed: vec![7; 64],

@@ -25,7 +25,7 @@ pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
     DiskSize, ExecErrorKind, ExitStatus, FileKind, Message, MountSpec, NetworkSpec, PathInfo,
-    RestoreSpec, Rlimit, RootfsSpec, RunSpec, SecuritySpec, Stats,
+    ResourceUpdate, RestoreSpec, Rlimit, RootfsSpec, RunSpec, SecuritySpec, Stats,
 };
 
 /// Version of this protocol; the host refuses a guest that speaks another one.

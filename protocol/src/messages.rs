@@ -59,6 +59,19 @@ pub enum Message {
     /// make this copy unique and attach its disks; the agent then says Hello and the session
     /// goes on as on a fresh boot's.
     Restore(RestoreSpec),
+    /// host → guest, instead of Run: change the workload cgroup's limits (`brig-runc
+    /// update`, `brig update`); answered by Done.
+    Update(ResourceUpdate),
+}
+
+/// New limits for the workload cgroup, each as its cgroup file takes it (bytes or a count,
+/// or `max`); `None` leaves one as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ResourceUpdate {
+    pub memory_max: Option<String>,
+    pub memory_swap_max: Option<String>,
+    pub pids_max: Option<String>,
 }
 
 /// What makes a VM restored from a template unique, and the disks it now has.

@@ -32,6 +32,8 @@ enum Command {
     Stop(commands::stop::StopArgs),
     /// Send a signal to sandboxes' main process.
     Kill(commands::kill::KillArgs),
+    /// Change sandboxes' memory, swap and pids limits.
+    Update(commands::update::UpdateArgs),
     /// Wait for sandboxes to stop and print their exit codes.
     Wait(commands::wait::WaitArgs),
     /// Remove sandboxes.
@@ -104,6 +106,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Logs(args) => commands::logs::run(args),
         Command::Stop(args) => commands::stop::run(args),
         Command::Kill(args) => commands::kill::run(args),
+        Command::Update(args) => commands::update::run(args),
         Command::Wait(args) => commands::wait::run(args),
         Command::Rm(args) => commands::rm::run(args),
         Command::Stats(args) => commands::stats::run(args),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
 
-use brig_protocol::{read_message, write_message, Message, Stats, EXEC_PORT, PROTOCOL_VERSION};
+use brig_protocol::{
+    read_message, write_message, Message, ResourceUpdate, Stats, EXEC_PORT, PROTOCOL_VERSION,
+};
 
 /// A request to a running sandbox failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,17 @@ fn request(socket: &Path, msg: &Message) -> Result<Message, ControlError> {
 /// Sends `signal` to the sandbox's main workload.
 pub fn kill(socket: &Path, signal: i32) -> Result<(), ControlError> {
     match request(socket, &Message::Kill { signal })? {
+        Message::Done { error: None } => Ok(()),
+        Message::Done { error: Some(e) } => Err(ControlError::Failed(e)),
+        other => Err(ControlError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
+/// Changes the limits of the sandbox's workloads.
+pub fn update(socket: &Path, update: &ResourceUpdate) -> Result<(), ControlError> {
+    match request(socket, &Message::Update(update.clone()))? {
         Message::Done { error: None } => Ok(()),
         Message::Done { error: Some(e) } => Err(ControlError::Failed(e)),
         other => Err(ControlError::Protocol(format!(

@@ -47,5 +47,6 @@ pub mod state;
 pub mod supervisor;
 pub mod templates;
 pub mod tty;
+pub mod update;
 pub mod vm;
 pub mod volumes;

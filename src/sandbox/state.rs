@@ -310,6 +310,12 @@ impl Sandbox {
         read_json(&self.dir.join("config.json"))
     }
 
+    /// Replaces the config (`update` changes the workload's limits in it).
+    pub fn write_config(&self, config: &SandboxConfig) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
+        write_atomic(&self.dir.join("config.json"), &bytes)
+    }
+
     /// The recorded state (see [`Sandbox::current_state`] for what is true now).
     pub fn state(&self) -> Result<SandboxState, StateError> {
         read_json(&self.dir.join("state.json"))

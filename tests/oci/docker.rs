@@ -189,6 +189,31 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         "docker stats: the VM's memory",
         &out,
     )?;
+    // docker update: containerd's shim runs `brig-runc update --resources -`; the workload
+    // cgroup in the guest has the new limits.
+    let out = docker_out(&[
+        "update",
+        "--memory",
+        "96m",
+        "--memory-swap",
+        "192m",
+        "--pids-limit",
+        "32",
+        "d1",
+    ]);
+    check(out.status.success(), "docker update", &out)?;
+    let out = docker_out(&[
+        "exec",
+        "d1",
+        "cat",
+        "/sys/fs/cgroup/workload/memory.max",
+        "/sys/fs/cgroup/workload/pids.max",
+    ]);
+    check(
+        stdout(&out) == "100663296\n32\n",
+        "docker update: memory.max and pids.max in the guest",
+        &out,
+    )?;
     let out = docker_out(&["top", "d1"]);
     check(
         out.status.success() && stdout(&out).contains("__supervise"),

@@ -23,6 +23,7 @@ pub mod run;
 pub mod stats;
 pub mod stop;
 pub mod template;
+pub mod update;
 pub mod volume;
 pub mod wait;
 

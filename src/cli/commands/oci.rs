@@ -121,6 +121,36 @@ enum OciCommand {
         #[arg(default_value = "SIGTERM")]
         signal: String,
     },
+    /// Change a container's limits: memory, swap and pids (CPU, blkio and cpuset values
+    /// are accepted and left alone: a VM's vCPUs are fixed when it is created).
+    Update {
+        /// runtime-spec `LinuxResources` JSON from this file, or `-` for stdin.
+        #[arg(short = 'r', long)]
+        resources: Option<String>,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long)]
+        memory_swap: Option<String>,
+        #[arg(long)]
+        pids_limit: Option<i64>,
+        #[arg(long, hide = true)]
+        memory_reservation: Option<String>,
+        #[arg(long, hide = true)]
+        kernel_memory: Option<String>,
+        #[arg(long, hide = true)]
+        cpu_period: Option<String>,
+        #[arg(long, hide = true)]
+        cpu_quota: Option<String>,
+        #[arg(long, hide = true)]
+        cpu_share: Option<String>,
+        #[arg(long, hide = true)]
+        cpuset_cpus: Option<String>,
+        #[arg(long, hide = true)]
+        cpuset_mems: Option<String>,
+        #[arg(long, hide = true)]
+        blkio_weight: Option<String>,
+        id: String,
+    },
     /// Remove a container.
     Delete {
         #[arg(short = 'f', long)]
@@ -244,6 +274,31 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             oci::kill(&root, &id, oci::parse_signal(&signal)?, all)?
         }
         OciCommand::Delete { force, id } => oci::delete(&root, &id, force)?,
+        OciCommand::Update {
+            resources,
+            memory,
+            memory_swap,
+            pids_limit,
+            id,
+            ..
+        } => {
+            let json = match resources.as_deref() {
+                None => None,
+                Some("-") => {
+                    let mut text = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                        .map_err(OciError::io("reading the resources from stdin"))?;
+                    Some(text)
+                }
+                Some(path) => Some(std::fs::read_to_string(path).map_err(OciError::io(path))?),
+            };
+            let flags = oci::update::Flags {
+                memory,
+                memory_swap,
+                pids_limit,
+            };
+            oci::update::update(&root, &id, json.as_deref(), &flags)?
+        }
         OciCommand::List { format, quiet } => list(&root, &format, quiet),
         OciCommand::Features => print_json(&oci::features_json()),
         OciCommand::Spec { bundle } => {

@@ -21,6 +21,7 @@ pub mod mounts;
 pub mod pod;
 pub mod rootfs;
 pub mod supervise;
+pub mod update;
 pub mod verbs;
 
 pub use container::{default_root, Container};

@@ -147,7 +147,20 @@ fn run_detached_shows_up_with_stats() -> Result<(), String> {
         stdout(&out).contains("64.0MiB") && stdout(&out).contains("up"),
         "stats table",
         &out,
-    )
+    )?;
+    // brig update: new limits in the running guest; more memory than the VM has is refused.
+    let out = f.brig(&["update", "-m", "32m", "--pids-limit", "20", "up"]);
+    check(out.status.success(), "update", &out)?;
+    let out = f.brig(&["stats", "--no-stream", "--format", "json", "up"]);
+    check(
+        json(&out)?[0]["MemLimit"].as_u64() == Some(32 << 20),
+        "stats after update: the new memory limit",
+        &out,
+    )?;
+    let out = f.brig(&["exec", "up", "cat", "/sys/fs/cgroup/workload/pids.max"]);
+    check(stdout(&out) == "20\n", "update: pids.max in the guest", &out)?;
+    let out = f.brig(&["update", "-m", "100g", "up"]);
+    one_line_error(&out, "fixed when it is created", "update beyond the VM's memory")
 }
 
 fn exec_relays_output_and_exit_codes() -> Result<(), String> {

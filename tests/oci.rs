@@ -408,6 +408,7 @@ fn main() {
                 "bundle_network_mounts_hooks_and_limits",
                 bundle_trial::bundle_network_mounts_hooks_and_limits,
             ),
+            trial("rootfs_over_virtiofs", bundle_trial::rootfs_over_virtiofs),
             trial(
                 "ctr_run_kill_and_nothing_left",
                 callers::ctr_run_kill_and_nothing_left,

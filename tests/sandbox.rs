@@ -158,9 +158,17 @@ fn run_detached_shows_up_with_stats() -> Result<(), String> {
         &out,
     )?;
     let out = f.brig(&["exec", "up", "cat", "/sys/fs/cgroup/workload/pids.max"]);
-    check(stdout(&out) == "20\n", "update: pids.max in the guest", &out)?;
+    check(
+        stdout(&out) == "20\n",
+        "update: pids.max in the guest",
+        &out,
+    )?;
     let out = f.brig(&["update", "-m", "100g", "up"]);
-    one_line_error(&out, "fixed when it is created", "update beyond the VM's memory")
+    one_line_error(
+        &out,
+        "fixed when it is created",
+        "update beyond the VM's memory",
+    )
 }
 
 fn exec_relays_output_and_exit_codes() -> Result<(), String> {

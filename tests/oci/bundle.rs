@@ -181,3 +181,52 @@ fn in_a_pod() -> Result<(), String> {
     }
     Ok(())
 }
+
+/// `io.brig.rootfs=virtiofs`: the bundle's directory is the guest's lower layer, shared, no
+/// erofs built; writes go to the scratch disk, not into the caller's directory.
+pub fn rootfs_over_virtiofs() -> Result<(), String> {
+    cleaning(&["v1"], over_virtiofs)
+}
+
+fn over_virtiofs() -> Result<(), String> {
+    let b = bundle(
+        "v1",
+        &[
+            "sh",
+            "-c",
+            "cat /marker; echo guest > /written; cat /written; exit 6",
+        ],
+    );
+    std::fs::write(b.join("rootfs/marker"), "from the host's directory\n")
+        .map_err(|e| e.to_string())?;
+    let path = b.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    config["annotations"] = serde_json::json!({"io.brig.rootfs": "virtiofs"});
+    std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+    let erofs_before = erofs_images();
+    let out = runc_out(&["run", "--bundle", b.to_str().unwrap_or_default(), "v1"]);
+    check(
+        out.status.code() == Some(6) && stdout(&out) == "from the host's directory\nguest\n",
+        "run over virtio-fs: the directory's file, a write, exit 6",
+        &out,
+    )?;
+    if b.join("rootfs/written").exists() {
+        return Err("the guest's write reached the caller's directory".into());
+    }
+    if erofs_images() != erofs_before {
+        return Err("an erofs image was built for a virtio-fs root".into());
+    }
+    let left = leftovers();
+    if !left.is_empty() {
+        return Err(format!("left behind: {left:?}"));
+    }
+    Ok(())
+}
+
+fn erofs_images() -> usize {
+    std::fs::read_dir(base().join("home/oci/rootfs"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}

@@ -7,13 +7,117 @@
 //! the build. Why erofs rather than sharing the directory over virtio-fs: it is the path
 //! every brig sandbox already takes (the agent mounts an erofs lower and an ext4 upper), so
 //! the guest needs no change, and the caller's directory is not exposed to the guest live.
+//!
+//! The other way, asked for with the annotation `io.brig.rootfs=virtiofs`: the directory
+//! shared read-only over virtio-fs as the lower layer, nothing built (a large image's first
+//! container starts without the erofs build, but cannot restore a template: a VM with
+//! virtio-fs boots). [`plan`] lays out either.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use brig_protocol::{MountSpec, RootfsSpec};
+
 use super::OciError;
+use crate::sandbox::state::DiskSpec;
+use crate::sandbox::volumes::{Ownership, ResolvedMount, Source, VolumeMount};
+
+/// The annotation that chooses how the root directory reaches the guest.
+pub const ANNOTATION: &str = "io.brig.rootfs";
+
+/// The VM's disks and the guest's root for a bundle's root directory.
+#[derive(Debug)]
+pub struct Plan {
+    pub disks: Vec<DiskSpec>,
+    pub spec: RootfsSpec,
+    /// The share of the root directory (virtio-fs), the sandbox's first.
+    pub share: Option<ResolvedMount>,
+}
+
+/// The root of a container with root directory `root`: erofs (built or cached) or, when
+/// `annotation` says `virtiofs`, the directory shared; a scratch disk at `scratch` as the
+/// upper layer unless `read_only`.
+pub fn plan(
+    home: &Path,
+    root: &Path,
+    annotation: Option<&str>,
+    scratch: &Path,
+    read_only: bool,
+) -> Result<Plan, OciError> {
+    let shared = match annotation {
+        None | Some("erofs") => false,
+        Some("virtiofs") => true,
+        Some(other) => {
+            return Err(OciError::Bundle(format!(
+                "annotation {ANNOTATION}={other:?}: erofs or virtiofs"
+            )))
+        }
+    };
+    let mut disks = Vec::new();
+    if !shared {
+        disks.push(DiskSpec {
+            path: ensure(home, root)?,
+            read_only: true,
+            serial: "brig-rootfs".into(),
+            limits: Default::default(),
+        });
+    }
+    if !read_only {
+        disks.push(DiskSpec {
+            path: scratch.to_path_buf(),
+            read_only: false,
+            serial: "brig-scratch".into(),
+            limits: Default::default(),
+        });
+    }
+    let device = |i: usize| format!("/dev/vd{}", char::from(b'a' + i as u8));
+    let spec = RootfsSpec {
+        device: if shared {
+            crate::sandbox::volumes::tag(0)
+        } else {
+            device(0)
+        },
+        fstype: if shared { "virtiofs" } else { "erofs" }.into(),
+        scratch: if read_only {
+            String::new()
+        } else {
+            device(disks.len() - 1)
+        },
+        read_only,
+        mounts: Vec::new(),
+    };
+    let share = shared.then(|| ResolvedMount {
+        mount: VolumeMount {
+            source: Source::Bind {
+                path: root.to_path_buf(),
+            },
+            target: "/".into(),
+            read_only: true,
+            ownership: Ownership::Passthrough,
+            create_missing: false,
+            nocopy: true,
+        },
+        host: root.to_path_buf(),
+    });
+    Ok(Plan { disks, spec, share })
+}
+
+/// The guest's mounts once the root's share is the first: the volumes' tags move up by one.
+pub fn after_root_share(mounts: Vec<MountSpec>) -> Vec<MountSpec> {
+    let mut shares = 0;
+    mounts
+        .into_iter()
+        .map(|mut m| {
+            if m.fstype == "virtiofs" {
+                shares += 1;
+                m.source = crate::sandbox::volumes::tag(shares);
+            }
+            m
+        })
+        .collect()
+}
 
 /// Most entries hashed before giving up on the tree (a runaway or looping tree).
 const MAX_ENTRIES: usize = 2_000_000;

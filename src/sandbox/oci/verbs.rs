@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use brig_protocol::RootfsSpec;
-
 use super::bundle::{Bundle, NetNamespace};
 use super::console::{self, Console};
 use super::container::{Container, OciState, Status};
@@ -15,7 +13,7 @@ use crate::sandbox::network::joined::OWN_NAMESPACE;
 use crate::sandbox::network::NetworkOptions;
 use crate::sandbox::runtime;
 use crate::sandbox::scratch;
-use crate::sandbox::state::{self, DiskSpec, Sandbox, SandboxConfig};
+use crate::sandbox::state::{self, Sandbox, SandboxConfig};
 
 /// How long `delete --force` waits for a killed VMM process to be gone.
 const KILL_WAIT: Duration = Duration::from_secs(10);
@@ -84,38 +82,24 @@ fn create_in(
     let resources = bundle.resources()?;
     let placed = super::mounts::place(&bundle.config.mounts, &bundle.dir)?;
     let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
-    let image = super::rootfs::ensure(&home, &bundle.rootfs)?;
     let kernel =
         crate::vmm::boot::default_kernel().map_err(|e| OciError::Sandbox(e.to_string()))?;
 
     let id = runtime::new_id();
     let read_only = bundle.read_only();
     let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
-    let mut disks = vec![DiskSpec {
-        path: image,
-        read_only: true,
-        serial: "brig-rootfs".into(),
-        limits: Default::default(),
-    }];
-    if !read_only {
-        disks.push(DiskSpec {
-            path: scratch_path.clone(),
-            read_only: false,
-            serial: "brig-scratch".into(),
-            limits: Default::default(),
-        });
-    }
-    run.rootfs = Some(RootfsSpec {
-        device: "/dev/vda".into(),
-        fstype: "erofs".into(),
-        scratch: if read_only {
-            String::new()
-        } else {
-            "/dev/vdb".into()
-        },
+    let root = super::rootfs::plan(
+        &home,
+        &bundle.rootfs,
+        bundle
+            .config
+            .annotations
+            .get(super::rootfs::ANNOTATION)
+            .map(String::as_str),
+        &scratch_path,
         read_only,
-        mounts: Vec::new(),
-    });
+    )?;
+    run.rootfs = Some(root.spec);
     run.memory_swap = resources.memory_swap;
     run.cpuset_cpus = resources.guest_cpuset();
     if run.hostname.is_empty() {
@@ -135,8 +119,12 @@ fn create_in(
         hosts: placed.etc.hosts.clone(),
         ..Default::default()
     };
-    let (volumes, guest_mounts) = crate::sandbox::volumes::resolve(&home, &placed.volumes)
+    let (mut volumes, mut guest_mounts) = crate::sandbox::volumes::resolve(&home, &placed.volumes)
         .map_err(|e| OciError::Bundle(e.to_string()))?;
+    if let Some(share) = root.share {
+        volumes.insert(0, share);
+        guest_mounts = super::rootfs::after_root_share(guest_mounts);
+    }
     if let Some(r) = run.rootfs.as_mut() {
         r.mounts = guest_mounts;
     }
@@ -153,7 +141,7 @@ fn create_in(
         cpuset_cpus: resources.cpuset_cpus.clone(),
         cpuset_mems: String::new(),
         blkio: Default::default(),
-        disks,
+        disks: root.disks,
         run,
         stop_signal: "SIGTERM".into(),
         auto_remove: false,

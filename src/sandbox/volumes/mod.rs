@@ -47,7 +47,7 @@ pub enum VolumeError {
 }
 
 /// The virtio-fs tag of share `i`.
-fn tag(i: usize) -> String {
+pub fn tag(i: usize) -> String {
     format!("brig-vol{i}")
 }
 

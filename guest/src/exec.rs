@@ -262,6 +262,7 @@ pub fn spawn(
     let (uid, gid) = (id.uid, id.gid);
     let groups: Vec<libc::gid_t> = id.groups.clone();
     let tty = spec.tty;
+    let umask = spec.umask.map(|m| (m & 0o777) as libc::mode_t);
     let cgroup_fd = cgroup_procs.as_ref().map(|f| f.as_raw_fd());
     let confinement = spec.security.as_ref().map(Confinement::new);
 
@@ -302,6 +303,9 @@ pub fn spawn(
             check(libc::setsid())?;
             if tty {
                 check(libc::ioctl(0, libc::TIOCSCTTY, 0))?;
+            }
+            if let Some(m) = umask {
+                libc::umask(m);
             }
             if let Some(fd) = cgroup_fd {
                 if libc::write(fd, b"0".as_ptr().cast(), 1) < 0 {

@@ -79,6 +79,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     }
     crate::mount::kernel_filesystems(NEWROOT).map_err(|e| e.to_string())?;
     crate::volumes::mount_all(NEWROOT, &spec.mounts)?;
+    write_files(NEWROOT, &spec.files)?;
     if spec.read_only {
         // A read-only root still gets a writable /tmp, as most programs need one.
         mount(
@@ -93,6 +94,30 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
             .map_err(|e| err("making the root read-only", e))?;
     }
     switch_root(NEWROOT)
+}
+
+/// Writes the caller's small files into the root (before a read-only root is remounted
+/// read-only). A path must be absolute and plain (no `..`); what is at it that is not a
+/// regular file (an image's symlink to elsewhere) is replaced, not followed.
+fn write_files(root: &str, files: &[brig_protocol::FileSpec]) -> Result<(), String> {
+    for f in files {
+        let plain = f.path.starts_with('/')
+            && f.path.split('/').all(|p| p != ".." && p != ".")
+            && !f.path.contains('\0');
+        if !plain {
+            return Err(format!("file {:?}: not an absolute plain path", f.path));
+        }
+        let path = format!("{root}{}", f.path);
+        let fail = |e: std::io::Error| format!("writing {}: {e}", f.path);
+        if let Some(parent) = std::path::Path::new(&path).parent() {
+            fs::create_dir_all(parent).map_err(fail)?;
+        }
+        if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
+            let _ = fs::remove_file(&path);
+        }
+        fs::write(&path, &f.content).map_err(fail)?;
+    }
+    Ok(())
 }
 
 /// Moves `new_root` onto `/` and makes it the root of this process (and its children).

@@ -325,6 +325,7 @@ pub(crate) mod tests {
                     soft: 1024,
                     hard: 4096,
                 }],
+                umask: Some(0o027),
                 hostname: "box".into(),
                 rootfs: Some(RootfsSpec {
                     device: "/dev/vda".into(),
@@ -339,6 +340,10 @@ pub(crate) mod tests {
                         options: String::new(),
                         file: String::new(),
                         copy_up: false,
+                    }],
+                    files: vec![crate::FileSpec {
+                        path: "/run/.containerenv".into(),
+                        content: "engine=\"podman\"\n".into(),
                     }],
                 }),
                 memory_limit: 1 << 30,

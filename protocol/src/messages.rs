@@ -202,6 +202,8 @@ pub struct RunSpec {
     pub stdin: bool,
     /// Resource limits applied before exec.
     pub rlimits: Vec<Rlimit>,
+    /// The workload's umask (`process.user.umask` of an OCI bundle); `None`: the agent's.
+    pub umask: Option<u32>,
     /// Host name of the sandbox; empty keeps the guest's.
     pub hostname: String,
     /// Root file system to pivot into; `None` runs the command in the initramfs.
@@ -303,6 +305,19 @@ pub struct RootfsSpec {
     /// Volumes and tmpfs mounts, mounted in order before the workload starts (parents
     /// before children: the host sorts them).
     pub mounts: Vec<MountSpec>,
+    /// Small files the caller made for the container (an OCI runtime's caller: podman's
+    /// `/run/.containerenv`, the `/etc/hosts` docker or CRI wrote), written into the root
+    /// after the mounts, before the workload starts.
+    pub files: Vec<FileSpec>,
+}
+
+/// One file of [`RootfsSpec::files`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FileSpec {
+    /// Absolute path in the workload's root.
+    pub path: String,
+    pub content: String,
 }
 
 /// One mount the agent makes in the workload's root (`-v`, `--mount`, `--tmpfs`).

@@ -136,6 +136,7 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         },
         read_only: opts.read_only,
         mounts,
+        files: Vec::new(),
     });
     if !opts.read_only {
         disks.push(DiskSpec {

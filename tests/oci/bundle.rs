@@ -1,7 +1,8 @@
 //! The rest of a bundle in the VM, driven directly: a pod's network namespace joined (the
 //! guest takes over its interface and reaches a peer namespace through it), bind and tmpfs
 //! mounts, the caller's /etc/hosts, hooks at create, start and delete with the state on
-//! their stdin, the capability bounding set, CPUs from the quota, and the pids limit.
+//! their stdin, the capability bounding set, the umask, CPUs from the quota, and the pids
+//! limit.
 
 use std::path::Path;
 use std::process::Command;
@@ -71,7 +72,8 @@ fn in_a_pod() -> Result<(), String> {
         grep CapBnd /proc/self/status; echo cpus $(nproc)
         echo pids $(cat /sys/fs/cgroup/workload/pids.max)
         ip -4 addr show eth0
-        mount | grep ' /scratch ' && echo scratch-ok";
+        mount | grep ' /scratch ' && echo scratch-ok
+        echo umask $(umask)";
     let b = bundle("b1", &["sh", "-c", script]);
     for applet in ["wget", "grep", "nproc", "ip", "mount"] {
         let _ = std::os::unix::fs::symlink("busybox", b.join("rootfs/bin").join(applet));
@@ -105,6 +107,7 @@ fn in_a_pod() -> Result<(), String> {
     );
     config["hooks"] = serde_json::json!({"prestart": [hook("prestart")],
         "poststart": [hook("poststart")], "poststop": [hook("poststop")]});
+    config["process"]["user"]["umask"] = serde_json::json!(0o027);
     config["process"]["capabilities"] =
         serde_json::json!({"bounding": ["CAP_CHOWN", "CAP_KILL", "CAP_NET_RAW"]});
     config["linux"]["resources"] = serde_json::json!({"cpu": {"quota": 200000, "period": 100000},
@@ -139,6 +142,7 @@ fn in_a_pod() -> Result<(), String> {
         "pids 64",
         &format!("inet {POD_ADDR}/24"),
         "scratch-ok",
+        "umask 0027",
     ];
     if code != 0 || expected.iter().any(|e| !out.contains(e)) {
         return Err(format!("expected {expected:?} in\n{}", report()));

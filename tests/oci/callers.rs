@@ -343,6 +343,19 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
         "podman run -t (under script): a terminal and exit 7",
         &out,
     )?;
+    // The image's env, then flags.
+    let out = podman_run(&["--rm", "localhost/bb", "sh", "-c", "echo $FOO"]);
+    check(
+        stdout(&out) == "image\n",
+        "podman run: the image's env",
+        &out,
+    )?;
+    let dir = bind_dir("podman-bind")?;
+    let mut args: Vec<String> = vec!["--rm".into()];
+    args.extend(flags(&dir));
+    args.extend(["localhost/bb", "sh", "-c", FLAGS_SCRIPT].map(String::from));
+    let out = podman_run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    check_flags_run("podman", &out, &dir)?;
     let out = podman_run(&["--rm", "localhost/bb", "nosuchcmd"]);
     check(
         out.status.code() == Some(127),
@@ -386,6 +399,44 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
     )?;
     let rm = procs::output(&mut podman(&["rm", "p1"]));
     check(rm.status.success(), "podman rm", &rm)?;
+    // A workload that ignores SIGTERM: stop's SIGKILL fallback, 137; rm -f of a running one.
+    let out = podman_run(&[
+        "-d",
+        "--name",
+        "p2",
+        "localhost/bb",
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    ]);
+    check(out.status.success(), "podman run -d (TERM ignored)", &out)?;
+    // Once the trap is set (a SIGTERM before it would end the workload, as under runc).
+    eventually(120, "p2's trap set", || {
+        stdout(&procs::output(&mut podman(&["logs", "p2"]))).contains("ready")
+    })?;
+    let stop = procs::output(&mut podman(&["stop", "-t", "2", "p2"]));
+    check(
+        stop.status.success(),
+        "podman stop (SIGKILL fallback)",
+        &stop,
+    )?;
+    let code = procs::output(&mut podman(&[
+        "inspect",
+        "--format",
+        "{{.State.ExitCode}}",
+        "p2",
+    ]));
+    check(
+        stdout(&code).trim() == "137",
+        "podman stop: SIGKILL after the timeout (137)",
+        &code,
+    )?;
+    let out = podman_run(&["-d", "--name", "p3", "localhost/bb", "sleep", "100"]);
+    check(out.status.success(), "podman run -d p3", &out)?;
+    for name in ["p2", "p3"] {
+        let rm = procs::output(&mut podman(&["rm", "-f", name]));
+        check(rm.status.success(), &format!("podman rm -f {name}"), &rm)?;
+    }
     podman_bridge_network()?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
     let mut left = leftovers();
@@ -478,4 +529,62 @@ pub fn mem_usage_bytes(column: &str) -> u64 {
         _ => 0.0,
     };
     (number.parse::<f64>().unwrap_or(0.0) * scale) as u64
+}
+
+/// What `run` flags set, and what an image's config sets, as a workload sees them:
+/// `-e`, `-u`, `-w`, `-h`, `--memory`, `--read-only`, `-v` (a bind mount both ways).
+pub const FLAGS_SCRIPT: &str =
+    "echo $FOO; id -u; pwd; hostname; cat /sys/fs/cgroup/workload/memory.max; \
+    touch /rootfile 2>/dev/null && echo rw || echo ro; cat /data/in; echo out > /data/out";
+
+/// The host directory `-v` shares (writable by uid 1000), with a file in it.
+pub fn bind_dir(name: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let d = base().join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    std::fs::write(d.join("in"), "host-in\n").map_err(|e| e.to_string())?;
+    Ok(d)
+}
+
+/// Checks a run of [`FLAGS_SCRIPT`] with `-e FOO=from-flag -u 1000:1000 -w /data -h flaghost
+/// --memory 64m --read-only -v DIR:/data`.
+pub fn check_flags_run(caller: &str, out: &Output, dir: &Path) -> Result<(), String> {
+    let want = "from-flag\n1000\n/data\nflaghost\n67108864\nro\nhost-in\n";
+    check(
+        out.status.success() && stdout(out) == want,
+        &format!("{caller} run with -e -u -w -h --memory --read-only -v"),
+        out,
+    )?;
+    let written = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+    if written != "out\n" {
+        return Err(format!(
+            "{caller}: the bind mount: the host reads {written:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The flags of [`check_flags_run`], for `DIR`.
+pub fn flags(dir: &Path) -> Vec<String> {
+    [
+        "-e",
+        "FOO=from-flag",
+        "-u",
+        "1000:1000",
+        "-w",
+        "/data",
+        "-h",
+        "flaghost",
+        "--memory",
+        "64m",
+        "--read-only",
+        "-v",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("{}:/data", dir.display())])
+    .collect()
 }

@@ -127,6 +127,21 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
             &out,
         )?;
     }
+    // The image's env, then flags.
+    let out = run(&["sh", "-c", "echo $FOO"]);
+    check(
+        stdout(&out) == "image\n",
+        "docker run: the image's env",
+        &out,
+    )?;
+    let shared = crate::callers::bind_dir("docker-bind")?;
+    let mut args: Vec<String> = ["run", "--rm", "--runtime", "brig", "--network", "none"]
+        .map(String::from)
+        .to_vec();
+    args.extend(crate::callers::flags(&shared));
+    args.extend([IMAGE, "sh", "-c", crate::callers::FLAGS_SCRIPT].map(String::from));
+    let out = docker_out(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    crate::callers::check_flags_run("docker", &out, &shared)?;
     // -i: the caller's stdin reaches the workload.
     let mut cmd = docker(&[
         "run",
@@ -230,6 +245,52 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
     )?;
     let out = docker_out(&["rm", "d1"]);
     check(out.status.success(), "docker rm", &out)?;
+    // A workload that ignores SIGTERM: stop's SIGKILL fallback, 137; rm -f of a running one.
+    let out = docker_out(&[
+        "run",
+        "-d",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        "--name",
+        "d2",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    ]);
+    check(out.status.success(), "docker run -d (TERM ignored)", &out)?;
+    // Once the trap is set (a SIGTERM before it would end the workload, as under runc).
+    eventually(120, "d2's trap set", || {
+        stdout(&docker_out(&["logs", "d2"])).contains("ready")
+    })?;
+    let out = docker_out(&["stop", "-t", "2", "d2"]);
+    check(out.status.success(), "docker stop (SIGKILL fallback)", &out)?;
+    let out = docker_out(&["inspect", "-f", "{{.State.ExitCode}}", "d2"]);
+    check(
+        stdout(&out).trim() == "137",
+        "docker stop: SIGKILL after the timeout (137)",
+        &out,
+    )?;
+    let out = docker_out(&[
+        "run",
+        "-d",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        "--name",
+        "d3",
+        IMAGE,
+        "sleep",
+        "100",
+    ]);
+    check(out.status.success(), "docker run -d d3", &out)?;
+    for name in ["d2", "d3"] {
+        let out = docker_out(&["rm", "-f", name]);
+        check(out.status.success(), &format!("docker rm -f {name}"), &out)?;
+    }
     bridge_network()?;
     eventually(30, "no VMM process left", || brig_vmms().is_empty())?;
     if let Some(mut d) = DOCKERD.lock().unwrap().take() {

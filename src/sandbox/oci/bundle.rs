@@ -84,6 +84,7 @@ pub struct User {
     pub uid: u32,
     pub gid: u32,
     pub additional_gids: Vec<u32>,
+    pub umask: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -354,6 +355,7 @@ impl Bundle {
             // caller's pipe for -i, its terminal, or /dev/null (at its end at once).
             stdin: true,
             rlimits,
+            umask: p.user.umask,
             hostname: self.config.hostname.clone(),
             memory_limit: self.memory_limit(),
             pids_limit: self.pids_limit(),
@@ -470,7 +472,7 @@ mod tests {
     fn with_args(args: &str) -> String {
         format!(
             r#"{{"ociVersion":"1.0.2","process":{{"args":{args},"env":["PATH=/usr/bin"],"cwd":"/",
-            "user":{{"uid":1000,"gid":100,"additionalGids":[5]}},"rlimits":[{{"type":"RLIMIT_NOFILE","hard":1024,"soft":512}}]}},
+            "user":{{"uid":1000,"gid":100,"additionalGids":[5],"umask":18}},"rlimits":[{{"type":"RLIMIT_NOFILE","hard":1024,"soft":512}}]}},
             "root":{{"path":"rootfs"}},"hostname":"h1","linux":{{"resources":{{"memory":{{"limit":67108864}}}}}}}}"#
         )
     }
@@ -482,6 +484,7 @@ mod tests {
         assert_eq!(s.argv, ["sh", "-c", "true"]);
         assert_eq!(s.user, "1000:100");
         assert_eq!(s.groups, ["5"]);
+        assert_eq!(s.umask, Some(0o022));
         assert_eq!(s.hostname, "h1");
         assert_eq!(s.memory_limit, 64 << 20);
         assert_eq!(s.rlimits[0].resource, "nofile");

@@ -1,12 +1,15 @@
 //! `config.json`'s mounts in a VM: what the guest makes itself (`/proc`, `/sys`, `/dev` and
-//! below), what the caller's files say (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
-//! read at create and written by the guest agent), and the rest as brig volumes: bind
+//! below), the caller's own small files (`/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`,
+//! podman's `/run/.containerenv`: read at create and written into the root by the guest
+//! agent, so they cost no file server and keep the VM eligible for a template), and the
+//! rest as brig volumes: bind
 //! mounts shared live over virtio-fs (uids passed through, as a bind mount shows them),
 //! tmpfs mounts in the guest. A mount brig cannot make fails `create` rather than leave the
 //! workload writing where nothing is kept.
 
 use std::path::{Path, PathBuf};
 
+use brig_protocol::FileSpec;
 use serde::Deserialize;
 
 use super::OciError;
@@ -51,6 +54,8 @@ pub struct EtcFiles {
 #[derive(Debug, Default)]
 pub struct Placed {
     pub volumes: Vec<VolumeMount>,
+    /// The caller's files, copied in.
+    pub files: Vec<FileSpec>,
     pub etc: EtcFiles,
 }
 
@@ -70,13 +75,21 @@ pub fn place(mounts: &[Mount], bundle: &Path) -> Result<Placed, OciError> {
         if m.is_bind() {
             let source = bundle.join(&m.source);
             let etc = match dest.as_str() {
-                "/etc/hosts" => Some(&mut placed.etc.hosts),
-                "/etc/resolv.conf" => Some(&mut placed.etc.resolv_conf),
-                "/etc/hostname" => Some(&mut placed.etc.hostname),
+                "/etc/hosts" => Some(Some(&mut placed.etc.hosts)),
+                "/etc/resolv.conf" => Some(Some(&mut placed.etc.resolv_conf)),
+                "/etc/hostname" => Some(Some(&mut placed.etc.hostname)),
+                "/run/.containerenv" => Some(None),
                 _ => None,
             };
             if let Some(slot) = etc {
-                *slot = Some(read_small(&source).map_err(bad)?);
+                let content = read_small(&source).map_err(bad)?;
+                if let Some(slot) = slot {
+                    *slot = Some(content.clone());
+                }
+                placed.files.push(FileSpec {
+                    path: dest,
+                    content,
+                });
                 continue;
             }
             placed.volumes.push(VolumeMount {
@@ -174,6 +187,8 @@ mod tests {
         assert_eq!(p.etc.hosts.as_deref(), Some("10.0.0.2 c1\n"));
         assert_eq!(p.etc.resolv_conf.as_deref(), Some("nameserver 10.0.0.1\n"));
         assert_eq!(p.etc.hostname, None);
+        assert_eq!(p.files.len(), 2);
+        assert_eq!(p.files[0].path, "/etc/hosts");
         assert_eq!(p.volumes.len(), 2);
         assert_eq!(p.volumes[0].target, "/data");
         assert!(p.volumes[0].read_only);

@@ -87,6 +87,7 @@ pub fn plan(
         },
         read_only,
         mounts: Vec::new(),
+        files: Vec::new(),
     };
     let share = shared.then(|| ResolvedMount {
         mount: VolumeMount {

@@ -127,6 +127,7 @@ fn create_in(
     }
     if let Some(r) = run.rootfs.as_mut() {
         r.mounts = guest_mounts;
+        r.files = placed.files.clone();
     }
     let config = SandboxConfig {
         name: format!("oci-{}", &id[..12]),

@@ -343,6 +343,23 @@ pub fn podman_exit_codes_stop_and_nothing_left() -> Result<(), String> {
         "podman run -t (under script): a terminal and exit 7",
         &out,
     )?;
+    // -i: the caller's stdin reaches the workload.
+    let mut child = podman_run_cmd(&["--rm", "-i", "localhost/bb", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        let _ = stdin.write_all(b"piped through podman\n");
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    check(
+        out.status.success() && stdout(&out) == "piped through podman\n",
+        "podman run -i: stdin reaches the workload",
+        &out,
+    )?;
     // The image's env, then flags.
     let out = podman_run(&["--rm", "localhost/bb", "sh", "-c", "echo $FOO"]);
     check(

@@ -47,16 +47,8 @@ fn containerd() -> &'static Path {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.join("log")).unwrap();
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let child = with_env(&mut cmd).spawn().expect("containerd");
+        let child = spawn_containerd(&dir, &config).unwrap();
         *CONTAINERD.lock().unwrap() = Some(child);
-        let sock = dir.join("c.sock");
-        eventually(60, "containerd's socket", || sock.exists()).unwrap();
         let tar = archive();
         let out = ctr(&[
             "images",
@@ -72,6 +64,22 @@ fn containerd() -> &'static Path {
         assert!(out.status.success(), "import: {}", stderr(&out));
         dir
     })
+}
+
+/// Starts containerd with `config` (its log in `dir/log`) and waits for `dir/c.sock`.
+pub fn spawn_containerd(dir: &Path, config: &Path) -> Result<std::process::Child, String> {
+    let log = std::fs::File::create(dir.join("log")).map_err(|e| e.to_string())?;
+    let mut cmd = Command::new("containerd");
+    cmd.arg("--config")
+        .arg(config)
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log);
+    let child = with_env(&mut cmd)
+        .spawn()
+        .map_err(|e| format!("containerd: {e}"))?;
+    let sock = dir.join("c.sock");
+    eventually(60, "containerd's socket", || sock.exists())?;
+    Ok(child)
 }
 
 fn ctr(args: &[&str]) -> Command {

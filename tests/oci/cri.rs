@@ -10,7 +10,7 @@ use std::process::Command;
 use cri::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1 as cri;
 
-use crate::callers::{archive, brig_vmms, http_get};
+use crate::callers::{archive, brig_vmms, http_get, spawn_containerd};
 use crate::common::fixture::{check, eventually, pids_whose_cmdline};
 use crate::common::procs;
 use crate::{base, leftovers, runc_path, with_env};
@@ -67,17 +67,8 @@ state = "{d}/state"
         ),
     )
     .map_err(|e| e.to_string())?;
-    let log = std::fs::File::create(d.join("log")).map_err(|e| e.to_string())?;
-    let mut cmd = Command::new("containerd");
-    cmd.arg("--config")
-        .arg(&config)
-        .stdout(log.try_clone().map_err(|e| e.to_string())?)
-        .stderr(log);
-    let child = with_env(&mut cmd)
-        .spawn()
-        .map_err(|e| format!("containerd: {e}"))?;
+    let child = spawn_containerd(&d, &config)?;
     let sock = d.join("c.sock");
-    eventually(60, "containerd's CRI socket", || sock.exists())?;
     let ctr = |args: &[&str]| {
         let mut c = Command::new("ctr");
         c.arg("-a").arg(&sock).args(["-n", "k8s.io"]).args(args);

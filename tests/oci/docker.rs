@@ -109,6 +109,23 @@ fn run(args: &[&str]) -> Output {
     docker_out(&all)
 }
 
+/// `docker run -d --runtime brig --network none --name NAME IMAGE ARGS`.
+fn run_detached(name: &str, args: &[&str]) -> Output {
+    let mut all = vec![
+        "run",
+        "-d",
+        "--runtime",
+        "brig",
+        "--network",
+        "none",
+        "--name",
+        name,
+        IMAGE,
+    ];
+    all.extend_from_slice(args);
+    docker_out(&all)
+}
+
 pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
     let out = run(&["sh", "-c", "echo hello from brig; exit 3"]);
     check(
@@ -172,20 +189,10 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         &out,
     )?;
     // Detached, exec, stop (SIGTERM honoured by a trap), rm.
-    let out = docker_out(&[
-        "run",
-        "-d",
-        "--runtime",
-        "brig",
-        "--network",
-        "none",
-        "--name",
+    let out = run_detached(
         "d1",
-        IMAGE,
-        "sh",
-        "-c",
-        "trap 'exit 0' TERM; while :; do sleep 1; done",
-    ]);
+        &["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"],
+    );
     check(out.status.success(), "docker run -d", &out)?;
     eventually(120, "d1 running", || {
         stdout(&docker_out(&["inspect", "-f", "{{.State.Running}}", "d1"])).trim() == "true"
@@ -246,20 +253,14 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
     let out = docker_out(&["rm", "d1"]);
     check(out.status.success(), "docker rm", &out)?;
     // A workload that ignores SIGTERM: stop's SIGKILL fallback, 137; rm -f of a running one.
-    let out = docker_out(&[
-        "run",
-        "-d",
-        "--runtime",
-        "brig",
-        "--network",
-        "none",
-        "--name",
+    let out = run_detached(
         "d2",
-        IMAGE,
-        "sh",
-        "-c",
-        "trap '' TERM; echo ready; while :; do sleep 1; done",
-    ]);
+        &[
+            "sh",
+            "-c",
+            "trap '' TERM; echo ready; while :; do sleep 1; done",
+        ],
+    );
     check(out.status.success(), "docker run -d (TERM ignored)", &out)?;
     // Once the trap is set (a SIGTERM before it would end the workload, as under runc).
     eventually(120, "d2's trap set", || {
@@ -273,19 +274,7 @@ pub fn docker_run_exec_stop_and_nothing_left() -> Result<(), String> {
         "docker stop: SIGKILL after the timeout (137)",
         &out,
     )?;
-    let out = docker_out(&[
-        "run",
-        "-d",
-        "--runtime",
-        "brig",
-        "--network",
-        "none",
-        "--name",
-        "d3",
-        IMAGE,
-        "sleep",
-        "100",
-    ]);
+    let out = run_detached("d3", &["sleep", "100"]);
     check(out.status.success(), "docker run -d d3", &out)?;
     for name in ["d2", "d3"] {
         let out = docker_out(&["rm", "-f", name]);

@@ -95,6 +95,7 @@ fn bundle(name: &str, args: &[&str]) -> PathBuf {
     let mut config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
     config["process"]["args"] = serde_json::json!(args);
+    config["process"]["terminal"] = serde_json::json!(false);
     config["process"]["env"] = serde_json::json!(["PATH=/bin"]);
     config["root"]["readonly"] = serde_json::json!(false);
     std::fs::write(&path, config.to_string()).unwrap();

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Stand-in for runc's contrib/cmd/recvtty (a Go program we do not build here).
+"""Stand-in for runc's contrib/cmd/recvtty: the fallback for recvtty.c when there is no C
+compiler (a Python start-up is slow enough to lose helpers.bash's race; see recvtty.c).
 
 It is the consumer end of the OCI runtime's --console-socket API: listen on a unix
 socket, receive the pty master fd that the runtime sends with SCM_RIGHTS, then
@@ -10,10 +11,9 @@ socket, receive the pty master fd that the runtime sends with SCM_RIGHTS, then
 Same command line as the Go original:
   recvtty [--mode|-m single|null] [--pid-file F] [--no-stdin] SOCKET
 
-One deliberate difference: the Go tool writes --pid-file before it listens; we listen
-first, so whoever waits for the pid file also knows the socket is ready (helpers.bash
-starts us in the background and immediately runs the runtime; a Python start-up is
-slower than a Go one, and this closes that race).
+Like the Go tool it writes --pid-file before listening (teardown_recvtty kills by that
+pid). Unlike it, it closes inherited fds above 2: bats waits for its fd 3 to close, so an
+orphaned recvtty holding it would hang the whole .bats file.
 """
 
 import argparse
@@ -104,13 +104,14 @@ def main():
     ap.add_argument("socket")
     args = ap.parse_args()
 
-    ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    ln.bind(args.socket)
-    ln.listen(128)
-    if args.pid_file:
-        with open(args.pid_file, "w") as f:
-            f.write("%d\n" % os.getpid())
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     try:
+        if args.pid_file:
+            with open(args.pid_file, "w") as f:
+                f.write("%d\n" % os.getpid())
+        ln = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ln.bind(args.socket)
+        ln.listen(128)
         if args.mode == "null":
             handle_null(ln)
         else:

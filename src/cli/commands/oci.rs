@@ -59,6 +59,14 @@ struct CreateArgs {
     no_new_keyring: bool,
     #[arg(long)]
     preserve_fds: Option<u32>,
+    /// `run` only: return once the container runs (create, then start).
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// `run` only: runc keeps the stopped container's state; brig's goes with `delete`.
+    #[arg(long, hide = true)]
+    keep: bool,
+    #[arg(long, hide = true)]
+    no_subreaper: bool,
     id: String,
 }
 
@@ -263,6 +271,14 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
     match command {
         OciCommand::Create(args) => {
             oci::create(&args.request(root, true)?)?;
+        }
+        OciCommand::Run(args) if args.detach => {
+            let req = args.request(root, true)?;
+            oci::create(&req)?;
+            if let Err(e) = oci::start(&req.root, &req.id) {
+                let _ = oci::delete(&req.root, &req.id, true);
+                return Err(e);
+            }
         }
         OciCommand::Run(args) => return oci::run(&args.request(root, false)?),
         OciCommand::Start { id } => oci::start(&root, &id)?,

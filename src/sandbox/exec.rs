@@ -29,6 +29,8 @@ pub struct ExecOptions {
     pub interactive: bool,
     /// `--privileged`: every capability and no seccomp filter for this process.
     pub privileged: bool,
+    /// Supplementary groups instead of the sandbox's (an OCI process's `additionalGids`).
+    pub groups: Option<Vec<String>>,
 }
 
 /// The process could not be run (its own failures come back as [`Failure`]s).
@@ -71,7 +73,7 @@ pub fn exec_spec(base: &RunSpec, opts: &ExecOptions) -> RunSpec {
         env,
         cwd: opts.workdir.clone().unwrap_or_else(|| base.cwd.clone()),
         user: opts.user.clone().unwrap_or_else(|| base.user.clone()),
-        groups: base.groups.clone(),
+        groups: opts.groups.clone().unwrap_or_else(|| base.groups.clone()),
         tty: opts.tty,
         stdin: opts.interactive,
         rlimits: base.rlimits.clone(),

@@ -44,6 +44,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<i32> {
         tty: args.tty,
         interactive: args.interactive,
         privileged: args.privileged,
+        groups: None,
     };
     Ok(exec(&sb, &args.sandbox, &opts)?)
 }

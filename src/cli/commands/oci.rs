@@ -109,6 +109,31 @@ enum OciCommand {
         console_socket: Option<PathBuf>,
         #[arg(short = 't', long)]
         tty: bool,
+        /// Without --process: the working directory, added environment, user
+        /// (`UID[:GID]`) and additional groups of the command.
+        #[arg(long)]
+        cwd: Option<String>,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        #[arg(short = 'g', long = "additional-gids")]
+        additional_gids: Vec<u32>,
+        /// Accepted as runc does; a VM's exec has no host label, cgroup or fds to take.
+        #[arg(long = "cap", hide = true)]
+        caps: Vec<String>,
+        #[arg(long, hide = true)]
+        no_new_privs: bool,
+        #[arg(long, hide = true)]
+        preserve_fds: Option<u32>,
+        #[arg(long, hide = true)]
+        process_label: Option<String>,
+        #[arg(long, hide = true)]
+        apparmor: Option<String>,
+        #[arg(long, hide = true)]
+        cgroup: Option<String>,
+        #[arg(long, hide = true)]
+        ignore_paused: bool,
         id: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -225,6 +250,12 @@ pub fn main(mut args: Vec<OsString>) -> i32 {
     };
     let log = cli.log.clone();
     let json = cli.log_format == "json";
+    // exec's own failures are 255 (as runc's): 1 may be the command's status.
+    let failed = if matches!(cli.command, Some(OciCommand::Exec { .. })) {
+        255
+    } else {
+        1
+    };
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -233,7 +264,7 @@ pub fn main(mut args: Vec<OsString>) -> i32 {
             if let Some(path) = log {
                 log_error(&path, json, &msg);
             }
-            1
+            failed
         }
     }
 }
@@ -333,23 +364,33 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             detach,
             console_socket,
             tty,
+            cwd,
+            env,
+            user,
+            additional_gids,
             id,
             command,
+            ..
         } => {
-            let json =
-                match process {
-                    Some(p) => std::fs::read_to_string(&p)
-                        .map_err(OciError::io(p.display().to_string()))?,
-                    None => serde_json::json!({"args": command, "cwd": "/", "terminal": tty})
-                        .to_string(),
-                };
+            let json = match process {
+                Some(p) => {
+                    std::fs::read_to_string(&p).map_err(OciError::io(p.display().to_string()))?
+                }
+                None => {
+                    let (uid, gid) = parse_user(user.as_deref())?;
+                    serde_json::json!({"args": command, "cwd": cwd.unwrap_or_else(|| "/".into()),
+                        "terminal": tty, "env": env,
+                        "user": {"uid": uid, "gid": gid, "additionalGids": additional_gids}})
+                    .to_string()
+                }
+            };
             let socket = console_socket.as_deref();
-            if !detach {
-                return oci::exec::exec_wait(&root, &id, &json, socket);
-            }
             let pid_file = pid_file
                 .map(|p| std::path::absolute(p).map_err(OciError::io("--pid-file")))
                 .transpose()?;
+            if !detach {
+                return oci::exec::exec_wait(&root, &id, &json, socket, pid_file.as_deref());
+            }
             oci::exec::exec_detached(&root, &id, &json, pid_file.as_deref(), socket)?;
         }
         OciCommand::Ps { format, id } => {
@@ -378,6 +419,18 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
         } => return Ok(oci::pod::run(&start_fifo, ready_fd)),
     }
     Ok(0)
+}
+
+/// runc's `exec --user UID[:GID]` (numeric; 0:0 when absent).
+fn parse_user(user: Option<&str>) -> Result<(u32, u32), OciError> {
+    let Some(user) = user else { return Ok((0, 0)) };
+    let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+    match (uid.parse(), gid.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(OciError::Bundle(format!(
+            "--user {user:?}: expected numeric UID[:GID]"
+        ))),
+    }
 }
 
 fn print_json(v: &serde_json::Value) {

@@ -70,14 +70,22 @@ pub fn exec_wait(
     id: &str,
     process_json: &str,
     console_socket: Option<&Path>,
+    pid_file: Option<&Path>,
 ) -> Result<i32, OciError> {
     let sandbox_id = running_sandbox(root, id)?;
     let p = parse_process(process_json)?;
     console::check(p.terminal, console_socket, false)?;
+    // The process callers wait on is this one (or, with a terminal, the proxy below).
+    if let (Some(path), None) = (pid_file, console_socket) {
+        write_atomic(path, std::process::id().to_string().as_bytes())?;
+    }
     let Some(socket) = console_socket else {
         return run_proxy(&sandbox_id, process_json);
     };
     let mut child = spawn_proxy(&sandbox_id, process_json, &p, Some(socket))?;
+    if let Some(path) = pid_file {
+        write_atomic(path, child.id().to_string().as_bytes())?;
+    }
     let status = child.wait().map_err(OciError::io("waiting for the exec"))?;
     Ok(status
         .code()
@@ -159,6 +167,7 @@ pub fn run_proxy(sandbox_id: &str, process_json: &str) -> Result<i32, OciError> 
         env: p.env.clone(),
         workdir: (!p.cwd.is_empty()).then(|| p.cwd.clone()),
         user: Some(format!("{}:{}", p.user.uid, p.user.gid)),
+        groups: Some(p.user.additional_gids.iter().map(u32::to_string).collect()),
         tty: p.terminal,
         interactive: p.terminal,
         ..Default::default()

@@ -81,6 +81,10 @@ impl OciError {
 
 /// A signal as runc's `kill` takes it: a number, or a name with or without `SIG`.
 pub fn parse_signal(s: &str) -> Result<i32, OciError> {
+    if s == "0" {
+        // Delivers nothing: only whether the container's process is there.
+        return Ok(0);
+    }
     super::control::parse_signal(s).ok_or_else(|| OciError::Signal(s.into()))
 }
 
@@ -157,7 +161,9 @@ mod tests {
         assert_eq!(parse_signal("KILL").unwrap(), 9);
         assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
         assert_eq!(parse_signal("sigusr1").unwrap(), libc::SIGUSR1);
-        assert!(parse_signal("0").is_err());
+        // Signal 0 only checks that the container's process is there, as under runc.
+        assert_eq!(parse_signal("0").unwrap(), 0);
+        assert!(parse_signal("65").is_err());
         assert!(parse_signal("NOPE").is_err());
     }
 }

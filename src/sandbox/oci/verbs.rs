@@ -224,6 +224,13 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
 
 fn signal_vmm(state: &OciState, sig: i32) -> Result<(), OciError> {
     let pid = rustix::process::Pid::from_raw(state.pid).ok_or(OciError::NotExist)?;
+    if sig == 0 {
+        return if state.alive() {
+            Ok(())
+        } else {
+            Err(OciError::Status("container not running".into()))
+        };
+    }
     let sig = rustix::process::Signal::from_named_raw(sig)
         .ok_or_else(|| OciError::Signal(sig.to_string()))?;
     rustix::process::kill_process(pid, sig).map_err(|e| match e {

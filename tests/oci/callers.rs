@@ -50,21 +50,21 @@ fn containerd() -> &'static Path {
         let child = spawn_containerd(&dir, &config).unwrap();
         *CONTAINERD.lock().unwrap() = Some(child);
         let tar = archive();
-        let out = ctr(&[
-            "images",
-            "import",
-            "--snapshotter",
-            "native",
-            "--base-name",
-            "localhost/bb",
-        ])
-        .arg(tar)
-        .output()
-        .unwrap();
+        let out = ctr(&CTR_IMPORT).arg(tar).output().unwrap();
         assert!(out.status.success(), "import: {}", stderr(&out));
         dir
     })
 }
+
+/// `ctr images import` of the busybox archive as `localhost/bb:latest` (the archive follows).
+pub const CTR_IMPORT: [&str; 6] = [
+    "images",
+    "import",
+    "--snapshotter",
+    "native",
+    "--base-name",
+    "localhost/bb",
+];
 
 /// Starts containerd with `config` (its log in `dir/log`) and waits for `dir/c.sock`.
 pub fn spawn_containerd(dir: &Path, config: &Path) -> Result<std::process::Child, String> {

@@ -10,7 +10,7 @@ use std::process::Command;
 use cri::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1 as cri;
 
-use crate::callers::{archive, brig_vmms, http_get, spawn_containerd};
+use crate::callers::{archive, brig_vmms, http_get, spawn_containerd, CTR_IMPORT};
 use crate::common::fixture::{check, eventually, pids_whose_cmdline};
 use crate::common::procs;
 use crate::{base, leftovers, runc_path, with_env};
@@ -75,17 +75,7 @@ state = "{d}/state"
         with_env(&mut c);
         c
     };
-    let import = procs::output(
-        ctr(&[
-            "images",
-            "import",
-            "--snapshotter",
-            "native",
-            "--base-name",
-            "localhost/bb",
-        ])
-        .arg(archive()),
-    );
+    let import = procs::output(ctr(&CTR_IMPORT).arg(archive()));
     check(
         import.status.success(),
         "ctr -n k8s.io images import",

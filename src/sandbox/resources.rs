@@ -195,22 +195,24 @@ impl Resources {
     }
 }
 
+/// One `--memory-swap` value as docker reads it: memory plus swap in bytes, or -1 for
+/// unlimited swap.
+pub fn parse_memory_swap(s: &str) -> Result<i64, ResourceError> {
+    if s == "-1" {
+        return Ok(-1);
+    }
+    let bytes = ram_in_bytes(s).ok_or_else(|| {
+        ResourceError(format!(
+            "invalid argument {s:?} for \"--memory-swap\" flag: invalid size: '{s}'"
+        ))
+    })?;
+    i64::try_from(bytes).map_err(|_| ResourceError(format!("--memory-swap {s} is out of range")))
+}
+
 /// docker's MemorySwap for `-m` (0: none) and `--memory-swap`: 2 x memory by default, -1
 /// unlimited, otherwise at least the memory limit, and only with one.
 fn memory_swap(memory: u64, flag: Option<&str>) -> Result<i64, ResourceError> {
-    let total = match flag {
-        None => 0,
-        Some("-1") => -1,
-        Some(s) => {
-            let bytes = ram_in_bytes(s).ok_or_else(|| {
-                ResourceError(format!(
-                    "invalid argument {s:?} for \"--memory-swap\" flag: invalid size: '{s}'"
-                ))
-            })?;
-            i64::try_from(bytes)
-                .map_err(|_| ResourceError(format!("--memory-swap {s} is out of range")))?
-        }
-    };
+    let total = flag.map(parse_memory_swap).transpose()?.unwrap_or(0);
     if memory == 0 && total > 0 {
         return Err(ResourceError(
             "You should always set the Memory limit when using Memoryswap limit, see usage".into(),

@@ -3,6 +3,8 @@
 
 use clap::Args;
 
+use crate::sandbox::resources::parse_memory_swap;
+use crate::sandbox::spec::parse_bytes;
 use crate::sandbox::update::{self, Limits};
 
 #[derive(Debug, Args)]
@@ -21,23 +23,20 @@ pub struct UpdateArgs {
     sandboxes: Vec<String>,
 }
 
-fn bytes(flag: &str, v: &str) -> anyhow::Result<u64> {
-    crate::sandbox::resources::ram_in_bytes(v)
-        .ok_or_else(|| anyhow::anyhow!("invalid value for {flag}: {v:?}"))
-}
-
 pub fn run(args: UpdateArgs) -> anyhow::Result<i32> {
-    let memory_swap = match args.memory_swap.as_deref() {
-        None => None,
-        Some("-1") => Some(-1),
-        Some(v) => Some(i64::try_from(bytes("--memory-swap", v)?)?),
-    };
+    // Read as brig run reads -m and --memory-swap.
+    let memory = args
+        .memory
+        .as_deref()
+        .map(|m| parse_bytes(m).map_err(|e| anyhow::anyhow!("--memory: {e}")))
+        .transpose()?;
+    let memory_swap = args
+        .memory_swap
+        .as_deref()
+        .map(parse_memory_swap)
+        .transpose()?;
     let limits = Limits {
-        memory: args
-            .memory
-            .as_deref()
-            .map(|m| bytes("--memory", m))
-            .transpose()?,
+        memory,
         memory_swap,
         pids: args.pids_limit.map(|p| u64::try_from(p).unwrap_or(0)),
     };

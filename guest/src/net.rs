@@ -185,15 +185,8 @@ pub fn write_etc(root: &str, spec: &NetworkSpec, hostname: &str) -> Result<(), S
     ];
     for (file, content) in files {
         let path = format!("{etc}/{file}");
-        let written = std::fs::create_dir_all(&etc).and_then(|_| {
-            // A symlink in the image (to /run/systemd/resolve/..., say) is replaced, not
-            // followed.
-            if std::fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-                let _ = std::fs::remove_file(&path);
-            }
-            std::fs::write(&path, &content)
-        });
-        match written {
+        // A symlink in the image (to /run/systemd/resolve/..., say) is replaced, not followed.
+        match crate::rootfs::write_replacing(&path, &content) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
                 bind_over(&path, file, &content).map_err(|e| format!("{path}: {e}"))?

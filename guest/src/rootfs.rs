@@ -107,17 +107,22 @@ fn write_files(root: &str, files: &[brig_protocol::FileSpec]) -> Result<(), Stri
         if !plain {
             return Err(format!("file {:?}: not an absolute plain path", f.path));
         }
-        let path = format!("{root}{}", f.path);
-        let fail = |e: std::io::Error| format!("writing {}: {e}", f.path);
-        if let Some(parent) = std::path::Path::new(&path).parent() {
-            fs::create_dir_all(parent).map_err(fail)?;
-        }
-        if fs::symlink_metadata(&path).is_ok_and(|m| !m.is_file()) {
-            let _ = fs::remove_file(&path);
-        }
-        fs::write(&path, &f.content).map_err(fail)?;
+        write_replacing(&format!("{root}{}", f.path), &f.content)
+            .map_err(|e| format!("writing {}: {e}", f.path))?;
     }
     Ok(())
+}
+
+/// Writes `content` to the file at `path`, making its directory; what is there that is not
+/// a regular file (an image's symlink to elsewhere) is replaced, not followed.
+pub fn write_replacing(path: &str, content: &str) -> io::Result<()> {
+    if let Some(parent) = std::path::Path::new(path).parent() {
+        fs::create_dir_all(parent)?;
+    }
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        let _ = fs::remove_file(path);
+    }
+    fs::write(path, content)
 }
 
 /// Moves `new_root` onto `/` and makes it the root of this process (and its children).

@@ -270,6 +270,14 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Sandbox `id` of the store at `home` (whether or not it exists).
+    pub fn at(home: &Path, id: &str) -> Self {
+        Self {
+            dir: sandboxes_dir(home).join(id),
+            id: id.to_string(),
+        }
+    }
+
     /// Creates the state directory for `config`, taking its name (unique).
     pub fn create(home: &Path, config: &SandboxConfig) -> Result<Self, StateError> {
         if !valid_name(&config.name) {

@@ -51,7 +51,7 @@ impl Drop for Joined {
 }
 
 fn failed(what: impl Into<String>) -> NetworkError {
-    NetworkError::Flag(format!("joining the network namespace: {}", what.into()))
+    NetworkError::Joined(what.into())
 }
 
 /// Runs `f` on a thread of its own that has entered the network namespace `ns` (setns

@@ -117,6 +117,9 @@ pub enum NetworkError {
     Passt(#[from] passt::PasstError),
     #[error("rootless networking: {0}")]
     PasstBackend(#[from] crate::vmm::PasstBackendError),
+    /// A network namespace to join could not be taken over.
+    #[error("joining the network namespace: {0}")]
+    Joined(String),
 }
 
 /// The raw flags of `brig run`.

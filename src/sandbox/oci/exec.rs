@@ -13,7 +13,6 @@ use super::console::{self, Console};
 use super::container::{write_atomic, Container, Status};
 use super::OciError;
 use crate::sandbox::exec::{exec, ExecError, ExecOptions};
-use crate::sandbox::state::Sandbox;
 
 /// The hidden subcommand (after `oci`) of a detached exec's proxy.
 pub const EXEC_PROXY_COMMAND: &str = "__exec";
@@ -38,12 +37,7 @@ fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
             "cannot exec in a pod's sandbox container: it has no VM".into(),
         )),
         Status::Running => {
-            let home = crate::image::store::default_home()
-                .map_err(|e| OciError::Sandbox(e.to_string()))?;
-            let sandbox = Sandbox {
-                dir: home.join("sandboxes").join(&state.sandbox_id),
-                id: state.sandbox_id.clone(),
-            };
+            let sandbox = super::sandbox_of(&state.sandbox_id)?;
             while state.alive()
                 && !sandbox.is_running()
                 && sandbox
@@ -157,11 +151,7 @@ fn spawn_proxy(
 pub fn run_proxy(sandbox_id: &str, process_json: &str) -> Result<i32, OciError> {
     let p = parse_process(process_json)?;
     let _ = rustix::process::chdir("/");
-    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
-    let sandbox = Sandbox {
-        dir: home.join("sandboxes").join(sandbox_id),
-        id: sandbox_id.into(),
-    };
+    let sandbox = super::sandbox_of(sandbox_id)?;
     let opts = ExecOptions {
         command: p.args.clone(),
         env: p.env.clone(),

@@ -27,6 +27,12 @@ pub mod verbs;
 pub use container::{default_root, Container};
 pub use verbs::{create, delete, kill, list, run, start, CreateRequest};
 
+/// The brig sandbox `sandbox_id` behind a container, in brig's default home.
+pub(crate) fn sandbox_of(sandbox_id: &str) -> Result<crate::sandbox::state::Sandbox, OciError> {
+    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
+    Ok(crate::sandbox::state::Sandbox::at(&home, sandbox_id))
+}
+
 /// The hidden subcommand (after `oci`) that is a container's VMM process.
 pub const SUPERVISE_COMMAND: &str = "__supervise";
 

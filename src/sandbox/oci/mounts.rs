@@ -7,7 +7,7 @@
 //! tmpfs mounts in the guest. A mount brig cannot make fails `create` rather than leave the
 //! workload writing where nothing is kept.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use brig_protocol::FileSpec;
 use serde::Deserialize;
@@ -136,7 +136,7 @@ fn normalize(dest: &str) -> String {
 }
 
 /// A small regular file's text.
-fn read_small(path: &PathBuf) -> Result<String, String> {
+fn read_small(path: &Path) -> Result<String, String> {
     use std::io::Read;
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut text = String::new();

@@ -89,11 +89,7 @@ fn prepare(
     sandbox_id: &str,
     start_fifo: &Path,
 ) -> Result<(Sandbox, RuntimeDir, std::fs::File), OciError> {
-    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
-    let sandbox = Sandbox {
-        dir: home.join("sandboxes").join(sandbox_id),
-        id: sandbox_id.into(),
-    };
+    let sandbox = super::sandbox_of(sandbox_id)?;
     let runtime = RuntimeDir::create(sandbox_id).map_err(OciError::io("runtime directory"))?;
     // Read and write: the open does not wait for a writer, and `start`'s non-blocking open
     // for writing succeeds as soon as this process is ready.

@@ -9,7 +9,6 @@ use std::path::Path;
 use super::bundle::Resources;
 use super::container::{Container, Status};
 use super::OciError;
-use crate::sandbox::state::Sandbox;
 use crate::sandbox::update::{self, Limits};
 
 /// runc's flags (`--memory`, `--memory-swap`, `--pids-limit`).
@@ -68,11 +67,7 @@ pub fn update(root: &Path, id: &str, json: Option<&str>, flags: &Flags) -> Resul
         // A pod's sandbox placeholder runs nothing to limit.
         return Ok(());
     }
-    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
-    let sandbox = Sandbox {
-        dir: home.join("sandboxes").join(&state.sandbox_id),
-        id: state.sandbox_id.clone(),
-    };
+    let sandbox = super::sandbox_of(&state.sandbox_id)?;
     update::update(&sandbox, &limits).map_err(|e| OciError::Sandbox(e.to_string()))
 }
 

@@ -87,7 +87,7 @@ fn create_in(
 
     let id = runtime::new_id();
     let read_only = bundle.read_only();
-    let scratch_path = home.join("sandboxes").join(&id).join("scratch.ext4");
+    let scratch_path = Sandbox::at(&home, &id).dir.join("scratch.ext4");
     let root = super::rootfs::plan(
         &home,
         &bundle.rootfs,
@@ -107,11 +107,12 @@ fn create_in(
             run.hostname = name.trim().to_string();
         }
     }
-    let new_netns = bundle.network_namespace() == NetNamespace::New;
+    let namespace = bundle.network_namespace();
+    let new_netns = namespace == NetNamespace::New;
     let network = NetworkOptions {
-        netns: match bundle.network_namespace() {
+        netns: match namespace {
             NetNamespace::Host => None,
-            // The VMM process's own, which it makes (see spawn_vmm) and hooks configure.
+            // The keeper's own, which it makes (see keeper::spawn) and hooks configure.
             NetNamespace::New => Some(PathBuf::from(OWN_NAMESPACE)),
             NetNamespace::Join(path) => Some(path),
         },
@@ -295,14 +296,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
     }
     // A pod sandbox's placeholder has no sandbox (see super::pod).
     let has_vm = !state.sandbox_id.is_empty();
-    if let Some(home) = has_vm
-        .then(crate::image::store::default_home)
+    if let Some(sandbox) = has_vm
+        .then(|| super::sandbox_of(&state.sandbox_id))
         .and_then(Result::ok)
     {
-        let sandbox = Sandbox {
-            dir: home.join("sandboxes").join(&state.sandbox_id),
-            id: state.sandbox_id.clone(),
-        };
         let _ = sandbox.remove();
     }
     if let Some(dir) = &state.cgroup {

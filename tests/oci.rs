@@ -275,6 +275,35 @@ fn contract() -> Result<(), String> {
         "delete of a running container",
         &busy,
     )?;
+    // pause and resume, as runc's: "paused" in state, refused where runc refuses.
+    let pause = runc_out(&["pause", "c1"]);
+    check(pause.status.success(), "pause", &pause)?;
+    if state("c1")?["status"] != "paused" {
+        return Err(format!("after pause: {}", state("c1")?));
+    }
+    let again = runc_out(&["pause", "c1"]);
+    check(
+        !again.status.success() && stderr(&again).contains("container not running"),
+        "pause of a paused container",
+        &again,
+    )?;
+    let busy = runc_out(&["delete", "c1"]);
+    check(
+        stderr(&busy).contains("cannot delete container c1 that is not stopped: paused"),
+        "delete of a paused container",
+        &busy,
+    )?;
+    let resume = runc_out(&["resume", "c1"]);
+    check(resume.status.success(), "resume", &resume)?;
+    if state("c1")?["status"] != "running" {
+        return Err(format!("after resume: {}", state("c1")?));
+    }
+    let again = runc_out(&["resume", "c1"]);
+    check(
+        !again.status.success() && stderr(&again).contains("container not paused"),
+        "resume of a running container",
+        &again,
+    )?;
     let kill = runc_out(&["kill", "c1", "TERM"]);
     check(kill.status.success(), "kill TERM", &kill)?;
     // The pid exits with the workload's status: 128+15, relayed to `sleep`.

@@ -1,8 +1,11 @@
 //! Sandboxes that live (issue 6): `run -d`, `ps`, `exec`, `logs`, `cp`, `stop`, `kill`,
-//! `rm`, `stats`, `inspect`, end to end, on a busybox image in a private store.
+//! `rm`, `stats`, `inspect`, `pause`, `unpause`, `start` end to end, on a busybox image in a
+//! private store.
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
 mod common;
+#[path = "sandbox/pause.rs"]
+mod pause;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -807,6 +810,10 @@ fn main() {
                 twenty_sandboxes_leave_nothing_behind,
             ),
             trial("bad_input_is_one_line", bad_input_is_one_line),
+            trial(
+                "pause_unpause_and_start_again",
+                pause::pause_unpause_and_start_again,
+            ),
         ],
     )
 }

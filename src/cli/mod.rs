@@ -28,6 +28,12 @@ enum Command {
     Exec(commands::exec::ExecArgs),
     /// Show a sandbox's output.
     Logs(commands::logs::LogsArgs),
+    /// Start stopped sandboxes again (their overlay's files kept).
+    Start(commands::start::StartArgs),
+    /// Pause sandboxes (their VMM frozen; memory and processes kept).
+    Pause(commands::pause::PauseArgs),
+    /// Unpause paused sandboxes.
+    Unpause(commands::pause::PauseArgs),
     /// Stop sandboxes (StopSignal, then SIGKILL after a grace period).
     Stop(commands::stop::StopArgs),
     /// Send a signal to sandboxes' main process.
@@ -104,6 +110,9 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Ps(args) => commands::ps::run(args),
         Command::Exec(args) => commands::exec::run(args),
         Command::Logs(args) => commands::logs::run(args),
+        Command::Start(args) => commands::start::run(args),
+        Command::Pause(args) => commands::pause::run(args, true),
+        Command::Unpause(args) => commands::pause::run(args, false),
         Command::Stop(args) => commands::stop::run(args),
         Command::Kill(args) => commands::kill::run(args),
         Command::Update(args) => commands::update::run(args),

@@ -220,6 +220,12 @@ fn read_done(conn: &mut UnixStream) -> Result<(), CopyError> {
 impl Channel {
     /// Opens the way to `sandbox`: its agent when it runs, else a maintenance VM.
     pub fn open(sandbox: &Sandbox) -> Result<Self, CopyError> {
+        if super::pause::is_paused(sandbox) {
+            return Err(CopyError(format!(
+                "sandbox {} is paused, unpause it before copying",
+                sandbox.short_id()
+            )));
+        }
         if sandbox.is_running() {
             return Ok(Self::Running(vsock_socket_of(&sandbox.id)));
         }

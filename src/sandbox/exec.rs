@@ -38,6 +38,9 @@ pub struct ExecOptions {
 pub enum ExecError {
     #[error("sandbox {0} is not running")]
     NotRunning(String),
+    /// docker's words.
+    #[error("sandbox {0} is paused, unpause the sandbox before exec")]
+    Paused(String),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("{0}: {1}")]
@@ -94,6 +97,9 @@ pub fn exec_spec(base: &RunSpec, opts: &ExecOptions) -> RunSpec {
 pub fn exec(sb: &Sandbox, name: &str, opts: &ExecOptions) -> Result<i32, ExecError> {
     if !sb.is_running() {
         return Err(ExecError::NotRunning(name.to_string()));
+    }
+    if super::pause::is_paused(sb) {
+        return Err(ExecError::Paused(name.to_string()));
     }
     tty::check_interactive(opts.tty, opts.interactive)?;
     let config = sb.config()?;

@@ -58,6 +58,9 @@ pub enum LifecycleError {
     Failed(#[from] Failure),
     #[error(transparent)]
     Volume(#[from] super::volumes::VolumeError),
+    /// Another brig process has the stopped sandbox's VM (a concurrent start, `brig cp`).
+    #[error("sandbox {0} is in use (being started, or by brig cp); try again")]
+    Busy(String),
 }
 
 /// Everything a sandbox is made of.
@@ -187,6 +190,29 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         }
     }
     Ok(Created { sandbox, runtime })
+}
+
+/// A stopped sandbox made ready to run again (`brig start`, as docker's): its runtime
+/// directory and lock taken anew, while its config, its disks (the scratch disk keeps what
+/// the workload wrote), its volumes and its log stay. `Ok(None)`: it runs already.
+pub fn reopen(sandbox: Sandbox) -> Result<Option<Created>, LifecycleError> {
+    sandbox.settle(Duration::from_secs(5));
+    if sandbox.is_running() {
+        return Ok(None);
+    }
+    let busy = || LifecycleError::Busy(sandbox.short_id().to_string());
+    if sandbox.is_live() {
+        return Err(busy());
+    }
+    // What a VMM killed with its keeper left (the directory, its cgroup).
+    super::runtime::sweep_stale();
+    let runtime = match RuntimeDir::create(&sandbox.id) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(busy()),
+        Err(e) => return Err(LifecycleError::Runtime(e)),
+    };
+    // The lock is ours now: whoever had it a moment ago has gone, and nothing runs.
+    Ok(Some(Created { sandbox, runtime }))
 }
 
 /// What `brig compare` measures of a [`Created::run_quiet`] run (it reads the workload's

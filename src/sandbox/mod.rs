@@ -14,6 +14,7 @@
 //!   [`resources`] (docker's resource flags: memory, CPUs, blkio throttles).
 //! - [`templates`]: VMs saved at "agent ready" and restored per run instead of booting.
 //! - [`compare`]: `brig compare`, the same probe under another runtime and under brig.
+//! - [`pause`]: a running sandbox's VMM frozen and thawed (`brig pause`, `unpause`).
 //! - [`confinement`]: how a live sandbox's VMM is confined on the host (for `brig inspect`).
 //! - [`oci`]: `brig-runc`, brig as an OCI runtime in runc's dialect (containerd, podman).
 //! - [`network`]: `-p` and the userland proxy that publishes guest ports on the host.
@@ -37,6 +38,7 @@ pub mod maintenance;
 pub mod network;
 pub mod oci;
 pub mod outcome;
+pub mod pause;
 pub mod resources;
 pub mod runtime;
 pub mod scratch;

@@ -152,6 +152,9 @@ pub struct SandboxState {
     /// The network while it runs (address, published ports, policy).
     #[serde(default)]
     pub network: Option<NetworkState>,
+    /// Running, with its VMM paused (`brig pause`, see [`super::pause`]).
+    #[serde(default)]
+    pub paused: bool,
 }
 
 impl SandboxState {
@@ -165,6 +168,7 @@ impl SandboxState {
             error: None,
             start_path: None,
             network: None,
+            paused: false,
         }
     }
 }
@@ -371,6 +375,7 @@ impl Sandbox {
         // gone) while the lock is still held, and reads as dead already.
         if state.status == Status::Running && !(self.is_live() && process_alive(state.pid)) {
             state.status = Status::Exited;
+            state.paused = false;
             state
                 .error
                 .get_or_insert_with(|| "the VMM process died".into());

@@ -185,6 +185,7 @@ pub(super) fn record_end(sandbox: &Sandbox, verdict: &Result<i32, Failure>) {
     let mut state = sandbox.state().unwrap_or_else(|_| SandboxState::created());
     state.status = Status::Exited;
     state.network = None;
+    state.paused = false;
     state.finished_at = Some(now_rfc3339());
     state.exit_code = Some(verdict.as_ref().map_or_else(|f| f.code, |c| *c));
     state.error = verdict.as_ref().err().map(|f| f.message.clone());

@@ -73,8 +73,9 @@ fn sandbox_json(sb: &crate::sandbox::state::Sandbox) -> anyhow::Result<serde_jso
         "ImageId": config.image_id,
         "Created": config.created,
         "State": {
-            "Status": state.status,
+            "Status": if live && state.paused { serde_json::json!("paused") } else { serde_json::json!(state.status) },
             "Running": live,
+            "Paused": live && state.paused,
             "Pid": if live { state.pid } else { 0 },
             "ExitCode": state.exit_code,
             "Error": state.error,

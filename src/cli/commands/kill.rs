@@ -24,6 +24,9 @@ pub fn run(args: KillArgs) -> anyhow::Result<i32> {
         if !sb.is_running() {
             anyhow::bail!("sandbox {name} is not running");
         }
+        // The signal goes through the guest agent: a paused sandbox is resumed to receive it,
+        // as docker does.
+        crate::sandbox::pause::resume_if_paused(&sb, name)?;
         control::kill(&vsock_socket_of(&sb.id), sig).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
         println!("{name}");
     }

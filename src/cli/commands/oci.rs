@@ -146,6 +146,10 @@ enum OciCommand {
     },
     /// Print a container's state as JSON.
     State { id: String },
+    /// Pause a running container (its VM's vCPUs and devices stop; memory stays).
+    Pause { id: String },
+    /// Resume a paused container.
+    Resume { id: String },
     /// Send a signal (default SIGTERM) to a container.
     Kill {
         #[arg(short = 'a', long)]
@@ -321,6 +325,8 @@ fn dispatch(cli: OciCli) -> Result<i32, OciError> {
             oci::kill(&root, &id, oci::parse_signal(&signal)?, all)?
         }
         OciCommand::Delete { force, id } => oci::delete(&root, &id, force)?,
+        OciCommand::Pause { id } => oci::pause(&root, &id, true)?,
+        OciCommand::Resume { id } => oci::pause(&root, &id, false)?,
         OciCommand::Update {
             resources,
             memory,

@@ -50,6 +50,9 @@ fn status_words(st: &state::SandboxState, now: i64) -> String {
     let at = |t: &Option<String>| t.as_deref().and_then(parse_rfc3339).unwrap_or(now);
     match st.status {
         Status::Created => "Created".into(),
+        Status::Running if st.paused => {
+            format!("Up {} (Paused)", duration_words(now - at(&st.started_at)))
+        }
         Status::Running => format!("Up {}", duration_words(now - at(&st.started_at))),
         Status::Exited => {
             let code = st.exit_code.map_or("?".into(), |c| c.to_string());

@@ -1,5 +1,8 @@
 //! `brig stats`: CPU %, memory used / limit, processes, per running sandbox (from the guest
-//! agent), and the VMM process's own resident memory (from the host).
+//! agent), and what the VMM process costs the host: its resident memory (RSS) and its
+//! proportional share of it (PSS: pages it shares, a template's clean pages restored by
+//! several sandboxes, count in part). A paused sandbox's agent cannot answer: its guest
+//! columns read `--`.
 
 use std::time::Duration;
 
@@ -41,6 +44,8 @@ struct Row {
     mem_percent: f64,
     pids: u64,
     vmm_rss: u64,
+    vmm_pss: u64,
+    paused: bool,
     net_rx: u64,
     net_tx: u64,
 }
@@ -51,6 +56,16 @@ fn vmm_rss(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The VMM process's proportional set size (/proc/PID/smaps_rollup), in bytes.
+fn vmm_pss(pid: u32) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
@@ -82,6 +97,8 @@ fn row(sb: &Sandbox, a: &Stats, b: &Stats) -> Row {
         },
         pids: b.pids_current,
         vmm_rss: vmm_rss(pid),
+        vmm_pss: vmm_pss(pid),
+        paused: crate::sandbox::pause::is_paused(sb),
         net_rx: b.net_rx_bytes,
         net_tx: b.net_tx_bytes,
     }
@@ -110,6 +127,9 @@ pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
         t
     };
     let sample = |sb: &Sandbox| {
+        if crate::sandbox::pause::is_paused(sb) {
+            return Ok(Stats::default());
+        }
         control::stats(&vsock_socket_of(&sb.id))
             .map_err(|e| anyhow::anyhow!("{}: {e}", sb.short_id()))
     };
@@ -131,15 +151,21 @@ pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
             let table: Vec<Vec<String>> = rows
                 .iter()
                 .map(|r| {
+                    let guest = |s: String| if r.paused { "--".to_string() } else { s };
                     vec![
                         r.id[..12].to_string(),
                         r.name.clone(),
-                        format!("{:.2}%", r.cpu_percent),
-                        format!("{} / {}", mib(r.mem_usage), mib(r.mem_limit)),
-                        format!("{:.2}%", r.mem_percent),
-                        format!("{} / {}", human_size(r.net_rx), human_size(r.net_tx)),
-                        r.pids.to_string(),
+                        guest(format!("{:.2}%", r.cpu_percent)),
+                        guest(format!("{} / {}", mib(r.mem_usage), mib(r.mem_limit))),
+                        guest(format!("{:.2}%", r.mem_percent)),
+                        guest(format!(
+                            "{} / {}",
+                            human_size(r.net_rx),
+                            human_size(r.net_tx)
+                        )),
+                        guest(r.pids.to_string()),
                         mib(r.vmm_rss),
+                        mib(r.vmm_pss),
                     ]
                 })
                 .collect();
@@ -153,6 +179,7 @@ pub fn run(args: StatsArgs) -> anyhow::Result<i32> {
                     "NET I/O",
                     "PIDS",
                     "VMM RSS",
+                    "VMM PSS",
                 ],
                 &table,
             );

@@ -49,6 +49,8 @@ pub fn stop(sandbox: &Sandbox, grace: Duration) -> anyhow::Result<()> {
     if !sandbox.is_running() {
         return Ok(());
     }
+    // As docker delivers a stop to a paused container: it is resumed to receive it.
+    crate::sandbox::pause::resume_if_paused(sandbox, sandbox.short_id())?;
     let config = sandbox.config()?;
     let sig = control::parse_signal(&config.stop_signal).unwrap_or(Signal::TERM.as_raw());
     let socket = vsock_socket_of(&sandbox.id);

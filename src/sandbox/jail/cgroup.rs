@@ -25,10 +25,23 @@ pub fn is_brigs(path: &str) -> bool {
 
 /// The `memory.max` of the cgroup at `path` (as /proc/PID/cgroup writes it).
 pub fn memory_max(path: &str) -> Option<String> {
-    let rel = path.strip_prefix('/')?;
-    std::fs::read_to_string(Path::new(MOUNT).join(rel).join("memory.max"))
+    std::fs::read_to_string(dir_of(path)?.join("memory.max"))
         .ok()
         .map(|s| s.trim().to_string())
+}
+
+/// The cgroup v2 path of process `pid` (as /proc/PID/cgroup writes it: `/brig/<id>`).
+pub fn of_process(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// The directory of the cgroup at `path` (as /proc/PID/cgroup writes it), on the v2 mount.
+pub fn dir_of(path: &str) -> Option<PathBuf> {
+    let rel = path.strip_prefix('/')?;
+    Some(Path::new(MOUNT).join(rel))
 }
 
 /// The cgroup of sandbox `short_id`'s VMM.

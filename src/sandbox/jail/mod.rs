@@ -204,13 +204,7 @@ pub fn describe(pid: u32, runtime: &Path) -> Option<JailView> {
         .filter(|ns| ns_id(&p, ns).is_some_and(|id| Some(id) != ns_id("self", ns)))
         .map(str::to_string)
         .collect();
-    let cgroup = std::fs::read_to_string(format!("/proc/{p}/cgroup"))
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find_map(|l| l.strip_prefix("0::").map(str::to_string))
-        })
-        .filter(|c| cgroup::is_brigs(c));
+    let cgroup = cgroup::of_process(pid).filter(|c| cgroup::is_brigs(c));
     let memory_max = cgroup.as_deref().and_then(cgroup::memory_max);
     Some(JailView {
         root: root_of(runtime),

@@ -57,6 +57,8 @@ impl OciState {
 pub enum Status {
     Created,
     Running,
+    /// Running, its VMM frozen (`pause`).
+    Paused,
     Stopped,
 }
 
@@ -65,6 +67,7 @@ impl Status {
         match self {
             Self::Created => "created",
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Stopped => "stopped",
         }
     }
@@ -156,9 +159,34 @@ impl OciState {
         self.pid > 0 && process_start_time(self.pid) == Some(self.start_time)
     }
 
+    /// Its sandbox, once its VM runs. A container is running once `start` returned, and
+    /// callers act on it at once (exec probes, pause); its VM may still be starting then
+    /// (booting, or making its template): this waits until the VM runs, or its VMM process
+    /// is gone.
+    pub fn vm_started(&self) -> Result<crate::sandbox::state::Sandbox, OciError> {
+        let sandbox = super::sandbox_of(&self.sandbox_id)?;
+        while self.alive()
+            && !sandbox.is_running()
+            && sandbox
+                .state()
+                .is_ok_and(|s| s.status == crate::sandbox::state::Status::Created)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(sandbox)
+    }
+
+    /// Whether its sandbox's VMM is paused (`pause`; a pod's sandbox container has none).
+    fn paused(&self) -> bool {
+        !self.sandbox_id.is_empty()
+            && super::sandbox_of(&self.sandbox_id)
+                .is_ok_and(|s| crate::sandbox::pause::is_paused(&s))
+    }
+
     pub fn status(&self) -> Status {
         match (self.alive(), self.started) {
             (false, _) => Status::Stopped,
+            (true, true) if self.paused() => Status::Paused,
             (true, true) => Status::Running,
             (true, false) => Status::Created,
         }

@@ -37,19 +37,14 @@ fn running_sandbox(root: &Path, id: &str) -> Result<String, OciError> {
             "cannot exec in a pod's sandbox container: it has no VM".into(),
         )),
         Status::Running => {
-            let sandbox = super::sandbox_of(&state.sandbox_id)?;
-            while state.alive()
-                && !sandbox.is_running()
-                && sandbox
-                    .state()
-                    .is_ok_and(|s| s.status == crate::sandbox::state::Status::Created)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            state.vm_started()?;
             Ok(state.sandbox_id)
         }
         Status::Created => Err(OciError::Status(
             "cannot exec in a container that has not started".into(),
+        )),
+        Status::Paused => Err(OciError::Status(
+            "cannot exec in a paused container (use --ignore-paused to override)".into(),
         )),
         Status::Stopped => Err(OciError::Status(
             "cannot exec in a stopped container".into(),

@@ -25,7 +25,7 @@ pub mod update;
 pub mod verbs;
 
 pub use container::{default_root, Container};
-pub use verbs::{create, delete, kill, list, run, start, CreateRequest};
+pub use verbs::{create, delete, kill, list, pause, run, start, CreateRequest};
 
 /// The brig sandbox `sandbox_id` behind a container, in brig's default home.
 pub(crate) fn sandbox_of(sandbox_id: &str) -> Result<crate::sandbox::state::Sandbox, OciError> {

@@ -175,7 +175,7 @@ pub fn start(root: &Path, id: &str) -> Result<(), OciError> {
     let mut state = c.load()?;
     match state.status() {
         Status::Created => {}
-        Status::Running => {
+        Status::Running | Status::Paused => {
             return Err(OciError::Status(
                 "cannot start an already running container".into(),
             ))
@@ -256,6 +256,28 @@ pub fn kill(root: &Path, id: &str, sig: i32, all: bool) -> Result<(), OciError> 
     signal_vmm(&state, sig)
 }
 
+/// Pauses a running container (`pause`) or resumes a paused one: its VMM frozen or thawed
+/// ([`crate::sandbox::pause`]), the keeper left running.
+pub fn pause(root: &Path, id: &str, pause: bool) -> Result<(), OciError> {
+    let state = Container::open(root, id)?.load()?;
+    let sandbox = match state.status() {
+        // A pod's sandbox container has no VM: nothing to freeze.
+        Status::Running if pause && state.sandbox_id.is_empty() => return Ok(()),
+        Status::Paused if !pause => super::sandbox_of(&state.sandbox_id)?,
+        Status::Running if pause => state.vm_started()?,
+        Status::Running | Status::Created if !pause => {
+            return Err(OciError::Status("container not paused".into()))
+        }
+        _ => return Err(OciError::Status("container not running".into())),
+    };
+    let done = if pause {
+        crate::sandbox::pause::pause(&sandbox, id)
+    } else {
+        crate::sandbox::pause::unpause(&sandbox, id)
+    };
+    done.map_err(|e| OciError::Status(e.to_string()))
+}
+
 /// Removes a stopped container (`force`: any; a created one is killed first), with its
 /// sandbox and runtime files. A missing one is an error unless `force`.
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
@@ -270,9 +292,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<(), OciError> {
         Err(e) => return Err(e),
     };
     match state.status() {
-        Status::Running if !force => {
+        s @ (Status::Running | Status::Paused) if !force => {
             return Err(OciError::Status(format!(
-                "cannot delete container {id} that is not stopped: running"
+                "cannot delete container {id} that is not stopped: {}",
+                s.as_str()
             )))
         }
         Status::Stopped => {}

@@ -467,6 +467,28 @@ fn concurrent_sandboxes_get_distinct_addresses() -> Result<(), String> {
         if unique.len() != names.len() || addrs.iter().any(|a| !a.starts_with("10.89.")) {
             return Err(format!("addresses: {addrs:?}"));
         }
+        // They were restored from one template (made with its network device unwired), and
+        // each guest has its own MAC address all the same: the agent sets the sandbox's.
+        let mut macs = Vec::new();
+        for n in &names {
+            let out = f.brig(&["inspect", n]);
+            let v: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+            check(
+                v[0]["State"]["StartPath"] == "template",
+                &format!("{n} was restored from a template"),
+                &out,
+            )?;
+            let out = f.brig(&["exec", n, "cat", "/sys/class/net/eth0/address"]);
+            check(out.status.success(), "exec: eth0's address", &out)?;
+            macs.push(stdout(&out).trim().to_string());
+        }
+        let mut unique = macs.clone();
+        unique.sort();
+        unique.dedup();
+        if unique.len() != names.len() || macs.iter().any(|m| m == "02:00:00:00:00:01") {
+            return Err(format!("MAC addresses: {macs:?}"));
+        }
         Ok(())
     })();
     let mut args = vec!["rm", "-f"];

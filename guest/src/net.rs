@@ -93,7 +93,7 @@ fn interface_name() -> io::Result<String> {
         .ok_or_else(|| io::Error::other("the VM has no network interface"))
 }
 
-/// Configures the guest's interface as the host planned it: MTU, address, netmask, up, and
+/// Configures the guest's interface as the host planned it: MAC, MTU, address, netmask, up, and
 /// a default route through the host's side of the link. Static, like Kata's agent, so no
 /// DHCP client and no `ip=` on the kernel command line (which a snapshot would freeze).
 pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
@@ -124,6 +124,22 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
             .map(|_| ())
             .map_err(|e| fail(what, e))
     };
+    if !spec.mac.is_empty() {
+        // Before the link is up: the host and its neighbours learn this address from the
+        // first frame. (virtio-net without a control queue takes it locally.)
+        let mac = brig_protocol::parse_mac(&spec.mac)
+            .ok_or_else(|| format!("bad MAC address {:?}", spec.mac))?;
+        let mut data = [0 as libc::c_char; 14];
+        for (d, b) in data.iter_mut().zip(mac) {
+            *d = b as libc::c_char;
+        }
+        let mut req = ifreq(&name).map_err(|e| fail("name", e))?;
+        req.ifr_ifru.ifru_hwaddr = libc::sockaddr {
+            sa_family: libc::ARPHRD_ETHER,
+            sa_data: data,
+        };
+        set(libc::SIOCSIFHWADDR, &req, "MAC address")?;
+    }
     if spec.mtu > 0 {
         let mut req = ifreq(&name).map_err(|e| fail("name", e))?;
         req.ifr_ifru.ifru_mtu = libc::c_int::from(spec.mtu);

@@ -356,6 +356,7 @@ pub(crate) mod tests {
                     prefix_len: 30,
                     gateway: "10.89.0.1".into(),
                     mtu: 1500,
+                    mac: "02:42:0a:59:00:02".into(),
                     resolv_conf: "nameserver 192.0.2.53\n".into(),
                     hosts: "127.0.0.1\tlocalhost\n".into(),
                 }),

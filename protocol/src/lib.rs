@@ -24,8 +24,9 @@ mod messages;
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};
 pub use messages::{
-    DiskSize, ExecErrorKind, ExitStatus, FileKind, FileSpec, Message, MountSpec, NetworkSpec,
-    PathInfo, ResourceUpdate, RestoreSpec, Rlimit, RootfsSpec, RunSpec, SecuritySpec, Stats,
+    format_mac, parse_mac, DiskSize, ExecErrorKind, ExitStatus, FileKind, FileSpec, Message,
+    MountSpec, NetworkSpec, PathInfo, ResourceUpdate, RestoreSpec, Rlimit, RootfsSpec, RunSpec,
+    SecuritySpec, Stats,
 };
 
 /// Version of this protocol; the host refuses a guest that speaks another one.

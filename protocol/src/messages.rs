@@ -262,10 +262,38 @@ pub struct NetworkSpec {
     pub gateway: String,
     /// The interface's MTU.
     pub mtu: u16,
+    /// The interface's MAC address (`02:42:0a:59:00:02`), set before it comes up; empty:
+    /// the address the device offered at probe (a VM restored from a template probed the
+    /// template's device, whose address is not the sandbox's).
+    pub mac: String,
     /// `/etc/resolv.conf`, whole.
     pub resolv_conf: String,
     /// `/etc/hosts`, whole.
     pub hosts: String,
+}
+
+/// A MAC address as [`NetworkSpec::mac`] writes it: six lowercase hex pairs and colons.
+pub fn format_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The address [`format_mac`] wrote; `None` for anything else, or for an address no NIC can
+/// have (multicast, all zeroes).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    let nic = mac[0] & 1 == 0 && mac != [0; 6];
+    (parts.next().is_none() && nic).then_some(mac)
 }
 
 impl RunSpec {
@@ -338,4 +366,29 @@ pub struct MountSpec {
     /// Copy the image's content at `target` into the share before mounting it over (docker's
     /// rule for a new, empty named volume).
     pub copy_up: bool,
+}
+
+#[cfg(test)]
+mod mac_tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip_and_bad_ones_are_refused() {
+        let mac = [0x02, 0x42, 0x0a, 0x59, 0x00, 0xff];
+        assert_eq!(format_mac(mac), "02:42:0a:59:00:ff");
+        assert_eq!(parse_mac("02:42:0a:59:00:ff"), Some(mac));
+        assert_eq!(parse_mac("02:42:0A:59:00:FF"), Some(mac));
+        for bad in [
+            "",
+            "02:42:0a:59:00",
+            "02:42:0a:59:00:ff:00",
+            "2:42:0a:59:00:ff",
+            "02:42:0a:59:00:fg",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "02-42-0a-59-00-ff",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad:?}");
+        }
+    }
 }

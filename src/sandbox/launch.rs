@@ -106,6 +106,10 @@ pub enum LaunchError {
     /// Restoring the template failed, and so did booting cold after it.
     #[error("restoring the template failed ({restore}); booting cold then failed: {cold}")]
     NeitherStart { restore: String, cold: VmError },
+    /// Restoring the template failed, and its network device could not be kept for a cold
+    /// boot.
+    #[error("restoring the template failed ({restore}); no cold boot: its network device could not be kept for one ({why})")]
+    NoColdBoot { restore: String, why: String },
 }
 
 /// Boots the VM, runs the workload, tears everything down.
@@ -230,6 +234,10 @@ fn start_template(
             // What the failed VM left in the runtime directory.
             let _ = std::fs::remove_file(runtime.vsock_listener(brig_protocol::AGENT_PORT));
             let _ = std::fs::remove_file(runtime.vsock_socket());
+            let cold = cold.map_err(|e| LaunchError::NoColdBoot {
+                restore: why.clone(),
+                why: e.to_string(),
+            })?;
             match vm::start(cold, runtime) {
                 Ok(agent_vm) => Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why))),
                 Err(cold) => Err(LaunchError::NeitherStart { restore: why, cold }),

@@ -168,7 +168,13 @@ pub(super) fn host_side(
     let mut run = config.run.clone();
     if let Some(n) = net.as_mut() {
         vm.net = n.take_device();
-        run.network = Some(n.spec.clone());
+        let mut spec = n.spec.clone();
+        // The device's address is what a template's guest does not have (it probed the
+        // template's device): the agent sets it.
+        if let Some(d) = &vm.net {
+            spec.mac = brig_protocol::format_mac(d.mac);
+        }
+        run.network = Some(spec);
     }
     Ok(HostSide {
         log,

@@ -37,8 +37,8 @@ pub use crate::devices::serial::ConsoleLog;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
     Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, FsConfig, IoLimits,
-    NetBackend, NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig,
-    ALWAYS_DENIED, DEFAULT_GUEST_CID,
+    NetBackend, NetDeviceConfig, NullBackend, PasstBackend, PasstBackendError, Tap, TapError,
+    VsockConfig, ALWAYS_DENIED, DEFAULT_GUEST_CID,
 };
 
 /// A wait longer than any deadline a caller can express.

@@ -28,6 +28,7 @@ pub use crate::devices::virtio::net::passt::{
 };
 pub use crate::devices::virtio::net::tap::{Tap, TapError};
 pub use crate::devices::virtio::net::Backend as NetBackend;
+pub use crate::devices::virtio::net::NullBackend;
 pub use crate::devices::virtio::vsock::DEFAULT_GUEST_CID;
 
 /// A vsock device whose host side is a Unix socket.
@@ -68,6 +69,28 @@ pub struct NetDeviceConfig {
     pub mtu: u16,
     /// What the guest may send, checked on every frame (`None`: anything).
     pub egress: Option<EgressPolicy>,
+}
+
+impl NetDeviceConfig {
+    /// The same device on the same wire (see [`NetBackend::try_clone`]).
+    pub fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            backend: self.backend.try_clone()?,
+            mac: self.mac,
+            mtu: self.mtu,
+            egress: self.egress.clone(),
+        })
+    }
+
+    /// The same device with no wire (a template's: see [`NullBackend`]).
+    pub fn unwired(&self) -> std::io::Result<Self> {
+        Ok(Self {
+            backend: Box::new(NullBackend::new()?),
+            mac: self.mac,
+            mtu: self.mtu,
+            egress: None,
+        })
+    }
 }
 
 impl std::fmt::Debug for NetDeviceConfig {

@@ -27,6 +27,10 @@ enum TemplateCommand {
         /// For `brig run --read-only` (no scratch disk).
         #[arg(long = "read-only")]
         read_only: bool,
+        /// For `brig run --network MODE`: `none` (no network device) or any other mode
+        /// (bridge, the default; host ports; a joined namespace): the same device.
+        #[arg(long, value_name = "MODE", default_value = "bridge")]
+        network: String,
         /// Guest kernel (default: the one kernels/build.sh built).
         #[arg(long, value_name = "PATH")]
         kernel: Option<PathBuf>,
@@ -54,6 +58,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
             memory,
             cpus,
             read_only,
+            network,
             kernel,
         } => {
             let kernel = match kernel {
@@ -65,15 +70,21 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                 cpus,
                 ..Default::default()
             })?;
-            let (key, made) = templates::build_for(&home, &kernel, r.mem_mib, r.cpus, read_only)?;
+            let shape = templates::Shape {
+                mem_mib: r.mem_mib,
+                cpus: r.cpus,
+                read_only,
+                network: network != "none",
+            };
+            let (key, made) = templates::build_for(&home, &kernel, &shape)?;
             println!("{key}{}", if made { "" } else { " (already there)" });
         }
         TemplateCommand::Ls { quiet } => {
             let list = templates::list(&home)?;
             if !quiet {
                 println!(
-                    "{:<34}{:<6}{:<9}{:<10}{:<10}CREATED",
-                    "KEY", "CPUS", "MEMORY", "DISKS", "ON DISK"
+                    "{:<34}{:<6}{:<9}{:<10}{:<9}{:<10}CREATED",
+                    "KEY", "CPUS", "MEMORY", "DISKS", "NETWORK", "ON DISK"
                 );
             }
             for t in list {
@@ -81,7 +92,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                     println!("{}", t.key);
                     continue;
                 }
-                let (cpus, mem, disks, created) = match &t.record {
+                let (cpus, mem, disks, net, created) = match &t.record {
                     Some(r) => (
                         r.inputs.cpus.to_string(),
                         format!("{}MiB", r.inputs.mem_mib),
@@ -91,12 +102,15 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                             .map(|ro| if *ro { "ro" } else { "rw" })
                             .collect::<Vec<_>>()
                             .join(","),
+                        r.inputs
+                            .net_mtu
+                            .map_or("none".to_string(), |m| format!("mtu {m}")),
                         r.created.clone(),
                     ),
-                    None => ("?".into(), "?".into(), "?".into(), "?".into()),
+                    None => ("?".into(), "?".into(), "?".into(), "?".into(), "?".into()),
                 };
                 println!(
-                    "{:<34}{cpus:<6}{mem:<9}{disks:<10}{:<10}{created}",
+                    "{:<34}{cpus:<6}{mem:<9}{disks:<10}{net:<9}{:<10}{created}",
                     t.key,
                     format!("{:.1}MiB", t.disk_bytes as f64 / 1048576.0)
                 );

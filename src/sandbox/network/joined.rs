@@ -251,6 +251,7 @@ pub(super) fn setup(
         prefix_len: link.prefix_len,
         gateway: gateway.clone(),
         mtu: link.mtu,
+        mac: String::new(),
         resolv_conf: resolv,
         hosts,
     };

@@ -376,6 +376,7 @@ impl Plan<'_> {
             prefix_len: pool::LINK_PREFIX,
             gateway: link.host.to_string(),
             mtu: MTU,
+            mac: String::new(),
             resolv_conf: self.resolv_conf.clone(),
             hosts: self.hosts.clone(),
         }

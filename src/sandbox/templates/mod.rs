@@ -14,8 +14,12 @@
 //! renamed into place when whole, and never written again: removal is an unlink (VMs still
 //! mapping its memory keep their pages).
 //!
-//! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory) or a
-//! network device: those runs boot cold.
+//! A VM with a network device restores a template made with the same device unwired (a
+//! [`crate::vmm::NullBackend`]: the template's guest never sees a network), and gets the
+//! sandbox's own TAP or passt socket at restore; the agent gives the interface the
+//! sandbox's MAC address before it brings it up ([`brig_protocol::NetworkSpec::mac`]).
+//! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory): those
+//! runs boot cold.
 
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -30,7 +34,9 @@ use sha2::{Digest, Sha256};
 use super::runtime::{new_id, RuntimeDir};
 use super::vm::{self, VmError};
 use crate::vmm::snapshot::{self, host::HostFingerprint};
-use crate::vmm::{self, ConsoleLog, DiskConfig, VmConfig, DEFAULT_GUEST_CID};
+use crate::vmm::{
+    self, ConsoleLog, DiskConfig, NetDeviceConfig, NullBackend, VmConfig, DEFAULT_GUEST_CID,
+};
 
 /// The directory under brig's home.
 const DIR: &str = "templates";
@@ -103,6 +109,10 @@ pub struct KeyInputs {
     pub mem_mib: u64,
     /// The disks in guest order: read-only or not (fixed when the driver probes).
     pub disks_read_only: Vec<bool>,
+    /// The network device's MTU (its driver fixes the largest MTU at probe), or `None`
+    /// without one.
+    #[serde(default)]
+    pub net_mtu: Option<u16>,
     pub vsock_cid: u64,
     /// The brig executable that saves and restores (size, inode, modification time): a
     /// rebuilt VMM may set up vCPUs and devices otherwise (CPUID it offers, device state it
@@ -125,8 +135,6 @@ impl KeyInputs {
 pub fn refusal(vm: &VmConfig) -> Option<&'static str> {
     if !vm.fs.is_empty() {
         Some("volumes (virtio-fs)")
-    } else if vm.net.is_some() {
-        Some("a network device")
     } else {
         None
     }
@@ -151,6 +159,7 @@ pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
         cpus: vm.cpus,
         mem_mib: vm.mem_mib,
         disks_read_only: vm.disks.iter().map(|d| d.read_only).collect(),
+        net_mtu: vm.net.as_ref().map(|n| n.mtu),
         vsock_cid: DEFAULT_GUEST_CID,
         vmm_build: vmm_build(),
         host: snapshot::host::fingerprint(&kvm)?,
@@ -251,15 +260,34 @@ pub fn choose(home: &Path, vm: &VmConfig) -> Choice {
     }
 }
 
-/// Makes (or finds) the template a `brig run` with `kernel`, `mem_mib` and `cpus` (and
-/// `--read-only` or not) restores, as `brig template build` does ahead of the first run.
+/// What a `brig run` looks like to its template (`brig template build`'s flags).
+#[derive(Debug, Clone)]
+pub struct Shape {
+    pub mem_mib: u64,
+    pub cpus: u8,
+    /// `--read-only`: no scratch disk.
+    pub read_only: bool,
+    /// A network device (every `--network` but `none`).
+    pub network: bool,
+}
+
+/// The MAC address a template's unwired network device offers (each sandbox's agent sets
+/// its own).
+const TEMPLATE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// Makes (or finds) the template a `brig run` of `shape` with `kernel` restores, as `brig
+/// template build` does ahead of the first run.
 pub fn build_for(
     home: &Path,
     kernel: &Path,
-    mem_mib: u64,
-    cpus: u8,
-    read_only: bool,
+    shape: &Shape,
 ) -> Result<(String, bool), TemplateError> {
+    let Shape {
+        mem_mib,
+        cpus,
+        read_only,
+        network,
+    } = *shape;
     let initrd = crate::vmm::initramfs::Initramfs::with_init()
         .to_bytes()
         .map_err(|e| TemplateError::Agent(e.to_string()))?;
@@ -287,6 +315,20 @@ pub fn build_for(
         net: None,
         fs: Vec::new(),
     };
+    let vm = VmConfig {
+        net: network
+            .then(|| {
+                Ok::<_, io::Error>(NetDeviceConfig {
+                    backend: Box::new(NullBackend::new()?),
+                    mac: TEMPLATE_MAC,
+                    mtu: super::network::MTU,
+                    egress: None,
+                })
+            })
+            .transpose()
+            .map_err(io_err(Path::new("eventfd")))?,
+        ..vm
+    };
     let (dir, made) = ensure(home, &vm)?;
     let key = dir
         .file_name()
@@ -295,9 +337,19 @@ pub fn build_for(
     Ok((key, made))
 }
 
-/// `vm` again, for a VM that templates serve: it has no network device, the one part that
-/// cannot be copied (and a vsock device the VMM sets up itself).
-pub(super) fn copy_of(vm: &VmConfig) -> VmConfig {
+/// `vm` again, for a VM that templates serve (a cold boot in place of a restore that
+/// failed): its network device on the same wire, and no vsock device (the VMM sets up its
+/// own).
+pub(super) fn copy_of(vm: &VmConfig) -> io::Result<VmConfig> {
+    let net = vm.net.as_ref().map(|n| n.try_clone()).transpose()?;
+    Ok(VmConfig {
+        net,
+        ..shape_of(vm)
+    })
+}
+
+/// `vm`'s shape without its network device and its vsock device.
+fn shape_of(vm: &VmConfig) -> VmConfig {
     VmConfig {
         kernel: vm.kernel.clone(),
         initrd: vm.initrd.clone(),
@@ -328,11 +380,13 @@ fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateEr
         });
     }
     let console = ConsoleLog::default();
+    let net = vm.net.as_ref().map(|n| n.unwired()).transpose();
     let config = VmConfig {
         console: console.clone(),
         disks,
         fs: Vec::new(),
-        ..copy_of(vm)
+        net: net.map_err(io_err(dir))?,
+        ..shape_of(vm)
     };
     let runtime = RuntimeDir::create(&new_id()).map_err(io_err(dir))?;
     let agent_vm = vm::start(config, &runtime)?;

@@ -14,6 +14,7 @@ fn inputs() -> KeyInputs {
         cpus: 1,
         mem_mib: 1024,
         disks_read_only: vec![true, false],
+        net_mtu: None,
         vsock_cid: 3,
         vmm_build: "1:2:3.4".into(),
         host: HostFingerprint {

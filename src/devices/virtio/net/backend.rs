@@ -62,4 +62,11 @@ pub trait Backend: AsRawFd + Debug + Send {
     /// from the acked GUEST_ features): the backend may now hand it such frames, and no
     /// others. Called at every activation.
     fn set_offload(&mut self, tun_flags: u32) -> io::Result<()>;
+
+    /// A second backend on the same wire (the same TAP queue, the same socket), for a VM
+    /// that boots in place of one that could not be restored. Only one of the two is ever
+    /// used; taken before either has carried a frame.
+    fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }

@@ -49,6 +49,7 @@ pub mod frame;
 mod fuzz_tests;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod mock;
+pub mod null;
 pub mod passt;
 #[cfg(test)]
 mod passt_tests;
@@ -58,6 +59,7 @@ mod tests;
 
 pub use backend::Backend;
 pub use device::{Net, NetConfig, NetError};
+pub use null::NullBackend;
 
 /// Size of `struct virtio_net_hdr_v1`, the header before every frame on both queues.
 pub const VNET_HDR_LEN: usize = 12;

@@ -222,6 +222,19 @@ impl AsRawFd for Passt {
 }
 
 impl Backend for Passt {
+    fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
+        let sock = self.sock.try_clone()?;
+        Ok(Box::new(Passt {
+            sock,
+            rx: vec![0; RX_BUF_LEN].into_boxed_slice(),
+            rx_start: 0,
+            rx_end: 0,
+            broken: None,
+            tx: Vec::new(),
+            tx_pos: 0,
+        }))
+    }
+
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if let Some(broken) = self.broken {

@@ -152,6 +152,13 @@ impl Backend for Tap {
         true
     }
 
+    fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
+        Ok(Box::new(Tap {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+        }))
+    }
+
     fn write_frame_iov(&mut self, iov: &[libc::iovec]) -> io::Result<()> {
         let len: usize = iov.iter().map(|v| v.iov_len).sum();
         let count = libc::c_int::try_from(iov.len())

@@ -72,6 +72,15 @@ cargo build --release --locked
 # brig as an OCI runtime is the same binary under the name brig-runc (dispatched on argv[0]).
 ln -sfn brig target/release/brig-runc
 
+# The template `brig run`'s default shape restores (issue 11), so that the first run does
+# not pay for making it. Only where KVM can run a guest's user space (not PVM, not none).
+if target/release/brig info 2>/dev/null | grep -q '^kvm: .*(API '; then
+  say "the default template (brig template build: one cold boot, saved)"
+  target/release/brig template build || say "warning: no default template; the first brig run makes it"
+else
+  say "no usable KVM here: the default template is made by the first brig run on a KVM host"
+fi
+
 say "nested-KVM test harness cache"
 scripts/with-kvm --prepare
 

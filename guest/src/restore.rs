@@ -1,7 +1,8 @@
 //! Templates: the agent's part in being saved once and restored many times.
 //!
-//! While a template is made, the host answers Hello with Freeze: the agent listens on
-//! [`RESTORE_PORT`], says Done, closes its connection (a saved VM must hold none) and waits.
+//! While a template is made, the host answers Hello with Freeze: the agent brings the
+//! network interface up unconfigured (if the VM has one: its receive buffers are then part
+//! of the template), listens on [`RESTORE_PORT`], says Done, closes its connection (a saved VM must hold none) and waits.
 //! Each VM restored from the template is then reached on that port with a Restore message,
 //! and before anything else runs the agent makes this copy unique and fit for its disks:
 //! host entropy credited to the RNG and the CRNG reseeded (RNDADDENTROPY, RNDRESEEDCRNG:
@@ -35,6 +36,7 @@ const DISK_WAIT: Duration = Duration::from_secs(5);
 /// (`writer` and `reader` are its two halves), and returns the first connection of a
 /// restored copy, already made unique by its Restore message.
 pub fn freeze(writer: HostWriter, reader: File) -> Result<File, String> {
+    crate::net::template_link_up()?;
     let listener =
         vsock::listen(RESTORE_PORT).map_err(|e| format!("listening on {RESTORE_PORT}: {e}"))?;
     send(&writer, &Message::Done { error: None }).map_err(|e| format!("freeze: {e}"))?;

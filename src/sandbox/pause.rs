@@ -68,42 +68,32 @@ pub fn is_paused(sandbox: &Sandbox) -> bool {
 
 /// Pauses the running sandbox `sandbox` (which the user called `name`).
 pub fn pause(sandbox: &Sandbox, name: &str) -> Result<(), PauseError> {
-    let mut state = sandbox.current_state()?;
-    if state.status != Status::Running || !sandbox.is_running() {
-        return Err(PauseError::NotRunning(name.to_string()));
-    }
-    if state.paused {
-        return Err(PauseError::AlreadyPaused(name.to_string()));
-    }
-    let pid = state.pid;
-    set(pid, true).map_err(|source| PauseError::Failed {
-        what: "pausing",
-        name: name.to_string(),
-        pid,
-        source,
-    })?;
-    state.paused = true;
-    sandbox.write_state(&state)?;
-    Ok(())
+    set_paused(sandbox, name, true)
 }
 
 /// Unpauses the paused sandbox `sandbox`.
 pub fn unpause(sandbox: &Sandbox, name: &str) -> Result<(), PauseError> {
+    set_paused(sandbox, name, false)
+}
+
+fn set_paused(sandbox: &Sandbox, name: &str, pause: bool) -> Result<(), PauseError> {
     let mut state = sandbox.current_state()?;
     if state.status != Status::Running || !sandbox.is_running() {
         return Err(PauseError::NotRunning(name.to_string()));
     }
-    if !state.paused {
-        return Err(PauseError::NotPaused(name.to_string()));
+    match (pause, state.paused) {
+        (true, true) => return Err(PauseError::AlreadyPaused(name.to_string())),
+        (false, false) => return Err(PauseError::NotPaused(name.to_string())),
+        _ => {}
     }
     let pid = state.pid;
-    set(pid, false).map_err(|source| PauseError::Failed {
-        what: "unpausing",
+    set(pid, pause).map_err(|source| PauseError::Failed {
+        what: if pause { "pausing" } else { "unpausing" },
         name: name.to_string(),
         pid,
         source,
     })?;
-    state.paused = false;
+    state.paused = pause;
     sandbox.write_state(&state)?;
     Ok(())
 }

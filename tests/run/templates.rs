@@ -1,5 +1,5 @@
 //! Templates: `brig run` restores a saved, booted guest instead of booting one. Runs here use
-//! `--network none` (templates do not serve VMs with a network device yet).
+//! `--network none` unless they test the network device's template.
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -130,15 +130,31 @@ pub fn cold_and_restored_runs_agree() -> Result<(), String> {
             stdout(&cold)
         ));
     }
-    // A run with a network device is not served by templates (yet), and says why.
+    // A run with a network device (the default bridge) restores a template made with the
+    // device unwired; its guest gets the sandbox's own MAC address, not the template's.
     let out = procs::output(
         fixture()
-            .cmd(&["run", "--rm", "--timings", "bb", "true"])
+            .cmd(&["run", "--rm", "bb", "cat", "/sys/class/net/eth0/address"])
             .env("BRIG_TIMINGS", "1"),
     );
+    let mac = stdout(&out).trim().to_string();
     check(
-        out.status.success() && stderr(&out).contains("templates do not serve VMs with a network"),
-        "a networked run boots cold and says why",
+        out.status.success()
+            && stderr(&out).contains(TEMPLATE_PATH)
+            && mac.len() == 17
+            && mac != "02:00:00:00:00:01",
+        "a networked run restores a template, with a MAC address of its own",
+        &out,
+    )?;
+    // A run with a volume (virtio-fs needs shared guest memory) boots cold, and says why.
+    let dir = PathBuf::from("/run/brig-run-templates-volume");
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let volume = format!("{}:/data", dir.display());
+    let out = run(&["-v", &volume, "bb", "true"]);
+    let _ = std::fs::remove_dir_all(&dir);
+    check(
+        out.status.success() && stderr(&out).contains("templates do not serve VMs with volumes"),
+        "a run with a volume boots cold and says why",
         &out,
     )
 }

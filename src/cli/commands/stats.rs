@@ -50,24 +50,23 @@ struct Row {
     net_tx: u64,
 }
 
-/// The VMM process's resident memory, in bytes.
-fn vmm_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// The `key:` line (in KiB) of /proc/PID/`file`, in bytes; 0 when unreadable.
+fn proc_bytes(pid: u32, file: &str, key: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
 }
 
-/// The VMM process's proportional set size (/proc/PID/smaps_rollup), in bytes.
+/// The VMM process's resident memory.
+fn vmm_rss(pid: u32) -> u64 {
+    proc_bytes(pid, "status", "VmRSS")
+}
+
+/// The VMM process's proportional set size: pages it shares count in part.
 fn vmm_pss(pid: u32) -> u64 {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    proc_bytes(pid, "smaps_rollup", "Pss")
 }
 
 fn row(sb: &Sandbox, a: &Stats, b: &Stats) -> Row {

@@ -128,7 +128,12 @@ impl Passt {
         if let Err(err) = sockopt::set_socket_send_buffer_size(&sock, sndbuf) {
             tracing::debug!("passt: cannot set SO_SNDBUF to {sndbuf}: {err}");
         }
-        Ok(Self {
+        Ok(Self::over(sock))
+    }
+
+    /// A backend on `sock` (made ready by [`Passt::with_send_buffer`]) with nothing buffered.
+    fn over(sock: UnixStream) -> Self {
+        Self {
             sock,
             rx: vec![0; RX_BUF_LEN].into_boxed_slice(),
             rx_start: 0,
@@ -136,7 +141,7 @@ impl Passt {
             broken: None,
             tx: Vec::new(),
             tx_pos: 0,
-        })
+        }
     }
 
     /// Copies the first buffered frame, if it is whole, into `buf` behind a zeroed header
@@ -223,16 +228,8 @@ impl AsRawFd for Passt {
 
 impl Backend for Passt {
     fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
-        let sock = self.sock.try_clone()?;
-        Ok(Box::new(Passt {
-            sock,
-            rx: vec![0; RX_BUF_LEN].into_boxed_slice(),
-            rx_start: 0,
-            rx_end: 0,
-            broken: None,
-            tx: Vec::new(),
-            tx_pos: 0,
-        }))
+        // The same socket (its flags and buffer size go with it), nothing buffered.
+        Ok(Box::new(Passt::over(self.sock.try_clone()?)))
     }
 
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -47,6 +47,15 @@ if ! dpkg --print-foreign-architectures | grep -qx i386; then
   $sudo apt-get update -q || say "warning: apt-get update failed; tests/compat.rs may not find busybox-static:i386"
 fi
 
+# The `kvm` group (/dev/kvm root:kvm 0660 for its members), as Debian's udev makes it: the
+# rootless tests run brig as a member. A minimal system (a container image) may lack it.
+if ! getent group kvm >/dev/null; then
+  say "adding the kvm group"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo groupadd --system kvm
+fi
+
 command -v cargo >/dev/null || { say "error: cargo is not installed (https://rustup.rs)"; exit 1; }
 
 # Volumes (-v) are served by virtiofsd, the Rust one (Debian 12 has no package; QEMU's old C

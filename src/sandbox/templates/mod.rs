@@ -16,8 +16,9 @@
 //!
 //! A VM with a network device restores a template made with the same device unwired (a
 //! [`crate::vmm::NullBackend`]: the template's guest never sees a network), and gets the
-//! sandbox's own TAP or passt socket at restore; the agent gives the interface the
-//! sandbox's MAC address before it brings it up ([`brig_protocol::NetworkSpec::mac`]).
+//! sandbox's own TAP or passt socket at restore; the agent gives the interface (up since
+//! the template was made) the sandbox's MAC address once it has its IPv4 address, which
+//! announces it ([`brig_protocol::NetworkSpec::mac`]).
 //! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory): those
 //! runs boot cold.
 

@@ -272,7 +272,7 @@ fn permission_denied_on_kvm_is_one_line() -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_brig"))
+        .arg(common::kvm::brig_exe())
         .args(["boot", "--kernel"])
         .arg(&kernel)
         .args(["--", "/init"])

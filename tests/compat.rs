@@ -171,7 +171,7 @@ fn fixture() -> &'static Fixture {
 
 impl Fixture {
     fn brig(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_brig"))
+        Command::new(common::kvm::brig_exe())
             .args(args)
             .env("BRIG_HOME", &self.home)
             .env("BRIG_RUNTIME_DIR", &self.runtime)

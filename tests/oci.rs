@@ -39,7 +39,7 @@ fn base() -> &'static PathBuf {
             std::fs::create_dir_all(b.join(d)).unwrap();
         }
         // The runtime under its own name: brig dispatches on argv[0].
-        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_brig"), b.join("bin/brig-runc")).unwrap();
+        std::os::unix::fs::symlink(common::kvm::brig_exe(), b.join("bin/brig-runc")).unwrap();
         b
     })
 }

@@ -45,13 +45,9 @@ fn image_tar() -> &'static str {
 /// Every module of scripts/compat-suites --quick under runc and brig; no unlisted difference.
 fn suites_pass_under_brig_as_under_runc() -> Result<(), String> {
     let out = Command::new(repo_root().join("scripts/compat-suites"))
-        .args([
-            "--check",
-            "--quick",
-            "--brig",
-            env!("CARGO_BIN_EXE_brig"),
-            "--image-tar",
-        ])
+        .args(["--check", "--quick", "--brig"])
+        .arg(common::kvm::brig_exe())
+        .arg("--image-tar")
         .arg(image_tar())
         .output()
         .map_err(|e| format!("running scripts/compat-suites: {e}"))?;

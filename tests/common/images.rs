@@ -63,9 +63,21 @@ pub fn cache_dir() -> PathBuf {
     base.join("brig/test-images")
 }
 
-/// Where the KVM tests keep their OCI layouts.
+/// Where this test binary keeps its OCI layouts: `layouts-<binary>` in [`cache_dir`], one
+/// directory per binary, since scripts/test.sh runs binaries side by side and some rebuild
+/// their layouts at start ([`fresh_busybox_layouts`]).
 pub fn layouts_dir() -> PathBuf {
-    cache_dir().join("layouts")
+    cache_dir().join(format!("layouts-{}", binary_name()))
+}
+
+/// This test binary's name without cargo's hash (`network` for `network-0868f97245344c22`).
+pub fn binary_name() -> String {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let stem = exe.file_stem().unwrap_or_default().to_string_lossy();
+    match stem.rsplit_once('-') {
+        Some((name, hash)) if hash.chars().all(|c| c.is_ascii_hexdigit()) => name.to_string(),
+        _ => stem.into_owned(),
+    }
 }
 
 /// Fresh `bb` and `bb-entry` layouts in [`layouts_dir`] (see [`busybox_layouts`]).
@@ -127,6 +139,12 @@ pub fn debian_tarball() -> PathBuf {
         return tarball;
     }
     std::fs::create_dir_all(&cache).unwrap();
+    // Test binaries run side by side (scripts/test.sh): one debootstrap, the others wait.
+    let lock = std::fs::File::create(cache.join(".debian.lock")).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    if tarball.exists() {
+        return tarball;
+    }
     let root = cache.join(format!("debootstrap.{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let out = Command::new("debootstrap")

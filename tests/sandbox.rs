@@ -3,6 +3,8 @@
 //! private store.
 //! Needs KVM: runs under scripts/with-kvm where this host has none usable (see common/kvm.rs).
 
+#[path = "sandbox/checkpoint.rs"]
+mod checkpoint;
 mod common;
 #[path = "sandbox/pause.rs"]
 mod pause;
@@ -31,7 +33,7 @@ fn prepare() {
     let dir = layout_dir();
     let _ = fs::remove_dir_all(&dir);
     let mut extra = Layer::new();
-    for applet in ["find", "stat", "md5sum", "xargs", "cut", "chmod"] {
+    for applet in ["find", "stat", "md5sum", "xargs", "cut", "chmod", "date"] {
         extra = extra.symlink(&format!("bin/{applet}"), "busybox");
     }
     Layout::new(dir.join("sbx")).add(
@@ -813,6 +815,10 @@ fn main() {
             trial(
                 "pause_unpause_and_start_again",
                 pause::pause_unpause_and_start_again,
+            ),
+            trial(
+                "checkpoint_and_resume_a_counter",
+                checkpoint::checkpoint_and_resume_a_counter,
             ),
         ],
     )

@@ -30,6 +30,11 @@ impl Drop for Session {
     }
 }
 
+/// Whether an exec is in flight.
+pub fn busy() -> bool {
+    *COUNT.lock().unwrap_or_else(|p| p.into_inner()) > 0
+}
+
 /// Waits until no exec is in flight or `limit` has passed; true when none is left.
 pub fn wait_idle(limit: Duration) -> bool {
     let deadline = Instant::now() + limit;

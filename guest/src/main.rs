@@ -5,6 +5,7 @@
 //! the workload ended, and resets the VM, which ends it. Any failure is reported to the host
 //! when there is a connection, and on the console otherwise; the VM always ends.
 
+mod checkpoint;
 mod confine;
 mod copy;
 mod exec;
@@ -188,6 +189,11 @@ pub const WORKLOAD_CGROUP: &str = "/sys/fs/cgroup/workload";
 /// The main workload's pid, for Kill requests (0 until it runs).
 static MAIN_PID: AtomicI32 = AtomicI32::new(0);
 
+/// The main workload's pid (0 until it runs).
+pub fn main_pid() -> i32 {
+    MAIN_PID.load(Ordering::SeqCst)
+}
+
 fn hello(writer: &HostWriter, uptime_ns: u64) -> Result<(), String> {
     send(
         writer,
@@ -261,6 +267,7 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
             .map_err(|e| fail(&writer, e))?
     };
     MAIN_PID.store(workload.pid, Ordering::SeqCst);
+    checkpoint::register(writer.clone(), spec.stdin, spec.tty);
     let _ = send(
         &writer,
         &Message::Started {
@@ -295,7 +302,7 @@ fn serve_request(request: Message, reader: &mut File, writer: &HostWriter) -> Re
     };
     match request {
         Message::Kill { signal } => {
-            let pid = MAIN_PID.load(Ordering::SeqCst);
+            let pid = main_pid();
             done(if pid > 0 {
                 sys::kill(pid, signal).map_err(|e| e.to_string())
             } else {
@@ -312,6 +319,7 @@ fn serve_request(request: Message, reader: &mut File, writer: &HostWriter) -> Re
         Message::CopyOut { path } => done(copy::copy_out(&path, writer)),
         Message::CopyIn { path } => done(copy::copy_in(&path, reader)),
         Message::Update(update) => done(update_limits(&update)),
+        Message::Checkpoint => done(checkpoint::park()),
         other => Err(format!("unexpected request {other:?}")),
     }
 }

@@ -180,6 +180,7 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
     let Some(gateway) = gateway else {
         return Ok(());
     };
+    forget_neighbour(&sock, &name, gateway);
     let mut dev: Vec<libc::c_char> = name.bytes().map(|b| b as libc::c_char).collect();
     dev.push(0);
     let route = RtEntry {
@@ -199,9 +200,26 @@ pub fn configure(spec: &NetworkSpec) -> Result<(), String> {
     };
     // SAFETY: route is a valid rtentry whose rt_dev points to a NUL-terminated name that
     // outlives the call; the kernel only reads both.
-    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) })
-        .map_err(|e| fail("default route", e))?;
-    Ok(())
+    match check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &route) }) {
+        // Configured again (a checkpoint resumed with the same gateway): the route stands.
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r.map(|_| ()).map_err(|e| fail("default route", e)),
+    }
+}
+
+/// Drops what the guest knows of `gateway`'s link-layer address on `name`: a checkpoint
+/// resumed on a new TAP (or passt) would otherwise send to the old one's MAC until the entry
+/// went stale. Nothing to drop on a fresh boot (ENXIO), which is fine.
+fn forget_neighbour(sock: &OwnedFd, name: &str, gateway: Ipv4Addr) {
+    // SAFETY: arpreq is plain old data; all zeroes is a valid value.
+    let mut req: libc::arpreq = unsafe { std::mem::zeroed() };
+    req.arp_pa = sockaddr_in(gateway);
+    for (d, b) in req.arp_dev.iter_mut().zip(name.bytes().take(15)) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: req is a valid arpreq (NUL-terminated device name) that outlives the call; the
+    // kernel only reads it.
+    let _ = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCDARP, &req) };
 }
 
 /// Where the /etc files of a sandbox with a read-only root live (a small tmpfs of their own),

@@ -42,8 +42,14 @@ pub fn freeze(writer: HostWriter, reader: File) -> Result<File, String> {
     send(&writer, &Message::Done { error: None }).map_err(|e| format!("freeze: {e}"))?;
     drop(reader);
     drop(writer);
+    await_restore(&listener)
+}
+
+/// Waits on `listener` (bound to [`RESTORE_PORT`]) for a restored copy's first connection,
+/// makes the copy unique and fit for its disks and network, and returns the connection.
+pub fn await_restore(listener: &File) -> Result<File, String> {
     loop {
-        let mut conn = vsock::accept(&listener).map_err(|e| format!("restore accept: {e}"))?;
+        let mut conn = vsock::accept(listener).map_err(|e| format!("restore accept: {e}"))?;
         match read_message(&mut conn) {
             Ok(Some(Message::Restore(spec))) => {
                 apply(&spec)?;
@@ -55,12 +61,18 @@ pub fn freeze(writer: HostWriter, reader: File) -> Result<File, String> {
     }
 }
 
-/// Makes this copy of the VM unique, then waits for its disks.
+/// Makes this copy of the VM unique, waits for its disks, and gives its interface the
+/// network it now has (a checkpoint's: see [`RestoreSpec::network`]).
 fn apply(spec: &RestoreSpec) -> Result<(), String> {
     reseed(&spec.seed).map_err(|e| format!("reseeding the RNG: {e}"))?;
     set_clock(spec.realtime_ns).map_err(|e| format!("setting the clock: {e}"))?;
     for disk in &spec.disks {
         attach(disk)?;
+    }
+    if let Some(network) = &spec.network {
+        crate::net::configure(network).map_err(|e| format!("network: {e}"))?;
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        crate::net::write_etc("", network, hostname.trim()).map_err(|e| format!("network: {e}"))?;
     }
     Ok(())
 }

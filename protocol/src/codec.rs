@@ -30,6 +30,8 @@ const PATH_INFO: u8 = 18;
 const FREEZE: u8 = 19;
 const RESTORE: u8 = 20;
 const UPDATE: u8 = 21;
+const CHECKPOINT: u8 = 22;
+const PARKED: u8 = 23;
 
 /// A frame that cannot be decoded. The connection it came from cannot be trusted any further.
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Freeze => (FREEZE, Vec::new().into()),
         Message::Restore(spec) => (RESTORE, json(spec).into()),
         Message::Update(update) => (UPDATE, json(update).into()),
+        Message::Checkpoint => (CHECKPOINT, Vec::new().into()),
+        Message::Parked => (PARKED, Vec::new().into()),
     };
     let len = payload.len() + 1;
     let mut frame = Vec::with_capacity(4 + len);
@@ -223,6 +227,8 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
         FREEZE => Message::Freeze,
         RESTORE => Message::Restore(parse::<RestoreSpec>(kind, payload)?),
         UPDATE => Message::Update(parse::<ResourceUpdate>(kind, payload)?),
+        CHECKPOINT => Message::Checkpoint,
+        PARKED => Message::Parked,
         other => return Err(DecodeError::UnknownKind(other)),
     })
 }
@@ -441,7 +447,10 @@ pub(crate) mod tests {
                     name: "vda".into(),
                     sectors: 2048,
                 }],
+                network: None,
             }),
+            Message::Checkpoint,
+            Message::Parked,
         ]
     }
 

@@ -62,6 +62,15 @@ pub enum Message {
     /// host → guest, instead of Run: change the workload cgroup's limits (`brig-runc
     /// update`, `brig update`); answered by Done.
     Update(ResourceUpdate),
+    /// host → guest, instead of Run (`brig checkpoint create`): park the main session so that
+    /// the VM can be saved while its workload runs. Answered by Done once the agent listens
+    /// on [`crate::RESTORE_PORT`]; the agent then sends [`Message::Parked`] on the main
+    /// connection and closes it. A restored copy is reached there with a Restore, says Hello
+    /// and goes on with the session: its output, then its Exit.
+    Checkpoint,
+    /// guest → host, on the main connection: the session is parked (see
+    /// [`Message::Checkpoint`]); nothing more comes on this connection.
+    Parked,
 }
 
 /// New limits for the workload cgroup, each as its cgroup file takes it (bytes or a count,
@@ -84,6 +93,10 @@ pub struct RestoreSpec {
     pub seed: Vec<u8>,
     /// The disks now attached, and their size the guest must see before it uses them.
     pub disks: Vec<DiskSize>,
+    /// The network the interface now has, for a VM restored from a checkpoint whose
+    /// interface was configured before (its address, routes and MAC are replaced); `None`
+    /// for a template's, whose Run brings the network.
+    pub network: Option<NetworkSpec>,
 }
 
 /// A disk and its size.

@@ -30,6 +30,9 @@ enum Command {
     Logs(commands::logs::LogsArgs),
     /// Start stopped sandboxes again (their overlay's files kept).
     Start(commands::start::StartArgs),
+    /// Save running sandboxes to disk and list or remove what was saved (`brig start
+    /// --checkpoint` resumes one).
+    Checkpoint(commands::checkpoint::CheckpointArgs),
     /// Pause sandboxes (their VMM frozen; memory and processes kept).
     Pause(commands::pause::PauseArgs),
     /// Unpause paused sandboxes.
@@ -112,6 +115,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Logs(args) => commands::logs::run(args),
         Command::Start(args) => commands::start::run(args),
         Command::Pause(args) => commands::pause::run(args, true),
+        Command::Checkpoint(args) => commands::checkpoint::run(args),
         Command::Unpause(args) => commands::pause::run(args, false),
         Command::Stop(args) => commands::stop::run(args),
         Command::Kill(args) => commands::kill::run(args),

@@ -36,6 +36,9 @@ pub enum SessionEnd {
     TimedOut,
     /// The agent broke the protocol or the connection failed.
     Broken(String),
+    /// The agent parked the session for a checkpoint (see [`super::checkpoint`]); once the
+    /// VM is saved, the run ends here.
+    Parked,
 }
 
 /// Host-clock instants of the session's milestones.
@@ -128,15 +131,16 @@ pub fn run_session(
     deadline: Option<Instant>,
     times: &mut SessionTimes,
 ) -> SessionEnd {
-    resume_session(conn, None, spec, relay, vm_exit, deadline, times)
+    resume_session(conn, None, Some(spec), relay, vm_exit, deadline, times)
 }
 
 /// As [`run_session`], where `hello` (when given) is the agent's Hello, already read from
-/// `conn` (a VM restored from a template: see [`super::templates::reconnect`]).
+/// `conn` (a VM restored from a template: see [`super::templates::reconnect`]). Without
+/// `spec`, the session resumes a checkpoint: the workload runs already.
 pub fn resume_session(
     mut conn: UnixStream,
     hello: Option<Message>,
-    spec: RunSpec,
+    spec: Option<RunSpec>,
     relay: Relay<'_>,
     vm_exit: Option<BorrowedFd<'_>>,
     deadline: Option<Instant>,
@@ -159,7 +163,7 @@ pub fn resume_session(
     // Signals relayed before the run request went out (the VM was still booting): sent
     // right after it, so that a `kill` just after a start is not lost.
     let mut early_signals: Vec<Message> = Vec::new();
-    let mut spec = Some(spec);
+    let mut spec = spec;
     let send = |conn: &mut UnixStream, msg: &Message| conn.write_all(&encode(msg));
 
     loop {
@@ -181,9 +185,20 @@ pub fn resume_session(
                     }
                     times.hello = Some(Instant::now());
                     times.hello_uptime_ns = uptime_ns;
-                    let spec = spec.take().unwrap_or_default();
-                    if let Err(e) = send(&mut conn, &Message::Run(Box::new(spec))) {
-                        return SessionEnd::Broken(format!("sending the run request: {e}"));
+                    match spec.take() {
+                        Some(spec) => {
+                            if let Err(e) = send(&mut conn, &Message::Run(Box::new(spec))) {
+                                return SessionEnd::Broken(format!("sending the run request: {e}"));
+                            }
+                        }
+                        // A resumed checkpoint: the workload runs already.
+                        None => {
+                            times.started = Some(Instant::now());
+                            times.started_uptime_ns = uptime_ns;
+                            if let Some(f) = on_started.as_mut() {
+                                f();
+                            }
+                        }
                     }
                     sent_spec = true;
                     for msg in early_signals.drain(..) {
@@ -210,6 +225,7 @@ pub fn resume_session(
                 Message::ExecFailed { kind, message } => {
                     return SessionEnd::ExecFailed { kind, message }
                 }
+                Message::Parked => return SessionEnd::Parked,
                 other => {
                     return SessionEnd::Broken(format!(
                         "unexpected frame from the guest agent: {other:?}"

@@ -118,6 +118,18 @@ pub fn update(socket: &Path, update: &ResourceUpdate) -> Result<(), ControlError
     }
 }
 
+/// Has the agent park the sandbox's main session for a checkpoint (see
+/// [`super::checkpoint`]); its VMM then saves the VM and stops.
+pub fn checkpoint(socket: &Path) -> Result<(), ControlError> {
+    match request(socket, &Message::Checkpoint)? {
+        Message::Done { error: None } => Ok(()),
+        Message::Done { error: Some(e) } => Err(ControlError::Failed(e)),
+        other => Err(ControlError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}
+
 /// Samples the sandbox's resource usage.
 pub fn stats(socket: &Path) -> Result<Stats, ControlError> {
     match request(socket, &Message::StatsRequest)? {

@@ -133,7 +133,7 @@ pub fn exec(sb: &Sandbox, name: &str, opts: &ExecOptions) -> Result<i32, ExecErr
         SessionEnd::Exited(status) => return Ok(status.shell_code()),
         SessionEnd::ExecFailed { kind, message } => Failure::exec(kind, message),
         SessionEnd::Broken(msg) => Failure::brig(format!("{name}: {msg} (did the sandbox stop?)")),
-        SessionEnd::VmEnded | SessionEnd::TimedOut => {
+        SessionEnd::VmEnded | SessionEnd::TimedOut | SessionEnd::Parked => {
             Failure::brig(format!("sandbox {name} stopped"))
         }
     };

@@ -24,8 +24,8 @@ use super::supervisor::{
     host_side, not_started, note_template, outputs, record_end, record_running, HostSide, Mode,
     SuperviseError, Tee,
 };
-use super::templates;
 use super::tty::SavedTerminal;
+use super::{checkpoint, templates};
 use crate::vmm::{self, seccomp, ConsoleLog};
 
 /// Whether `s` is one short lowercase word (what a start path reads as).
@@ -143,7 +143,11 @@ pub fn supervise_jailed(
     // The template is found (or made) out here, as root with the host in view; the VMM opens
     // its files before it enters the jail.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
-    let template = home.map(|h| templates::choose(h, &host.vm));
+    let resume = checkpoint::take_resume(sandbox);
+    let template = home
+        .filter(|_| resume.is_none())
+        .map(|h| templates::choose(h, &host.vm));
+    let checkpoint_files = checkpoint::pending_files(sandbox);
     let foreground = matches!(mode, Mode::Foreground { .. });
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = if foreground {
@@ -191,6 +195,8 @@ pub fn supervise_jailed(
                 run,
                 timeout,
                 template,
+                resume,
+                checkpoint: checkpoint_files,
                 mode,
                 timings,
             },
@@ -237,6 +243,10 @@ struct VmmRest {
     timeout: Option<TimeoutPolicy>,
     /// Whether it restores a template instead of booting.
     template: Option<templates::Choice>,
+    /// The checkpoint it resumes instead of booting (`brig start --checkpoint`).
+    resume: Option<std::path::PathBuf>,
+    /// The memory and state files a checkpoint of this run is saved into.
+    checkpoint: Option<(File, File)>,
     /// Its stdio: brig's own (foreground), or only the log.
     mode: Mode,
     /// Print the run's timings, relative to brig's start.
@@ -368,6 +378,8 @@ fn run_vmm(
         run,
         timeout,
         template,
+        resume,
+        checkpoint,
         mode,
         timings,
     } = vmm;
@@ -379,7 +391,12 @@ fn run_vmm(
     if let Some(net) = &vm.net {
         keep.push(net.backend.as_raw_fd());
     }
+    if let Some((memory, state)) = &checkpoint {
+        keep.extend([memory.as_raw_fd(), state.as_raw_fd()]);
+    }
     jail::close_inherited(&keep).map_err(|e| brig("closing inherited descriptors", e))?;
+    // Its own /proc/self/pagemap, opened before the jail (which has no /proc).
+    let checkpoint = checkpoint.map(|(memory, state)| vmm::SnapshotFiles::new(memory, state));
     if let Some(c) = &cgroup {
         c.join().map_err(|e| brig("joining its cgroup", e))?;
     }
@@ -399,8 +416,10 @@ fn run_vmm(
         run,
         stdin,
         timeout: timeout.map(TimeoutPolicy::after),
-        restore_from: None,
+        resume: resume.is_some(),
+        restore_from: resume,
         template: template.as_ref().and_then(|t| t.dir.clone()),
+        checkpoint,
     };
     let mut on_vm_started =
         |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));

@@ -15,7 +15,7 @@ use super::runtime::RuntimeDir;
 use super::templates;
 use super::tty::{terminal_size, HostTerminal};
 use super::vm::{self, VmError};
-use crate::vmm::{seccomp, ConsoleLog, ExitReason, VmConfig};
+use crate::vmm::{seccomp, ConsoleLog, ExitReason, RunningVm, SnapshotFiles, VmConfig};
 
 /// What to launch.
 pub struct Launch {
@@ -32,6 +32,11 @@ pub struct Launch {
     /// Restore this template (see [`super::templates`]) instead of booting; a restore that
     /// fails boots cold after a one-line warning.
     pub template: Option<std::path::PathBuf>,
+    /// `restore_from` is a checkpoint of this sandbox (see [`super::checkpoint`]): its
+    /// workload runs already, so the agent gets a Restore and no run request.
+    pub resume: bool,
+    /// Where a checkpoint of this run is saved when the agent parks its session.
+    pub checkpoint: Option<SnapshotFiles>,
 }
 
 /// How the VM came to run.
@@ -47,6 +52,8 @@ pub enum StartPath {
     Restored,
     /// Restored from a template; the agent answered at `reconnected`.
     Template { reconnected: Instant },
+    /// Resumed from a checkpoint of the sandbox (`brig start --checkpoint`).
+    Checkpoint,
 }
 
 impl StartPath {
@@ -58,6 +65,7 @@ impl StartPath {
             | StartPath::ColdAfterFailedRestore(_) => "boot",
             StartPath::Restored => "snapshot",
             StartPath::Template { .. } => "template",
+            StartPath::Checkpoint => "checkpoint",
         }
     }
 }
@@ -106,6 +114,9 @@ pub enum LaunchError {
     /// Restoring the template failed, and so did booting cold after it.
     #[error("restoring the template failed ({restore}); booting cold then failed: {cold}")]
     NeitherStart { restore: String, cold: VmError },
+    /// The checkpoint could not be resumed.
+    #[error("resuming the checkpoint: {0}")]
+    Resume(String),
     /// Restoring the template failed, and its network device could not be kept for a cold
     /// boot.
     #[error("restoring the template failed ({restore}); no cold boot: its network device could not be kept for one ({why})")]
@@ -127,9 +138,12 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let (agent_vm, restored_conn, path) = match spec.template.take() {
-        Some(dir) => start_template(spec.vm, runtime, &dir)?,
-        None => {
+    let (agent_vm, restored_conn, path) = match (spec.template.take(), &spec.restore_from) {
+        (Some(dir), _) => start_template(spec.vm, runtime, &dir)?,
+        (None, Some(dir)) if spec.resume => {
+            resume_checkpoint(spec.vm, runtime, dir, spec.run.network.clone())?
+        }
+        (None, _) => {
             let path = if restored {
                 StartPath::Restored
             } else {
@@ -140,6 +154,7 @@ pub fn launch(
         }
     };
     let restored = restored || matches!(path, StartPath::Template { .. });
+    let run = (!spec.resume).then_some(spec.run);
     // The VM is built: from here on this thread only talks to the agent, keeps the sandbox's
     // files and tears down.
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
@@ -168,7 +183,7 @@ pub fn launch(
             agent::resume_session(
                 conn,
                 hello,
-                spec.run,
+                run,
                 relay,
                 Some(vm.exit_fd()),
                 deadline,
@@ -183,7 +198,16 @@ pub fn launch(
         vm.wait(Some(agent::VM_EXIT_GRACE));
     }
     let kernel_entry = vm.kernel_entry();
-    let reason = agent_vm.vm.shutdown();
+    let (end, reason) = match (end, spec.checkpoint) {
+        (SessionEnd::Parked, Some(files)) => {
+            (save_checkpoint(agent_vm.vm, &files), ExitReason::Stopped)
+        }
+        (SessionEnd::Parked, None) => (
+            SessionEnd::Broken("the agent parked a session that cannot be checkpointed".into()),
+            agent_vm.vm.shutdown(),
+        ),
+        (end, _) => (end, agent_vm.vm.shutdown()),
+    };
     Ok(Outcome {
         end,
         reason,
@@ -196,6 +220,48 @@ pub fn launch(
         template_ready: None,
         vm_gone: Instant::now(),
     })
+}
+
+/// How long a parked VM may take to let go of its last connection before it is saved.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Saves `vm`, whose agent parked its session, into `files` (it does not go on): `Parked`
+/// when saved, else why not.
+fn save_checkpoint(vm: RunningVm, files: &SnapshotFiles) -> SessionEnd {
+    // Both sides close the parked connection and the one that asked; then nothing is open.
+    let deadline = Instant::now() + IDLE_TIMEOUT;
+    while let Some(why) = vm.snapshot_blocker() {
+        if Instant::now() >= deadline {
+            let _ = vm.shutdown();
+            return SessionEnd::Broken(format!("checkpoint: the VM did not become idle: {why}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match vm.snapshot_into(files) {
+        Ok(()) => SessionEnd::Parked,
+        Err(e) => SessionEnd::Broken(format!("checkpoint: {e}")),
+    }
+}
+
+/// The VM saved in the checkpoint `dir` of this sandbox, restored, its agent reached with
+/// the disks and `network` the sandbox has now.
+fn resume_checkpoint(
+    config: VmConfig,
+    runtime: &RuntimeDir,
+    dir: &std::path::Path,
+    network: Option<brig_protocol::NetworkSpec>,
+) -> Result<Started, LaunchError> {
+    let failed = |e: String| LaunchError::Resume(e);
+    // Before the VM starts: a jailed VMM no longer sees its disks by path once it runs.
+    let sizes = templates::disk_sizes(&config.disks).map_err(|e| failed(e.to_string()))?;
+    let agent_vm = vm::start_from(config, runtime, Some(dir))?;
+    match templates::reconnect(&runtime.vsock_socket(), sizes, network) {
+        Ok(conn) => Ok((agent_vm, Some(conn), StartPath::Checkpoint)),
+        Err(e) => {
+            let _ = agent_vm.vm.shutdown();
+            Err(failed(e.to_string()))
+        }
+    }
 }
 
 /// A started VM, the agent's connection and Hello when already reached, and how it started.
@@ -215,7 +281,7 @@ fn start_template(
         .map_err(|e| e.to_string())
         .and_then(|sizes| {
             let agent_vm = vm::start_from(config, runtime, Some(dir)).map_err(|e| e.to_string())?;
-            match templates::reconnect(&runtime.vsock_socket(), sizes) {
+            match templates::reconnect(&runtime.vsock_socket(), sizes, None) {
                 Ok(conn) => Ok((agent_vm, conn)),
                 Err(e) => {
                     let _ = agent_vm.vm.shutdown();
@@ -262,6 +328,7 @@ impl Outcome {
             }
             StartPath::Restored => "restored from a snapshot".to_string(),
             StartPath::Template { .. } => "restored from a template".to_string(),
+            StartPath::Checkpoint => "resumed from a checkpoint".to_string(),
         };
         eprintln!("  path           {path}");
         if let Some(t) = self.template_ready {

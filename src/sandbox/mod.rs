@@ -22,6 +22,7 @@
 //!   [`signals`].
 
 pub mod agent;
+pub mod checkpoint;
 pub mod compare;
 pub mod confinement;
 pub mod control;

@@ -111,6 +111,8 @@ pub fn judge(
         }),
         SessionEnd::VmEnded => Err(Failure::vm_died(console, reason)),
         SessionEnd::Broken(msg) => Err(Failure::brig(msg.clone())),
+        // Checkpointed: the workload did not end, its sandbox stopped as docker's does.
+        SessionEnd::Parked => Ok(0),
     }
 }
 

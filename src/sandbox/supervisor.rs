@@ -12,9 +12,9 @@ use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime;
 use super::runtime::RuntimeDir;
 use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
-use super::templates;
 use super::vm;
 use super::volumes;
+use super::{checkpoint, templates};
 use brig_protocol::RunSpec;
 
 use crate::vmm::{seccomp, ConsoleLog, VmConfig};
@@ -283,14 +283,20 @@ pub fn supervise(
     let foreground = matches!(mode, Mode::Foreground { .. });
     // The sandbox's directory is `<home>/sandboxes/<id>`.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
-    let template = home.map(|h| templates::choose(h, &vm_config));
+    let resume = checkpoint::take_resume(sandbox);
+    let template = home
+        .filter(|_| resume.is_none())
+        .map(|h| templates::choose(h, &vm_config));
     let spec = Launch {
         vm: vm_config,
         run,
         stdin,
         timeout: timeout.map(TimeoutPolicy::after),
-        restore_from: None,
+        resume: resume.is_some(),
+        restore_from: resume,
         template: template.as_ref().and_then(|t| t.dir.clone()),
+        checkpoint: checkpoint::pending_files(sandbox)
+            .map(|(memory, state)| crate::vmm::SnapshotFiles::new(memory, state)),
     };
 
     let mut on_vm_started =

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod initramfs;
 pub mod kvm;
 pub mod memory;
+mod save;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
@@ -34,11 +35,12 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::MmioSlot;
 
 pub use crate::devices::serial::ConsoleLog;
+pub use save::SnapshotFiles;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
     Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, FsConfig, IoLimits,
-    NetBackend, NetDeviceConfig, NullBackend, PasstBackend, PasstBackendError, Tap, TapError,
-    VsockConfig, ALWAYS_DENIED, DEFAULT_GUEST_CID,
+    NetBackend, NetDeviceConfig, PasstBackend, PasstBackendError, Tap, TapError, VsockConfig,
+    ALWAYS_DENIED, DEFAULT_GUEST_CID,
 };
 
 /// A wait longer than any deadline a caller can express.
@@ -532,75 +534,6 @@ impl RunningVm {
     pub fn shutdown(mut self) -> ExitReason {
         self.teardown();
         self.exit.reason().unwrap_or(ExitReason::Stopped)
-    }
-
-    /// Why the VM could not be saved now (a device holds state a snapshot cannot carry, such
-    /// as an open vsock connection), or `None`. Looked at without stopping the VM, so a
-    /// caller can wait for it to become `None` before [`RunningVm::snapshot`].
-    pub fn snapshot_blocker(&self) -> Option<String> {
-        self.transports.iter().find_map(|(_, t)| {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .snapshot_blocker()
-        })
-    }
-
-    /// Stops the VM and saves it to the directory `dir` (created if needed): its memory
-    /// (`memory`, all-zero pages left as holes) and its vCPU, VM and device state (`state`,
-    /// written last, so that a directory with a state file holds a whole snapshot). The VM
-    /// does not resume; [`restore`] starts a new one from the snapshot.
-    ///
-    /// Order (Firecracker's): vCPUs stopped with their last exit completed, the device thread
-    /// stopped, then devices, vCPUs and the VM saved.
-    pub fn snapshot(mut self, dir: &std::path::Path) -> Result<(), VmmError> {
-        if let Some(reason) = self.exit.reason() {
-            return Err(snapshot::SnapshotError::Ended(format!("{reason:?}")).into());
-        }
-        let fds = vcpu::pause_all(std::mem::take(&mut self.vcpus), &self.exit)
-            .map_err(snapshot::SnapshotError::from)?;
-        self.event_loop.stop();
-        if let Some(why) = self.transports.iter().find_map(|(_, t)| {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .snapshot_blocker()
-        }) {
-            return Err(snapshot::SnapshotError::Busy(why).into());
-        }
-        let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner()).save();
-        let devices = self
-            .transports
-            .iter()
-            .map(|(slot, t)| snapshot::DeviceState {
-                base: slot.base,
-                gsi: slot.gsi,
-                transport: t.lock().unwrap_or_else(|p| p.into_inner()).save(),
-            })
-            .collect();
-        let msrs = snapshot::vcpu::msr_list(&self.kvm)?;
-        let vcpus = fds
-            .iter()
-            .map(|fd| snapshot::vcpu::save(&self.kvm, fd, &msrs))
-            .collect::<Result<Vec<_>, _>>()?;
-        let vm = snapshot::vm::save(&self.vm)?;
-        std::fs::create_dir_all(dir).map_err(snapshot::SnapshotError::Write)?;
-        let (mem_file, mem_tmp) = snapshot::create_memory_file(dir)?;
-        let regions = snapshot::memory::dump(&self.mem, &mem_file)?;
-        let memory_len = regions.iter().map(|r| r.len).sum();
-        snapshot::replace_memory_file(dir, &mem_tmp)?;
-        snapshot::write_state(
-            dir,
-            &snapshot::Snapshot {
-                host: snapshot::host::fingerprint(&self.kvm)?,
-                mem_mib: self.mem_mib,
-                regions,
-                memory_len,
-                vcpus,
-                vm,
-                serial,
-                devices,
-            },
-        )?;
-        Ok(())
     }
 
     fn teardown(&mut self) {

@@ -84,10 +84,15 @@ impl NetDeviceConfig {
 
     /// The same device with no wire (a template's: see [`NullBackend`]).
     pub fn unwired(&self) -> std::io::Result<Self> {
+        Self::without_wire(self.mac, self.mtu)
+    }
+
+    /// A device with `mac` and `mtu` and no wire (see [`NullBackend`]).
+    pub fn without_wire(mac: [u8; 6], mtu: u16) -> std::io::Result<Self> {
         Ok(Self {
             backend: Box::new(NullBackend::new()?),
-            mac: self.mac,
-            mtu: self.mtu,
+            mac,
+            mtu,
             egress: None,
         })
     }

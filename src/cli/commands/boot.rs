@@ -125,6 +125,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         timeout,
         restore_from: args.restore_from.clone(),
         template: None,
+        resume: false,
+        checkpoint: None,
     };
     let timings = args.timings.then_some(t0);
     if jailed {

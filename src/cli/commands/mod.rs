@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod boot;
+pub mod checkpoint;
 pub mod compare;
 pub mod cp;
 pub mod exec;

@@ -13,6 +13,10 @@ pub struct StartArgs {
     /// With --attach: forward brig's stdin to the workload.
     #[arg(short, long)]
     interactive: bool,
+    /// Resume this checkpoint (`brig checkpoint create`) instead of starting afresh: the
+    /// workload goes on where it was (one sandbox).
+    #[arg(long, value_name = "CHECKPOINT")]
+    checkpoint: Option<String>,
     /// Sandboxes (names or ids).
     #[arg(required = true)]
     sandboxes: Vec<String>,
@@ -23,6 +27,9 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         anyhow::bail!("you cannot start and attach multiple sandboxes at once");
     }
     let home = super::home()?;
+    if let Some(checkpoint) = &args.checkpoint {
+        return resume(&home, &args, checkpoint);
+    }
     let mut failed = false;
     for name in &args.sandboxes {
         let sb = super::resolve(&home, name)?;
@@ -55,4 +62,28 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
     }
     // Each failure was reported above; docker exits 1 when any did.
     Ok(i32::from(failed))
+}
+
+/// `start --checkpoint`: brig's errors are one line and 125, as docker's.
+fn resume(home: &std::path::Path, args: &StartArgs, checkpoint: &str) -> anyhow::Result<i32> {
+    let [name] = args.sandboxes.as_slice() else {
+        anyhow::bail!("--checkpoint starts one sandbox");
+    };
+    if args.interactive {
+        anyhow::bail!("--checkpoint resumes a sandbox without stdin (-i)");
+    }
+    let sb = super::resolve(home, name)?;
+    if sb.is_running() {
+        anyhow::bail!("sandbox {name} is running; stop it before starting it from a checkpoint");
+    }
+    crate::sandbox::checkpoint::prepare_resume(&sb, name, checkpoint)?;
+    let Some(created) = lifecycle::reopen(sb)? else {
+        anyhow::bail!("sandbox {name} started meanwhile");
+    };
+    if args.attach {
+        return Ok(created.run(false, false, None, None)??);
+    }
+    created.detach(None)?;
+    println!("{name}");
+    Ok(0)
 }

@@ -14,9 +14,9 @@
 //! renamed into place when whole, and never written again: removal is an unlink (VMs still
 //! mapping its memory keep their pages).
 //!
-//! A VM with a network device restores a template made with the same device unwired (a
-//! [`crate::vmm::NullBackend`]: the template's guest never sees a network), and gets the
-//! sandbox's own TAP or passt socket at restore; the agent gives the interface (up since
+//! A VM with a network device restores a template made with the same device unwired
+//! ([`crate::vmm::NetDeviceConfig::without_wire`]: the template's guest never sees a
+//! network), and gets the sandbox's own TAP or passt socket at restore; the agent gives the interface (up since
 //! the template was made) the sandbox's MAC address once it has its IPv4 address, which
 //! announces it ([`brig_protocol::NetworkSpec::mac`]).
 //! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory): those
@@ -28,16 +28,16 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use brig_protocol::{read_message, write_message, DiskSize, Message, RestoreSpec, RESTORE_PORT};
+use brig_protocol::{
+    read_message, write_message, DiskSize, Message, NetworkSpec, RestoreSpec, RESTORE_PORT,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::runtime::{new_id, RuntimeDir};
 use super::vm::{self, VmError};
 use crate::vmm::snapshot::{self, host::HostFingerprint};
-use crate::vmm::{
-    self, ConsoleLog, DiskConfig, NetDeviceConfig, NullBackend, VmConfig, DEFAULT_GUEST_CID,
-};
+use crate::vmm::{self, ConsoleLog, DiskConfig, NetDeviceConfig, VmConfig, DEFAULT_GUEST_CID};
 
 /// The directory under brig's home.
 const DIR: &str = "templates";
@@ -318,14 +318,7 @@ pub fn build_for(
     };
     let vm = VmConfig {
         net: network
-            .then(|| {
-                Ok::<_, io::Error>(NetDeviceConfig {
-                    backend: Box::new(NullBackend::new()?),
-                    mac: TEMPLATE_MAC,
-                    mtu: super::network::MTU,
-                    egress: None,
-                })
-            })
+            .then(|| NetDeviceConfig::without_wire(TEMPLATE_MAC, super::network::MTU))
             .transpose()
             .map_err(io_err(Path::new("eventfd")))?,
         ..vm
@@ -456,8 +449,12 @@ pub fn disk_sizes(disks: &[DiskConfig]) -> Result<Vec<DiskSize>, TemplateError> 
 }
 
 /// The first message to the agent of a VM restored with disks of `sizes`
-/// ([`disk_sizes`]): fresh entropy, the host's clock now, and the sizes.
-pub fn restore_message(sizes: Vec<DiskSize>) -> Result<Message, TemplateError> {
+/// ([`disk_sizes`]): fresh entropy, the host's clock now, the sizes, and the network to
+/// configure anew (a checkpoint's; see [`RestoreSpec::network`]).
+pub fn restore_message(
+    sizes: Vec<DiskSize>,
+    network: Option<NetworkSpec>,
+) -> Result<Message, TemplateError> {
     let mut seed = vec![0u8; SEED_BYTES];
     match rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty()) {
         Ok(n) if n == seed.len() => {}
@@ -470,6 +467,7 @@ pub fn restore_message(sizes: Vec<DiskSize>) -> Result<Message, TemplateError> {
         realtime_ns,
         seed,
         disks: sizes,
+        network,
     }))
 }
 
@@ -479,8 +477,9 @@ pub fn restore_message(sizes: Vec<DiskSize>) -> Result<Message, TemplateError> {
 pub fn reconnect(
     vsock_socket: &Path,
     sizes: Vec<DiskSize>,
+    network: Option<NetworkSpec>,
 ) -> Result<(UnixStream, Message), TemplateError> {
-    let msg = restore_message(sizes)?;
+    let msg = restore_message(sizes, network)?;
     let mut conn = super::control::connect(vsock_socket, RESTORE_PORT, RESTORE_TIMEOUT)
         .map_err(|e| TemplateError::Agent(e.to_string()))?;
     write_message(&mut conn, &msg).map_err(|e| TemplateError::Agent(e.to_string()))?;

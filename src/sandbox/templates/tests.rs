@@ -66,8 +66,8 @@ fn the_restore_message_carries_entropy_time_and_disk_sizes() {
     };
     let disks = [disk("a", 4096, true), disk("b", 1024, false)];
     let (Message::Restore(one), Message::Restore(two)) = (
-        restore_message(disk_sizes(&disks).unwrap()).unwrap(),
-        restore_message(disk_sizes(&disks).unwrap()).unwrap(),
+        restore_message(disk_sizes(&disks).unwrap(), None).unwrap(),
+        restore_message(disk_sizes(&disks).unwrap(), None).unwrap(),
     ) else {
         panic!("not a restore message");
     };

@@ -63,6 +63,38 @@ const fn ior(ty: u64, nr: u64, size: usize) -> u64 {
 pub const KVM_RUN: u64 = 0xAE80;
 /// `KVM_GET_REGS`, for the registers shown when a vCPU fails.
 pub const KVM_GET_REGS: u64 = ior(0xAE, 0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// `_IOWR(type, nr, size)`.
+const fn iowr(ty: u64, nr: u64, size: usize) -> u64 {
+    (3 << 30) | ((size as u64) << 16) | (ty << 8) | nr
+}
+
+/// What saving the VM asks of KVM (`brig checkpoint create`: the main thread of a running
+/// VMM stops the vCPUs, completing their last exit with `KVM_RUN`, and reads their, the
+/// VM's and the host's state). Only reads: nothing here changes the VM.
+const SNAPSHOT: [u64; 18] = {
+    use kvm_bindings as k;
+    use std::mem::size_of;
+    [
+        KVM_RUN,
+        KVM_GET_REGS,
+        ior(0xAE, 0x83, size_of::<k::kvm_sregs>()),
+        iowr(0xAE, 0x88, size_of::<k::kvm_msrs>()),
+        ior(0xAE, 0x8e, size_of::<k::kvm_lapic_state>()),
+        iowr(0xAE, 0x91, size_of::<k::kvm_cpuid2>()),
+        ior(0xAE, 0x98, size_of::<k::kvm_mp_state>()),
+        ior(0xAE, 0x9f, size_of::<k::kvm_vcpu_events>()),
+        ior(0xAE, 0xa1, size_of::<k::kvm_debugregs>()),
+        0xAEA3, // KVM_GET_TSC_KHZ
+        ior(0xAE, 0xa4, size_of::<k::kvm_xsave>()),
+        ior(0xAE, 0xa6, size_of::<k::kvm_xcrs>()),
+        ior(0xAE, 0x9f, size_of::<k::kvm_pit_state2>()),
+        iowr(0xAE, 0x62, size_of::<k::kvm_irqchip>()),
+        ior(0xAE, 0x7c, size_of::<k::kvm_clock_data>()),
+        iowr(0xAE, 0x05, size_of::<k::kvm_cpuid2>()), // KVM_GET_SUPPORTED_CPUID
+        iowr(0xAE, 0x02, size_of::<k::kvm_msr_list>()), // KVM_GET_MSR_INDEX_LIST
+        0xAE03,                                       // KVM_CHECK_EXTENSION
+    ]
+};
 const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 const FIONBIO: u64 = libc::FIONBIO;
 /// The host terminal (`-t`): its modes (rustix asks with the termios2 requests first, the
@@ -212,6 +244,7 @@ pub const PROXY: &[Allowed] = &[
 pub const MAIN: &[Allowed] = &[
     ioctls(&[FIONBIO]),
     ioctls(&TERMINAL),
+    ioctls(&SNAPSHOT),
     any(libc::SYS_poll),
     any(libc::SYS_ppoll),
     any(libc::SYS_epoll_create1),

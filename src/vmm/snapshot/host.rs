@@ -24,8 +24,10 @@ pub struct HostFingerprint {
 
 /// This host's fingerprint.
 pub fn fingerprint(kvm: &Kvm) -> Result<HostFingerprint, SnapshotError> {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map_err(|e| SnapshotError::Read("/proc/sys/kernel/osrelease".into(), e))?
+    // uname, not /proc/sys/kernel/osrelease: a jailed VMM saving a checkpoint has no /proc.
+    let kernel = rustix::system::uname()
+        .release()
+        .to_string_lossy()
         .trim()
         .to_string();
     let cpuid = kvm

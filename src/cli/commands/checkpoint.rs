@@ -1,0 +1,63 @@
+//! `brig checkpoint create|ls|rm`: running sandboxes saved (memory, device state, scratch
+//! disk) and resumed later with `brig start --checkpoint` (docker's checkpoint CLI).
+
+use clap::{Args, Subcommand};
+
+use crate::sandbox::checkpoint;
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    #[command(subcommand)]
+    command: CheckpointCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum CheckpointCommand {
+    /// Save a running sandbox as CHECKPOINT; it stops (as docker's default).
+    Create {
+        /// Keep the sandbox running after the checkpoint (not supported yet).
+        #[arg(long = "leave-running", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        leave_running: bool,
+        sandbox: String,
+        checkpoint: String,
+    },
+    /// List a sandbox's checkpoints.
+    #[command(alias = "list")]
+    Ls { sandbox: String },
+    /// Remove a sandbox's checkpoint.
+    #[command(alias = "remove")]
+    Rm { sandbox: String, checkpoint: String },
+}
+
+pub fn run(args: CheckpointArgs) -> anyhow::Result<i32> {
+    let home = super::home()?;
+    match args.command {
+        CheckpointCommand::Create {
+            leave_running,
+            sandbox,
+            checkpoint: name,
+        } => {
+            if leave_running {
+                anyhow::bail!("--leave-running is not supported: a checkpoint stops its sandbox");
+            }
+            let sb = super::resolve(&home, &sandbox)?;
+            checkpoint::create(&sb, &sandbox, &name)?;
+            println!("{name}");
+        }
+        CheckpointCommand::Ls { sandbox } => {
+            let sb = super::resolve(&home, &sandbox)?;
+            println!("CHECKPOINT NAME");
+            for meta in checkpoint::list(&sb) {
+                println!("{}", meta.name);
+            }
+        }
+        CheckpointCommand::Rm {
+            sandbox,
+            checkpoint: name,
+        } => {
+            let sb = super::resolve(&home, &sandbox)?;
+            checkpoint::remove(&sb, &sandbox, &name)?;
+        }
+    }
+    Ok(0)
+}

@@ -134,12 +134,13 @@ pub fn supervise_jailed(
             None
         };
         let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
-        Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?))
+        Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?, pipe()?))
     })();
-    let (jail, cgroup, (events_read, events_write), (log_read, log_write)) = match setup {
-        Ok(s) => s,
-        Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
-    };
+    let (jail, cgroup, (events_read, events_write), (log_read, log_write), (gate_read, gate_write)) =
+        match setup {
+            Ok(s) => s,
+            Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
+        };
     // The template is found (or made) out here, as root with the host in view; the VMM opens
     // its files before it enters the jail.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
@@ -172,7 +173,7 @@ pub fn supervise_jailed(
         Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
     };
     if pid == 0 {
-        drop((events_read, log_read));
+        drop((events_read, log_read, gate_write));
         let HostSide {
             log,
             console_file,
@@ -190,6 +191,7 @@ pub fn supervise_jailed(
                 jail,
                 cgroup,
                 log: log_write,
+                gate: gate_read,
                 console_file,
                 vm,
                 run,
@@ -203,7 +205,15 @@ pub fn supervise_jailed(
         };
         vmm_process(vmm, runtime);
     }
-    drop((events_write, log_write));
+    drop((events_write, log_write, gate_read));
+    // The packet filter is applied while the VMM restores the VM; the VMM asks for the
+    // workload once it hears that it is in place.
+    let gate = match host.net.as_ref().map_or(Ok(()), |n| n.confirm()) {
+        Ok(()) => "ok\n".to_string(),
+        Err(e) => format!("err {}\n", e.to_string().replace('\n', " ")),
+    };
+    let _ = rustix::io::write(&gate_write, gate.as_bytes());
+    drop(gate_write);
     let forwarder = if foreground {
         signals::Forwarder::install(pid, &signals::FROM_KEEPER)
             .map_err(|e| tracing::warn!("forwarding signals to the VMM: {e}"))
@@ -237,6 +247,8 @@ struct VmmRest {
     cgroup: Option<Cgroup>,
     /// The write end of the log records' pipe.
     log: OwnedFd,
+    /// The read end of the keeper's word that the host side is whole (`ok` or `err WHY`).
+    gate: OwnedFd,
     console_file: super::supervisor::CappedFile,
     vm: vmm::VmConfig,
     run: brig_protocol::RunSpec,
@@ -373,6 +385,7 @@ fn run_vmm(
         jail,
         cgroup,
         log,
+        gate,
         console_file,
         mut vm,
         run,
@@ -387,7 +400,12 @@ fn run_vmm(
     rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
         .map_err(|e| brig("PR_SET_PDEATHSIG", e.into()))?;
     // Stdio (fds 0-2) stays: brig's terminal or pipes in the foreground, /dev/null otherwise.
-    let mut keep = vec![events, log.as_raw_fd(), console_file.as_raw_fd()];
+    let mut keep = vec![
+        events,
+        log.as_raw_fd(),
+        gate.as_raw_fd(),
+        console_file.as_raw_fd(),
+    ];
     if let Some(net) = &vm.net {
         keep.push(net.backend.as_raw_fd());
     }
@@ -424,6 +442,12 @@ fn run_vmm(
     let mut on_vm_started =
         |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));
     let mut on_workload_started = || send(Event::Ready);
+    let mut gate = File::from(gate);
+    let mut before_run = || match read_line(&mut gate) {
+        Some(line) if line == "ok" => Ok(()),
+        Some(line) => Err(line.strip_prefix("err ").unwrap_or(&line).to_string()),
+        None => Err("the sandbox's keeper ended before its network was set up".to_string()),
+    };
     let (mut out, mut err) = outputs(foreground, &log);
     let io = LaunchIo {
         stdout: &mut out,
@@ -431,6 +455,7 @@ fn run_vmm(
         relay_signals: foreground,
         on_vm_started: &mut on_vm_started,
         on_workload_started: &mut on_workload_started,
+        before_run: &mut before_run,
     };
     match launch(spec, runtime, io) {
         Ok(mut outcome) => {

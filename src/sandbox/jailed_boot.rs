@@ -73,6 +73,7 @@ pub fn boot_here(
         relay_signals: true,
         on_vm_started: &mut |_| {},
         on_workload_started: &mut || {},
+        before_run: &mut || Ok(()),
     };
     let outcome = launch(spec, runtime, io)?;
     if let Some(t0) = timings {

@@ -80,6 +80,10 @@ pub struct LaunchIo<'a> {
     pub on_vm_started: &'a mut dyn FnMut(&StartPath),
     /// Called once the workload runs.
     pub on_workload_started: &'a mut dyn FnMut(),
+    /// Called once the agent is reached, before the workload is asked for: the host side
+    /// must be whole by then (see [`super::network::SandboxNetwork::confirm`]); `Err` ends
+    /// the run with that reason instead.
+    pub before_run: &'a mut dyn FnMut() -> Result<(), String>,
 }
 
 /// How it went.
@@ -170,6 +174,7 @@ pub fn launch(
         Some((conn, hello)) => Ok((conn, Some(hello))),
         None => agent_vm.accept(deadline).map(|c| (c, None)),
     };
+    let accepted = accepted.and_then(|c| (io.before_run)().map(|()| c).map_err(SessionEnd::Broken));
     let end = match accepted {
         Ok((conn, hello)) => {
             let relay = Relay {

@@ -313,6 +313,10 @@ pub fn supervise(
         relay_signals: foreground,
         on_vm_started: &mut on_vm_started,
         on_workload_started: &mut on_workload_started,
+        before_run: &mut || {
+            net.as_ref()
+                .map_or(Ok(()), |n| n.confirm().map_err(|e| e.to_string()))
+        },
     };
     let result = launch(spec, runtime, io);
     // The host side goes with the VM: proxy, nft table, address, file servers.

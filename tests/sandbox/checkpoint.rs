@@ -120,6 +120,36 @@ pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
         "inspect: running, resumed from a checkpoint",
         &out,
     )?;
+    // --leave-running: saved, and going on from there at once.
+    let before = ticks("counter").len();
+    let out = f.brig(&["checkpoint", "create", "--leave-running", "counter", "c2"]);
+    check(
+        out.status.success() && stdout(&out) == "c2\n",
+        "checkpoint create --leave-running",
+        &out,
+    )?;
+    let out = f.brig(&["inspect", "counter"]);
+    check(
+        json(&out)?[0]["State"]["Status"] == "running",
+        "--leave-running: still running",
+        &out,
+    )?;
+    eventually(120, "the count goes on after --leave-running", || {
+        ticks("counter").len() > before + 3
+    })?;
+    let after = ticks("counter");
+    let expected: Vec<u64> = (1..=after.len() as u64).collect();
+    if after != expected {
+        return Err(format!(
+            "the count after --leave-running lost or repeated numbers: {after:?}"
+        ));
+    }
+    let out = f.brig(&["checkpoint", "ls", "counter"]);
+    check(
+        stdout(&out) == "CHECKPOINT NAME\nc1\nc2\n",
+        "checkpoint ls lists both, oldest first",
+        &out,
+    )?;
     let out = f.brig(&["stop", "-t", "1", "counter"]);
     check(out.status.success(), "stop of a resumed sandbox", &out)?;
 
@@ -143,8 +173,10 @@ pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
         "made by brig 0.0.0-elsewhere",
         "a checkpoint of another brig",
     )?;
-    let out = f.brig(&["checkpoint", "rm", "counter", "c1"]);
-    check(out.status.success(), "checkpoint rm", &out)?;
+    for c in ["c1", "c2"] {
+        let out = f.brig(&["checkpoint", "rm", "counter", c]);
+        check(out.status.success(), "checkpoint rm", &out)?;
+    }
     let out = f.brig(&["checkpoint", "ls", "counter"]);
     check(
         stdout(&out) == "CHECKPOINT NAME\n",

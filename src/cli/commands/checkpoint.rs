@@ -3,7 +3,7 @@
 
 use clap::{Args, Subcommand};
 
-use crate::sandbox::checkpoint;
+use crate::sandbox::{checkpoint, lifecycle};
 
 #[derive(Debug, Args)]
 pub struct CheckpointArgs {
@@ -15,8 +15,16 @@ pub struct CheckpointArgs {
 enum CheckpointCommand {
     /// Save a running sandbox as CHECKPOINT; it stops (as docker's default).
     Create {
-        /// Keep the sandbox running after the checkpoint (not supported yet).
-        #[arg(long = "leave-running", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        /// Keep the sandbox running: it goes on from the checkpoint at once (in a new VMM
+        /// process; connections through its published ports are cut).
+        #[arg(
+            long = "leave-running",
+            default_value_t = false,
+            action = clap::ArgAction::Set,
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true"
+        )]
         leave_running: bool,
         sandbox: String,
         checkpoint: String,
@@ -37,11 +45,15 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<i32> {
             sandbox,
             checkpoint: name,
         } => {
-            if leave_running {
-                anyhow::bail!("--leave-running is not supported: a checkpoint stops its sandbox");
-            }
             let sb = super::resolve(&home, &sandbox)?;
             checkpoint::create(&sb, &sandbox, &name)?;
+            if leave_running {
+                checkpoint::prepare_resume(&sb, &sandbox, &name)?;
+                let Some(created) = lifecycle::reopen(sb)? else {
+                    anyhow::bail!("sandbox {sandbox} started meanwhile");
+                };
+                created.detach(None)?;
+            }
             println!("{name}");
         }
         CheckpointCommand::Ls { sandbox } => {

@@ -29,7 +29,9 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
                 .collect()
         }),
     };
-    let table = nft::Table::create(&rules)?;
+    // Applied while the VM starts: the keeper confirms it before the workload runs
+    // ([`SandboxNetwork::confirm`]).
+    let table = nft::Table::start(&rules)?;
     // Forwarding starts now: a client that comes before the guest listens is refused, as
     // by a container that is still starting.
     let proxy = bound.map(|p| p.start(link.guest)).transpose()?;

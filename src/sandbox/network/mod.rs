@@ -510,6 +510,16 @@ impl SandboxNetwork {
     pub fn take_device(&mut self) -> Option<NetDeviceConfig> {
         self.device.take()
     }
+
+    /// Waits until the host's side is whole: the packet filter applied (nft works while the
+    /// VM starts). The workload must not start before this says Ok: the egress policy holds
+    /// from its first packet.
+    pub fn confirm(&self) -> Result<(), NetworkError> {
+        if let Some(table) = &self.table {
+            table.confirm()?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::pool::{POOL_BASE, POOL_PREFIX};
@@ -134,11 +135,16 @@ impl Rules {
 pub struct Table {
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Until [`Table::confirm`]: nft's output, which says whether it applied the rules.
+    pending: Mutex<Option<(ChildStdout, ChildStderr)>>,
 }
 
 impl Table {
-    /// Creates the table with `rules`, or explains in one line why not.
-    pub fn create(rules: &Rules) -> Result<Self, NftError> {
+    /// Creates the table with `rules`: hands them to a new nft process and returns without
+    /// waiting for it to apply them (a VM can be restored meanwhile); [`Table::confirm`]
+    /// waits, or explains in one line why nft did not apply them. Nothing may depend on the
+    /// rules before then: the sandbox's workload must not start.
+    pub fn start(rules: &Rules) -> Result<Self, NftError> {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(NFT)
             .arg("-i")
@@ -148,9 +154,15 @@ impl Table {
             .process_group(0)
             .spawn()
             .map_err(NftError::Spawn)?;
+        let output = child
+            .stdout
+            .take()
+            .zip(child.stderr.take())
+            .ok_or_else(|| io::Error::other("nft's output is not piped"))?;
         let mut table = Self {
             stdin: child.stdin.take(),
             child,
+            pending: Mutex::new(Some(output)),
         };
         let mut script = rules.commands().join("\n");
         script.push_str(&format!("\nlist table inet {}\n", rules.table));
@@ -160,23 +172,26 @@ impl Table {
             .ok_or_else(|| io::Error::other("no stdin"))?;
         stdin.write_all(script.as_bytes())?;
         stdin.flush()?;
-        table.await_listing()?;
         Ok(table)
+    }
+
+    /// Waits until nft has applied the rules [`Table::start`] gave it (at once when it
+    /// has already said so), or says in one line why it did not.
+    pub fn confirm(&self) -> Result<(), NftError> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        match pending {
+            Some((stdout, stderr)) => Self::await_listing(stdout, stderr),
+            None => Ok(()),
+        }
     }
 
     /// Reads nft's listing of the table (its last line is `}`), which comes after every
     /// command before it was processed; then any error nft printed is on its stderr.
-    fn await_listing(&mut self) -> Result<(), NftError> {
-        let stdout = self
-            .child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("no stdout"))?;
-        let stderr = self
-            .child
-            .stderr
-            .take()
-            .ok_or_else(|| io::Error::other("no stderr"))?;
+    fn await_listing(stdout: ChildStdout, stderr: ChildStderr) -> Result<(), NftError> {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut listed = false;

@@ -35,7 +35,7 @@ pub fn fingerprint(kvm: &Kvm) -> Result<HostFingerprint, SnapshotError> {
         .map_err(|e| SnapshotError::kvm("KVM_GET_SUPPORTED_CPUID", e))?;
     let mut h = Sha256::new();
     for e in cpuid.as_slice() {
-        for v in [e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx] {
+        for v in cpu_independent([e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx]) {
             h.update(v.to_le_bytes());
         }
     }
@@ -53,6 +53,26 @@ pub fn fingerprint(kvm: &Kvm) -> Result<HostFingerprint, SnapshotError> {
         cpuid,
         msrs: format!("{:x}", h.finalize()),
     })
+}
+
+/// A KVM_GET_SUPPORTED_CPUID entry (function, index, flags, eax, ebx, ecx, edx) without
+/// what differs between the host's CPUs: KVM passes on the APIC id of the CPU the caller
+/// runs on (leaf 1 EBX[31:24]; the x2APIC id in EDX of leaves 0xB and 0x1F; AMD's extended
+/// APIC, core and node ids in leaf 0x8000001E). Hashed as they are, a template made on one
+/// CPU of a multi-core host would read as made on another host from the next CPU (seen on
+/// this 2-CPU machine and in a 2-vCPU nested VM).
+fn cpu_independent(mut e: [u32; 7]) -> [u32; 7] {
+    match e[0] {
+        0x1 => e[4] &= 0x00FF_FFFF,
+        0xB | 0x1F => e[6] = 0,
+        0x8000_001E => {
+            e[3] = 0;
+            e[4] &= !0xFF;
+            e[5] &= !0xFF;
+        }
+        _ => {}
+    }
+    e
 }
 
 /// Refuses a snapshot made on another host, naming what differs.
@@ -119,5 +139,26 @@ mod tests {
         let a = fingerprint(&kvm).unwrap();
         assert_eq!(a, fingerprint(&kvm).unwrap());
         assert_eq!(a.cpuid.len(), 64);
+        // The same from every CPU this process may run on.
+        let cpus = rustix::thread::sched_getaffinity(None).unwrap();
+        for cpu in (0..64).filter(|&c| cpus.is_set(c)) {
+            let mut one = rustix::thread::CpuSet::new();
+            one.set(cpu);
+            rustix::thread::sched_setaffinity(None, &one).unwrap();
+            assert_eq!(a, fingerprint(&kvm).unwrap(), "on CPU {cpu}");
+        }
+        rustix::thread::sched_setaffinity(None, &cpus).unwrap();
+    }
+
+    #[test]
+    fn apic_ids_are_left_out() {
+        let leaf1 = [1, 0, 0, 0xc06f2, 0x0102_0800, 0x8120_2000, 0x0f8b_fbff];
+        assert_eq!(
+            cpu_independent(leaf1),
+            [1, 0, 0, 0xc06f2, 0x0002_0800, 0x8120_2000, 0x0f8b_fbff]
+        );
+        assert_eq!(cpu_independent([0xB, 0, 1, 1, 2, 0x100, 1])[6], 0);
+        let other = [7, 0, 1, 2, 3, 4, 5];
+        assert_eq!(cpu_independent(other), other);
     }
 }

@@ -31,6 +31,22 @@ fn http_get(port: u16) -> Result<String, String> {
         .to_string())
 }
 
+/// Waits until `name` has logged more than `saved` numbers, then checks they are one count,
+/// 1, 2, ..., on from where it was after `what`: nothing lost, nothing repeated, no restart.
+fn goes_on(name: &str, saved: usize, what: &str) -> Result<(), String> {
+    eventually(120, &format!("the count goes on after {what}"), || {
+        ticks(name).len() > saved + 3
+    })?;
+    let after = ticks(name);
+    let expected: Vec<u64> = (1..=after.len() as u64).collect();
+    if after != expected {
+        return Err(format!(
+            "after {what} the count is not the saved one going on (saved {saved}): {after:?}"
+        ));
+    }
+    Ok(())
+}
+
 pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
     let f = fixture();
     // Counts, once: a restart would log "run" twice and count from 1 again. A web server
@@ -60,7 +76,6 @@ pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
         &out,
     )?;
     let saved = ticks("counter");
-    let last = saved.last().copied().unwrap_or(0);
     let out = f.brig(&["checkpoint", "ls", "counter"]);
     check(
         stdout(&out).lines().any(|l| l == "c1"),
@@ -78,17 +93,7 @@ pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
         "start --checkpoint",
         &out,
     )?;
-    eventually(120, "the count goes on after the resume", || {
-        ticks("counter").len() > saved.len() + 3
-    })?;
-    // One count, on from where it was: 1, 2, ..., with nothing lost or repeated.
-    let after = ticks("counter");
-    let expected: Vec<u64> = (1..=after.len() as u64).collect();
-    if after != expected || after.len() as u64 <= last {
-        return Err(format!(
-            "the resumed count is not the saved one going on (saved up to {last}): {after:?}"
-        ));
-    }
+    goes_on("counter", saved.len(), "the resume")?;
     // The network is the sandbox's again (a new TAP, its address given back to the guest),
     // and the server in the guest is the one that was saved.
     let again = http_get(18087)?;
@@ -134,16 +139,7 @@ pub fn checkpoint_and_resume_a_counter() -> Result<(), String> {
         "--leave-running: still running",
         &out,
     )?;
-    eventually(120, "the count goes on after --leave-running", || {
-        ticks("counter").len() > before + 3
-    })?;
-    let after = ticks("counter");
-    let expected: Vec<u64> = (1..=after.len() as u64).collect();
-    if after != expected {
-        return Err(format!(
-            "the count after --leave-running lost or repeated numbers: {after:?}"
-        ));
-    }
+    goes_on("counter", before, "--leave-running")?;
     let out = f.brig(&["checkpoint", "ls", "counter"]);
     check(
         stdout(&out) == "CHECKPOINT NAME\nc1\nc2\n",

@@ -455,20 +455,23 @@ fn vmm_jail(f: &Fixture, name: &str, pid: &str) -> Result<(), String> {
             ))
         }
     }
-    // Its descriptors: KVM, its VM's files (disks, console, log pipe), sockets, eventfds.
+    // Its descriptors: KVM, its VM's files (disks, console, log pipe, the files a checkpoint
+    // is saved into, its own page map, which a save reads), sockets, eventfds.
     let fds = fds_of(pid);
+    let own_pagemap = format!("/proc/{pid}/pagemap");
     let allowed = |t: &str| {
-        [
-            "anon_inode:",
-            "socket:",
-            "pipe:",
-            "/memfd:",
-            "/dev/kvm",
-            "/dev/net/tun",
-            "/dev/null",
-        ]
-        .iter()
-        .any(|p| t.starts_with(p))
+        t == own_pagemap
+            || [
+                "anon_inode:",
+                "socket:",
+                "pipe:",
+                "/memfd:",
+                "/dev/kvm",
+                "/dev/net/tun",
+                "/dev/null",
+            ]
+            .iter()
+            .any(|p| t.starts_with(p))
             || t.starts_with(f.home.to_str().unwrap_or("-"))
     };
     let stray: Vec<&(String, String)> = fds

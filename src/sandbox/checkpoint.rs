@@ -273,6 +273,11 @@ pub fn prepare_resume(
     std::fs::write(&marker, checkpoint).map_err(io_err(&marker))
 }
 
+/// Withdraws what [`prepare_resume`] asked of the next start (that start did not happen).
+pub fn cancel_resume(sandbox: &Sandbox) {
+    let _ = std::fs::remove_file(dir_of(sandbox).join(RESUME));
+}
+
 fn read_meta(dir: &Path) -> Option<Meta> {
     serde_json::from_slice(&std::fs::read(dir.join(META)).ok()?).ok()
 }

@@ -48,11 +48,7 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<i32> {
             let sb = super::resolve(&home, &sandbox)?;
             checkpoint::create(&sb, &sandbox, &name)?;
             if leave_running {
-                checkpoint::prepare_resume(&sb, &sandbox, &name)?;
-                let Some(created) = lifecycle::reopen(sb)? else {
-                    anyhow::bail!("sandbox {sandbox} started meanwhile");
-                };
-                created.detach(None)?;
+                resume(sb, &sandbox, &name, false)?;
             }
             println!("{name}");
         }
@@ -72,4 +68,32 @@ pub fn run(args: CheckpointArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Starts the stopped `sb` (the user's `name`) from `checkpoint`: detached, or attached to
+/// its output with `attach` (its exit code then). A start that fails leaves no request for
+/// the next one.
+pub fn resume(
+    sb: crate::sandbox::state::Sandbox,
+    name: &str,
+    checkpoint: &str,
+    attach: bool,
+) -> anyhow::Result<i32> {
+    checkpoint::prepare_resume(&sb, name, checkpoint)?;
+    let withdraw = sb.clone();
+    let started = (|| {
+        let Some(created) = lifecycle::reopen(sb)? else {
+            anyhow::bail!("sandbox {name} started meanwhile");
+        };
+        if attach {
+            return Ok(created.run(false, false, None, None)??);
+        }
+        created.detach(None)?;
+        println!("{name}");
+        Ok(0)
+    })();
+    if started.is_err() {
+        checkpoint::cancel_resume(&withdraw);
+    }
+    started
 }

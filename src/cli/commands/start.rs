@@ -76,14 +76,5 @@ fn resume(home: &std::path::Path, args: &StartArgs, checkpoint: &str) -> anyhow:
     if sb.is_running() {
         anyhow::bail!("sandbox {name} is running; stop it before starting it from a checkpoint");
     }
-    crate::sandbox::checkpoint::prepare_resume(&sb, name, checkpoint)?;
-    let Some(created) = lifecycle::reopen(sb)? else {
-        anyhow::bail!("sandbox {name} started meanwhile");
-    };
-    if args.attach {
-        return Ok(created.run(false, false, None, None)??);
-    }
-    created.detach(None)?;
-    println!("{name}");
-    Ok(0)
+    super::checkpoint::resume(sb, name, checkpoint, args.attach)
 }

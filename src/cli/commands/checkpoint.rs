@@ -89,7 +89,6 @@ pub fn resume(
             return Ok(created.run(false, false, None, None)??);
         }
         created.detach(None)?;
-        println!("{name}");
         Ok(0)
     })();
     if started.is_err() {

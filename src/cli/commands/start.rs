@@ -76,5 +76,9 @@ fn resume(home: &std::path::Path, args: &StartArgs, checkpoint: &str) -> anyhow:
     if sb.is_running() {
         anyhow::bail!("sandbox {name} is running; stop it before starting it from a checkpoint");
     }
-    super::checkpoint::resume(sb, name, checkpoint, args.attach)
+    let code = super::checkpoint::resume(sb, name, checkpoint, args.attach)?;
+    if !args.attach {
+        println!("{name}");
+    }
+    Ok(code)
 }

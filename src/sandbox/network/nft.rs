@@ -3,10 +3,13 @@
 //!
 //! An owner table belongs to the netlink socket that made it and is destroyed by the kernel
 //! when that socket closes. The `nft` process lives exactly as long as the pipe to its stdin
-//! is open, and only the VMM process holds that pipe: when the VMM ends in any way (`brig
-//! rm`, `--rm`, a crash, `kill -9`), nft reads end-of-file, exits, and the table is gone,
+//! is open, and only the sandbox's keeper holds that pipe (the VMM process itself where the
+//! VMM is not jailed): when the sandbox ends in any way (`brig rm`, `--rm`, a crash, `kill
+//! -9` of the VMM or of its keeper), nft reads end-of-file, exits, and the table is gone,
 //! with nothing for anyone to clean up. The nft process runs in its own process group so
-//! that a Ctrl-C meant for a foreground `brig run` does not reach it.
+//! that a Ctrl-C meant for a foreground `brig run` does not reach it. The rules are applied
+//! while the VM starts; the keeper waits for nft's word ([`Table::confirm`]) before the
+//! workload is asked for.
 //!
 //! The rules (a forward chain, an input chain, a postrouting NAT chain), for TAP `T`, guest
 //! `G`:

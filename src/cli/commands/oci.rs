@@ -234,7 +234,7 @@ enum OciCommand {
     },
 }
 
-/// Whether this invocation is the OCI runtime: argv[0] `brig-runc`, or `brig oci ...`.
+/// Whether this invocation is the OCI runtime: `argv[0]` `brig-runc`, or `brig oci ...`.
 pub fn is_oci(args: &[OsString]) -> bool {
     let name = args.first().map(Path::new).and_then(Path::file_name);
     name.is_some_and(|n| n == "brig-runc") || args.get(1).is_some_and(|a| a == "oci")

@@ -20,7 +20,7 @@
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -96,11 +96,20 @@ pub fn refusal(config: &SandboxConfig) -> Option<&'static str> {
         Some("it has an open stdin (-i)")
     } else if !config.volumes.is_empty() {
         Some("it has volumes (virtio-fs)")
-    } else if config.disks.iter().all(|d| d.read_only) {
+    } else if scratch_of(config).is_none() {
         Some("it has no scratch disk (--read-only)")
     } else {
         None
     }
+}
+
+/// The sandbox's scratch disk (its one writable disk).
+fn scratch_of(config: &SandboxConfig) -> Option<&Path> {
+    config
+        .disks
+        .iter()
+        .find(|d| !d.read_only)
+        .map(|d| d.path.as_path())
 }
 
 fn dir_of(sandbox: &Sandbox) -> PathBuf {
@@ -124,11 +133,10 @@ fn check_name(name: &str) -> Result<(), CheckpointError> {
     }
 }
 
-/// The files a run of `sandbox` saves a checkpoint into, made empty now: `None` when it
-/// cannot have one. Called by its keeper before the VMM starts.
-pub fn pending_files(sandbox: &Sandbox) -> Option<(File, File)> {
-    let config = sandbox.config().ok()?;
-    if refusal(&config).is_some() {
+/// The files a run of `sandbox` (with `config`) saves a checkpoint into, made empty now:
+/// `None` when it cannot have one. Called by its keeper before the VMM starts.
+pub fn pending_files(sandbox: &Sandbox, config: &SandboxConfig) -> Option<(File, File)> {
+    if refusal(config).is_some() {
         return None;
     }
     let pending = dir_of(sandbox).join(PENDING);
@@ -190,12 +198,8 @@ pub fn create(sandbox: &Sandbox, name: &str, checkpoint: &str) -> Result<(), Che
     let socket = super::runtime::vsock_socket_of(sandbox.short_id());
     super::control::checkpoint(&socket).map_err(|e| failed(e.to_string()))?;
     // The VMM saves the VM and stops; its keeper records the end and lets go of the lock.
-    let deadline = Instant::now() + SAVE_TIMEOUT;
-    while sandbox.is_live() {
-        if Instant::now() >= deadline {
-            return Err(failed("the VMM did not stop after saving".into()));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !sandbox.wait_gone(SAVE_TIMEOUT) {
+        return Err(failed("the VMM did not stop after saving".into()));
     }
     if let Err(e) = snapshot::read(&pending) {
         let why = sandbox
@@ -205,13 +209,8 @@ pub fn create(sandbox: &Sandbox, name: &str, checkpoint: &str) -> Result<(), Che
             .unwrap_or_else(|| e.to_string());
         return Err(failed(format!("the VM was not saved: {why}")));
     }
-    let scratch = config
-        .disks
-        .iter()
-        .find(|d| !d.read_only)
-        .map(|d| d.path.clone())
-        .ok_or_else(|| failed("no scratch disk".into()))?;
-    super::scratch::sparse_copy(&scratch, &pending.join(SCRATCH))
+    let scratch = scratch_of(&config).ok_or_else(|| failed("no scratch disk".into()))?;
+    super::scratch::sparse_copy(scratch, &pending.join(SCRATCH))
         .map_err(|e| failed(format!("copying the scratch disk: {e}")))?;
     let meta = Meta {
         name: checkpoint.to_string(),
@@ -254,13 +253,13 @@ pub fn prepare_resume(
         why: format!("checkpoint {checkpoint}: {e}"),
     })?;
     let config = sandbox.config()?;
-    if let Some(scratch) = config.disks.iter().find(|d| !d.read_only) {
+    if let Some(scratch) = scratch_of(&config) {
         // A copy beside it, renamed over it: the checkpoint's own copy stays as it was.
-        let tmp = scratch.path.with_extension("resume");
+        let tmp = scratch.with_extension("resume");
         let _ = std::fs::remove_file(&tmp);
         super::scratch::sparse_copy(&dir.join(SCRATCH), &tmp)
             .map_err(|e| e.to_string())
-            .and_then(|()| std::fs::rename(&tmp, &scratch.path).map_err(|e| e.to_string()))
+            .and_then(|()| std::fs::rename(&tmp, scratch).map_err(|e| e.to_string()))
             .map_err(|e| {
                 let _ = std::fs::remove_file(&tmp);
                 CheckpointError::Failed {

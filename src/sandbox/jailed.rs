@@ -21,11 +21,11 @@ use super::runtime::RuntimeDir;
 use super::signals;
 use super::state::Sandbox;
 use super::supervisor::{
-    host_side, not_started, note_template, outputs, record_end, record_running, HostSide, Mode,
-    SuperviseError, Tee,
+    host_side, not_started, note_template, outputs, plan_start, record_end, record_running,
+    HostSide, Mode, SuperviseError, Tee,
 };
+use super::templates;
 use super::tty::SavedTerminal;
-use super::{checkpoint, templates};
 use crate::vmm::{self, seccomp, ConsoleLog};
 
 /// Whether `s` is one short lowercase word (what a start path reads as).
@@ -122,8 +122,8 @@ pub fn supervise_jailed(
         timings,
         own_cgroup,
     } = how;
-    let config = sandbox.config()?;
     let host = host_side(sandbox, runtime, ready)?;
+    let config = &host.config;
     let short = &config.id[..config.id.len().min(12)];
     let setup = (|| {
         let (uid, gid) = (config.security.jail_uid, config.security.jail_gid);
@@ -141,14 +141,7 @@ pub fn supervise_jailed(
             Ok(s) => s,
             Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
         };
-    // The template is found (or made) out here, as root with the host in view; the VMM opens
-    // its files before it enters the jail.
-    let home = sandbox.dir.parent().and_then(std::path::Path::parent);
-    let resume = checkpoint::take_resume(sandbox);
-    let template = home
-        .filter(|_| resume.is_none())
-        .map(|h| templates::choose(h, &host.vm));
-    let checkpoint_files = checkpoint::pending_files(sandbox);
+    let plan = plan_start(sandbox, config, &host.vm);
     let foreground = matches!(mode, Mode::Foreground { .. });
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = if foreground {
@@ -181,6 +174,7 @@ pub fn supervise_jailed(
             served,
             vm,
             run,
+            ..
         } = host;
         // The keeper's: their descriptors are closed in `vmm_process`, their teardown is the
         // keeper's.
@@ -196,9 +190,9 @@ pub fn supervise_jailed(
                 vm,
                 run,
                 timeout,
-                template,
-                resume,
-                checkpoint: checkpoint_files,
+                template: plan.template,
+                resume: plan.resume,
+                checkpoint: plan.checkpoint,
                 mode,
                 timings,
             },
@@ -434,8 +428,8 @@ fn run_vmm(
         run,
         stdin,
         timeout: timeout.map(TimeoutPolicy::after),
-        resume: resume.is_some(),
-        restore_from: resume,
+        resume,
+        restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
         checkpoint,
     };

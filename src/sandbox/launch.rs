@@ -32,9 +32,9 @@ pub struct Launch {
     /// Restore this template (see [`super::templates`]) instead of booting; a restore that
     /// fails boots cold after a one-line warning.
     pub template: Option<std::path::PathBuf>,
-    /// `restore_from` is a checkpoint of this sandbox (see [`super::checkpoint`]): its
-    /// workload runs already, so the agent gets a Restore and no run request.
-    pub resume: bool,
+    /// Resume this checkpoint of the sandbox instead of booting (see [`super::checkpoint`]):
+    /// its workload runs already, so the agent gets a Restore and no run request.
+    pub resume: Option<std::path::PathBuf>,
     /// Where a checkpoint of this run is saved when the agent parks its session.
     pub checkpoint: Option<SnapshotFiles>,
 }
@@ -142,12 +142,15 @@ pub fn launch(
             spec.run.cols = cols;
         }
     }
-    let (agent_vm, restored_conn, path) = match (spec.template.take(), &spec.restore_from) {
+    let (agent_vm, restored_conn, path) = match (spec.template.take(), spec.resume.as_deref()) {
         (Some(dir), _) => start_template(spec.vm, runtime, &dir)?,
-        (None, Some(dir)) if spec.resume => {
-            resume_checkpoint(spec.vm, runtime, dir, spec.run.network.clone())?
+        (None, Some(dir)) => {
+            let network = spec.run.network.clone();
+            let (agent_vm, conn) = restore_and_reconnect(spec.vm, runtime, dir, network)
+                .map_err(LaunchError::Resume)?;
+            (agent_vm, Some(conn), StartPath::Checkpoint)
         }
-        (None, _) => {
+        (None, None) => {
             let path = if restored {
                 StartPath::Restored
             } else {
@@ -157,8 +160,8 @@ pub fn launch(
             (vm, None, path)
         }
     };
-    let restored = restored || matches!(path, StartPath::Template { .. });
-    let run = (!spec.resume).then_some(spec.run);
+    let restored = restored || matches!(path, StartPath::Template { .. } | StartPath::Checkpoint);
+    let run = spec.resume.is_none().then_some(spec.run);
     // The VM is built: from here on this thread only talks to the agent, keeps the sandbox's
     // files and tears down.
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
@@ -234,13 +237,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// when saved, else why not.
 fn save_checkpoint(vm: RunningVm, files: &SnapshotFiles) -> SessionEnd {
     // Both sides close the parked connection and the one that asked; then nothing is open.
-    let deadline = Instant::now() + IDLE_TIMEOUT;
-    while let Some(why) = vm.snapshot_blocker() {
-        if Instant::now() >= deadline {
-            let _ = vm.shutdown();
-            return SessionEnd::Broken(format!("checkpoint: the VM did not become idle: {why}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if let Err(why) = vm.wait_until_saveable(Instant::now() + IDLE_TIMEOUT) {
+        let _ = vm.shutdown();
+        return SessionEnd::Broken(format!("checkpoint: {why}"));
     }
     match vm.snapshot_into(files) {
         Ok(()) => SessionEnd::Parked,
@@ -248,23 +247,24 @@ fn save_checkpoint(vm: RunningVm, files: &SnapshotFiles) -> SessionEnd {
     }
 }
 
-/// The VM saved in the checkpoint `dir` of this sandbox, restored, its agent reached with
-/// the disks and `network` the sandbox has now.
-fn resume_checkpoint(
+/// The VM saved in `dir` (a template, or a checkpoint of this sandbox), restored with
+/// `config`'s devices, its agent reached with a Restore for `config`'s disks and `network`
+/// (a checkpoint's guest configures its interface anew): the VM, and the agent's connection
+/// and Hello. On failure the VM is stopped and the reason given.
+fn restore_and_reconnect(
     config: VmConfig,
     runtime: &RuntimeDir,
     dir: &std::path::Path,
     network: Option<brig_protocol::NetworkSpec>,
-) -> Result<Started, LaunchError> {
-    let failed = |e: String| LaunchError::Resume(e);
+) -> Result<(vm::AgentVm, (UnixStream, Message)), String> {
     // Before the VM starts: a jailed VMM no longer sees its disks by path once it runs.
-    let sizes = templates::disk_sizes(&config.disks).map_err(|e| failed(e.to_string()))?;
-    let agent_vm = vm::start_from(config, runtime, Some(dir))?;
+    let sizes = templates::disk_sizes(&config.disks).map_err(|e| e.to_string())?;
+    let agent_vm = vm::start_from(config, runtime, Some(dir)).map_err(|e| e.to_string())?;
     match templates::reconnect(&runtime.vsock_socket(), sizes, network) {
-        Ok(conn) => Ok((agent_vm, Some(conn), StartPath::Checkpoint)),
+        Ok(conn) => Ok((agent_vm, conn)),
         Err(e) => {
             let _ = agent_vm.vm.shutdown();
-            Err(failed(e.to_string()))
+            Err(e.to_string())
         }
     }
 }
@@ -281,20 +281,7 @@ fn start_template(
     dir: &std::path::Path,
 ) -> Result<Started, LaunchError> {
     let cold = templates::copy_of(&config);
-    // Before the VM starts: a jailed VMM no longer sees its disks by path once it runs.
-    let restored = templates::disk_sizes(&config.disks)
-        .map_err(|e| e.to_string())
-        .and_then(|sizes| {
-            let agent_vm = vm::start_from(config, runtime, Some(dir)).map_err(|e| e.to_string())?;
-            match templates::reconnect(&runtime.vsock_socket(), sizes, None) {
-                Ok(conn) => Ok((agent_vm, conn)),
-                Err(e) => {
-                    let _ = agent_vm.vm.shutdown();
-                    Err(e.to_string())
-                }
-            }
-        });
-    match restored {
+    match restore_and_reconnect(config, runtime, dir, None) {
         Ok((agent_vm, conn)) => {
             let reconnected = Instant::now();
             Ok((agent_vm, Some(conn), StartPath::Template { reconnected }))

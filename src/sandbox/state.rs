@@ -353,6 +353,19 @@ impl Sandbox {
                 .is_ok_and(|s| s.status == Status::Running && process_alive(s.pid))
     }
 
+    /// Waits up to `d` for the sandbox's VM to be gone (its keeper has let go of the
+    /// runtime lock); false when it is still there.
+    pub fn wait_gone(&self, d: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + d;
+        while self.is_live() {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Waits up to `within` for the keeper of a VMM that died to record the end and let go
     /// of the lock (a moment: it reaps the VMM, writes the state, and tears down).
     pub fn settle(&self, within: std::time::Duration) {

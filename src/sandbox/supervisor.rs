@@ -11,7 +11,7 @@ use super::network;
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime;
 use super::runtime::RuntimeDir;
-use super::state::{now_rfc3339, Sandbox, SandboxState, StateError, Status};
+use super::state::{now_rfc3339, Sandbox, SandboxConfig, SandboxState, StateError, Status};
 use super::vm;
 use super::volumes;
 use super::{checkpoint, templates};
@@ -127,6 +127,34 @@ pub(super) struct HostSide {
     pub served: volumes::Served,
     pub vm: VmConfig,
     pub run: RunSpec,
+    pub config: SandboxConfig,
+}
+
+/// How a keeper's VM comes to run, and what a checkpoint of it is saved into.
+pub(super) struct StartPlan {
+    /// The checkpoint `brig start --checkpoint` asked this start to resume.
+    pub resume: Option<std::path::PathBuf>,
+    /// Else the template it restores (see [`templates::choose`]).
+    pub template: Option<templates::Choice>,
+    /// The memory and state files of a checkpoint ([`checkpoint::pending_files`]).
+    pub checkpoint: Option<(std::fs::File, std::fs::File)>,
+}
+
+/// The [`StartPlan`] of `sandbox`'s run (`config`, its VM `vm`). The template is found (or
+/// made) here, as root with the host in view; a jailed VMM opens its files before it enters
+/// the jail.
+pub(super) fn plan_start(sandbox: &Sandbox, config: &SandboxConfig, vm: &VmConfig) -> StartPlan {
+    // The sandbox's directory is `<home>/sandboxes/<id>`.
+    let home = sandbox.dir.parent().and_then(std::path::Path::parent);
+    let resume = checkpoint::take_resume(sandbox);
+    let template = home
+        .filter(|_| resume.is_none())
+        .map(|h| templates::choose(h, vm));
+    StartPlan {
+        resume,
+        template,
+        checkpoint: checkpoint::pending_files(sandbox, config),
+    }
 }
 
 /// Sets up the host side of `sandbox`'s run in `runtime` (recording the sandbox as exited,
@@ -183,6 +211,7 @@ pub(super) fn host_side(
         served,
         vm,
         run,
+        config,
     })
 }
 
@@ -255,6 +284,7 @@ pub fn supervise(
         served,
         vm: mut vm_config,
         run,
+        config,
     } = host_side(sandbox, runtime, ready)?;
     let (stdin, console) = match mode {
         Mode::Foreground {
@@ -281,22 +311,20 @@ pub fn supervise(
     };
     vm_config.console = console;
     let foreground = matches!(mode, Mode::Foreground { .. });
-    // The sandbox's directory is `<home>/sandboxes/<id>`.
-    let home = sandbox.dir.parent().and_then(std::path::Path::parent);
-    let resume = checkpoint::take_resume(sandbox);
-    let template = home
-        .filter(|_| resume.is_none())
-        .map(|h| templates::choose(h, &vm_config));
+    let StartPlan {
+        resume,
+        template,
+        checkpoint,
+    } = plan_start(sandbox, &config, &vm_config);
     let spec = Launch {
         vm: vm_config,
         run,
         stdin,
         timeout: timeout.map(TimeoutPolicy::after),
-        resume: resume.is_some(),
-        restore_from: resume,
+        resume,
+        restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
-        checkpoint: checkpoint::pending_files(sandbox)
-            .map(|(memory, state)| crate::vmm::SnapshotFiles::new(memory, state)),
+        checkpoint: checkpoint.map(|(memory, state)| crate::vmm::SnapshotFiles::new(memory, state)),
     };
 
     let mut on_vm_started =

@@ -40,6 +40,18 @@ impl RunningVm {
         })
     }
 
+    /// Waits until nothing blocks a save ([`RunningVm::snapshot_blocker`]: the VM's last
+    /// connections closing), or says what still does at `deadline`.
+    pub fn wait_until_saveable(&self, deadline: std::time::Instant) -> Result<(), String> {
+        while let Some(why) = self.snapshot_blocker() {
+            if std::time::Instant::now() >= deadline {
+                return Err(format!("the VM did not become idle: {why}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Stops the VM and saves it to the directory `dir` (created if needed): its memory
     /// (`memory`, all-zero pages left as holes) and its vCPU, VM and device state (`state`,
     /// written last, so that a directory with a state file holds a whole snapshot). The VM
@@ -83,11 +95,7 @@ impl RunningVm {
         let fds = vcpu::pause_all(std::mem::take(&mut self.vcpus), &self.exit)
             .map_err(snapshot::SnapshotError::from)?;
         self.event_loop.stop();
-        if let Some(why) = self.transports.iter().find_map(|(_, t)| {
-            t.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .snapshot_blocker()
-        }) {
+        if let Some(why) = self.snapshot_blocker() {
             return Err(snapshot::SnapshotError::Busy(why).into());
         }
         let serial = self.serial.lock().unwrap_or_else(|p| p.into_inner()).save();

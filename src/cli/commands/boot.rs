@@ -125,7 +125,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         timeout,
         restore_from: args.restore_from.clone(),
         template: None,
-        resume: false,
+        resume: None,
         checkpoint: None,
     };
     let timings = args.timings.then_some(t0);

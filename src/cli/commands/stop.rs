@@ -1,7 +1,7 @@
 //! `brig stop`: the image's StopSignal (default SIGTERM) to the main workload, SIGKILL after
 //! the grace period, and as a last resort the VMM process itself.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Args;
 use rustix::process::{pidfd_send_signal, Signal};
@@ -20,18 +20,6 @@ pub struct StopArgs {
     sandboxes: Vec<String>,
 }
 
-/// Waits up to `d` for the sandbox's VMM to be gone.
-pub fn wait_gone(sandbox: &Sandbox, d: Duration) -> bool {
-    let deadline = Instant::now() + d;
-    while sandbox.is_live() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    true
-}
-
 /// Ends the process that holds the sandbox's VM (its VMM, or a `brig cp` maintenance VM):
 /// SIGKILL through a pidfd for the pid recorded in the runtime directory, opened while that
 /// process holds the runtime lock (see `runtime::holder_pidfd`). A pid could be reused between
@@ -41,7 +29,7 @@ pub fn kill_vmm(sandbox: &Sandbox) -> bool {
         // ESRCH: it ended by itself meanwhile, which is what we want.
         let _ = pidfd_send_signal(&pidfd, Signal::KILL);
     }
-    wait_gone(sandbox, Duration::from_secs(10))
+    sandbox.wait_gone(Duration::from_secs(10))
 }
 
 /// Stops one sandbox (nothing to do when it is not running).
@@ -55,11 +43,11 @@ pub fn stop(sandbox: &Sandbox, grace: Duration) -> anyhow::Result<()> {
     let sig = control::parse_signal(&config.stop_signal).unwrap_or(Signal::TERM.as_raw());
     let socket = vsock_socket_of(&sandbox.id);
     let _ = control::kill(&socket, sig);
-    if wait_gone(sandbox, grace) {
+    if sandbox.wait_gone(grace) {
         return Ok(());
     }
     let _ = control::kill(&socket, Signal::KILL.as_raw());
-    if wait_gone(sandbox, Duration::from_secs(5)) || kill_vmm(sandbox) {
+    if sandbox.wait_gone(Duration::from_secs(5)) || kill_vmm(sandbox) {
         return Ok(());
     }
     Err(anyhow::anyhow!(

@@ -406,12 +406,10 @@ fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateEr
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
     drop(conn);
-    while let Some(why) = agent_vm.vm.snapshot_blocker() {
-        if Instant::now() >= deadline {
-            return Err(agent(&format!("the VM did not become idle: {why}")));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    agent_vm
+        .vm
+        .wait_until_saveable(deadline)
+        .map_err(|why| agent(&why))?;
     agent_vm.vm.snapshot(dir).map_err(VmError::from)?;
     for i in 0..vm.disks.len() {
         let _ = std::fs::remove_file(dir.join(format!("placeholder-{i}")));

@@ -166,10 +166,7 @@ fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError>
             .map_err(|e| SpawnError::setup(format!("hostname: {e}")))?;
     }
     if let Some(network) = &spec.network {
-        net::configure(network).map_err(|e| SpawnError::setup(format!("network: {e}")))?;
-        let hostname = fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        net::write_etc("", network, hostname.trim())
-            .map_err(|e| SpawnError::setup(format!("network: {e}")))?;
+        net::apply(network).map_err(|e| SpawnError::setup(format!("network: {e}")))?;
     }
     let id = user::resolve(&spec.user, &spec.groups).map_err(SpawnError::setup)?;
     let cwd = if spec.cwd.is_empty() {

@@ -111,6 +111,14 @@ fn interface_name() -> io::Result<String> {
         .ok_or_else(|| io::Error::other("the VM has no network interface"))
 }
 
+/// Gives the guest the network `spec` plans: its interface ([`configure`]) and the /etc files
+/// ([`write_etc`], in the root the agent is in, with the host name it has).
+pub fn apply(spec: &NetworkSpec) -> Result<(), String> {
+    configure(spec)?;
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    write_etc("", spec, hostname.trim())
+}
+
 /// Configures the guest's interface as the host planned it: MAC, MTU, address, netmask, up, and
 /// a default route through the host's side of the link. Static, like Kata's agent, so no
 /// DHCP client and no `ip=` on the kernel command line (which a snapshot would freeze).

@@ -70,9 +70,7 @@ fn apply(spec: &RestoreSpec) -> Result<(), String> {
         attach(disk)?;
     }
     if let Some(network) = &spec.network {
-        crate::net::configure(network).map_err(|e| format!("network: {e}"))?;
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        crate::net::write_etc("", network, hostname.trim()).map_err(|e| format!("network: {e}"))?;
+        crate::net::apply(network).map_err(|e| format!("network: {e}"))?;
     }
     Ok(())
 }

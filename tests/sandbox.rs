@@ -97,6 +97,14 @@ fn one_line_error(out: &Output, needle: &str, what: &str) -> Result<(), String> 
     )
 }
 
+/// The numbers sandbox `name` has logged so far.
+fn ticks(name: &str) -> Vec<u64> {
+    stdout(&fixture().brig(&["logs", name]))
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
 fn json(out: &Output) -> Result<serde_json::Value, String> {
     serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e}): {:?}", stdout(out)))
 }

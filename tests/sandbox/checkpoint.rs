@@ -3,16 +3,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{fixture, json, one_line_error};
+use super::{fixture, json, one_line_error, ticks};
 use crate::common::fixture::{check, eventually, stdout};
-
-/// The numbers sandbox `name` has logged so far.
-fn ticks(name: &str) -> Vec<u64> {
-    stdout(&fixture().brig(&["logs", name]))
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
-}
 
 /// The body of `GET /` on the host's port `port`, or why not.
 fn http_get(port: u16) -> Result<String, String> {

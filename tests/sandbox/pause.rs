@@ -5,16 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{fixture, json, one_line_error};
+use super::{fixture, json, one_line_error, ticks};
 use crate::common::fixture::{check, eventually, process_gone, stderr, stdout};
-
-/// The numbers sandbox `name` has logged so far.
-fn ticks(name: &str) -> Vec<u64> {
-    stdout(&fixture().brig(&["logs", name]))
-        .lines()
-        .filter_map(|l| l.parse().ok())
-        .collect()
-}
 
 pub fn pause_unpause_and_start_again() -> Result<(), String> {
     let f = fixture();

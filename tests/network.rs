@@ -20,6 +20,7 @@ use common::fixture::{check, eventually, sh, stderr, stdout, Fixture};
 use common::images;
 use common::kvm::{run_tests_with, trial, Limits};
 use common::outside::{ext_namespace_script, EXT, METADATA, UPLINK};
+use common::procs;
 
 const EXT_OTHER: &str = "198.51.100.3";
 /// A service of the host itself (L1), on every address.
@@ -403,9 +404,22 @@ fn egress_allow_allows_exactly_what_it_lists() -> Result<(), String> {
 
 fn nothing_is_left_on_the_host() -> Result<(), String> {
     let f = fixture();
-    // --rm, then rm, then a VMM killed with SIGKILL.
-    let out = f.run(&["bb", "true"]);
+    // --rm, then rm, then a VMM killed with SIGKILL. The first with its own HOME: nothing
+    // of brig's (nft's interactive history, say) may land in the user's home.
+    let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = procs::output(
+        f.cmd(&["run", "--rm", "--timeout", "600", "bb", "true"])
+            .env("HOME", home.path()),
+    );
     check(out.status.success(), "--rm run", &out)?;
+    let in_home: Vec<_> = std::fs::read_dir(home.path())
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    if !in_home.is_empty() {
+        return Err(format!("a run left {in_home:?} in the user's HOME"));
+    }
     let out = f.brig(&["run", "-d", "--name", "victim", "bb", "sleep", "600"]);
     check(out.status.success(), "run -d", &out)?;
     let left = host_leftovers();

@@ -36,6 +36,8 @@ use crate::vmm::ALWAYS_DENIED;
 
 /// The `nft` binary (nftables).
 const NFT: &str = "nft";
+/// nft's HOME: not a directory, so that no history file can be read or made under it.
+const NO_HOME: &str = "/dev/null";
 /// How long nft may take to apply a ruleset: a guard against an nft that hangs, not a
 /// latency bound. Applying takes milliseconds on a quiet host, but CI measured more than
 /// 10 s with five sandboxes starting at once on one nested, emulated CPU.
@@ -151,6 +153,11 @@ impl Table {
         use std::os::unix::process::CommandExt;
         let mut child = Command::new(NFT)
             .arg("-i")
+            // Interactive nft keeps a line-editing history in `$HOME/.nft.history`: read
+            // whole when it starts, rewritten when it exits, never trimmed. brig's rules
+            // are not the user's history: with HOME a non-directory both fail, silently,
+            // and nothing is read, written or left behind.
+            .env("HOME", NO_HOME)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -7,6 +7,8 @@
 //! skips the build and embeds that file instead. The same build makes `brig-probe`, the static
 //! probe `brig compare` runs on both sides (`BRIG_GUEST_PROBE=/path` embeds a prebuilt one;
 //! with `BRIG_GUEST_INIT` and without it, an empty file, which `brig compare` refuses).
+//! Beside the guest init goes its SHA-256 (`brig-init.sha256`), the agent build's identity
+//! in a template's key.
 
 use std::env;
 use std::path::PathBuf;
@@ -30,6 +32,7 @@ fn main() {
     if let Ok(prebuilt) = env::var("BRIG_GUEST_INIT") {
         std::fs::copy(&prebuilt, &out)
             .unwrap_or_else(|e| panic!("BRIG_GUEST_INIT={prebuilt}: {e}"));
+        write_digest(&out);
         match env::var("BRIG_GUEST_PROBE") {
             Ok(p) => std::fs::copy(&p, &probe_out)
                 .map(|_| ())
@@ -68,6 +71,18 @@ fn main() {
 
     let built = target_dir.join(TARGET).join("release").join("brig-init");
     std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("{}: {e}", built.display()));
+    write_digest(&out);
     let probe = target_dir.join(TARGET).join("release").join("brig-probe");
     std::fs::copy(&probe, &probe_out).unwrap_or_else(|e| panic!("{}: {e}", probe.display()));
+}
+
+/// Writes `FILE.sha256` beside `file`: its SHA-256 in hex, which brig embeds as the guest
+/// init's identity (a template's key) instead of hashing it on every run.
+fn write_digest(file: &std::path::Path) {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let mut name = file.as_os_str().to_owned();
+    name.push(".sha256");
+    std::fs::write(&name, format!("{:x}", Sha256::digest(&bytes)))
+        .unwrap_or_else(|e| panic!("writing the guest init's digest: {e}"));
 }

@@ -12,7 +12,7 @@ use brig_protocol::AGENT_PORT;
 use super::agent::{self, SessionEnd};
 use super::runtime::RuntimeDir;
 use super::state::SandboxConfig;
-use crate::vmm::initramfs::{Initramfs, InitramfsError};
+use crate::vmm::initramfs::{InitramfsError, Initrd};
 use crate::vmm::{
     self, ConsoleLog, DiskConfig, RunningVm, VmConfig, VsockConfig, DEFAULT_GUEST_CID,
 };
@@ -36,7 +36,7 @@ pub enum VmError {
 pub fn config_of(config: &SandboxConfig, console: ConsoleLog) -> Result<VmConfig, VmError> {
     Ok(VmConfig {
         kernel: config.kernel.clone(),
-        initrd: Initramfs::with_init().to_bytes()?,
+        initrd: Initrd::Guest,
         cmdline_extra: String::new(),
         mem_mib: config.mem_mib,
         cpus: config.cpus,

@@ -13,10 +13,45 @@ use std::path::{Path, PathBuf};
 
 /// The guest init, built from `guest/` by build.rs.
 pub static GUEST_INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/brig-init"));
+/// SHA-256 of [`GUEST_INIT`] (hex), computed by build.rs: the agent build's identity without
+/// hashing 3.6 MiB on every run.
+pub const GUEST_INIT_SHA256: &str = include_str!(concat!(env!("OUT_DIR"), "/brig-init.sha256"));
+/// The layout of [`Initramfs::with_init`] around the guest init; bump it when that changes.
+const GUEST_LAYOUT: u32 = 1;
 
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
 const S_IFCHR: u32 = 0o020000;
+
+/// The initramfs a VM boots with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Initrd {
+    /// brig's own, [`Initramfs::with_init`]: written only when a VM boots, as a VM restored
+    /// from a snapshot needs none (writing and hashing it cost a templated run ~150 ms of
+    /// CPU under nested emulation).
+    Guest,
+    /// An archive the caller wrote (`brig boot` with added files).
+    Archive(Vec<u8>),
+}
+
+impl Initrd {
+    /// The archive's bytes.
+    pub fn bytes(&self) -> Result<std::borrow::Cow<'_, [u8]>, InitramfsError> {
+        match self {
+            Self::Guest => Ok(std::borrow::Cow::Owned(Initramfs::with_init().to_bytes()?)),
+            Self::Archive(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
+        }
+    }
+
+    /// What the guest boots with, as a stable string: the same for the same archive.
+    pub fn identity(&self) -> String {
+        use sha2::{Digest, Sha256};
+        match self {
+            Self::Guest => format!("guest-init-{GUEST_LAYOUT}:{}", GUEST_INIT_SHA256.trim()),
+            Self::Archive(bytes) => format!("{:x}", Sha256::digest(bytes)),
+        }
+    }
+}
 
 /// Building the initramfs failed.
 #[derive(Debug, thiserror::Error)]
@@ -286,6 +321,26 @@ fn write_entry<W: Write>(
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    /// The digest build.rs embeds is the guest init's, so a new agent build is a new
+    /// template key; brig's own initramfs is named by it, another archive by its content.
+    #[test]
+    fn initrd_identity_names_the_agent_build_or_the_archive() {
+        use sha2::{Digest, Sha256};
+        assert_eq!(
+            GUEST_INIT_SHA256.trim(),
+            format!("{:x}", Sha256::digest(GUEST_INIT))
+        );
+        assert!(Initrd::Guest.identity().contains(GUEST_INIT_SHA256.trim()));
+        let bytes = Initramfs::with_init().to_bytes().unwrap();
+        assert_eq!(*Initrd::Guest.bytes().unwrap(), bytes[..]);
+        let archive = Initrd::Archive(b"abc".to_vec());
+        assert_eq!(
+            archive.identity(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_ne!(archive.identity(), Initrd::Guest.identity());
+    }
 
     fn sample() -> (tempfile::TempDir, Initramfs) {
         let dir = tempfile::tempdir().unwrap();

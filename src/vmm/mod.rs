@@ -63,7 +63,7 @@ pub struct VmConfig {
     /// Uncompressed ELF `vmlinux`.
     pub kernel: PathBuf,
     /// The initramfs (cpio) the kernel unpacks as its root.
-    pub initrd: Vec<u8>,
+    pub initrd: initramfs::Initrd,
     /// Appended to the kernel command line.
     pub cmdline_extra: String,
     /// Guest RAM in MiB.
@@ -101,6 +101,8 @@ pub enum VmmError {
     Virtio(#[from] virtio::VirtioError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Initramfs(#[from] initramfs::InitramfsError),
     /// vCPU count out of range.
     #[error("--cpus {0} is out of range (1..={1})")]
     Cpus(u8, u8),
@@ -177,11 +179,10 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
         &mem,
         config.mem_mib << 20,
         &kernel,
-        &config.initrd,
+        &config.initrd.bytes()?,
         &cmdline,
         config.cpus,
     )?;
-    drop(config.initrd);
 
     let exit = Arc::new(ExitSignal::new().map_err(setup_err("exit event"))?);
     let (pio, serial) = legacy_devices(&vm, &exit, &config.console, None)?;

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::sandbox::launch::Launch;
 use crate::sandbox::runtime::{new_id, RuntimeDir};
-use crate::vmm::initramfs::Initramfs;
+use crate::vmm::initramfs::{Initramfs, Initrd};
 use crate::vmm::{ConsoleLog, VmConfig};
 use anyhow::Context;
 
@@ -98,7 +98,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
     let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     let vm = VmConfig {
         kernel,
-        initrd,
+        initrd: Initrd::Archive(initrd),
         cmdline_extra: args.cmdline.clone(),
         mem_mib: args.mem,
         cpus: args.cpus,

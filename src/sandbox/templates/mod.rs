@@ -103,7 +103,8 @@ pub struct KeyInputs {
     pub kernel_size: u64,
     pub kernel_ino: u64,
     pub kernel_mtime_ns: i128,
-    /// SHA-256 of the initramfs (the guest agent's build is in it).
+    /// The initramfs: brig's own by its layout and the guest agent build's SHA-256 (taken when
+    /// brig was built), another by its SHA-256.
     pub initramfs: String,
     pub cmdline_extra: String,
     pub cpus: u8,
@@ -155,7 +156,7 @@ pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
         kernel_size: meta.len(),
         kernel_ino: meta.ino(),
         kernel_mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-        initramfs: format!("{:x}", Sha256::digest(&vm.initrd)),
+        initramfs: vm.initrd.identity(),
         cmdline_extra: vm.cmdline_extra.clone(),
         cpus: vm.cpus,
         mem_mib: vm.mem_mib,
@@ -289,9 +290,6 @@ pub fn build_for(
         read_only,
         network,
     } = *shape;
-    let initrd = crate::vmm::initramfs::Initramfs::with_init()
-        .to_bytes()
-        .map_err(|e| TemplateError::Agent(e.to_string()))?;
     // Only whether each disk is read-only (and its serial) matters to a template.
     let disk = |read_only: bool, serial: &str| DiskConfig {
         path: PathBuf::new(),
@@ -305,7 +303,7 @@ pub fn build_for(
     }
     let vm = VmConfig {
         kernel: kernel.to_path_buf(),
-        initrd,
+        initrd: crate::vmm::initramfs::Initrd::Guest,
         cmdline_extra: String::new(),
         mem_mib,
         cpus,

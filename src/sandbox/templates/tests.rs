@@ -118,7 +118,7 @@ fn templates_are_listed_and_removed_by_prefix() {
 fn volumes_and_network_are_refused() {
     let mut vm = VmConfig {
         kernel: PathBuf::from("/nonexistent"),
-        initrd: Vec::new(),
+        initrd: crate::vmm::initramfs::Initrd::Archive(Vec::new()),
         cmdline_extra: String::new(),
         mem_mib: 64,
         cpus: 1,

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::jail::{self, cgroup::Cgroup, Jail};
-use super::launch::{launch, Launch, LaunchIo};
+use super::launch::{launch, Launch, LaunchIo, StartPath};
 use super::logs::{self, LogWriter};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
@@ -142,6 +142,7 @@ pub fn supervise_jailed(
             Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
         };
     let plan = plan_start(sandbox, config, &host.vm);
+    let template_dir = plan.template.as_ref().and_then(|t| t.dir.clone());
     let foreground = matches!(mode, Mode::Foreground { .. });
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = if foreground {
@@ -216,7 +217,14 @@ pub fn supervise_jailed(
         None
     };
     let pid = pid as u32;
-    let end = keep(pid, events_read, log_read, &host.log, sandbox, &host, ready);
+    let end = keep(
+        pid,
+        (events_read, log_read),
+        template_dir.as_deref(),
+        sandbox,
+        &host,
+        ready,
+    );
     drop(forwarder);
     drop(terminal);
     let HostSide { net, served, .. } = host;
@@ -259,18 +267,19 @@ struct VmmRest {
     timings: Option<Instant>,
 }
 
-/// The keeper's side: follows the VMM's events until it ends, relaying its log records into
-/// `log`, and says how the run ended.
+/// The keeper's side: follows the VMM's events (and its log records, relayed into the
+/// sandbox's log) until it ends, and says how the run ended. When the VMM restored the
+/// template in `template` and its workload started, records the template's working set if
+/// it has none yet.
 fn keep(
     pid: u32,
-    events: OwnedFd,
-    records: OwnedFd,
-    log: &LogWriter,
+    (events, records): (OwnedFd, OwnedFd),
+    template: Option<&std::path::Path>,
     sandbox: &Sandbox,
     host: &HostSide,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> JailedEnd {
-    let log = log.clone();
+    let log = host.log.clone();
     let relay = std::thread::Builder::new()
         .name("log-relay".into())
         .spawn(move || {
@@ -280,6 +289,7 @@ fn keep(
         });
     let mut events = File::from(events);
     let mut told = false;
+    let mut restored_template = false;
     let mut verdict = None;
     let mut peak_rss = None;
     // The VMM's pid: the child's, or the one its stand-in announces.
@@ -288,10 +298,16 @@ fn keep(
         match Event::parse(&line) {
             // Only a child of the process it forked (a stand-in's VMM) is taken for the VMM.
             Some(Event::Vmm(p)) if parent_of(p) == Some(pid) => vmm = p,
-            Some(Event::Running(path)) => record_running(sandbox, vmm, &path, host.net.as_ref()),
+            Some(Event::Running(path)) => {
+                record_running(sandbox, vmm, &path, host.net.as_ref());
+                restored_template = path == StartPath::TEMPLATE;
+            }
             Some(Event::Ready) if !told => {
                 told = true;
                 ready(Ok(()));
+                if let Some(dir) = template.filter(|_| restored_template) {
+                    templates::record_working_set(dir, vmm);
+                }
             }
             Some(Event::Ended(v)) => verdict = Some(v),
             Some(Event::Peak(bytes)) => peak_rss = Some(bytes),

@@ -57,6 +57,9 @@ pub enum StartPath {
 }
 
 impl StartPath {
+    /// [`StartPath::word`] of a run restored from a template.
+    pub const TEMPLATE: &'static str = "template";
+
     /// How the VM came to run, in one word (`brig inspect`'s `State.StartPath`).
     pub fn word(&self) -> &'static str {
         match self {
@@ -64,7 +67,7 @@ impl StartPath {
             | StartPath::ColdNoTemplate(_)
             | StartPath::ColdAfterFailedRestore(_) => "boot",
             StartPath::Restored => "snapshot",
-            StartPath::Template { .. } => "template",
+            StartPath::Template { .. } => Self::TEMPLATE,
             StartPath::Checkpoint => "checkpoint",
         }
     }
@@ -95,6 +98,8 @@ pub struct Outcome {
     pub console: ConsoleLog,
     pub times: SessionTimes,
     pub vmm_ready: Instant,
+    /// What the restore mapped into the guest ahead of its vCPUs.
+    pub prefaulted: crate::vmm::Prefaulted,
     pub kernel_entry: Option<Instant>,
     /// The VM was restored from a snapshot (its first entry resumed the guest).
     pub restored: bool,
@@ -167,6 +172,7 @@ pub fn launch(
     seccomp::confine(seccomp::Thread::Main).map_err(LaunchError::Seccomp)?;
     let vm = &agent_vm.vm;
     let vmm_ready = vm.ready_at();
+    let prefaulted = vm.prefaulted();
     (io.on_vm_started)(&path);
     let deadline = spec.timeout.map(|t| vmm_ready + t);
 
@@ -222,6 +228,7 @@ pub fn launch(
         console,
         times,
         vmm_ready,
+        prefaulted,
         kernel_entry,
         restored,
         path,
@@ -327,7 +334,16 @@ impl Outcome {
             eprintln!("  template ready {}", ms(t - t0));
         }
         if self.restored {
-            eprintln!("  vmm restored   {}", ms(self.vmm_ready - t0));
+            let ahead = match self.prefaulted {
+                p if p.mapped > 0 => {
+                    format!("  ({} pages of its working set mapped ahead)", p.mapped)
+                }
+                p if p.populated > 0 => {
+                    format!("  ({} pages of its working set faulted in)", p.populated)
+                }
+                _ => String::new(),
+            };
+            eprintln!("  vmm restored   {}{ahead}", ms(self.vmm_ready - t0));
         } else {
             eprintln!("  vmm ready      {}", ms(self.vmm_ready - t0));
         }

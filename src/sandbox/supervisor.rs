@@ -327,12 +327,20 @@ pub fn supervise(
         checkpoint: checkpoint.map(|(memory, state)| crate::vmm::SnapshotFiles::new(memory, state)),
     };
 
-    let mut on_vm_started =
-        |path: &StartPath| record_running(sandbox, std::process::id(), path.word(), net.as_ref());
+    let restored_template = std::cell::Cell::new(false);
+    let mut on_vm_started = |path: &StartPath| {
+        restored_template.set(path.word() == StartPath::TEMPLATE);
+        record_running(sandbox, std::process::id(), path.word(), net.as_ref());
+    };
     let mut started = false;
+    let template_dir = template.as_ref().and_then(|t| t.dir.clone());
     let mut on_workload_started = || {
         started = true;
         ready(Ok(()));
+        // This process is the VMM: the template's working set is in its own page map.
+        if let Some(dir) = template_dir.as_deref().filter(|_| restored_template.get()) {
+            templates::record_working_set(dir, std::process::id());
+        }
     };
     let (mut out, mut err) = outputs(foreground, &log);
     let io = LaunchIo {

@@ -36,6 +36,7 @@ use crate::devices::virtio::MmioSlot;
 
 pub use crate::devices::serial::ConsoleLog;
 pub use save::SnapshotFiles;
+pub use snapshot::workingset::Prefaulted;
 pub use vcpu::{ExitReason, ExitSignal};
 pub use virtio::{
     Cidr, DiskConfig, EgressPolicy, EgressRule, EgressRuleError, FilterProto, FsConfig, IoLimits,
@@ -137,6 +138,7 @@ pub struct RunningVm {
     vm: VmFd,
     mem: GuestMemoryMmap,
     kvm: Kvm,
+    prefaulted: Prefaulted,
 }
 
 fn setup_err<E: std::error::Error + Send + Sync + 'static>(
@@ -201,6 +203,7 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
         serial,
         exit,
         console: config.console,
+        prefaulted: Prefaulted::default(),
     })
 }
 
@@ -243,6 +246,11 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
     }
     snapshot::vm::restore(&vm, &saved.vm)?;
     phase("kvm state");
+    let prefaulted = vcpu_fds
+        .first()
+        .map(|fd| prefault_working_set(dir, &kvm, fd, &mem, &saved.regions))
+        .unwrap_or_default();
+    phase("working set");
     for ((_, transport), state) in devices.transports.iter().zip(&saved.devices) {
         transport
             .lock()
@@ -274,7 +282,34 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
         serial,
         exit,
         console: config.console,
+        prefaulted,
     })
+}
+
+/// Maps the snapshot's working set in `dir` into the guest ahead of its vCPUs, when it has
+/// one that fits (see [`snapshot::workingset`]); a bad one is removed and skipped: it only
+/// ever saves time.
+fn prefault_working_set(
+    dir: &std::path::Path,
+    kvm: &Kvm,
+    vcpu: &kvm_ioctls::VcpuFd,
+    mem: &GuestMemoryMmap,
+    layout: &[snapshot::RegionState],
+) -> Prefaulted {
+    use snapshot::workingset::{self, WorkingSet};
+    let set = match WorkingSet::load(dir) {
+        None => return Prefaulted::default(),
+        Some(set) => set.and_then(|s| s.check(layout).map(|()| s)),
+    };
+    match set {
+        Ok(set) => workingset::prefault(vcpu, mem, layout, &set, workingset::kvm_can_prefault(kvm)),
+        Err(e) => {
+            // Gone, the next run that restores this snapshot records it again.
+            tracing::warn!("not using the snapshot's working set: {e}");
+            let _ = std::fs::remove_file(dir.join(workingset::WORKING_SET_FILE));
+            Prefaulted::default()
+        }
+    }
 }
 
 /// Whether a snapshot fits the VM `config` and `plan` describe.
@@ -374,6 +409,8 @@ struct Parts {
     serial: Arc<Mutex<SerialConsole>>,
     exit: Arc<ExitSignal>,
     console: ConsoleLog,
+    /// What a restore mapped ahead of the vCPUs.
+    prefaulted: Prefaulted,
 }
 
 /// What [`confine_next_vm`] was given: run once, by the next VM this process starts.
@@ -440,6 +477,7 @@ fn launch(p: Parts) -> Result<RunningVm, VmmError> {
         vm: p.vm,
         mem: p.mem,
         kvm: p.kvm,
+        prefaulted: p.prefaulted,
     })
 }
 
@@ -497,6 +535,11 @@ impl RunningVm {
     /// When everything was set up, just before the vCPUs started.
     pub fn ready_at(&self) -> Instant {
         self.ready
+    }
+
+    /// What a restore mapped into the guest ahead of its vCPUs (nothing for a boot).
+    pub fn prefaulted(&self) -> Prefaulted {
+        self.prefaulted
     }
 
     /// When the boot vCPU first entered the guest (the kernel's 64-bit entry).

@@ -10,6 +10,8 @@ use crate::common::procs;
 use crate::fixture;
 
 const TEMPLATE_PATH: &str = "path           restored from a template";
+/// What `--timings` adds when a restore mapped the template's working set ahead of the vCPUs.
+const WORKING_SET_USED: &str = "pages of its working set";
 
 /// `brig run --rm --network none ARGS` with BRIG_TIMINGS=1 (the path taken is on stderr).
 fn run(args: &[&str]) -> Output {
@@ -57,6 +59,12 @@ pub fn restored_guests_are_unique_and_on_time() -> Result<(), String> {
         })
         .ok_or("no 128 MiB template was made")?;
     let before = sha256_of(&memory)?;
+    let dir = memory.parent().ok_or("no template directory")?;
+    check(
+        dir.join("workingset").is_file(),
+        "the first run, restored from the template it made, recorded its working set",
+        &out,
+    )?;
     // Time for the template's own clock to fall visibly behind the host's.
     std::thread::sleep(std::time::Duration::from_secs(6));
     let mut seen = Vec::new();
@@ -80,6 +88,12 @@ pub fn restored_guests_are_unique_and_on_time() -> Result<(), String> {
             &out,
         )?;
         seen.push((lines[0].to_string(), lines[1].to_string()));
+        // The first run's restore recorded which pages it touched; later ones map them ahead.
+        check(
+            stderr(&out).contains(WORKING_SET_USED),
+            &format!("run {round} mapped the template's working set ahead"),
+            &out,
+        )?;
     }
     if seen[0].0 == seen[1].0 || seen[0].1 == seen[1].1 {
         return Err(format!("two restored guests repeated each other: {seen:?}"));
@@ -197,6 +211,43 @@ pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
     check(
         out.status.success() && stderr(&out).contains(TEMPLATE_PATH),
         "the next run makes the template again and restores it",
+        &out,
+    )?;
+    // A damaged working set costs only speed: the run restores without it, silently, and
+    // records it again for the next.
+    let out = run(&["bb", "true"]);
+    check(
+        out.status.success(),
+        "a run that records the working set",
+        &out,
+    )?;
+    let mut damaged = 0;
+    for dir in templates() {
+        let set = dir.join("workingset");
+        if let Ok(mut bytes) = std::fs::read(&set) {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 0x04;
+            std::fs::write(&set, &bytes).map_err(|e| e.to_string())?;
+            damaged += 1;
+        }
+    }
+    if damaged == 0 {
+        return Err("no template has a working set after two restored runs".into());
+    }
+    let out = run(&["bb", "echo", "still runs"]);
+    check(
+        out.status.success()
+            && stdout(&out) == "still runs\n"
+            && stderr(&out).contains(TEMPLATE_PATH)
+            && !stderr(&out).contains(WORKING_SET_USED)
+            && !stderr(&out).lines().any(|l| l.starts_with("brig:")),
+        "a run with a damaged working set restores without it, saying nothing",
+        &out,
+    )?;
+    let out = run(&["bb", "true"]);
+    check(
+        out.status.success() && stderr(&out).contains(WORKING_SET_USED),
+        "the working set was recorded again and the next run uses it",
         &out,
     )
 }

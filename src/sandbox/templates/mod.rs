@@ -175,6 +175,26 @@ fn vmm_build() -> String {
         .unwrap_or_default()
 }
 
+/// Records the working set of the template in `dir` (see
+/// [`snapshot::workingset`]) from process `pid`, a VMM that restored it and whose workload
+/// has just started, unless the template has one already. Failing only costs later restores
+/// their head start, so it is logged, not reported.
+pub fn record_working_set(dir: &Path, pid: u32) {
+    use snapshot::workingset::{WorkingSet, WORKING_SET_FILE};
+    if dir.join(WORKING_SET_FILE).exists() {
+        return;
+    }
+    let saved = WorkingSet::record(pid, &dir.join(snapshot::MEMORY_FILE))
+        .map_err(|e| e.to_string())
+        .and_then(|set| match set.pages() {
+            0 => Ok(()),
+            _ => set.save(dir).map_err(|e| e.to_string()),
+        });
+    if let Err(e) = saved {
+        tracing::debug!("recording the working set of {}: {e}", dir.display());
+    }
+}
+
 /// The template store under `home`.
 pub fn store_dir(home: &Path) -> PathBuf {
     home.join(DIR)

@@ -12,6 +12,7 @@ mod kvm_tests;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;
+pub mod workingset;
 
 use std::fs::File;
 use std::io::Write;

@@ -407,9 +407,15 @@ fn nothing_is_left_on_the_host() -> Result<(), String> {
     // --rm, then rm, then a VMM killed with SIGKILL. The first with its own HOME: nothing
     // of brig's (nft's interactive history, say) may land in the user's home.
     let home = tempfile::tempdir().map_err(|e| e.to_string())?;
+    // The guest kernel stays where it is (its default place is under HOME).
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .ok_or("neither XDG_CACHE_HOME nor HOME is set")?;
     let out = procs::output(
         f.cmd(&["run", "--rm", "--timeout", "600", "bb", "true"])
-            .env("HOME", home.path()),
+            .env("HOME", home.path())
+            .env("XDG_CACHE_HOME", cache),
     );
     check(out.status.success(), "--rm run", &out)?;
     let in_home: Vec<_> = std::fs::read_dir(home.path())

@@ -329,7 +329,7 @@ pub fn supervise(
 
     let restored_template = std::cell::Cell::new(false);
     let mut on_vm_started = |path: &StartPath| {
-        restored_template.set(path.word() == StartPath::TEMPLATE);
+        restored_template.set(matches!(path, StartPath::Template { .. }));
         record_running(sandbox, std::process::id(), path.word(), net.as_ref());
     };
     let mut started = false;

@@ -5,6 +5,7 @@
 mod commands;
 mod error;
 pub mod fmt;
+mod lean;
 
 use clap::{Parser, Subcommand};
 
@@ -81,15 +82,7 @@ enum Command {
     Version,
     /// The VMM process of a detached sandbox (started by `brig run -d`).
     #[command(name = "__supervise", hide = true)]
-    Supervise {
-        id: String,
-        #[arg(long)]
-        lock_fd: i32,
-        #[arg(long)]
-        ready_fd: i32,
-        #[arg(long)]
-        timeout: Option<f64>,
-    },
+    Supervise(commands::run::SuperviseArgs),
     /// Show what brig finds on this host: KVM, kernel, store, limits.
     Info,
 }
@@ -98,7 +91,12 @@ pub use commands::oci::{is_oci, main as run_oci};
 
 /// Parses the command line and runs the command; returns the process exit code.
 pub fn run() -> anyhow::Result<i32> {
-    let cli = match Cli::try_parse() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let parsed = match lean::parse(&args) {
+        Some(cli) => Ok(cli),
+        None => Cli::try_parse_from(args),
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version go to stdout with 0; usage errors exit 125 as docker's do.
@@ -129,12 +127,7 @@ pub fn run() -> anyhow::Result<i32> {
         Command::Volume(args) => commands::volume::run(args),
         Command::Template(args) => commands::template::run(args),
         Command::Version => commands::info::version(),
-        Command::Supervise {
-            id,
-            lock_fd,
-            ready_fd,
-            timeout,
-        } => commands::run::supervise(&id, lock_fd, ready_fd, timeout),
+        Command::Supervise(args) => commands::run::supervise(args),
         Command::Info => commands::info::info(),
         Command::Pull(args) => commands::pull::run(args),
         Command::Load(args) => commands::load::run(args),

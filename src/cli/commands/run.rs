@@ -320,15 +320,25 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
     Ok(created.run(args.interactive, args.console, timeout, timings)??)
 }
 
-/// `brig __supervise ID`: the VMM process of a detached sandbox.
-pub fn supervise(
-    id: &str,
+/// `brig __supervise ID`'s arguments (given by `brig run -d`, never by a user).
+#[derive(Debug, Args)]
+pub struct SuperviseArgs {
+    id: String,
+    #[arg(long)]
     lock_fd: i32,
+    #[arg(long)]
     ready_fd: i32,
+    #[arg(long)]
     timeout: Option<f64>,
-) -> anyhow::Result<i32> {
-    let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
+}
+
+/// `brig __supervise ID`: the VMM process of a detached sandbox.
+pub fn supervise(args: SuperviseArgs) -> anyhow::Result<i32> {
+    let timeout = args.timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
     Ok(lifecycle::supervise_detached(
-        id, lock_fd, ready_fd, timeout,
+        &args.id,
+        args.lock_fd,
+        args.ready_fd,
+        timeout,
     )?)
 }

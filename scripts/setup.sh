@@ -81,6 +81,11 @@ cargo build --release --locked
 # brig as an OCI runtime is the same binary under the name brig-runc (dispatched on argv[0]).
 ln -sfn brig target/release/brig-runc
 
+# A small image from Debian's busybox-static, so that the README's first `brig run` works
+# offline (issue 11); re-importing the same busybox is a no-op.
+say "a local image: localhost/busybox (Debian's busybox-static)"
+scripts/local-image
+
 # The template `brig run`'s default shape restores (issue 11), so that the first run does
 # not pay for making it. Only where KVM can run a guest's user space (not PVM, not none).
 if target/release/brig info 2>/dev/null | grep -q '^kvm: .*(API '; then

@@ -470,6 +470,50 @@ fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
     Ok(())
 }
 
+/// The README's first run: `scripts/local-image` (what `scripts/setup.sh` runs) imports
+/// Debian's busybox-static as `localhost/busybox`, and `brig run --rm` of it prints, offline.
+fn readme_first_run_works_offline() -> Result<(), String> {
+    let f = fixture();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/local-image");
+    let import = || {
+        std::process::Command::new(&script)
+            .arg("--brig")
+            .arg(common::kvm::brig_exe())
+            .env("BRIG_HOME", &f.home)
+            .env("BRIG_RUNTIME_DIR", &f.runtime)
+            .output()
+            .map_err(|e| format!("{}: {e}", script.display()))
+    };
+    let imported = import()?;
+    check(
+        imported.status.success(),
+        "scripts/local-image exit 0",
+        &imported,
+    )?;
+    let images = f.brig(&["images"]);
+    check(
+        stdout(&images).contains("localhost/busybox"),
+        "localhost/busybox listed",
+        &images,
+    )?;
+    let out = f.run(&["localhost/busybox", "echo", "hello", "from", "a", "microVM"]);
+    check(out.status.success(), "exit 0", &out)?;
+    check(
+        stdout(&out) == "hello from a microVM\n",
+        "the README's greeting",
+        &out,
+    )?;
+    // Importing it again changes nothing (setup is idempotent): the same image id.
+    let again = import()?;
+    check(again.status.success(), "a second import exit 0", &again)?;
+    let after = f.brig(&["images"]);
+    check(
+        stdout(&after) == stdout(&images),
+        "the same images after a second import",
+        &after,
+    )
+}
+
 fn bad_input_is_one_line() -> Result<(), String> {
     let f = fixture();
     let out = f.brig(&["run", "--pull", "never", "no-such-image"]);
@@ -534,6 +578,10 @@ fn main() {
                 killed_brig_leaves_no_vm_behind,
             ),
             trial("bad_input_is_one_line", bad_input_is_one_line),
+            trial(
+                "readme_first_run_works_offline",
+                readme_first_run_works_offline,
+            ),
             trial(
                 "resource_flags_cpuset_cpus_pin_the_vm",
                 resources::cpuset_cpus_pin_the_vm_and_size_it,

@@ -21,7 +21,7 @@ packages=(
   iperf3 socat fio                                                    # network tests, bench-net, bench-volume
   chromium                                                            # tests/compare.rs renders the HTML report
   libcap-ng-dev libseccomp-dev                                        # building virtiofsd (volumes)
-  util-linux ca-certificates curl
+  util-linux ca-certificates curl python3                              # python3: scripts/local-image, check-layers, benchmarks
 )
 missing=()
 for p in "${packages[@]}"; do

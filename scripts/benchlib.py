@@ -1,4 +1,4 @@
-"""Shared helpers of scripts/bench-boot and scripts/bench-run (not a command itself).
+"""Shared helpers of the benchmarks (scripts/bench-*) and scripts/local-image (not a command itself).
 
 - running the benchmark inside `scripts/with-kvm` (re-executing the script there);
 - the guest kernel both brig and `qemu -M microvm` boot: brig's own config plus CONFIG_PVH,
@@ -6,11 +6,13 @@
   at the 64-bit entry and ignores the note); built by kernels/build.sh and cached;
 - timing a child from start to exit with its max RSS (wait4), and sampling its RSS split
   into guest RAM and the rest (from /proc/PID/smaps);
-- a cpio (newc) writer for QEMU's initramfs, an OCI image layout writer, and the result
-  tables.
+- a cpio (newc) writer for QEMU's initramfs, an OCI image layout writer, the busybox-static
+  image the benchmarks and scripts/local-image build, and the result tables.
 """
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -299,6 +301,61 @@ def cpio(entries):
             entry(path, 0o100000 | mode, content)
     entry("TRAILER!!!", 0)
     return bytes(out)
+
+
+# ---- the busybox-static image -----------------------------------------------------------------
+
+BUSYBOX_DIRS = (("bin", 0o755), ("dev", 0o755), ("etc", 0o755), ("proc", 0o755), ("sys", 0o755),
+                ("tmp", 0o1777), ("root", 0o700))
+
+
+def busybox_layer(applets, dirs=BUSYBOX_DIRS, files=()):
+    """An image layer, an uncompressed tar (owners root, fixed times, so the same inputs give
+    the same digest): `dirs` ((name, mode) pairs), the host's /bin/busybox with a link in /bin
+    per name in `applets`, `files` ((path in the image, host file) pairs, mode 0755, their
+    parent directories made as needed), /etc/passwd and /etc/group (root, nobody)."""
+    import tarfile
+    buf = io.BytesIO()
+    made = set()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        def add(name, kind, mode, data=b"", target=""):
+            parent = os.path.dirname(name)
+            if parent and parent not in made:
+                add(parent, tarfile.DIRTYPE, 0o755)
+            if kind == tarfile.DIRTYPE:
+                if name in made:
+                    return
+                made.add(name)
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.mode, ti.mtime, ti.uname, ti.gname = kind, mode, 1700000000, "root", "root"
+            if kind == tarfile.SYMTYPE:
+                ti.linkname = target
+            ti.size = len(data) if kind == tarfile.REGTYPE else 0
+            t.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        for d, mode in dirs:
+            add(d, tarfile.DIRTYPE, mode)
+        with open("/bin/busybox", "rb") as f:
+            add("bin/busybox", tarfile.REGTYPE, 0o755, f.read())
+        for a in applets:
+            add(f"bin/{a}", tarfile.SYMTYPE, 0o777, target="busybox")
+        for path, src in files:
+            with open(src, "rb") as f:
+                add(path.lstrip("/"), tarfile.REGTYPE, 0o755, f.read())
+        add("etc/passwd", tarfile.REGTYPE, 0o644,
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+        add("etc/group", tarfile.REGTYPE, 0o644, b"root:x:0:\nnogroup:x:65534:\n")
+    return buf.getvalue()
+
+
+def write_busybox_layout(layout, tar, path):
+    """An OCI image layout at `layout` with `tar` (gzip) as its only layer, tagged `latest`:
+    amd64, PATH=`path`, `sh` as its command."""
+    write_oci_layout(
+        layout,
+        [(gzip.compress(tar, mtime=0), "application/vnd.oci.image.layer.v1.tar+gzip",
+          f"sha256:{hashlib.sha256(tar).hexdigest()}")],
+        {"architecture": "amd64", "os": "linux", "config": {"Env": [f"PATH={path}"], "Cmd": ["sh"]}})
 
 
 # ---- tables -------------------------------------------------------------------------------

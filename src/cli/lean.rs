@@ -79,6 +79,18 @@ mod tests {
         cmd.get_arguments().map(|a| format!("{a:?}")).collect()
     }
 
+    fn subcommands_of(cmd: &clap::Command) -> Vec<&str> {
+        cmd.get_subcommands().map(|c| c.get_name()).collect()
+    }
+
+    /// `brig` and `line`, as the process gets its arguments.
+    fn argv(line: &[&str]) -> Vec<OsString> {
+        std::iter::once("brig")
+            .chain(line.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
     #[test]
     fn each_lean_subcommand_is_the_full_trees_own() {
         let mut full = Cli::command();
@@ -86,29 +98,20 @@ mod tests {
         for (name, _) in LEAN {
             let mut lean = tree(name).unwrap();
             lean.build();
+            assert_eq!(
+                args_of(&lean),
+                args_of(&full),
+                "the root's arguments differ"
+            );
             let want = full
                 .find_subcommand(name)
                 .unwrap_or_else(|| panic!("no {name}"));
             let got = lean.find_subcommand(name).unwrap();
             assert_eq!(args_of(got), args_of(want), "{name}'s arguments differ");
             assert_eq!(
-                format!(
-                    "{:?}",
-                    got.get_subcommands()
-                        .map(|c| c.get_name())
-                        .collect::<Vec<_>>()
-                ),
-                format!(
-                    "{:?}",
-                    want.get_subcommands()
-                        .map(|c| c.get_name())
-                        .collect::<Vec<_>>()
-                )
-            );
-            assert_eq!(
-                args_of(&lean),
-                args_of(&full),
-                "the root's arguments differ"
+                subcommands_of(got),
+                subcommands_of(want),
+                "{name}'s subcommands"
             );
         }
     }
@@ -131,10 +134,7 @@ mod tests {
             &["images"],
         ];
         for line in lines {
-            let argv: Vec<OsString> = std::iter::once("brig")
-                .chain(line.iter().copied())
-                .map(OsString::from)
-                .collect();
+            let argv = argv(line);
             let full = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("{line:?}: {e}"));
             let lean = parse(&argv).unwrap_or_else(|| panic!("{line:?}: no lean parse"));
             assert_eq!(format!("{lean:?}"), format!("{full:?}"), "{line:?}");
@@ -154,11 +154,7 @@ mod tests {
             &["nosuch"],
             &[],
         ] {
-            let argv: Vec<OsString> = std::iter::once("brig")
-                .chain(line.iter().copied())
-                .map(OsString::from)
-                .collect();
-            assert!(parse(&argv).is_none(), "{line:?}");
+            assert!(parse(&argv(line)).is_none(), "{line:?}");
         }
     }
 }

@@ -52,11 +52,7 @@ pub fn template(cache_dir: &Path, size: u64) -> Result<PathBuf, ScratchError> {
     }
     fs::create_dir_all(cache_dir).map_err(io_err(cache_dir))?;
     let _ = fs::remove_file(cache_dir.join(format!("scratch-{mib}m.ext4")));
-    let tmp = cache_dir.join(format!(
-        ".scratch-{}.{}.tmp",
-        size >> 20,
-        std::process::id()
-    ));
+    let tmp = cache_dir.join(format!(".scratch-{mib}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
     if let Err(e) = mkfs(&tmp, size) {
         let _ = fs::remove_file(&tmp);

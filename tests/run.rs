@@ -445,8 +445,8 @@ fn killed_brig_leaves_no_vm_behind() -> Result<(), String> {
     // Killed only once the VM runs the workload, not while brig is still starting it.
     child.wait_for_stdout("workload-started\n", 300)?;
     child.kill();
-    // The helper that holds the sandbox's nftables table (nft, reading brig's pipe) ends on
-    // end-of-file, a moment after brig: give it that moment.
+    // A helper of the sandbox's (passt, a volume's file server) ends on end-of-file, a
+    // moment after brig: give it that moment.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut stray = common::procs::ours();
     while !stray.is_empty() && Instant::now() < deadline {

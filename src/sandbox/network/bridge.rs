@@ -23,7 +23,7 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
         allow: plan.allow.as_ref().map(|list| {
             list.iter()
                 .map(|r| nft::Allow {
-                    net: r.net.to_string(),
+                    net: r.net,
                     ports: r.ports,
                 })
                 .collect()

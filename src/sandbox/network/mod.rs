@@ -15,6 +15,7 @@
 mod bridge;
 pub mod host;
 pub mod joined;
+mod nfnetlink;
 pub mod nft;
 pub mod passt;
 pub mod pool;

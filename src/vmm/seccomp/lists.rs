@@ -240,7 +240,7 @@ pub const PROXY: &[Allowed] = &[
 
 /// The main thread once the VM runs (and the threads it starts): the agent session over unix
 /// sockets, the host terminal, the sandbox's state, log and lock files, waiting, relaying
-/// signals, and the teardown (the nft process ended, the runtime directory removed).
+/// signals, and the teardown (helper processes ended, the runtime directory removed).
 pub const MAIN: &[Allowed] = &[
     ioctls(&[FIONBIO]),
     ioctls(&TERMINAL),
@@ -286,7 +286,7 @@ pub const MAIN: &[Allowed] = &[
     any(libc::SYS_rt_sigaction),
     any(libc::SYS_rt_sigtimedwait),
     any(libc::SYS_restart_syscall),
-    // Ending the nft process that holds the sandbox's table, and reaping it.
+    // Ending the helper processes it started (passt, a volume's file server), and reaping them.
     any(libc::SYS_kill),
     any(libc::SYS_wait4),
     any(libc::SYS_waitid),

@@ -245,7 +245,7 @@ pub fn confine_console() -> Result<(), String> {
 
 /// Confines the calling thread: it gives up every capability (capabilities are per thread;
 /// nothing the VMM does once the VM is built needs one: its files are its own, the TAP and
-/// the disks are open, the nft process it ends is its own), then installs its list (nothing
+/// the disks and the nftables socket are open, the helpers it ends are its own), then installs its list (nothing
 /// of either when `BRIG_SECCOMP=off`). Both stay for the thread's life and pass to the
 /// threads it starts.
 pub fn confine(thread: Thread) -> Result<(), SeccompError> {

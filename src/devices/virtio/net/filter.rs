@@ -146,13 +146,11 @@ impl Cidr {
     }
 
     /// The network address.
-    #[cfg(test)]
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }
 
     /// The prefix length, 0 to 32.
-    #[cfg(test)]
     pub fn prefix(&self) -> u8 {
         self.prefix
     }

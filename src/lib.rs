@@ -3,11 +3,13 @@
 //! From the top: [`cli`] (argument parsing, output) → `sandbox` (a sandbox's lifecycle, its
 //! state on disk, the guest agent protocol) → {`vmm` (KVM, memory, vCPUs, the device
 //! wiring), `image` (the image store)} → {`devices` (emulated devices), `arch` (x86_64 boot
-//! structures)}. A module imports only from layers below it; `scripts/check-layers` enforces
+//! structures)}, and under all of them `atomic` (files written whole or not at all). A module
+//! imports only from layers below it; `scripts/check-layers` enforces
 //! that in `scripts/test.sh`. `brig_protocol` (the host–guest contract) is shared with the
 //! guest agent.
 
 mod arch;
+mod atomic;
 pub mod cli;
 mod devices;
 mod image;

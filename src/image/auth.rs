@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::path::PathBuf;
 
 use base64::Engine as _;
@@ -220,24 +219,10 @@ pub fn store(registry: &str, creds: &Credentials) -> Result<PathBuf, AuthError> 
     })?;
     let dir = path.parent().ok_or(AuthError::NoConfigDir)?;
     fs::create_dir_all(dir).map_err(|e| AuthError::Io(dir.to_path_buf(), e))?;
-    let tmp = dir.join(format!(".config.json.tmp-{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&text)?;
-        f.write_all(b"\n")?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        AuthError::Io(path.clone(), e)
-    })?;
+    let mut text = text;
+    text.push(b'\n');
+    // Credentials: readable by the user alone, as docker's own config.json.
+    crate::atomic::write(&path, &text, 0o600).map_err(|e| AuthError::Io(path.clone(), e))?;
     Ok(path)
 }
 

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Every file reaches its final name by `rename` after an `fsync`, so a crash or Ctrl-C
-//! leaves at most a stray file in `tmp/` (or a `.tmp-*` name), never a short blob or rootfs
+//! leaves at most a stray file in `tmp/` (or a hidden `.tmp` name), never a short blob or rootfs
 //! under its final name. Locks: every command that reads or adds content holds
 //! `locks/store.lock` shared; `rmi` and `image prune`, which delete, hold it exclusive.
 //! A blob download holds `locks/blob-<hex>.lock`, a rootfs build `locks/rootfs-<hex>.lock`,
@@ -440,13 +440,9 @@ pub fn sync_parent(path: &Path) {
     }
 }
 
-/// Writes a small file atomically (temp file, fsync, rename).
+/// Writes a small file atomically ([`crate::atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".tmp-{}", tmp_suffix()));
-    let mut f = AtomicFile::create(tmp)?;
-    f.write_all(bytes).at(path)?;
-    f.commit(path, None, None, "")
+    crate::atomic::write(path, bytes, 0o644).at(path)
 }
 
 /// Removes a directory tree even where it holds directories without write or search

@@ -82,11 +82,10 @@ pub fn holder_pidfd(id: &str) -> Option<OwnedFd> {
     (pid_of(id) == Some(pid)).then_some(pidfd)
 }
 
-/// Records this process as the lock holder (written atomically: temp file, rename).
+/// Records this process as the lock holder ([`crate::atomic`]).
 fn write_pid(dir: &std::path::Path) -> io::Result<()> {
-    let tmp = dir.join("pid.tmp");
-    std::fs::write(&tmp, format!("{}\n", std::process::id()))?;
-    std::fs::rename(&tmp, dir.join("pid"))
+    let pid = format!("{}\n", std::process::id());
+    crate::atomic::write(&dir.join("pid"), pid.as_bytes(), 0o644)
 }
 
 /// Where networked sandboxes' address leases live (beside the runtime directories: gone

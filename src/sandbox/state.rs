@@ -9,7 +9,7 @@
 
 use super::network::{NetworkOptions, NetworkState};
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use brig_protocol::RunSpec;
@@ -190,14 +190,9 @@ fn process_alive(pid: u32) -> bool {
     !matches!(state, Some("Z" | "X" | "x"))
 }
 
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename).
+/// Writes `bytes` to `path` atomically ([`crate::atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    crate::atomic::write(path, bytes, 0o666).map_err(io_err(path))
 }
 
 fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T, StateError> {

@@ -209,14 +209,9 @@ impl OciState {
     }
 }
 
-/// Writes `path` whole or not at all: a hidden temporary file beside it, then a rename
-/// (as runc writes its pid file).
+/// Writes `path` whole or not at all ([`crate::atomic`]; runc writes its pid file so too).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OciError> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(OciError::io(path.display().to_string()))
+    crate::atomic::write(path, bytes, 0o666).map_err(OciError::io(path.display().to_string()))
 }
 
 #[cfg(test)]

@@ -90,9 +90,8 @@ impl Volumes {
         let made = (|| {
             fs::create_dir(self.data_dir(name))?;
             fs::set_permissions(self.data_dir(name), fs::Permissions::from_mode(0o755))?;
-            let tmp = dir.join("volume.json.tmp");
-            fs::write(&tmp, serde_json::to_vec_pretty(&info)?)?;
-            fs::rename(&tmp, dir.join("volume.json"))
+            let json = serde_json::to_vec_pretty(&info)?;
+            crate::atomic::write(&dir.join("volume.json"), &json, 0o644)
         })();
         if let Err(e) = made {
             let _ = fs::remove_dir_all(&dir);

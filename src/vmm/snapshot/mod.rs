@@ -15,7 +15,6 @@ pub mod vm;
 pub mod workingset;
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -116,11 +115,7 @@ pub fn replace_memory_file(dir: &Path, tmp: &Path) -> Result<(), SnapshotError> 
 /// name and a rename, so that a state file, once present, is whole.
 pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<(), SnapshotError> {
     let bytes = format::encode(snapshot)?;
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = File::create(&tmp).map_err(SnapshotError::Write)?;
-    f.write_all(&bytes).map_err(SnapshotError::Write)?;
-    f.sync_all().map_err(SnapshotError::Write)?;
-    std::fs::rename(&tmp, dir.join(STATE_FILE)).map_err(SnapshotError::Write)
+    crate::atomic::write(&dir.join(STATE_FILE), &bytes, 0o644).map_err(SnapshotError::Write)
 }
 
 /// Reads and checks `dir`'s state file, and opens its memory file (read-only: it is mapped
@@ -149,6 +144,7 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File), SnapshotError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     fn sample(memory_len: u64) -> Snapshot {
         Snapshot {

@@ -79,12 +79,8 @@ impl WorkingSet {
     /// Writes it into the snapshot directory `dir`, atomically (a new file, then renamed).
     pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
         let bytes = format::encode(self)?;
-        let tmp = dir.join(format!(".{WORKING_SET_FILE}.{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(SnapshotError::Write)?;
-        std::fs::rename(&tmp, dir.join(WORKING_SET_FILE)).map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            SnapshotError::Write(e)
-        })
+        crate::atomic::write(&dir.join(WORKING_SET_FILE), &bytes, 0o644)
+            .map_err(SnapshotError::Write)
     }
 
     /// The working set saved in `dir`: `None` when there is none.

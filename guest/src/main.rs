@@ -203,6 +203,8 @@ fn hello(writer: &HostWriter, uptime_ns: u64) -> Result<(), String> {
 }
 
 fn fail(writer: &HostWriter, e: SpawnError) -> String {
+    // The host stops the VM once it has the verdict (see the Exit below).
+    sys::sync();
     let _ = send(
         writer,
         &Message::ExecFailed {
@@ -391,6 +393,14 @@ fn exec_process(mut spec: RunSpec, reader: File, writer: HostWriter) -> Result<(
         .map_err(|_| "the process vanished without an exit status".to_string())?;
     let uptime_ns = sys::uptime_ns();
     workload.finish_output();
+    // The sandbox's disks are whole before the host hears the status: it stops the VM as
+    // soon as it has it, without waiting for this guest's own reset (the kernel's shutdown
+    // path, tens of milliseconds in a nested VM), and a stopped sandbox's scratch disk must
+    // hold what the workload wrote (`brig start`, `brig cp`). Unless the host throws the
+    // disks away (`--rm`).
+    if !spec.discard_disks {
+        sys::sync();
+    }
     send(
         &writer,
         &Message::Exit(reaper::exit_status(status, uptime_ns)),

@@ -50,6 +50,12 @@ pub fn uptime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Writes every file system's dirty data and metadata to its disk.
+pub fn sync() {
+    // SAFETY: sync takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
 /// Flushes file systems and resets the VM (the kernel runs with `reboot=k`: the i8042
 /// reset line, which the VMM turns into "VM done"). Never returns.
 pub fn reboot() -> ! {

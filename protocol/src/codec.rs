@@ -373,6 +373,7 @@ pub(crate) mod tests {
                     masked_paths: vec!["/proc/kcore".into()],
                     readonly_paths: vec!["/proc/sys".into()],
                 }),
+                discard_disks: true,
             })),
             Message::Run(Box::default()),
             Message::Started {

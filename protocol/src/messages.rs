@@ -240,6 +240,10 @@ pub struct RunSpec {
     /// The workload's confinement (capabilities, no_new_privs, seccomp, masked paths);
     /// `None` (hosts that predate it, `brig boot`): every capability, nothing masked.
     pub security: Option<SecuritySpec>,
+    /// Nothing the guest wrote outlives the workload (`--rm` without volumes): the agent
+    /// reports the exit status without first flushing the guest's disks, which the host
+    /// discards. `false` (hosts that predate it): flushed first.
+    pub discard_disks: bool,
 }
 
 /// How the agent confines the workload before exec, in runc's order: no_new_privs, the

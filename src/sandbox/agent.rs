@@ -9,7 +9,7 @@
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use brig_protocol::{
     encode, Decoder, ExecErrorKind, ExitStatus, Message, RunSpec, MAX_DATA, PROTOCOL_VERSION,
@@ -311,6 +311,3 @@ pub fn resume_session(
         }
     }
 }
-
-/// How long to wait for the VM to go away after the workload's status arrived.
-pub const VM_EXIT_GRACE: Duration = Duration::from_secs(10);

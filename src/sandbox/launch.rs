@@ -207,10 +207,9 @@ pub fn launch(
         Err(end) => end,
     };
     drop(terminal);
-    // After its status, the guest resets itself; give it a moment, then stop it regardless.
-    if matches!(end, SessionEnd::Exited(_) | SessionEnd::ExecFailed { .. }) {
-        vm.wait(Some(agent::VM_EXIT_GRACE));
-    }
+    // The agent flushed the guest's disks before it sent the status (guest/src/main.rs):
+    // nothing the guest does after it matters, so the VM stops now instead of after the
+    // guest's own reset.
     let kernel_entry = vm.kernel_entry();
     let (end, reason) = match (end, spec.checkpoint) {
         (SessionEnd::Parked, Some(files)) => {

@@ -141,6 +141,8 @@ pub fn create(home: &Path, opts: CreateOptions<'_>) -> Result<Created, Lifecycle
         mounts,
         files: Vec::new(),
     });
+    // A volume's files are the host's: what the guest still holds for them is flushed.
+    run.discard_disks = opts.auto_remove && volumes.is_empty();
     if !opts.read_only {
         disks.push(DiskSpec {
             path: scratch_path.clone(),

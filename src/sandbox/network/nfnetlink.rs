@@ -286,6 +286,8 @@ fn pad(buf: &mut Vec<u8>) {
 /// One transaction: the kernel applies all of its messages or none.
 pub struct Batch {
     buf: Vec<u8>,
+    /// Where the last nf_tables message starts: the one that asks for an acknowledgement.
+    last: Option<usize>,
     next_seq: u32,
     /// What each acknowledged message does, by sequence number from the first one's.
     what: Vec<String>,
@@ -296,6 +298,7 @@ impl Batch {
     pub fn new(first_seq: u32) -> Self {
         let mut b = Self {
             buf: Vec::with_capacity(8192),
+            last: None,
             next_seq: first_seq,
             what: Vec::new(),
         };
@@ -326,10 +329,11 @@ impl Batch {
 
     fn nft_message(&mut self, what: String, msg: u16, flags: u16, f: impl FnOnce(&mut Attrs<'_>)) {
         self.what.push(what);
+        self.last = Some(self.buf.len());
         self.message(
             (NFNL_SUBSYS_NFTABLES << 8) | msg,
             NFPROTO_INET,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            NLM_F_REQUEST | flags,
             f,
         );
     }
@@ -389,7 +393,16 @@ impl Batch {
 
     /// The batch's bytes, and what each acknowledged message does (in sequence order,
     /// from the one after the batch's opening message).
+    ///
+    /// Only the last message asks for an acknowledgement: the kernel answers a message that
+    /// fails whether asked or not, and applies a batch whole or not at all, so one answer
+    /// for the last says the batch is in (one datagram to read instead of one per message).
     pub fn finish(mut self) -> (Vec<u8>, Vec<String>) {
+        if let Some(at) = self.last {
+            let flags = &mut self.buf[at + 6..at + 8];
+            let acked = u16::from_ne_bytes([flags[0], flags[1]]) | NLM_F_ACK;
+            flags.copy_from_slice(&acked.to_ne_bytes());
+        }
         self.message(NFNL_MSG_BATCH_END, 0, NLM_F_REQUEST, |_| {});
         (self.buf, self.what)
     }
@@ -451,20 +464,32 @@ mod tests {
     fn a_batch_is_framed_and_numbered() {
         let mut b = Batch::new(100);
         b.owner_table("t");
+        b.chain(
+            "t",
+            &Chain {
+                name: "c",
+                kind: "filter",
+                hook: Hook::Input,
+                priority: 0,
+            },
+        );
         let (bytes, what) = b.finish();
-        assert_eq!(what, ["adding table inet t"]);
-        let mut seqs = Vec::new();
-        let mut kinds = Vec::new();
+        assert_eq!(what, ["adding table inet t", "adding chain c"]);
+        let (mut seqs, mut kinds, mut acked) = (Vec::new(), Vec::new(), Vec::new());
         let mut rest = &bytes[..];
         while !rest.is_empty() {
             let len = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
             assert_eq!(len % 4, 0);
             kinds.push(u16::from_ne_bytes(rest[4..6].try_into().unwrap()));
+            let flags = u16::from_ne_bytes(rest[6..8].try_into().unwrap());
+            acked.push(flags & NLM_F_ACK != 0);
             seqs.push(u32::from_ne_bytes(rest[8..12].try_into().unwrap()));
             rest = &rest[len..];
         }
-        assert_eq!(kinds, [0x10, 0x0a00, 0x11]);
-        assert_eq!(seqs, [100, 101, 102]);
+        assert_eq!(kinds, [0x10, 0x0a00, 0x0a03, 0x11]);
+        assert_eq!(seqs, [100, 101, 102, 103]);
+        // Only the last nf_tables message asks for an acknowledgement.
+        assert_eq!(acked, [false, false, true, false]);
     }
 
     #[test]

@@ -431,17 +431,16 @@ impl Table {
             return Ok(());
         };
         let deadline = Instant::now() + APPLY_TIMEOUT;
-        let mut acked = vec![false; p.what.len()];
+        // The kernel answers each message that fails, and the last one (the only one that
+        // asks) when the whole batch is in; answers come in order.
+        let last = p.what.len().saturating_sub(1);
         let mut buf = vec![0u8; 64 * 1024];
-        while acked.iter().any(|a| !a) {
+        'answers: loop {
             if Instant::now() >= deadline {
                 return Err(NftError::Timeout(APPLY_TIMEOUT));
             }
-            let n = match rustix::net::recv(
-                &self.socket,
-                &mut buf[..],
-                rustix::net::RecvFlags::empty(),
-            ) {
+            let flags = rustix::net::RecvFlags::empty();
+            let n = match rustix::net::recv(&self.socket, &mut buf[..], flags) {
                 Ok((n, _)) => n,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => return Err(NftError::Timeout(APPLY_TIMEOUT)),
@@ -451,7 +450,7 @@ impl Table {
                 let Some(i) = ack.seq.checked_sub(p.first_seq).map(|i| i as usize) else {
                     continue;
                 };
-                if i >= acked.len() {
+                if i > last {
                     continue;
                 }
                 if ack.errno != 0 {
@@ -466,7 +465,9 @@ impl Table {
                         hint,
                     });
                 }
-                acked[i] = true;
+                if i == last {
+                    break 'answers;
+                }
             }
         }
         *pending = None;

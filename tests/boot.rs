@@ -408,6 +408,115 @@ fn a_saved_guest_resumes_where_it_stopped() -> Result<(), String> {
     )
 }
 
+/// One cpio entry: path, mode (with its file type bits), content, and a character device's
+/// `(major, minor)`.
+type CpioEntry<'a> = (&'a str, u32, &'a [u8], Option<(u32, u32)>);
+
+/// A newc cpio archive, what Firecracker and QEMU take as an initrd.
+fn cpio(entries: &[CpioEntry<'_>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let pad = |out: &mut Vec<u8>| out.resize(out.len().next_multiple_of(4), 0);
+    let trailer: CpioEntry<'_> = ("TRAILER!!!", 0, b"", None);
+    for (ino, (name, mode, data, dev)) in entries.iter().chain([&trailer]).enumerate() {
+        let (major, minor) = dev.unwrap_or((0, 0));
+        let fields = [
+            ino as u32 + 1,
+            *mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            major,
+            minor,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        pad(&mut out);
+        out.extend_from_slice(data);
+        pad(&mut out);
+    }
+    out
+}
+
+/// `--initrd`: an initramfs of our own with no brig init in it (as Firecracker and QEMU boot
+/// one) runs its /init and the run ends 0 when that init reboots; one whose init is missing
+/// panics the kernel: 125 and the panic line; a missing file is one line.
+fn a_foreign_initramfs_boots_without_the_agent() -> Result<(), String> {
+    let busybox = std::fs::read("/bin/busybox").map_err(|e| format!("/bin/busybox: {e}"))?;
+    let init =
+        b"#!/bin/busybox sh\n/bin/busybox echo bare-init-ran-$((6 * 7))\n/bin/busybox reboot -f\n";
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let good = dir.path().join("good.cpio");
+    let console = Some((5, 1));
+    let archive = cpio(&[
+        ("bin", 0o40755, b"", None),
+        ("dev", 0o40755, b"", None),
+        ("dev/console", 0o20600, b"", console),
+        ("bin/busybox", 0o100755, &busybox, None),
+        ("init", 0o100755, init, None),
+    ]);
+    std::fs::write(&good, archive).map_err(|e| e.to_string())?;
+    let good = good.to_str().ok_or("path")?;
+    let out = brig(&["boot", "--initrd", good, "--console", "--timeout", "300"]);
+    check(out.status.success(), "exit 0 when the guest reboots", &out)?;
+    check(
+        stderr(&out).contains("bare-init-ran-42"),
+        "the initramfs's own /init ran (its console line)",
+        &out,
+    )?;
+    check(stdout(&out).is_empty(), "no agent, no command output", &out)?;
+
+    let bad = dir.path().join("no-init.cpio");
+    std::fs::write(&bad, cpio(&[("dev", 0o40755, b"", None)])).map_err(|e| e.to_string())?;
+    let out = brig(&[
+        "boot",
+        "--initrd",
+        bad.to_str().ok_or("path")?,
+        "--timeout",
+        "300",
+    ]);
+    check(
+        out.status.code() == Some(125),
+        "exit 125 without an init",
+        &out,
+    )?;
+    let err = stderr(&out);
+    check(
+        err.contains("the guest kernel panicked: Kernel panic - not syncing")
+            && err.lines().count() == 1,
+        "the panic line, one line",
+        &out,
+    )?;
+
+    let out = brig(&["boot", "--initrd", "/nonexistent.cpio"]);
+    check(
+        out.status.code() == Some(125),
+        "exit 125 for a missing file",
+        &out,
+    )?;
+    let err = stderr(&out);
+    check(
+        err.lines().count() == 1 && err.contains("--initrd /nonexistent.cpio"),
+        "one line naming the file",
+        &out,
+    )?;
+    let out = brig(&["boot", "--initrd", good, "--", "/bin/true"]);
+    check(
+        out.status.code() == Some(125) && stderr(&out).contains("cannot be used with"),
+        "a command with --initrd is refused",
+        &out,
+    )
+}
+
 fn main() {
     // Measured under nested TCG: a trial up to ~6 s, all together under a minute.
     run_tests(
@@ -441,6 +550,10 @@ fn main() {
             trial(
                 "a_saved_guest_resumes_where_it_stopped",
                 a_saved_guest_resumes_where_it_stopped,
+            ),
+            trial(
+                "a_foreign_initramfs_boots_without_the_agent",
+                a_foreign_initramfs_boots_without_the_agent,
             ),
         ],
     )

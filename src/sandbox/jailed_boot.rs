@@ -2,10 +2,11 @@
 //! (the runtime directory, the terminal) and forks the VMM, which boots (or restores) the
 //! VM, jails itself before its threads start, runs the command with brig's stdio, prints
 //! what it has to say, and exits with the command's status; signals other processes send
-//! brig are forwarded to it.
+//! brig are forwarded to it. With `--initrd` the VMM boots the user's initramfs instead,
+//! with no agent, and the run ends when the guest does ([`BootSpec::Bare`]).
 
 use std::io::{self, Write};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::jail;
 use super::launch::{launch, Launch, LaunchError, LaunchIo};
@@ -13,17 +14,39 @@ use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
 use super::tty::SavedTerminal;
+use crate::vmm::{seccomp, ExitReason, VmConfig};
+
+/// What `brig boot` boots.
+pub enum BootSpec {
+    /// brig's init, whose agent runs a command.
+    Agent(Box<Launch>),
+    /// An initramfs of the user's (in `vm`), with no agent and no vsock device, as
+    /// Firecracker and QEMU boot one: the run ends when the guest resets or shuts down.
+    Bare {
+        vm: Box<VmConfig>,
+        timeout: Option<Duration>,
+    },
+}
+
+impl BootSpec {
+    fn vm(&self) -> &VmConfig {
+        match self {
+            Self::Agent(launch) => &launch.vm,
+            Self::Bare { vm, .. } => vm,
+        }
+    }
+}
 
 /// Runs `spec` in `runtime` with its VMM jailed; `timings` (brig's start) has the phases
 /// printed. The exit status brig ends with: the command's, or 125 after one line on stderr.
-pub fn run(spec: Launch, runtime: &RuntimeDir, timings: Option<Instant>) -> io::Result<i32> {
+pub fn run(spec: BootSpec, runtime: &RuntimeDir, timings: Option<Instant>) -> io::Result<i32> {
     let id = runtime
         .path()
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let jail = jail::prepare(runtime.path(), &id, None, None)?;
-    let cgroup = jail::cgroup::create(&id, (spec.vm.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+    let cgroup = jail::cgroup::create(&id, (spec.vm().mem_mib + jail::OVERHEAD_MIB) << 20)?;
     let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = SavedTerminal::save(rustix::stdio::stdin());
@@ -61,10 +84,14 @@ pub fn run(spec: Launch, runtime: &RuntimeDir, timings: Option<Instant>) -> io::
 /// stdio brig's own; `timings` (brig's start) has the phases printed. The command's exit
 /// status, or why there is none; `Err` when the VM did not start.
 pub fn boot_here(
-    spec: Launch,
+    spec: BootSpec,
     runtime: &RuntimeDir,
     timings: Option<Instant>,
 ) -> Result<Result<i32, Failure>, LaunchError> {
+    let spec = match spec {
+        BootSpec::Agent(launch) => *launch,
+        BootSpec::Bare { vm, timeout } => return boot_bare(*vm, timeout, timings),
+    };
     let timeout = spec.timeout;
     let (mut out, mut err) = (io::stdout(), io::stderr());
     let io = LaunchIo {
@@ -87,10 +114,42 @@ pub fn boot_here(
     ))
 }
 
+/// Boots `vm` (an initramfs of the user's, no agent) and waits for its guest to end: 0 when
+/// it reset or shut itself down, else why not (a kernel panic, a failed vCPU, `timeout`).
+fn boot_bare(
+    vm: VmConfig,
+    timeout: Option<Duration>,
+    timings: Option<Instant>,
+) -> Result<Result<i32, Failure>, LaunchError> {
+    let console = vm.console.clone();
+    let vm = crate::vmm::start(vm).map_err(|e| LaunchError::Vm(e.into()))?;
+    seccomp::confine(seccomp::Thread::Main)?;
+    let ended = vm.wait(timeout);
+    let (ready, entry) = (vm.ready_at(), vm.kernel_entry());
+    let reason = vm.shutdown();
+    if let Some(t0) = timings {
+        let ms = |t: Instant| format!("{:8.1} ms", (t - t0).as_secs_f64() * 1000.0);
+        eprintln!("brig timings (host clock since brig started):");
+        eprintln!("  vmm ready      {}", ms(ready));
+        if let Some(entry) = entry {
+            eprintln!("  kernel entry   {}", ms(entry));
+        }
+        eprintln!("  vm gone        {}", ms(Instant::now()));
+    }
+    Ok(match ended {
+        None => Err(Failure::brig(format!(
+            "the guest did not end within --timeout {}s",
+            timeout.unwrap_or_default().as_secs_f64()
+        ))),
+        Some(ExitReason::Reset | ExitReason::Shutdown) if console.panic_line().is_none() => Ok(0),
+        Some(_) => Err(Failure::vm_died(&console, &reason)),
+    })
+}
+
 /// The VMM process: never returns. `alive` is the write end of a pipe only the keeper reads
 /// (the jail checks that the keeper still lives).
 fn vmm(
-    spec: Launch,
+    spec: BootSpec,
     runtime: &RuntimeDir,
     jail: jail::Jail,
     cgroup: Option<&jail::cgroup::Cgroup>,

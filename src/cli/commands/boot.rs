@@ -1,5 +1,7 @@
 //! `brig boot`: boot the guest kernel with brig's init and run one command in it, with no
-//! image: the command and the files it needs come from the host (`--add`).
+//! image: the command and the files it needs come from the host (`--add`). Or, with
+//! `--initrd`, boot an initramfs of the user's with no agent, as Firecracker and QEMU boot
+//! one: the VM runs until its guest resets or shuts itself down.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -7,6 +9,7 @@ use std::time::{Duration, Instant};
 use brig_protocol::RunSpec;
 use clap::Args;
 
+use crate::sandbox::jailed_boot::BootSpec;
 use crate::sandbox::launch::Launch;
 use crate::sandbox::runtime::{new_id, RuntimeDir};
 use crate::vmm::initramfs::{Initramfs, Initrd};
@@ -50,8 +53,13 @@ pub struct BootArgs {
     /// --cpus as when it was saved).
     #[arg(long, value_name = "DIR", conflicts_with = "snapshot_to", hide = true)]
     pub restore_from: Option<PathBuf>,
+    /// Boot this initramfs (a newc cpio archive, as Firecracker's and QEMU's -initrd take)
+    /// instead of brig's init: no agent and no command; exit 0 when the guest resets or
+    /// shuts itself down, 125 when its kernel panics or the VM fails.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["add", "command", "snapshot_when", "restore_from"])]
+    pub initrd: Option<PathBuf>,
     /// Command to run in the guest, and its arguments.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[arg(last = true, required_unless_present = "initrd", value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -72,12 +80,19 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         Some(k) => k.clone(),
         None => crate::cli::default_kernel()?,
     };
-    let mut fs = Initramfs::with_init();
-    for spec in &args.add {
-        let (host, guest) = parse_add(spec);
-        fs.add_file(&host, &guest).context("--add")?;
-    }
-    let initrd = fs.to_bytes().context("initramfs")?;
+    let initrd = match &args.initrd {
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("--initrd {}", path.display()))?
+        }
+        None => {
+            let mut fs = Initramfs::with_init();
+            for spec in &args.add {
+                let (host, guest) = parse_add(spec);
+                fs.add_file(&host, &guest).context("--add")?;
+            }
+            fs.to_bytes().context("initramfs")?
+        }
+    };
     // The VMM is jailed (a child of this process) unless it saves a snapshot to a host
     // directory; a jailed VMM must start its console thread after it has entered the jail.
     let jailed = crate::sandbox::jail::enabled() && args.snapshot_when.is_none();
@@ -114,19 +129,26 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
         crate::sandbox::vm::snapshot_when(vm, &runtime, marker, dir, deadline)?;
         return Ok(0);
     }
-    let spec = Launch {
-        vm,
-        run: RunSpec {
-            argv: args.command.clone(),
-            cwd: "/".into(),
-            ..Default::default()
-        },
-        stdin: false,
-        timeout,
-        restore_from: args.restore_from.clone(),
-        template: None,
-        resume: None,
-        checkpoint: None,
+    let spec = if args.initrd.is_some() {
+        BootSpec::Bare {
+            vm: Box::new(vm),
+            timeout,
+        }
+    } else {
+        BootSpec::Agent(Box::new(Launch {
+            vm,
+            run: RunSpec {
+                argv: args.command.clone(),
+                cwd: "/".into(),
+                ..Default::default()
+            },
+            stdin: false,
+            timeout,
+            restore_from: args.restore_from.clone(),
+            template: None,
+            resume: None,
+            checkpoint: None,
+        }))
     };
     let timings = args.timings.then_some(t0);
     if jailed {

@@ -54,7 +54,8 @@ enum Command {
     Stats(commands::stats::StatsArgs),
     /// Copy files between a sandbox and the host.
     Cp(commands::cp::CpArgs),
-    /// Boot the guest kernel with brig's init and run one command in it (no image).
+    /// Boot the guest kernel with brig's init and run one command in it (no image), or boot
+    /// an initramfs of your own (--initrd).
     Boot(commands::boot::BootArgs),
     /// Download an image from a registry.
     Pull(commands::pull::PullArgs),

@@ -440,9 +440,12 @@ pub fn sync_parent(path: &Path) {
     }
 }
 
-/// Writes a small file atomically ([`crate::atomic`]).
+/// Writes a small file atomically ([`crate::atomic`]), its directory synced after the rename
+/// as every file of the store is.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    crate::atomic::write(path, bytes, 0o644).at(path)
+    crate::atomic::write(path, bytes, 0o644).at(path)?;
+    sync_parent(path);
+    Ok(())
 }
 
 /// Removes a directory tree even where it holds directories without write or search

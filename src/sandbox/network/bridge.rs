@@ -20,14 +20,7 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
         table: nft::table_name(plan.id),
         tap: tap.name().to_string(),
         guest: link.guest,
-        allow: plan.allow.as_ref().map(|list| {
-            list.iter()
-                .map(|r| nft::Allow {
-                    net: r.net,
-                    ports: r.ports,
-                })
-                .collect()
-        }),
+        allow: plan.allow.clone(),
     };
     // Applied while the VM starts: the keeper confirms it before the workload runs
     // ([`SandboxNetwork::confirm`]).

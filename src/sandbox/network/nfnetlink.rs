@@ -29,7 +29,7 @@ const NFT_MSG_NEWTABLE: u16 = 0;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 /// The family of a table that sees IPv4 and IPv6 (`inet`).
-pub const NFPROTO_INET: u8 = 1;
+const NFPROTO_INET: u8 = 1;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_TABLE_FLAGS: u16 = 2;
 /// The table is destroyed when the netlink socket that made it closes.
@@ -189,7 +189,7 @@ impl Expr {
             Self::Cmp(op, data) => {
                 a.be32(1, NFT_REG_1); // NFTA_CMP_SREG
                 a.be32(2, *op as u32); // NFTA_CMP_OP
-                a.nested(3, |d| d.bytes(NFTA_DATA_VALUE, data)); // NFTA_CMP_DATA
+                a.nested(3, |d| d.put(NFTA_DATA_VALUE, data)); // NFTA_CMP_DATA
             }
             Self::Payload { base, offset, len } => {
                 a.be32(1, NFT_REG_1); // NFTA_PAYLOAD_DREG
@@ -201,8 +201,8 @@ impl Expr {
                 a.be32(1, NFT_REG_1); // NFTA_BITWISE_SREG
                 a.be32(2, NFT_REG_1); // NFTA_BITWISE_DREG
                 a.be32(3, mask.len() as u32); // NFTA_BITWISE_LEN
-                a.nested(4, |d| d.bytes(NFTA_DATA_VALUE, mask)); // NFTA_BITWISE_MASK
-                a.nested(5, |d| d.bytes(NFTA_DATA_VALUE, &vec![0; mask.len()]));
+                a.nested(4, |d| d.put(NFTA_DATA_VALUE, mask)); // NFTA_BITWISE_MASK
+                a.nested(5, |d| d.put(NFTA_DATA_VALUE, &vec![0; mask.len()]));
                 // _XOR
             }
             Self::CtState => {
@@ -254,10 +254,6 @@ impl Attrs<'_> {
         pad(self.buf);
     }
 
-    fn bytes(&mut self, kind: u16, data: &[u8]) {
-        self.put(kind, data);
-    }
-
     fn be32(&mut self, kind: u16, value: u32) {
         self.put(kind, &value.to_be_bytes());
     }
@@ -289,7 +285,7 @@ pub struct Batch {
     /// Where the last nf_tables message starts: the one that asks for an acknowledgement.
     last: Option<usize>,
     next_seq: u32,
-    /// What each acknowledged message does, by sequence number from the first one's.
+    /// What each nf_tables message does, in sequence order (for an error's one line).
     what: Vec<String>,
 }
 
@@ -391,8 +387,8 @@ impl Batch {
         );
     }
 
-    /// The batch's bytes, and what each acknowledged message does (in sequence order,
-    /// from the one after the batch's opening message).
+    /// The batch's bytes, and what each nf_tables message does (in sequence order, from the
+    /// one after the batch's opening message).
     ///
     /// Only the last message asks for an acknowledgement: the kernel answers a message that
     /// fails whether asked or not, and applies a batch whole or not at all, so one answer

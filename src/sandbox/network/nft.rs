@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use super::nfnetlink::{self, Base, Batch, Chain, CmpOp, Expr, Hook, MetaKey, Verdict};
 use super::pool::{POOL_BASE, POOL_PREFIX};
-use crate::vmm::{Cidr, ALWAYS_DENIED};
+use crate::vmm::{Cidr, EgressRule, ALWAYS_DENIED};
 
 /// How long the kernel may take to apply a ruleset: a guard against a hang, not a latency
 /// bound. Applying takes milliseconds on a quiet host, but CI measured more than 10 s with
@@ -57,14 +57,6 @@ pub enum NftError {
     Io(#[from] io::Error),
 }
 
-/// An allowed destination (`--egress-allow CIDR[:PORT[-PORT]]`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Allow {
-    pub net: Cidr,
-    /// TCP and UDP destination ports; `None`: any protocol, any port.
-    pub ports: Option<(u16, u16)>,
-}
-
 /// What the table enforces for one sandbox.
 #[derive(Debug, Clone)]
 pub struct Rules {
@@ -72,8 +64,9 @@ pub struct Rules {
     pub table: String,
     pub tap: String,
     pub guest: Ipv4Addr,
-    /// `None`: everything not always denied is allowed.
-    pub allow: Option<Vec<Allow>>,
+    /// `--egress-allow` (and the name servers on port 53); `None`: everything not always
+    /// denied is allowed.
+    pub allow: Option<Vec<EgressRule>>,
 }
 
 /// The table name for sandbox `id`.
@@ -154,10 +147,9 @@ impl RuleBuilder {
         self.interface(MetaKey::OifName, op, tap)
     }
 
+    /// `meta nfproto ipv4|ipv6`, said in words.
     fn nfproto(mut self, proto: u8) -> Self {
-        self.exprs.push(Expr::Meta(MetaKey::NfProto));
-        self.exprs.push(Expr::Cmp(CmpOp::Eq, vec![proto]));
-        self.ipv4 |= proto == libc::NFPROTO_IPV4 as u8;
+        self.nfproto_match(proto);
         let name = if proto == libc::NFPROTO_IPV4 as u8 {
             "ipv4"
         } else {
@@ -167,13 +159,17 @@ impl RuleBuilder {
         self
     }
 
+    /// The expressions of an nfproto match.
+    fn nfproto_match(&mut self, proto: u8) {
+        self.exprs.push(Expr::Meta(MetaKey::NfProto));
+        self.exprs.push(Expr::Cmp(CmpOp::Eq, vec![proto]));
+        self.ipv4 |= proto == libc::NFPROTO_IPV4 as u8;
+    }
+
     /// The IPv4 dependency without words: nft adds it itself before an `ip` match.
     fn ipv4_dependency(&mut self) {
         if !self.ipv4 {
-            self.exprs.push(Expr::Meta(MetaKey::NfProto));
-            self.exprs
-                .push(Expr::Cmp(CmpOp::Eq, vec![libc::NFPROTO_IPV4 as u8]));
-            self.ipv4 = true;
+            self.nfproto_match(libc::NFPROTO_IPV4 as u8);
         }
     }
 

@@ -2,7 +2,7 @@ use std::process::{Command, Stdio};
 
 use super::*;
 
-fn rules(allow: Option<Vec<Allow>>) -> Rules {
+fn rules(allow: Option<Vec<EgressRule>>) -> Rules {
     Rules {
         table: table_name("0123456789abcdef"),
         tap: "brig-01234567".into(),
@@ -11,17 +11,17 @@ fn rules(allow: Option<Vec<Allow>>) -> Rules {
     }
 }
 
-fn allow_list() -> Vec<Allow> {
+fn allow_list() -> Vec<EgressRule> {
     vec![
-        Allow {
+        EgressRule {
             net: "198.51.100.1/32".parse().unwrap(),
             ports: Some((8000, 8000)),
         },
-        Allow {
+        EgressRule {
             net: "192.0.2.0/24".parse().unwrap(),
             ports: Some((1000, 2000)),
         },
-        Allow {
+        EgressRule {
             net: "203.0.113.0/25".parse().unwrap(),
             ports: None,
         },

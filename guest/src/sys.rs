@@ -59,11 +59,9 @@ pub fn sync() {
 /// Flushes file systems and resets the VM (the kernel runs with `reboot=k`: the i8042
 /// reset line, which the VMM turns into "VM done"). Never returns.
 pub fn reboot() -> ! {
-    // SAFETY: sync and reboot take no pointers; reboot only returns on failure.
-    unsafe {
-        libc::sync();
-        libc::reboot(libc::RB_AUTOBOOT);
-    }
+    sync();
+    // SAFETY: reboot takes no pointers; it only returns on failure.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
     // Should the reboot fail, exiting pid 1 panics the kernel, which also ends the VM
     // (panic=-1).
     std::process::exit(1)

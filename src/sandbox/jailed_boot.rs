@@ -8,6 +8,7 @@
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+use super::agent::SessionEnd;
 use super::jail;
 use super::launch::{launch, Launch, LaunchError, LaunchIo};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
@@ -136,14 +137,19 @@ fn boot_bare(
         }
         eprintln!("  vm gone        {}", ms(Instant::now()));
     }
-    Ok(match ended {
-        None => Err(Failure::brig(format!(
-            "the guest did not end within --timeout {}s",
-            timeout.unwrap_or_default().as_secs_f64()
-        ))),
-        Some(ExitReason::Reset | ExitReason::Shutdown) if console.panic_line().is_none() => Ok(0),
-        Some(_) => Err(Failure::vm_died(&console, &reason)),
-    })
+    let end = match ended {
+        Some(ExitReason::Reset | ExitReason::Shutdown) if console.panic_line().is_none() => {
+            return Ok(Ok(0))
+        }
+        Some(_) => SessionEnd::VmEnded,
+        None => SessionEnd::TimedOut,
+    };
+    Ok(judge(
+        &end,
+        &console,
+        &reason,
+        timeout.map(TimeoutPolicy::GiveUp),
+    ))
 }
 
 /// The VMM process: never returns. `alive` is the write end of a pipe only the keeper reads

@@ -106,10 +106,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
 /// the setting (not a whole disk) keeps its own.
 fn set_read_ahead(device: &str, kb: u32) {
     if let Some(name) = device.strip_prefix("/dev/").filter(|n| !n.contains('/')) {
-        let _ = fs::write(
-            format!("/sys/block/{name}/queue/read_ahead_kb"),
-            kb.to_string(),
-        );
+        let _ = fs::write(format!("/sys/block/{name}/queue/read_ahead_kb"), kb.to_string());
     }
 }
 

@@ -17,11 +17,6 @@ use crate::sys::{check, cstr, mount};
 const LOWER: &str = "/run/brig/lower";
 const SCRATCH: &str = "/run/brig/scratch";
 const NEWROOT: &str = "/run/brig/root";
-/// Read-ahead for the image's disk, in KiB (the block layer's default is 128). Every read of
-/// the image is a round trip to the VMM (a notification, its thread, an interrupt), and
-/// starting a program reads its binary and libraries front to back: bigger reads mean fewer
-/// round trips. The image is read-only and compact (erofs), so little is read for nothing.
-const IMAGE_READ_AHEAD_KB: u32 = 1024;
 
 fn err(what: &str, e: io::Error) -> String {
     format!("{what}: {e}")
@@ -37,7 +32,6 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     } else {
         spec.fstype.as_str()
     };
-    set_read_ahead(&spec.device, IMAGE_READ_AHEAD_KB);
     mount(&spec.device, LOWER, fstype, libc::MS_RDONLY, "").map_err(|e| {
         err(
             &format!("mounting the image ({} as {fstype})", spec.device),
@@ -100,14 +94,6 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
             .map_err(|e| err("making the root read-only", e))?;
     }
     switch_root(NEWROOT)
-}
-
-/// Sets the read-ahead of block device `device` (`/dev/vda`) to `kb` KiB; a device without
-/// the setting (not a whole disk) keeps its own.
-fn set_read_ahead(device: &str, kb: u32) {
-    if let Some(name) = device.strip_prefix("/dev/").filter(|n| !n.contains('/')) {
-        let _ = fs::write(format!("/sys/block/{name}/queue/read_ahead_kb"), kb.to_string());
-    }
 }
 
 /// Writes the caller's small files into the root (before a read-only root is remounted

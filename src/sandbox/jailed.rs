@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::jail::{self, cgroup::Cgroup, Jail};
-use super::launch::{launch, Launch, LaunchIo, StartPath};
+use super::launch::{launch, CgroupJoin, Launch, LaunchIo, StartPath};
 use super::logs::{self, LogWriter};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
@@ -425,9 +425,10 @@ fn run_vmm(
     jail::close_inherited(&keep).map_err(|e| brig("closing inherited descriptors", e))?;
     // Its own /proc/self/pagemap, opened before the jail (which has no /proc).
     let checkpoint = checkpoint.map(|(memory, state)| vmm::SnapshotFiles::new(memory, state));
-    if let Some(c) = &cgroup {
-        c.join().map_err(|e| brig("joining its cgroup", e))?;
-    }
+    let joined = match &cgroup {
+        Some(c) => CgroupJoin::join(c, timings).map_err(|e| brig("joining its cgroup", e))?,
+        None => None,
+    };
     let console: Box<dyn Write + Send> = match mode {
         Mode::Foreground { console: true, .. } => Box::new(Tee(io::stderr(), console_file)),
         _ => Box::new(console_file),
@@ -472,6 +473,7 @@ fn run_vmm(
             if let Some(t) = template {
                 note_template(&mut outcome, t);
             }
+            outcome.cgroup_joined = joined;
             if let Some(t0) = timings {
                 outcome.print_timings(t0);
             }

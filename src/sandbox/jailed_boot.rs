@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::agent::SessionEnd;
 use super::jail;
-use super::launch::{launch, Launch, LaunchError, LaunchIo};
+use super::launch::{launch, CgroupJoin, Launch, LaunchError, LaunchIo};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
@@ -89,9 +89,19 @@ pub fn boot_here(
     runtime: &RuntimeDir,
     timings: Option<Instant>,
 ) -> Result<Result<i32, Failure>, LaunchError> {
+    boot_joined(spec, runtime, timings, None)
+}
+
+/// [`boot_here`] in a VMM that joined its cgroup as `joined` says (for `--timings`).
+fn boot_joined(
+    spec: BootSpec,
+    runtime: &RuntimeDir,
+    timings: Option<Instant>,
+    joined: Option<CgroupJoin>,
+) -> Result<Result<i32, Failure>, LaunchError> {
     let spec = match spec {
         BootSpec::Agent(launch) => *launch,
-        BootSpec::Bare { vm, timeout } => return boot_bare(*vm, timeout, timings),
+        BootSpec::Bare { vm, timeout } => return boot_bare(*vm, timeout, timings, joined),
     };
     let timeout = spec.timeout;
     let (mut out, mut err) = (io::stdout(), io::stderr());
@@ -103,7 +113,8 @@ pub fn boot_here(
         on_workload_started: &mut || {},
         before_run: &mut || Ok(()),
     };
-    let outcome = launch(spec, runtime, io)?;
+    let mut outcome = launch(spec, runtime, io)?;
+    outcome.cgroup_joined = joined;
     if let Some(t0) = timings {
         outcome.print_timings(t0);
     }
@@ -121,6 +132,7 @@ fn boot_bare(
     vm: VmConfig,
     timeout: Option<Duration>,
     timings: Option<Instant>,
+    joined: Option<CgroupJoin>,
 ) -> Result<Result<i32, Failure>, LaunchError> {
     let console = vm.console.clone();
     let vm = crate::vmm::start(vm).map_err(|e| LaunchError::Vm(e.into()))?;
@@ -131,6 +143,9 @@ fn boot_bare(
     if let Some(t0) = timings {
         let ms = |t: Instant| format!("{:8.1} ms", (t - t0).as_secs_f64() * 1000.0);
         eprintln!("brig timings (host clock since brig started):");
+        if let Some(j) = joined {
+            j.print_timing(t0);
+        }
         eprintln!("  vmm ready      {}", ms(ready));
         if let Some(entry) = entry {
             eprintln!("  kernel entry   {}", ms(entry));
@@ -166,12 +181,13 @@ fn vmm(
     let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
     let result = (|| {
         jail::close_inherited(&[alive.as_raw_fd()])?;
-        if let Some(c) = cgroup {
-            c.join()?;
-        }
+        let joined = match cgroup {
+            Some(c) => CgroupJoin::join(c, timings)?,
+            None => None,
+        };
         let events = alive.as_raw_fd();
         crate::vmm::confine_next_vm(Box::new(move || jail::enter(&jail, events)));
-        boot_here(spec, runtime, timings).map_err(io::Error::other)
+        boot_joined(spec, runtime, timings, joined).map_err(io::Error::other)
     })();
     let code = match result {
         Ok(Ok(code)) => code,

@@ -106,7 +106,50 @@ pub struct Outcome {
     pub path: StartPath,
     /// When the template was found or made (template runs).
     pub template_ready: Option<Instant>,
+    /// When the jailed VMM had joined its cgroup, how long that took, and whether the host's
+    /// cgroup2 is mounted with `favordynmods` (set by the jailed caller).
+    pub cgroup_joined: Option<CgroupJoin>,
     pub vm_gone: Instant,
+}
+
+/// A jailed VMM's move into its cgroup, for `--timings`.
+#[derive(Debug, Clone, Copy)]
+pub struct CgroupJoin {
+    pub done: Instant,
+    pub took: Duration,
+    /// The cgroup2 mount has `favordynmods` (migrations then skip an RCU grace period).
+    pub favordynmods: bool,
+}
+
+impl CgroupJoin {
+    /// Its `--timings` line, relative to `t0` (brig's start).
+    pub fn print_timing(&self, t0: Instant) {
+        let why = if self.favordynmods {
+            ""
+        } else {
+            ", an RCU grace period: cgroup2 is mounted without favordynmods"
+        };
+        eprintln!(
+            "  cgroup joined  {}  (took {:.1} ms{why})",
+            ms(self.done - t0),
+            self.took.as_secs_f64() * 1000.0
+        );
+    }
+
+    /// Joins `cgroup`, timed when `timings` asks for the phases.
+    pub fn join(
+        cgroup: &super::jail::cgroup::Cgroup,
+        timings: Option<Instant>,
+    ) -> std::io::Result<Option<Self>> {
+        let t = Instant::now();
+        cgroup.join()?;
+        let done = Instant::now();
+        Ok(timings.map(|_| Self {
+            done,
+            took: done - t,
+            favordynmods: super::jail::cgroup::favors_dynmods(),
+        }))
+    }
 }
 
 /// A launch that failed before the workload could run.
@@ -228,6 +271,7 @@ pub fn launch(
         times,
         vmm_ready,
         prefaulted,
+        cgroup_joined: None,
         kernel_entry,
         restored,
         path,
@@ -331,6 +375,9 @@ impl Outcome {
         eprintln!("  path           {path}");
         if let Some(t) = self.template_ready {
             eprintln!("  template ready {}", ms(t - t0));
+        }
+        if let Some(j) = self.cgroup_joined {
+            j.print_timing(t0);
         }
         if self.restored {
             let ahead = match self.prefaulted {

@@ -112,6 +112,25 @@ impl Cgroup {
     }
 }
 
+/// Whether the cgroup2 hierarchy is mounted with `favordynmods`: without it, moving a process
+/// between cgroups (a `cgroup.procs` write) waits for an RCU grace period (8-24 ms measured on
+/// the development machine; 0.4 ms with it), at the cost of slightly slower forks and exits.
+pub fn favors_dynmods() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| favordynmods_in(&m))
+}
+
+/// Whether `mounts` (as /proc/self/mounts lists them) has cgroup2 at [`MOUNT`] with
+/// `favordynmods`.
+fn favordynmods_in(mounts: &str) -> bool {
+    mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3
+            && f[1] == MOUNT
+            && f[2] == "cgroup2"
+            && f[3].split(',').any(|o| o == "favordynmods")
+    })
+}
+
 /// Removes sandbox `short_id`'s VMM cgroup if it is left (its keeper was killed).
 pub fn remove_stale(short_id: &str) {
     let _ = std::fs::remove_dir(path_of(short_id));
@@ -129,5 +148,17 @@ mod tests {
         assert!(!is_brigs("/user.slice/brig/x"));
         assert!(!is_brigs("/brigs/x"));
         assert_eq!(path_of("abc"), Path::new("/sys/fs/cgroup/brig/abc"));
+    }
+
+    #[test]
+    fn favordynmods_is_read_from_the_cgroup2_mount_only() {
+        let plain =
+            "proc /proc proc rw 0 0\ncgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,relatime 0 0\n";
+        let favoured = "cgroup2 /sys/fs/cgroup cgroup2 rw,relatime,favordynmods 0 0\n";
+        let elsewhere = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,favordynmods 0 0\n";
+        assert!(!favordynmods_in(plain));
+        assert!(favordynmods_in(favoured));
+        assert!(!favordynmods_in(elsewhere));
+        assert!(!favordynmods_in(""));
     }
 }

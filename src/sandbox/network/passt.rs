@@ -31,6 +31,10 @@ use crate::vmm::PasstBackend;
 pub const PASST: &str = "passt";
 /// The fd passt finds its socket on.
 const PASST_FD: i32 = 3;
+/// The fd of the pipe passt writes its PID file into (`-P /proc/self/fd/4`).
+const PASST_READY_FD: i32 = 4;
+/// How long passt may take to set itself up (its forwards bound, its socket taken).
+const PASST_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Starting passt failed.
 #[derive(Debug, thiserror::Error)]
@@ -107,9 +111,15 @@ fn start(
     // passt writes the guest's frames into its end: a large buffer spares it dropping them
     // while the guest catches up (as libkrun sizes its own end). Best effort.
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&passt_end, 16 << 20);
+    // passt writes its PID file once it has set itself up (its forwards bound), in the
+    // foreground too, and exits before that when it cannot: a pipe as that file says which,
+    // as soon as it is known, where waiting for passt to stay up would cost a fixed delay.
+    let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| PasstError::Socket(e.into()))?;
     let mut cmd = Command::new(PASST);
     cmd.args(["-f", "-e", "-q", "-4", "--no-dhcp", "--no-ndp", "--no-ra"])
         .args(["-F", &PASST_FD.to_string()])
+        .args(["-P", &format!("/proc/self/fd/{PASST_READY_FD}")])
         .args(["-a", &guest.to_string(), "-n", &prefix.to_string()])
         .args(["-g", &gateway.to_string(), "-m", &mtu.to_string()]);
     for p in ports {
@@ -119,7 +129,7 @@ fn start(
         };
         cmd.args([flag, &forward_spec(p)]);
     }
-    let raw = passt_end.as_raw_fd();
+    let (raw, ready_raw) = (passt_end.as_raw_fd(), ready_write.as_raw_fd());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -127,8 +137,10 @@ fn start(
     // SAFETY: between fork and exec only async-signal-safe calls: dup2 and prctl.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, PASST_FD) < 0 {
-                return Err(io::Error::last_os_error());
+            for (from, to) in [(raw, PASST_FD), (ready_raw, PASST_READY_FD)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
             }
             // The VMM's end closing ends passt too; this covers a passt stuck elsewhere.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
@@ -138,27 +150,58 @@ fn start(
         });
     }
     let mut child = cmd.spawn().map_err(PasstError::Spawn)?;
-    drop(passt_end);
-    // passt binds its forwards and opens its socket at start: one that fails, exits at once.
-    let deadline = Instant::now() + Duration::from_millis(300);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            let mut err = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                let _ = e.read_to_string(&mut err);
-            }
-            // passt also complains when it has no syslog to log to: not the reason.
-            let line = err
-                .lines()
-                .rfind(|l| !l.trim().is_empty() && !l.contains("to syslog"))
-                .unwrap_or("no message")
-                .to_string();
-            return Err(PasstError::Exited(format!("{status}: {line}")));
+    drop((passt_end, ready_write));
+    if let Err(why) = wait_ready(ready_read) {
+        let _ = child.kill();
+        let status = child
+            .wait()
+            .map_or_else(|e| e.to_string(), |s| s.to_string());
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // passt also complains when it has no syslog to log to: not the reason.
+        let line = err
+            .lines()
+            .rfind(|l| !l.trim().is_empty() && !l.contains("to syslog"))
+            .map_or(why, str::to_string);
+        return Err(PasstError::Exited(format!("{status}: {line}")));
     }
     drop(child.stderr.take());
     Ok((Passt { child }, vmm_end))
+}
+
+/// Waits for passt's PID file, written into the pipe `ready` once passt is set up: `Err`
+/// with why not when passt ended first (the pipe's end) or took too long.
+fn wait_ready(ready: OwnedFd) -> Result<(), String> {
+    use rustix::event::{poll, PollFd, PollFlags};
+    let deadline = Instant::now() + PASST_START_TIMEOUT;
+    let mut said = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("not set up within {PASST_START_TIMEOUT:?}"));
+        }
+        let timeout = rustix::time::Timespec::try_from(left).ok();
+        let mut fds = [PollFd::new(&ready, PollFlags::IN)];
+        match poll(&mut fds, timeout.as_ref()) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(format!("waiting for it: {e}")),
+        }
+        let mut buf = [0u8; 32];
+        match rustix::io::read(&ready, &mut buf) {
+            Ok(0) => return Err("no message".into()),
+            Ok(n) => {
+                said.extend_from_slice(&buf[..n]);
+                if said.contains(&b'\n') {
+                    return Ok(());
+                }
+            }
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+            Err(e) => return Err(format!("reading its PID file: {e}")),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -175,5 +218,32 @@ mod tests {
         };
         assert_eq!(forward_spec(&p("0.0.0.0", 8080, 80)), "8080:80");
         assert_eq!(forward_spec(&p("127.0.0.1", 8081, 80)), "127.0.0.1/8081:80");
+    }
+
+    #[test]
+    fn readiness_is_the_pid_line_and_an_early_end_is_not() {
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        // The PID file written in two pieces, as a slow writer might, by a writer that
+        // keeps the pipe open (as passt does) until the wait is over: the line is enough.
+        let (r, w) = pipe();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            rustix::io::write(&w, b"12").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            rustix::io::write(&w, b"34\n").unwrap();
+            let _ = done_rx.recv();
+        });
+        assert_eq!(wait_ready(r), Ok(()));
+        done_tx.send(()).unwrap();
+        writer.join().unwrap();
+        // passt exited before writing it: the pipe ends.
+        let (r, w) = pipe();
+        drop(w);
+        assert_eq!(wait_ready(r), Err("no message".to_string()));
+        // It wrote part of a line and exited.
+        let (r, w) = pipe();
+        rustix::io::write(&w, b"99").unwrap();
+        drop(w);
+        assert_eq!(wait_ready(r), Err("no message".to_string()));
     }
 }

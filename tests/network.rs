@@ -52,6 +52,7 @@ fn setup() {
         {ext}
         mkdir -p /run/brig-net-www
         echo ext-hello > /run/brig-net-www/index.html
+        head -c 4194304 /dev/urandom > /run/brig-net-www/big.bin
         for port in 8000 9000; do
             ip netns exec ext busybox httpd -p $port -h /run/brig-net-www
         done
@@ -597,13 +598,35 @@ fn rootless_bridge_works_through_passt() -> Result<(), String> {
     ];
     // passt maps the gateway to the host's loopback: the VMM's filter must keep the guest
     // off it.
+    // Then 4 MiB from ext: passt's frames towards the guest are up to its link MTU (65520)
+    // long, each filling one of the guest's receive buffers.
     let script = format!(
-        "wget -q -O - http://{EXT}:8001/; {} set -- $(ip route show default); {}",
+        "wget -q -O - http://{EXT}:8001/; {} set -- $(ip route show default); {}
+        echo MTU $(cat /sys/class/net/eth0/mtu)
+        echo SUM $(wget -q -O - http://{EXT}:8000/big.bin | md5sum)",
         probe_script(&targets),
         probe_script(&[format!("$3:{HOST_PORT}")])
     );
     let out = r.brig(&["run", "--rm", "--timeout", "600", "bb", "sh", "-c", &script]);
     check(out.status.success(), "rootless run", &out)?;
+    check(
+        stdout(&out).lines().any(|l| l == "MTU 65520"),
+        "the rootless link has passt's MTU",
+        &out,
+    )?;
+    let want = Command::new("md5sum")
+        .arg("/run/brig-net-www/big.bin")
+        .output()
+        .map_err(|e| format!("md5sum: {e}"))?;
+    let want = String::from_utf8_lossy(&want.stdout);
+    let want = want.split_whitespace().next().unwrap_or("?");
+    check(
+        stdout(&out)
+            .lines()
+            .any(|l| l.starts_with(&format!("SUM {want} "))),
+        "4 MiB from ext arrive whole through passt",
+        &out,
+    )?;
     check(
         stdout(&out).lines().next() == Some(UPLINK),
         "ext sees the host's address (passt's own sockets)",

@@ -33,7 +33,7 @@ pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
         .map(|p| p.bound().to_vec())
         .unwrap_or_default();
     let interface = tap.name().to_string();
-    let mut net = plan.finish(Box::new(tap), "tap", &interface, ports);
+    let mut net = plan.finish(Box::new(tap), ("tap", &interface, super::MTU), ports);
     net.proxy = proxy;
     net.table = Some(table);
     Ok(net)

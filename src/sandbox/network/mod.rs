@@ -35,6 +35,13 @@ use ports::{BoundPort, PortMapping};
 
 /// The MTU of a sandbox's link.
 pub const MTU: u16 = 1500;
+/// The MTU of a rootless sandbox's link to passt: passt's own default, and podman's with
+/// pasta. passt ends the guest's TCP in host sockets, so the link's MTU is not the path's:
+/// a larger one only makes passt's frames towards the guest larger, each filling the 64 KiB
+/// receive buffer a guest with TCP segmentation offload posts instead of 1.5 KiB of it (with
+/// 1500, a ring of 256 descriptors held 15 frames, 22 KiB, and passt's burst overran its
+/// socket).
+pub const PASST_MTU: u16 = 65520;
 
 /// `--network`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,36 +377,36 @@ impl Plan<'_> {
         }
     }
 
-    fn spec(&self) -> NetworkSpec {
+    fn spec(&self, mtu: u16) -> NetworkSpec {
         let link = self.lease.link;
         NetworkSpec {
             address: link.guest.to_string(),
             prefix_len: pool::LINK_PREFIX,
             gateway: link.host.to_string(),
-            mtu: MTU,
+            mtu,
             mac: String::new(),
             resolv_conf: self.resolv_conf.clone(),
             hosts: self.hosts.clone(),
         }
     }
 
-    /// The sandbox's network over `backend` (named `kind`, its host side `interface`), with
-    /// the published `ports`; the caller adds what must live as long (proxy, table, passt).
+    /// The sandbox's network over `backend` (named `kind`, its host side `interface`, its
+    /// link's `mtu`), with the published `ports`; the caller adds what must live as long
+    /// (proxy, table, passt).
     fn finish(
         self,
         backend: Box<dyn NetBackend>,
-        kind: &str,
-        interface: &str,
+        (kind, interface, mtu): (&str, &str, u16),
         ports: Vec<BoundPort>,
     ) -> SandboxNetwork {
         let device = NetDeviceConfig {
             egress: Some(self.egress_policy()),
             backend,
             mac: self.mac,
-            mtu: MTU,
+            mtu,
         };
         SandboxNetwork {
-            spec: self.spec(),
+            spec: self.spec(mtu),
             state: self.state(kind, interface, ports),
             device: Some(device),
             proxy: None,

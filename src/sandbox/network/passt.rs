@@ -24,7 +24,7 @@ use std::os::unix::net::UnixStream;
 
 use super::pool::LINK_PREFIX;
 use super::ports::{BoundPort, PortMapping, Proto};
-use super::{NetworkError, Plan, SandboxNetwork, MTU};
+use super::{NetworkError, Plan, SandboxNetwork, PASST_MTU};
 use crate::vmm::PasstBackend;
 
 /// The passt binary.
@@ -75,9 +75,9 @@ fn forward_spec(p: &BoundPort) -> String {
 pub(super) fn setup(plan: Plan<'_>) -> Result<SandboxNetwork, NetworkError> {
     let link = plan.lease.link;
     let ports = reserve_ports(&plan.opts.publish)?;
-    let (passt, sock) = start(link.guest, LINK_PREFIX, link.host, MTU, &ports)?;
+    let (passt, sock) = start(link.guest, LINK_PREFIX, link.host, PASST_MTU, &ports)?;
     let backend = PasstBackend::new(UnixStream::from(sock))?;
-    let mut net = plan.finish(Box::new(backend), "passt", "passt", ports);
+    let mut net = plan.finish(Box::new(backend), ("passt", "passt", PASST_MTU), ports);
     net.passt = Some(passt);
     Ok(net)
 }

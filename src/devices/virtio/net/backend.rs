@@ -28,6 +28,15 @@ pub trait Backend: AsRawFd + Debug + Send {
     /// retries; a stream that lost its framing cannot find it again).
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
 
+    /// Takes what waits on the fd into the backend's own buffer, without handing anything
+    /// out: the device calls it when the guest has no RX buffer, for a backend whose peer
+    /// must not find its way full (passt). Frames taken stay for [`Backend::read_frame`],
+    /// which hands them out before it reads the fd again; errors are for it to report. A
+    /// backend whose peer keeps its own queue (a TAP) has nothing to do: the default.
+    fn prefetch(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Takes one frame, header included. `Ok` means the frame is the backend's: written
     /// whole, or (a stream) partly written with the rest kept, to go out before any later
     /// frame, through [`Backend::flush`] or the next `write_frame`.

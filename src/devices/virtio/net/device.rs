@@ -297,6 +297,10 @@ impl Net {
                     rechecked = true;
                     continue;
                 }
+                // The frames wait, but off the backend's fd when it keeps them itself.
+                if let Err(err) = backend.prefetch() {
+                    tracing::debug!("virtio-net: reading ahead: {err}");
+                }
                 break;
             };
             rechecked = false;

@@ -16,6 +16,16 @@
 //! frame (`UnexpectedEof`); the device takes both as fatal and stops reading. A clean end
 //! of the stream (passt exited) reads as `Ok(0)`, nothing to read.
 //!
+//! # Reading ahead
+//! passt's sends to a full socket fail, and the socket's size is the user's to choose only
+//! up to `net.core.wmem_max` (208 KiB by default): a guest slower than passt's burst then
+//! loses frames, which Debian 12's passt sends again only after its ACK timeout, seconds
+//! later (measured in the nested VM: 14-28 Mb/s towards the guest; 244 Mb/s with
+//! `wmem_max` raised to 16 MiB). So when the guest has no buffer, the device has the
+//! backend take what passt sent off the socket anyway ([`Backend::prefetch`]), into the
+//! reassembly buffer, which grows for it up to [`RX_QUEUE_MAX`] (the guest's receive window
+//! bounds what passt has in flight towards it).
+//!
 //! # Writing
 //! [`Passt::write_frame`] strips the header and sends the length and the frame in one
 //! `sendmsg` (MSG_NOSIGNAL: a dead passt is EPIPE, not SIGPIPE). A frame is never cut,
@@ -54,9 +64,12 @@ pub const PASST_MAX_FRAME_LEN: usize = 65535;
 const SNDBUF: usize = 16 << 20;
 /// The most one frame takes on the wire.
 const SLOT: usize = LEN_PREFIX + MAX_FRAME_LEN;
-/// The reassembly buffer: two slots, so that the partial frame at its start is moved back
-/// at most once per slot read.
+/// The reassembly buffer to begin with: two slots, so that the partial frame at its start
+/// is moved back at most once per slot read.
 const RX_BUF_LEN: usize = 2 * SLOT;
+/// The most [`Backend::prefetch`] takes off the socket ahead of the guest: the largest
+/// receive window a Linux guest advertises by default (`tcp_rmem`'s 6 MiB) and some.
+pub const RX_QUEUE_MAX: usize = 8 << 20;
 
 /// Taking the passt socket failed.
 #[derive(Debug, thiserror::Error)]
@@ -97,8 +110,8 @@ impl Broken {
 pub struct Passt {
     sock: UnixStream,
     /// Bytes read and not handed out yet: `rx[rx_start..rx_end]`, whole frames and at most
-    /// one partial one.
-    rx: Box<[u8]>,
+    /// one partial one. [`RX_BUF_LEN`] long, and longer once reading ahead needed more.
+    rx: Vec<u8>,
     rx_start: usize,
     rx_end: usize,
     /// Set once reading can no longer go on.
@@ -135,7 +148,7 @@ impl Passt {
     fn over(sock: UnixStream) -> Self {
         Self {
             sock,
-            rx: vec![0; RX_BUF_LEN].into_boxed_slice(),
+            rx: vec![0; RX_BUF_LEN],
             rx_start: 0,
             rx_end: 0,
             broken: None,
@@ -188,6 +201,28 @@ impl Passt {
         }
     }
 
+    /// Makes room at the end of the buffer for reading ahead, as long as less than
+    /// [`RX_QUEUE_MAX`] is buffered: moves the buffered bytes to its start when that frees
+    /// half of it, else grows it. False when there is to be no more reading ahead.
+    fn room_ahead(&mut self) -> bool {
+        let buffered = self.rx_end - self.rx_start;
+        if buffered >= RX_QUEUE_MAX {
+            return false;
+        }
+        if self.rx_end < self.rx.len() {
+            return true;
+        }
+        if self.rx_start >= self.rx.len() / 2 {
+            self.rx.copy_within(self.rx_start..self.rx_end, 0);
+            self.rx_end = buffered;
+            self.rx_start = 0;
+        } else {
+            let len = (self.rx.len() * 2).min(RX_QUEUE_MAX + SLOT);
+            self.rx.resize(len, 0);
+        }
+        self.rx_end < self.rx.len()
+    }
+
     /// One `sendmsg` of `iov`, retried on EINTR. `Ok(0)` never comes back: a send that
     /// takes nothing is `WouldBlock`.
     fn send(&self, iov: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -201,6 +236,12 @@ impl Passt {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+
+    /// Bytes read off the socket and not handed out yet.
+    #[cfg(test)]
+    pub fn rx_buffered(&self) -> usize {
+        self.rx_end - self.rx_start
     }
 
     /// Bytes of a frame taken but not yet sent.
@@ -251,6 +292,20 @@ impl Backend for Passt {
                 Err(err) => return Err(err),
             }
         }
+    }
+
+    fn prefetch(&mut self) -> io::Result<()> {
+        while self.broken.is_none() && self.room_ahead() {
+            match self.sock.read(&mut self.rx[self.rx_end..]) {
+                // The end of the stream: `read_frame` says so once the guest gets there.
+                Ok(0) => return Ok(()),
+                Ok(n) => self.rx_end += n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
     }
 
     fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {

@@ -14,7 +14,7 @@ use rustix::event::{poll, PollFd, PollFlags};
 use vm_memory::{Bytes, GuestAddress};
 
 use super::event_tests::{wire_up, Wired};
-use super::passt::{Passt, PasstError, PASST_MAX_FRAME_LEN};
+use super::passt::{Passt, PasstError, PASST_MAX_FRAME_LEN, RX_QUEUE_MAX};
 use super::tests::{frame, DATA};
 use super::{Backend, Net, NetConfig, MAX_BUFFER_LEN, MAX_FRAME_LEN, VNET_HDR_LEN};
 use crate::devices::virtio::test_utils::{activate, guest_memory, GuestQueue};
@@ -297,6 +297,91 @@ fn a_partial_write_is_finished_and_no_frame_is_cut() {
     assert_eq!(got, expect);
 }
 
+/// Writes `frames` to `peer` without blocking until the socket is full; how many went.
+fn fill(peer: &mut UnixStream, frames: &[Vec<u8>]) -> usize {
+    peer.set_nonblocking(true).unwrap();
+    let mut sent = 0;
+    for f in frames {
+        let w = wire(f);
+        match peer.write(&w) {
+            Ok(n) if n == w.len() => sent += 1,
+            Ok(n) => {
+                // Part of a frame went: the rest must follow, or the stream is out of step.
+                peer.set_nonblocking(false).unwrap();
+                peer.write_all(&w[n..]).unwrap();
+                sent += 1;
+                break;
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err) => panic!("{err}"),
+        }
+    }
+    peer.set_nonblocking(false).unwrap();
+    sent
+}
+
+#[test]
+fn reading_ahead_empties_the_socket_and_keeps_the_frames_in_order() {
+    let (mut p, mut peer) = pair();
+    let frames: Vec<Vec<u8>> = (0..4000u32)
+        .map(|i| eth(1514, i.to_le_bytes()[0]))
+        .collect();
+    let first = fill(&mut peer, &frames);
+    assert!(first < frames.len(), "the socket filled up");
+    p.prefetch().unwrap();
+    // The socket has room again: passt's next sends succeed.
+    let more = fill(&mut peer, &frames[first..]);
+    assert!(more > 0, "room after reading ahead");
+    for (i, f) in frames[..first + more].iter().enumerate() {
+        assert_eq!(read(&mut p).unwrap(), as_read(f), "frame {i}");
+    }
+    assert_eq!(kind(read(&mut p)), io::ErrorKind::WouldBlock);
+}
+
+#[test]
+fn reading_ahead_stops_at_its_limit_and_everything_still_arrives() {
+    let (mut p, peer) = pair();
+    // More than the limit, from a writer that blocks when the socket is full.
+    let frames: Vec<Vec<u8>> = (0..200u8).map(|i| eth(60_000, i)).collect();
+    let total: usize = frames.iter().map(|f| f.len() + 4).sum();
+    assert!(total > RX_QUEUE_MAX + (1 << 20));
+    let sent = frames.clone();
+    let writer = thread::spawn(move || {
+        let mut peer = peer;
+        for f in &sent {
+            peer.write_all(&wire(f)).unwrap();
+        }
+        peer
+    });
+    // Read ahead until nothing more comes in: at the limit, with the writer blocked.
+    let mut last = usize::MAX;
+    loop {
+        p.prefetch().unwrap();
+        let now = p.rx_buffered();
+        if now == last && now >= RX_QUEUE_MAX {
+            break;
+        }
+        last = now;
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(last < RX_QUEUE_MAX + MAX_FRAME_LEN + 4, "{last} buffered");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for (i, f) in frames.iter().enumerate() {
+        let got = loop {
+            match read(&mut p) {
+                Ok(got) => break got,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(std::time::Instant::now() < deadline, "frame {i} never came");
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(err) => panic!("frame {i}: {err}"),
+            }
+        };
+        assert_eq!(got, as_read(f), "frame {i}");
+    }
+    drop(writer.join().unwrap());
+}
+
 #[test]
 fn under_the_device_a_frame_each_way() {
     let mem = guest_memory();
@@ -328,6 +413,28 @@ fn under_the_device_a_frame_each_way() {
     let stats = dev.stats();
     assert_eq!((stats.tx_frames, stats.tx_bytes), (1, 1000));
     assert_eq!((stats.rx_frames, stats.rx_bytes), (1, 700));
+}
+
+#[test]
+fn under_the_device_frames_without_a_guest_buffer_leave_the_socket() {
+    let mem = guest_memory();
+    let rxq = GuestQueue::new(&mem, 0x1_0000, 16);
+    let txq = GuestQueue::new(&mem, 0x2_0000, 16);
+    let (ours, mut peer) = UnixStream::pair().unwrap();
+    let mut dev = Net::new(NetConfig::default(), Box::new(Passt::new(ours).unwrap())).unwrap();
+    activate(&mut dev, &[&rxq, &txq]);
+    let frames: Vec<Vec<u8>> = (0..4000u32)
+        .map(|i| eth(1514, i.to_le_bytes()[0]))
+        .collect();
+    let first = fill(&mut peer, &frames);
+    assert!(first < frames.len(), "the socket filled up");
+    // The guest posted no buffer: the frames wait in the backend, not in passt's way.
+    dev.process_backend(EventSet::IN);
+    assert!(
+        fill(&mut peer, &frames[first..]) > 0,
+        "room after the device looked"
+    );
+    assert_eq!(dev.stats().rx_frames, 0);
 }
 
 #[test]

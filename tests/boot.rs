@@ -184,6 +184,17 @@ fn timings_name_every_phase() -> Result<(), String> {
             &out,
         )?;
     }
+    // The jailed VMM's move into its cgroup, where brig makes one (cgroup v2 with the memory
+    // controller, as root).
+    let cgroups = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if cgroups.split_whitespace().any(|c| c == "memory") && rustix::process::geteuid().is_root() {
+        check(
+            err.lines()
+                .any(|l| l.trim_start().starts_with("cgroup joined") && l.contains("(took ")),
+            "--timings shows when the VMM joined its cgroup and how long it took",
+            &out,
+        )?;
+    }
     Ok(())
 }
 

@@ -116,6 +116,29 @@ def is_static(path):
     return all(struct.unpack_from("<I", phdrs, i * phentsize)[0] != 3 for i in range(phnum))
 
 
+def shared_libraries(binary):
+    """The shared libraries `binary` loads, its dynamic loader included, as the absolute paths
+    `ldd` names them; [] for a static binary. A library ldd cannot find is an error."""
+    if is_static(binary):
+        return []
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise BenchError(f"ldd {binary} failed: {out.stderr.strip() or out.stdout.strip()}")
+    libs = []
+    for line in out.stdout.splitlines():
+        words = line.split()
+        if "=>" in words:  # libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)
+            path = words[words.index("=>") + 1]
+        elif words and words[0].startswith("/"):  # /lib64/ld-linux-x86-64.so.2 (0x...)
+            path = words[0]
+        else:  # linux-vdso.so.1, which the kernel provides
+            continue
+        if not path.startswith("/"):
+            raise BenchError(f"ldd {binary}: {line.strip()}")
+        libs.append(path)
+    return libs
+
+
 def need_static_busybox():
     if not os.path.exists("/bin/busybox") or not is_static("/bin/busybox"):
         raise BenchError("/bin/busybox must be static (apt-get install busybox-static)")

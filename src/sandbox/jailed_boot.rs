@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::agent::SessionEnd;
 use super::jail;
-use super::launch::{launch, CgroupJoin, Launch, LaunchError, LaunchIo};
+use super::launch::{launch, ms, CgroupJoin, Launch, LaunchError, LaunchIo};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
@@ -141,16 +141,15 @@ fn boot_bare(
     let (ready, entry) = (vm.ready_at(), vm.kernel_entry());
     let reason = vm.shutdown();
     if let Some(t0) = timings {
-        let ms = |t: Instant| format!("{:8.1} ms", (t - t0).as_secs_f64() * 1000.0);
         eprintln!("brig timings (host clock since brig started):");
         if let Some(j) = joined {
             j.print_timing(t0);
         }
-        eprintln!("  vmm ready      {}", ms(ready));
+        eprintln!("  vmm ready      {}", ms(ready - t0));
         if let Some(entry) = entry {
-            eprintln!("  kernel entry   {}", ms(entry));
+            eprintln!("  kernel entry   {}", ms(entry - t0));
         }
-        eprintln!("  vm gone        {}", ms(Instant::now()));
+        eprintln!("  vm gone        {}", ms(t0.elapsed()));
     }
     let end = match ended {
         Some(ExitReason::Reset | ExitReason::Shutdown) if console.panic_line().is_none() => {

@@ -354,7 +354,8 @@ fn start_template(
     }
 }
 
-fn ms(d: Duration) -> String {
+/// A phase's time for `--timings`, right-aligned in one column.
+pub(super) fn ms(d: Duration) -> String {
     format!("{:>9.1} ms", d.as_secs_f64() * 1000.0)
 }
 

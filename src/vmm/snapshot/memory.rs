@@ -2,10 +2,22 @@
 //! pages left as holes), and mapped back copy-on-write (`MAP_PRIVATE`): pages load from the
 //! page cache on first touch, shared by every VM restored from the same file, and the guest's
 //! writes go to private copies, never to the file.
+//!
+//! Except the holes: a long run of all-zero pages (memory the guest had not used when it was
+//! saved, most of a fresh template's RAM) is mapped as anonymous memory instead, the same
+//! memory a cold-booted VM gets. Left file-backed, each page of it the guest first writes
+//! costs a page-cache lookup (on tmpfs, a page allocated for the hole) and a 4 KiB copy, and
+//! never a transparent huge page: writing 64 MiB in a restored guest took 3.0-3.5 s against
+//! 0.35-0.41 s cold-booted (nested KVM, host THP `always`).
 
+use std::ffi::c_void;
 use std::fs::File;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::ptr::null_mut;
 use std::sync::Arc;
+
+use rustix::mm;
 
 use serde::{Deserialize, Serialize};
 use vm_memory::mmap::MmapRegionBuilder;
@@ -20,6 +32,9 @@ use super::SnapshotError;
 const CHUNK: usize = 1 << 20;
 /// The unit of holes in the memory file.
 const PAGE: usize = 4096;
+/// Holes at least this long are mapped anonymous (see the module comment): one huge page, so
+/// that every such mapping can hold one; shorter ones are not worth a mapping of their own.
+const ANON_HOLE_MIN: u64 = 2 << 20;
 
 /// Where one guest RAM region lives in the memory file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,7 +139,150 @@ fn write_nonzero(file: &File, data: &[u8], at: u64) -> Result<(), SnapshotError>
     Ok(())
 }
 
-/// Maps `file` as guest memory with `layout`, copy-on-write.
+/// The runs of holes at least `min` bytes long in `file` between `start` and `end`, as
+/// page-aligned `(from, to)` offsets. A file system that cannot tell holes has none.
+fn holes(file: &File, start: u64, end: u64, min: u64) -> Vec<(u64, u64)> {
+    use rustix::fs::{seek, SeekFrom};
+    let page = PAGE as u64;
+    let mut out = Vec::new();
+    let mut at = start;
+    while at < end {
+        let Ok(hole) = seek(file, SeekFrom::Hole(at)) else {
+            break;
+        };
+        if hole >= end {
+            break;
+        }
+        let data = match seek(file, SeekFrom::Data(hole)) {
+            Ok(data) => data.min(end),
+            // No data from `hole` to the end of the file.
+            Err(rustix::io::Errno::NXIO) => end,
+            Err(_) => break,
+        };
+        let (from, to) = (hole.next_multiple_of(page), data / page * page);
+        if to > from && to - from >= min {
+            out.push((from, to));
+        }
+        at = data.max(hole + 1);
+    }
+    out
+}
+
+/// Huge page size. Guest RAM is mapped at a host address congruent to its guest address
+/// modulo this: KVM maps guest memory with huge pages only where both line up, and only where
+/// the host holds a huge page (a transparent one, in the anonymous holes).
+const HUGE: usize = 2 << 20;
+
+/// An address range reserved (mapped inaccessible) until it is given away with
+/// [`Reserved::keep`]; unmapped if dropped before that.
+struct Reserved {
+    addr: *mut c_void,
+    len: usize,
+}
+
+impl Reserved {
+    /// `len` bytes at an address congruent to `gpa` modulo [`HUGE`].
+    fn aligned(len: usize, gpa: u64) -> Result<Self, SnapshotError> {
+        let err =
+            |e: rustix::io::Errno| SnapshotError::Memory(format!("reserving {len} bytes: {e}"));
+        let span = len
+            .checked_add(HUGE)
+            .ok_or_else(|| err(rustix::io::Errno::NOMEM))?;
+        // SAFETY: a new inaccessible mapping where the kernel chooses; nothing else changes.
+        let raw = unsafe {
+            mm::mmap_anonymous(
+                null_mut(),
+                span,
+                mm::ProtFlags::empty(),
+                mm::MapFlags::PRIVATE | mm::MapFlags::NORESERVE,
+            )
+        }
+        .map_err(err)?;
+        let start = raw as usize;
+        let want = (gpa % HUGE as u64) as usize;
+        let mut base = start - start % HUGE + want;
+        if base < start {
+            base += HUGE;
+        }
+        // `base - start < HUGE`, so `base..base + len` lies inside the span; give back the
+        // rest, before and after it.
+        for (at, n) in [
+            (start, base - start),
+            (base + len, start + span - (base + len)),
+        ] {
+            if n > 0 {
+                // SAFETY: `at..at + n` is part of the span mapped above and outside what is
+                // kept; nothing refers to it.
+                let _ = unsafe { mm::munmap(at as *mut c_void, n) };
+            }
+        }
+        Ok(Self {
+            addr: base as *mut c_void,
+            len,
+        })
+    }
+
+    /// Gives the range away: it is never unmapped (see [`map_region`]).
+    fn keep(self) -> *mut u8 {
+        let addr = self.addr;
+        std::mem::forget(self);
+        addr.cast()
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        // SAFETY: the range is this reservation's own and nothing was handed a pointer to it.
+        let _ = unsafe { mm::munmap(self.addr, self.len) };
+    }
+}
+
+/// Maps region `r` of `file`: copy-on-write, at a host address lined up with its guest
+/// address, its long holes anonymous (see the module comment).
+///
+/// The mapping is never unmapped: a restored VM's memory lasts as long as its VMM process,
+/// which runs that one VM (vm-memory unmaps only what it mapped itself, and it cannot be told
+/// where to map).
+fn map_region(file: &Arc<File>, r: &RegionState) -> Result<GuestRegionMmap, SnapshotError> {
+    let len =
+        usize::try_from(r.len).map_err(|_| SnapshotError::Corrupt("region too large".into()))?;
+    let map_err = |what: &str, e: rustix::io::Errno| SnapshotError::Memory(format!("{what}: {e}"));
+    let reserved = Reserved::aligned(len, r.gpa)?;
+    let rw = mm::ProtFlags::READ | mm::ProtFlags::WRITE;
+    let fixed = mm::MapFlags::PRIVATE | mm::MapFlags::FIXED | mm::MapFlags::NORESERVE;
+    // SAFETY: the mapping replaces the reservation, which this function owns and nobody else
+    // refers to; the caller checked that the file holds `len` bytes at `file_offset`.
+    unsafe { mm::mmap(reserved.addr, len, rw, fixed, file.as_fd(), r.file_offset) }
+        .map_err(|e| map_err("mapping the memory file", e))?;
+    for (from, to) in holes(file, r.file_offset, r.file_offset + r.len, ANON_HOLE_MIN) {
+        let at = (from - r.file_offset) as usize;
+        // SAFETY: `at..at + (to - from)` lies inside the mapping just made, which nothing has
+        // read or written yet; its pages are holes of the file, all zero, and so are the
+        // anonymous pages that replace them.
+        unsafe {
+            mm::mmap_anonymous(
+                reserved.addr.cast::<u8>().add(at).cast(),
+                (to - from) as usize,
+                rw,
+                fixed,
+            )
+        }
+        .map_err(|e| map_err("mapping a hole of the memory file", e))?;
+    }
+    let builder = MmapRegionBuilder::new(len)
+        .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE);
+    // SAFETY: `len` bytes are mapped at the reservation's address and stay mapped for the
+    // life of the process (`keep`).
+    let region = unsafe { builder.with_raw_mmap_pointer(reserved.keep()) }
+        .build()
+        .map_err(|e| SnapshotError::Memory(e.to_string()))?;
+    GuestRegionMmap::new(region, GuestAddress(r.gpa))
+        .ok_or_else(|| SnapshotError::Corrupt(format!("bad region at {:#x}", r.gpa)))
+}
+
+/// Maps `file` as guest memory with `layout` (see [`map_region`]).
 pub fn map_private(file: File, layout: &[RegionState]) -> Result<GuestMemoryMmap, SnapshotError> {
     let file_len = file
         .metadata()
@@ -140,17 +298,7 @@ pub fn map_private(file: File, layout: &[RegionState]) -> Result<GuestMemoryMmap
                 "the memory file ({file_len} bytes) is shorter than its layout says"
             )));
         }
-        let len = usize::try_from(r.len)
-            .map_err(|_| SnapshotError::Corrupt("region too large".into()))?;
-        let region = MmapRegionBuilder::new(len)
-            .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| SnapshotError::Memory(e.to_string()))?;
-        let region = GuestRegionMmap::new(region, GuestAddress(r.gpa))
-            .ok_or_else(|| SnapshotError::Corrupt(format!("bad region at {:#x}", r.gpa)))?;
-        regions.push(region);
+        regions.push(map_region(&file, r)?);
     }
     GuestMemoryMmap::from_regions(regions).map_err(|e| SnapshotError::Corrupt(e.to_string()))
 }
@@ -187,6 +335,83 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
     }
 
+    /// The inode of the mapping holding `addr` in /proc/self/maps (0: anonymous).
+    fn inode_at(addr: u64) -> u64 {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        for line in maps.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (a, b) = f[0].split_once('-').unwrap();
+            let (a, b) = (
+                u64::from_str_radix(a, 16).unwrap(),
+                u64::from_str_radix(b, 16).unwrap(),
+            );
+            if (a..b).contains(&addr) {
+                return f[4].parse().unwrap();
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
+    /// A long hole is mapped anonymous, short ones and data stay file-backed, and the guest
+    /// sees the same bytes either way.
+    #[test]
+    fn long_holes_are_mapped_anonymous() {
+        let mib = 1u64 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 12 << 20)]).unwrap();
+        // Data at 0, a 3 MiB + 1 page hole, data at 3 MiB + 2 pages, a 1 MiB hole (short),
+        // data at 4.5 MiB, then a hole to the end.
+        let data_at = [0, 3 * mib + 2 * PAGE as u64, 4 * mib + mib / 2];
+        for at in data_at {
+            mem.write_slice(b"data", GuestAddress(at)).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let layout = dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let file = File::open(&path).unwrap();
+        let found = holes(&file, 0, 12 * mib, ANON_HOLE_MIN);
+        assert_eq!(
+            found,
+            vec![
+                (PAGE as u64, 3 * mib + 2 * PAGE as u64),
+                (4 * mib + mib / 2 + PAGE as u64, 12 * mib)
+            ]
+        );
+        assert_eq!(holes(&file, mib, 2 * mib, 0), vec![(mib, 2 * mib)]);
+
+        let restored = map_private(file, &layout).unwrap();
+        let host = restored.get_host_address(GuestAddress(0)).unwrap() as u64;
+        assert_eq!(host % HUGE as u64, 0, "lined up for huge pages");
+        let file_inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
+        assert_eq!(inode_at(host), file_inode);
+        assert_eq!(
+            inode_at(host + 2 * mib),
+            0,
+            "the first long hole is anonymous"
+        );
+        assert_eq!(inode_at(host + 4 * mib), file_inode, "a short hole stays");
+        assert_eq!(inode_at(host + 10 * mib), 0, "the last hole is anonymous");
+        for at in data_at {
+            let mut b = [0u8; 4];
+            restored.read_slice(&mut b, GuestAddress(at)).unwrap();
+            assert_eq!(&b, b"data");
+        }
+        let mut b = vec![1u8; 2 * mib as usize];
+        restored.read_slice(&mut b, GuestAddress(mib)).unwrap();
+        assert!(b.iter().all(|&x| x == 0));
+        restored
+            .write_slice(b"guest write", GuestAddress(2 * mib))
+            .unwrap();
+        let pagemap = File::open("/proc/self/pagemap").ok();
+        let again = dir.path().join("again");
+        dump(&restored, &File::create(&again).unwrap(), pagemap.as_ref()).unwrap();
+        let bytes = std::fs::read(&again).unwrap();
+        assert_eq!(&bytes[2 << 20..(2 << 20) + 11], b"guest write");
+        assert_eq!(
+            &bytes[data_at[2] as usize..data_at[2] as usize + 4],
+            b"data"
+        );
+    }
+
     #[test]
     fn dump_then_map_private_round_trips_and_never_writes_the_file() {
         let mem = GuestMemoryMmap::from_ranges(&[
@@ -207,6 +432,12 @@ mod tests {
         let mut before = Vec::new();
         File::open(&path).unwrap().read_to_end(&mut before).unwrap();
         assert_eq!(before.len(), 12 * PAGE);
+        let second = Reserved::aligned(4 * PAGE, 0x10_0000).unwrap();
+        assert_eq!(
+            second.addr as usize % HUGE,
+            0x10_0000,
+            "congruent with its guest address"
+        );
         // Zero pages are holes.
         let blocks = std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&path).unwrap());
         assert!(blocks * 512 < 12 * PAGE as u64, "{blocks} blocks");

@@ -8,7 +8,17 @@
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
-use vm_memory::{FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::ffi::c_void;
+use std::os::fd::AsFd;
+use std::ptr::null_mut;
+use std::sync::Arc;
+
+use rustix::mm;
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
+};
 
 use crate::arch::x86_64::bootparams::ram_regions;
 
@@ -26,7 +36,7 @@ pub enum MemoryError {
     TooLarge { asked: u64, host: u64 },
     /// mmap failed.
     #[error("cannot allocate {0} MiB of guest memory: {1}")]
-    Allocate(u64, #[source] vm_memory::mmap::FromRangesError),
+    Allocate(u64, #[source] std::io::Error),
     /// The memfd for shared guest memory could not be made.
     #[error("cannot create {0} MiB of shareable guest memory: {1}")]
     Memfd(u64, #[source] std::io::Error),
@@ -36,6 +46,130 @@ pub enum MemoryError {
     /// KVM refused a memory slot.
     #[error("cannot register guest memory with KVM: {0}")]
     Register(kvm_ioctls::Error),
+}
+
+/// Huge page size. Guest RAM is mapped at a host address congruent to its guest address
+/// modulo this: KVM maps guest memory with huge pages only where both line up, and only where
+/// the host backs it with a huge page (transparent ones, in anonymous memory). Linux 6.7 and
+/// later line up large anonymous mappings by themselves; older kernels, and file mappings
+/// (a restored VM's), do not.
+pub(crate) const HUGE: usize = 2 << 20;
+
+/// An address range reserved (mapped inaccessible) until it is given away with
+/// [`Reserved::keep`]; unmapped if dropped before that.
+pub(crate) struct Reserved {
+    addr: *mut c_void,
+    len: usize,
+}
+
+impl Reserved {
+    /// `len` bytes at an address congruent to `gpa` modulo [`HUGE`].
+    pub(crate) fn aligned(len: usize, gpa: u64) -> std::io::Result<Self> {
+        let span = len
+            .checked_add(HUGE)
+            .ok_or(std::io::ErrorKind::OutOfMemory)?;
+        // SAFETY: a new inaccessible mapping where the kernel chooses; nothing else changes.
+        let raw = unsafe {
+            mm::mmap_anonymous(
+                null_mut(),
+                span,
+                mm::ProtFlags::empty(),
+                mm::MapFlags::PRIVATE | mm::MapFlags::NORESERVE,
+            )
+        }?;
+        let start = raw as usize;
+        let want = (gpa % HUGE as u64) as usize;
+        let mut base = start - start % HUGE + want;
+        if base < start {
+            base += HUGE;
+        }
+        // `base - start < HUGE`, so `base..base + len` lies inside the span; give back the
+        // rest, before and after it.
+        for (at, n) in [
+            (start, base - start),
+            (base + len, start + span - (base + len)),
+        ] {
+            if n > 0 {
+                // SAFETY: `at..at + n` is part of the span mapped above and outside what is
+                // kept; nothing refers to it.
+                let _ = unsafe { mm::munmap(at as *mut c_void, n) };
+            }
+        }
+        Ok(Self {
+            addr: base as *mut c_void,
+            len,
+        })
+    }
+
+    /// Where the range starts.
+    pub(crate) fn addr(&self) -> *mut c_void {
+        self.addr
+    }
+
+    /// Gives the range away: it is never unmapped. Guest RAM lasts as long as the VMM
+    /// process, which runs one VM (vm-memory unmaps only what it mapped itself, and it cannot
+    /// be told where to map).
+    pub(crate) fn keep(self) -> *mut u8 {
+        let addr = self.addr;
+        std::mem::forget(self);
+        addr.cast()
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        // SAFETY: the range is this reservation's own and nothing was handed a pointer to it.
+        let _ = unsafe { mm::munmap(self.addr, self.len) };
+    }
+}
+
+/// One region of guest RAM, `len` bytes at `gpa`, lined up for huge pages: anonymous, or
+/// `file` mapped shared.
+fn map_region(gpa: u64, len: usize, file: Option<FileOffset>) -> std::io::Result<GuestRegionMmap> {
+    let reserved = Reserved::aligned(len, gpa)?;
+    let rw = mm::ProtFlags::READ | mm::ProtFlags::WRITE;
+    let flags = match &file {
+        None => {
+            // SAFETY: the mapping replaces the reservation, which this function owns and
+            // nobody else refers to.
+            unsafe {
+                mm::mmap_anonymous(
+                    reserved.addr(),
+                    len,
+                    rw,
+                    mm::MapFlags::PRIVATE | mm::MapFlags::FIXED,
+                )
+            }?;
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+        }
+        Some(fo) => {
+            // SAFETY: as above; the caller sized the file to hold `len` bytes at the offset.
+            unsafe {
+                mm::mmap(
+                    reserved.addr(),
+                    len,
+                    rw,
+                    mm::MapFlags::SHARED | mm::MapFlags::FIXED,
+                    fo.file().as_fd(),
+                    fo.start(),
+                )
+            }?;
+            libc::MAP_SHARED
+        }
+    };
+    let mut builder = MmapRegionBuilder::new(len)
+        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+        .with_mmap_flags(flags);
+    if let Some(fo) = file {
+        builder = builder.with_file_offset(fo);
+    }
+    // SAFETY: `len` bytes are mapped at the reservation's address and stay mapped for the
+    // life of the process (`keep`).
+    let region = unsafe { builder.with_raw_mmap_pointer(reserved.keep()) }
+        .build()
+        .map_err(std::io::Error::other)?;
+    GuestRegionMmap::new(region, GuestAddress(gpa))
+        .ok_or_else(|| std::io::Error::other(format!("bad region at {gpa:#x}")))
 }
 
 /// Total memory of the host in MiB, from /proc/meminfo.
@@ -67,27 +201,31 @@ pub fn check_size(mem_mib: u64) -> Result<(), MemoryError> {
 pub fn create(mem_mib: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(mem_mib)?;
     let regions = ram_regions(mem_mib << 20);
-    if !shared {
-        return GuestMemoryMmap::from_ranges(&regions)
-            .map_err(|e| MemoryError::Allocate(mem_mib, e));
-    }
-    let memfd_err = |e: std::io::Error| MemoryError::Memfd(mem_mib, e);
-    let fd = rustix::fs::memfd_create(
-        "brig-guest-ram",
-        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-    )
-    .map_err(|e| memfd_err(e.into()))?;
-    let file = std::fs::File::from(fd);
-    file.set_len(mem_mib << 20).map_err(memfd_err)?;
+    let file = if shared {
+        let memfd_err = |e: std::io::Error| MemoryError::Memfd(mem_mib, e);
+        let fd = rustix::fs::memfd_create(
+            "brig-guest-ram",
+            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(|e| memfd_err(e.into()))?;
+        let file = std::fs::File::from(fd);
+        file.set_len(mem_mib << 20).map_err(memfd_err)?;
+        Some(Arc::new(file))
+    } else {
+        None
+    };
     // Regions lie back to back in the file, in guest-address order.
     let mut offset = 0u64;
-    let mut ranges = Vec::with_capacity(regions.len());
+    let mut mapped = Vec::with_capacity(regions.len());
     for &(addr, len) in &regions {
-        let f = file.try_clone().map_err(memfd_err)?;
-        ranges.push((addr, len, Some(FileOffset::new(f, offset))));
+        let fo = file
+            .as_ref()
+            .map(|f| FileOffset::from_arc(f.clone(), offset));
+        mapped.push(map_region(addr.0, len, fo).map_err(|e| MemoryError::Allocate(mem_mib, e))?);
         offset += len as u64;
     }
-    GuestMemoryMmap::from_ranges_with_files(&ranges).map_err(|e| MemoryError::Allocate(mem_mib, e))
+    GuestMemoryMmap::from_regions(mapped)
+        .map_err(|e| MemoryError::Allocate(mem_mib, std::io::Error::other(e.to_string())))
 }
 
 /// Registers every region of `mem` with the VM.
@@ -124,6 +262,12 @@ mod tests {
         check_size(64).unwrap();
         let mem = create(64, false).unwrap();
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 64 << 20);
+        for shared in [false, true] {
+            let mem = create(64, shared).unwrap();
+            let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap();
+            assert_eq!(host as usize % HUGE, 0, "lined up for huge pages");
+            vm_memory::Bytes::write_slice(&mem, b"ram", vm_memory::GuestAddress(63 << 20)).unwrap();
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::ptr::null_mut;
 use std::sync::Arc;
 
 use rustix::mm;
-use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
 use vm_memory::{
     FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
@@ -106,13 +106,33 @@ impl Reserved {
         self.addr
     }
 
-    /// Gives the range away: it is never unmapped. Guest RAM lasts as long as the VMM
+    /// The range as a vm-memory region, once the caller has mapped `len` bytes over it with
+    /// `flags` (and `file`, if any). It is never unmapped: guest RAM lasts as long as the VMM
     /// process, which runs one VM (vm-memory unmaps only what it mapped itself, and it cannot
     /// be told where to map).
-    pub(crate) fn keep(self) -> *mut u8 {
-        let addr = self.addr;
+    ///
+    /// # Safety
+    ///
+    /// The whole range must be mapped readable and writable, by the caller, over the
+    /// reservation.
+    pub(crate) unsafe fn into_region(
+        self,
+        flags: i32,
+        file: Option<FileOffset>,
+    ) -> std::io::Result<MmapRegion> {
+        let (addr, len) = (self.addr, self.len);
         std::mem::forget(self);
-        addr.cast()
+        let mut builder = MmapRegionBuilder::new(len)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags);
+        if let Some(fo) = file {
+            builder = builder.with_file_offset(fo);
+        }
+        // SAFETY: `len` bytes are mapped at `addr` (the caller's promise) and stay mapped for
+        // the life of the process: the reservation was forgotten, so nothing unmaps them.
+        unsafe { builder.with_raw_mmap_pointer(addr.cast()) }
+            .build()
+            .map_err(std::io::Error::other)
     }
 }
 
@@ -157,17 +177,8 @@ fn map_region(gpa: u64, len: usize, file: Option<FileOffset>) -> std::io::Result
             libc::MAP_SHARED
         }
     };
-    let mut builder = MmapRegionBuilder::new(len)
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(flags);
-    if let Some(fo) = file {
-        builder = builder.with_file_offset(fo);
-    }
-    // SAFETY: `len` bytes are mapped at the reservation's address and stay mapped for the
-    // life of the process (`keep`).
-    let region = unsafe { builder.with_raw_mmap_pointer(reserved.keep()) }
-        .build()
-        .map_err(std::io::Error::other)?;
+    // SAFETY: mapped over the whole reservation just above.
+    let region = unsafe { reserved.into_region(flags, file) }?;
     GuestRegionMmap::new(region, GuestAddress(gpa))
         .ok_or_else(|| std::io::Error::other(format!("bad region at {gpa:#x}")))
 }

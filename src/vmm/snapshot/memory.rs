@@ -19,7 +19,6 @@ use std::sync::Arc;
 use rustix::mm;
 
 use serde::{Deserialize, Serialize};
-use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
     GuestRegionMmap,
@@ -201,14 +200,9 @@ fn map_region(file: &Arc<File>, r: &RegionState) -> Result<GuestRegionMmap, Snap
         }
         .map_err(|e| map_err("mapping a hole of the memory file", e))?;
     }
-    let builder = MmapRegionBuilder::new(len)
-        .with_file_offset(FileOffset::from_arc(file.clone(), r.file_offset))
-        .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-        .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE);
-    // SAFETY: `len` bytes are mapped at the reservation's address and stay mapped for the
-    // life of the process (`keep`).
-    let region = unsafe { builder.with_raw_mmap_pointer(reserved.keep()) }
-        .build()
+    let fo = FileOffset::from_arc(file.clone(), r.file_offset);
+    // SAFETY: the file and the holes are mapped over the whole reservation just above.
+    let region = unsafe { reserved.into_region(libc::MAP_PRIVATE | libc::MAP_NORESERVE, Some(fo)) }
         .map_err(|e| SnapshotError::Memory(e.to_string()))?;
     GuestRegionMmap::new(region, GuestAddress(r.gpa))
         .ok_or_else(|| SnapshotError::Corrupt(format!("bad region at {:#x}", r.gpa)))

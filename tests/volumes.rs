@@ -82,6 +82,13 @@ fn live_sharing_both_ways() -> Result<(), String> {
     ]);
     check(out.status.success(), "run -d -v", &out)?;
     let result = (|| {
+        let out = f.brig(&["inspect", "live"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        check(
+            v[0]["State"]["StartPath"] == "template",
+            "a sandbox with a volume is restored from a template",
+            &out,
+        )?;
         // Host to guest while both run.
         std::fs::write(dir.join("from-host"), "hello from the host\n").unwrap();
         let out = f.brig(&["exec", "live", "cat", "/data/from-host"]);
@@ -374,6 +381,63 @@ fn bad_input_is_one_line() -> Result<(), String> {
     Ok(())
 }
 
+/// A run with shares restores a template made with as many (and no file server), wired to
+/// its own servers: both shares work, `:ro` holds; `--cold` boots the same run; `brig
+/// template ls` counts the template's shares.
+fn shares_restore_from_a_template() -> Result<(), String> {
+    let f = fixture();
+    let (a, _) = share("tpl-a");
+    let (b, _) = share("tpl-b");
+    std::fs::write(a.join("in"), "from the host\n").unwrap();
+    let va = format!("{}:/a:ro", a.display());
+    let vb = format!("{}:/b", b.display());
+    let script = "cat /a/in; echo out > /b/out; touch /a/x 2>&1; true";
+    for cold in [false, true] {
+        let mut args = vec!["--timings", "-v", &va, "-v", &vb];
+        if cold {
+            args.push("--cold");
+        }
+        args.extend(["bb", "sh", "-c", script]);
+        let out = f.run(&args);
+        let what = if cold { "--cold" } else { "restored" };
+        check(
+            out.status.success() && stdout(&out).starts_with("from the host\n"),
+            &format!("{what}: the read-only share"),
+            &out,
+        )?;
+        check(
+            stdout(&out).contains("Read-only file system"),
+            &format!("{what}: :ro holds"),
+            &out,
+        )?;
+        let path = if cold {
+            "path           cold boot"
+        } else {
+            "path           restored from a template"
+        };
+        check(
+            stderr(&out).contains(path),
+            &format!("{what}: {path}"),
+            &out,
+        )?;
+        let wrote = std::fs::read_to_string(b.join("out")).unwrap_or_default();
+        check(
+            wrote == "out\n",
+            &format!("{what}: the guest's write"),
+            &out,
+        )?;
+        std::fs::remove_file(b.join("out")).map_err(|e| e.to_string())?;
+    }
+    let out = f.brig(&["template", "ls"]);
+    check(
+        stdout(&out)
+            .lines()
+            .any(|l| l.split_whitespace().nth(5) == Some("2")),
+        "template ls: a template with 2 volumes",
+        &out,
+    )
+}
+
 fn no_file_server_is_left() -> Result<(), String> {
     let f = fixture();
     let (dir, _) = share("end");
@@ -553,6 +617,10 @@ fn main() {
                 named_volumes_tmpfs_and_single_file,
             ),
             trial("bad_input_is_one_line", bad_input_is_one_line),
+            trial(
+                "shares_restore_from_a_template",
+                shares_restore_from_a_template,
+            ),
             trial("no_file_server_is_left", no_file_server_is_left),
             trial(
                 "rootless_run_shares_a_directory",

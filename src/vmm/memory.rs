@@ -145,7 +145,11 @@ impl Drop for Reserved {
 
 /// One region of guest RAM, `len` bytes at `gpa`, lined up for huge pages: anonymous, or
 /// `file` mapped shared.
-fn map_region(gpa: u64, len: usize, file: Option<FileOffset>) -> std::io::Result<GuestRegionMmap> {
+pub(crate) fn map_region(
+    gpa: u64,
+    len: usize,
+    file: Option<FileOffset>,
+) -> std::io::Result<GuestRegionMmap> {
     let reserved = Reserved::aligned(len, gpa)?;
     let rw = mm::ProtFlags::READ | mm::ProtFlags::WRITE;
     let flags = match &file {
@@ -207,20 +211,25 @@ pub fn check_size(mem_mib: u64) -> Result<(), MemoryError> {
     Ok(())
 }
 
+/// A memfd of `len` bytes (all zero, allocated as touched) that another process can map:
+/// shareable guest RAM.
+pub(crate) fn shareable(len: u64) -> std::io::Result<std::fs::File> {
+    let fd = rustix::fs::memfd_create(
+        "brig-guest-ram",
+        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
+    )?;
+    let file = std::fs::File::from(fd);
+    file.set_len(len)?;
+    Ok(file)
+}
+
 /// Maps guest RAM of `mem_mib` MiB (lazily: pages are touched by the guest, not here);
 /// `shared`: from a memfd another process can map (see the module comment).
 pub fn create(mem_mib: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(mem_mib)?;
     let regions = ram_regions(mem_mib << 20);
     let file = if shared {
-        let memfd_err = |e: std::io::Error| MemoryError::Memfd(mem_mib, e);
-        let fd = rustix::fs::memfd_create(
-            "brig-guest-ram",
-            rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-        )
-        .map_err(|e| memfd_err(e.into()))?;
-        let file = std::fs::File::from(fd);
-        file.set_len(mem_mib << 20).map_err(memfd_err)?;
+        let file = shareable(mem_mib << 20).map_err(|e| MemoryError::Memfd(mem_mib, e))?;
         Some(Arc::new(file))
     } else {
         None

@@ -217,14 +217,6 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
     check_config(&config)?;
     let (saved, mem_file) = snapshot::read(dir)?;
     phase("state read");
-    if !config.fs.is_empty() {
-        // A vhost-user server must map guest memory shared; a restored VM's is a private
-        // copy-on-write mapping of the snapshot's memory file.
-        return Err(VmmError::VmSetup {
-            what: "restoring a snapshot",
-            source: "shared directories (virtio-fs) cannot be attached to a restored VM yet".into(),
-        });
-    }
     let plan = virtio::Plan::new(
         &config.disks,
         config.vsock.as_ref(),
@@ -235,7 +227,13 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
 
     let (kvm, vm) = create_vm(&config)?;
     snapshot::host::check(&saved.host, &snapshot::host::fingerprint(&kvm)?)?;
-    let mem = snapshot::memory::map_private(mem_file, &saved.regions)?;
+    // A VM with virtio-fs devices needs memory its file servers can map (see
+    // `snapshot::memory::map_shared_copy`); any other maps the memory file copy-on-write.
+    let mem = if config.fs.is_empty() {
+        snapshot::memory::map_private(mem_file, &saved.regions)?
+    } else {
+        snapshot::memory::map_shared_copy(mem_file, &saved.regions)?
+    };
     memory::register(&vm, &mem)?;
     phase("vm and memory");
     let mut mmio = Bus::new();
@@ -328,11 +326,21 @@ fn check_fit(
     if saved.vcpus.len() != usize::from(config.cpus) {
         return unfit(format!("{} vCPUs, not {}", saved.vcpus.len(), config.cpus));
     }
-    let slots: Vec<(u64, u32)> = plan.devices.iter().map(|(s, _)| (s.base, s.gsi)).collect();
-    let saved_slots: Vec<(u64, u32)> = saved.devices.iter().map(|d| (d.base, d.gsi)).collect();
+    // Checked before any device is made: a virtio-fs device, once made, has taken its file
+    // server's only connection.
+    let slots: Vec<(u64, u32, u32)> = plan
+        .devices
+        .iter()
+        .map(|(s, kind)| (s.base, s.gsi, kind.device_type()))
+        .collect();
+    let saved_slots: Vec<(u64, u32, u32)> = saved
+        .devices
+        .iter()
+        .map(|d| (d.base, d.gsi, d.transport.device_type))
+        .collect();
     if slots != saved_slots {
         return unfit(format!(
-            "devices at {saved_slots:x?}, this VM's at {slots:x?}"
+            "devices (address, pin, type) {saved_slots:x?}, this VM's {slots:x?}"
         ));
     }
     Ok(())

@@ -55,8 +55,19 @@ pub struct DiskConfig {
 /// listening, and the tag the guest mounts it by.
 #[derive(Debug, Clone)]
 pub struct FsConfig {
-    pub socket: PathBuf,
+    /// `None`: a template's placeholder, with no server (see [`Fs::placeholder`]).
+    pub socket: Option<PathBuf>,
     pub tag: String,
+}
+
+impl FsConfig {
+    /// The same share without a server, for a template of its VM.
+    pub fn placeholder(&self) -> Self {
+        Self {
+            socket: None,
+            tag: self.tag.clone(),
+        }
+    }
 }
 
 /// A network device (virtio-net) and the host side it is wired to.
@@ -142,6 +153,20 @@ pub enum DeviceKind {
     Net,
     /// A shared directory.
     Fs(FsConfig),
+}
+
+impl DeviceKind {
+    /// The virtio device type (virtio 1.2 §5).
+    pub fn device_type(&self) -> u32 {
+        use crate::devices::virtio::device_type;
+        match self {
+            Self::Disk(_) => device_type::BLOCK,
+            Self::Vsock(_) => device_type::VSOCK,
+            Self::Rng => device_type::RNG,
+            Self::Net => device_type::NET,
+            Self::Fs(_) => device_type::FS,
+        }
+    }
 }
 
 /// Where each device will sit; known before anything is created, so the command line can be
@@ -271,7 +296,10 @@ pub fn attach_all(
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
             DeviceKind::Fs(f) => {
-                let dev = Fs::new(&f.socket, &f.tag)?;
+                let dev = match &f.socket {
+                    Some(socket) => Fs::new(socket, &f.tag)?,
+                    None => Fs::placeholder(&f.tag)?,
+                };
                 attached.attach(vm, mem, mmio, *slot, dev)?;
             }
         }

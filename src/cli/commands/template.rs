@@ -31,6 +31,10 @@ enum TemplateCommand {
         /// (bridge, the default; host ports; a joined namespace): the same device.
         #[arg(long, value_name = "MODE", default_value = "bridge")]
         network: String,
+        /// For a run with N shared directories (`-v`/`--mount` binds and named volumes;
+        /// `--tmpfs` needs none).
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        volumes: usize,
         /// Guest kernel (default: the one kernels/build.sh built).
         #[arg(long, value_name = "PATH")]
         kernel: Option<PathBuf>,
@@ -59,6 +63,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
             cpus,
             read_only,
             network,
+            volumes,
             kernel,
         } => {
             let kernel = match kernel {
@@ -75,6 +80,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                 cpus: r.cpus,
                 read_only,
                 network: network != "none",
+                volumes,
             };
             let (key, made) = templates::build_for(&home, &kernel, &shape)?;
             println!("{key}{}", if made { "" } else { " (already there)" });
@@ -83,8 +89,8 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
             let list = templates::list(&home)?;
             if !quiet {
                 println!(
-                    "{:<34}{:<6}{:<9}{:<10}{:<9}{:<10}CREATED",
-                    "KEY", "CPUS", "MEMORY", "DISKS", "NETWORK", "ON DISK"
+                    "{:<34}{:<6}{:<9}{:<10}{:<9}{:<9}{:<10}CREATED",
+                    "KEY", "CPUS", "MEMORY", "DISKS", "NETWORK", "VOLUMES", "ON DISK"
                 );
             }
             for t in list {
@@ -92,7 +98,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                     println!("{}", t.key);
                     continue;
                 }
-                let (cpus, mem, disks, net, created) = match &t.record {
+                let (cpus, mem, disks, net, vols, created) = match &t.record {
                     Some(r) => (
                         r.inputs.cpus.to_string(),
                         format!("{}MiB", r.inputs.mem_mib),
@@ -105,12 +111,16 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<i32> {
                         r.inputs
                             .net_mtu
                             .map_or("none".to_string(), |m| format!("mtu {m}")),
+                        r.inputs.fs_tags.len().to_string(),
                         r.created.clone(),
                     ),
-                    None => ("?".into(), "?".into(), "?".into(), "?".into(), "?".into()),
+                    None => {
+                        let q = || "?".to_string();
+                        (q(), q(), q(), q(), q(), q())
+                    }
                 };
                 println!(
-                    "{:<34}{cpus:<6}{mem:<9}{disks:<10}{net:<9}{:<10}{created}",
+                    "{:<34}{cpus:<6}{mem:<9}{disks:<10}{net:<9}{vols:<9}{:<10}{created}",
                     t.key,
                     format!("{:.1}MiB", t.disk_bytes as f64 / 1048576.0)
                 );

@@ -18,6 +18,12 @@
 //! (as Firecracker's transport does for vhost-user devices).
 //!
 //! Config space (§5.11.4): `tag[36]` (the name the guest mounts) and `num_request_queues`.
+//!
+//! A template's device ([`Fs::placeholder`]) has no server: its guest probes it (the driver
+//! sets it up and registers the tag) but mounts nothing, so no FUSE request is ever posted.
+//! It offers the features virtiofsd offers ([`PASSED_THROUGH`]), so that a restored VM finds
+//! the same device wired to the sandbox's own server, which then gets the saved queues'
+//! positions (SET_VRING_BASE) like any activation.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -31,7 +37,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
+use super::common::{Active, DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use super::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -57,11 +63,10 @@ const CONTROL_DATA: u32 = DEVICE_DATA_BASE + 1;
 /// What the driver asked for, done on the event thread: the vCPU threads that see the
 /// Status writes are confined to KVM's calls and never talk to the server themselves.
 enum Pending {
+    /// Hand the active queues (as recorded in [`DeviceCommon::active`]) to the server, with
+    /// these kick eventfds.
     Start {
-        mem: GuestMemoryMmap,
-        queues: Vec<Queue>,
         kicks: Vec<EventFd>,
-        interrupt: Arc<Interrupt>,
     },
     Stop,
 }
@@ -91,16 +96,17 @@ pub enum FsError {
 /// A virtio-fs device relaying to a vhost-user file server.
 pub struct Fs {
     common: DeviceCommon,
-    frontend: Frontend,
+    /// The server; `None` for a template's placeholder.
+    frontend: Option<Frontend>,
     /// What the server offers (virtio features plus the vhost-user protocol bit).
     backend_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
     queue_sizes: [u16; 1 + REQUEST_QUEUES as usize],
     interrupt: Option<Arc<Interrupt>>,
     /// Queues handed to the server (for GET_VRING_BASE at reset).
-    running: usize,
+    pub(super) running: usize,
     pending: Vec<Pending>,
-    control: EventFd,
+    pub(super) control: EventFd,
     socket: String,
 }
 
@@ -120,9 +126,7 @@ impl std::fmt::Debug for Fs {
 impl Fs {
     /// Connects to the server listening at `socket` and names the share `tag` for the guest.
     pub fn new(socket: &Path, tag: &str) -> Result<Self, FsError> {
-        if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
-            return Err(FsError::Tag(tag.into()));
-        }
+        check_tag(tag)?;
         let path = socket.display().to_string();
         let err = |what: &'static str| {
             let path = path.clone();
@@ -156,11 +160,27 @@ impl Fs {
                 }
             }
         }
+        Self::with(Some(frontend), backend_features, tag, path)
+    }
+
+    /// A template's device named `tag`, with no server (see the module comment): it offers
+    /// what virtiofsd offers, and its guest never posts a request to it.
+    pub fn placeholder(tag: &str) -> Result<Self, FsError> {
+        check_tag(tag)?;
+        Self::with(None, PASSED_THROUGH, tag, "(no file server)".into())
+    }
+
+    fn with(
+        frontend: Option<Frontend>,
+        backend_features: u64,
+        tag: &str,
+        socket: String,
+    ) -> Result<Self, FsError> {
         let mut config = [0u8; MAX_TAG_LEN + 4];
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[MAX_TAG_LEN..].copy_from_slice(&REQUEST_QUEUES.to_le_bytes());
         Ok(Self {
-            common: DeviceCommon::new(queues).map_err(FsError::EventFd)?,
+            common: DeviceCommon::new(1 + REQUEST_QUEUES as usize).map_err(FsError::EventFd)?,
             frontend,
             backend_features,
             config,
@@ -169,33 +189,33 @@ impl Fs {
             running: 0,
             pending: Vec::new(),
             control: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
-            socket: path,
+            socket,
         })
     }
 
-    /// Hands the queues to the server.
-    fn start(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        queues: &[Queue],
-        queue_evts: &[EventFd],
-        interrupt: &Interrupt,
-    ) -> Result<(), vhost::Error> {
+    /// Hands the active queues to the server, at their current positions (a restored
+    /// device's are where its guest left them). A placeholder has no server to hand them to,
+    /// and a device reset since its activation has none to hand.
+    fn start(&mut self, queue_evts: &[EventFd]) -> Result<(), vhost::Error> {
+        let (Some(frontend), Some(active)) = (self.frontend.as_mut(), self.common.active.as_ref())
+        else {
+            return Ok(());
+        };
+        let (mem, queues, interrupt) = (&active.mem, &active.queues, &active.interrupt);
         let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
-        self.frontend
-            .set_features(self.common.acked_features | vhost_features)?;
+        frontend.set_features(self.common.acked_features | vhost_features)?;
         let regions = mem
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()?;
-        self.frontend.set_mem_table(&regions)?;
+        frontend.set_mem_table(&regions)?;
         let host = |addr: u64| {
             mem.get_host_address(GuestAddress(addr))
                 .map(|p| p as u64)
                 .map_err(|_| vhost::Error::InvalidGuestMemory)
         };
         for (i, (queue, kick)) in queues.iter().zip(queue_evts).enumerate() {
-            self.frontend.set_vring_num(i, queue.size())?;
+            frontend.set_vring_num(i, queue.size())?;
             let addrs = VringConfigData {
                 queue_max_size: queue.max_size(),
                 queue_size: queue.size(),
@@ -205,13 +225,13 @@ impl Fs {
                 avail_ring_addr: host(queue.avail_ring())?,
                 log_addr: None,
             };
-            self.frontend.set_vring_addr(i, &addrs)?;
-            self.frontend.set_vring_base(i, 0)?;
-            self.frontend.set_vring_call(i, interrupt.eventfd())?;
-            self.frontend.set_vring_kick(i, kick)?;
+            frontend.set_vring_addr(i, &addrs)?;
+            frontend.set_vring_base(i, queue.next_avail())?;
+            frontend.set_vring_call(i, interrupt.eventfd())?;
+            frontend.set_vring_kick(i, kick)?;
             self.running = i + 1;
             if vhost_features != 0 {
-                self.frontend.set_vring_enable(i, true)?;
+                frontend.set_vring_enable(i, true)?;
             }
         }
         Ok(())
@@ -220,15 +240,27 @@ impl Fs {
     /// Takes the queues back from the server (GET_VRING_BASE stops a ring).
     fn stop(&mut self) {
         let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
-        for i in 0..std::mem::take(&mut self.running) {
+        let running = std::mem::take(&mut self.running);
+        let Some(frontend) = self.frontend.as_mut() else {
+            return;
+        };
+        for i in 0..running {
             if vhost_features != 0 {
-                let _ = self.frontend.set_vring_enable(i, false);
+                let _ = frontend.set_vring_enable(i, false);
             }
-            if let Err(err) = self.frontend.get_vring_base(i) {
+            if let Err(err) = frontend.get_vring_base(i) {
                 tracing::warn!("virtio-fs {}: stopping queue {i}: {err}", self.socket);
             }
         }
     }
+}
+
+/// A tag fits the config space (§5.11.4).
+fn check_tag(tag: &str) -> Result<(), FsError> {
+    if tag.is_empty() || tag.len() > MAX_TAG_LEN || tag.contains('\0') {
+        return Err(FsError::Tag(tag.into()));
+    }
+    Ok(())
 }
 
 impl VirtioDevice for Fs {
@@ -247,6 +279,15 @@ impl VirtioDevice for Fs {
     fn common_mut(&mut self) -> &mut DeviceCommon {
         &mut self.common
     }
+    fn snapshot_blocker(&self) -> Option<String> {
+        // The server's side of the FUSE session (open files, inode numbers) is not saved.
+        self.frontend.as_ref().map(|_| {
+            format!(
+                "virtio-fs: the file server at {} cannot be saved",
+                self.socket
+            )
+        })
+    }
     fn activate(
         &mut self,
         mem: GuestMemoryMmap,
@@ -262,12 +303,21 @@ impl VirtioDevice for Fs {
         // count, and the server looks at it once it has it.
         interrupt.set_external_vring(true);
         self.interrupt = Some(interrupt.clone());
-        self.pending.push(Pending::Start {
+        // The queues as handed over: what the server starts from, and what a save records
+        // (the server keeps the live positions, so a wired device is never saved, see
+        // `snapshot_blocker`; a placeholder's never move). Their eventfds are the server's
+        // kicks, not the event thread's.
+        let event_idx = self.common.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
+        let mut queues = queues;
+        for q in &mut queues {
+            q.set_event_idx(event_idx);
+        }
+        self.common.active = Some(Active {
             mem,
             queues,
-            kicks: queue_evts,
             interrupt,
         });
+        self.pending.push(Pending::Start { kicks: queue_evts });
         self.control.write(1).map_err(ActivateError::Signal)
     }
     fn reset(&mut self) {
@@ -284,16 +334,11 @@ impl VirtioDevice for Fs {
 
 impl Fs {
     /// Does what the driver asked for, in order (on the event thread).
-    fn run_pending(&mut self) {
+    pub(super) fn run_pending(&mut self) {
         for op in std::mem::take(&mut self.pending) {
             match op {
-                Pending::Start {
-                    mem,
-                    queues,
-                    kicks,
-                    interrupt,
-                } => {
-                    if let Err(err) = self.start(&mem, &queues, &kicks, &interrupt) {
+                Pending::Start { kicks } => {
+                    if let Err(err) = self.start(&kicks) {
                         tracing::error!(
                             "virtio-fs: handing the queues to the file server at {}: {err}",
                             self.socket
@@ -312,12 +357,14 @@ impl MutEventSubscriber for Fs {
         self.common.init(ops);
         DeviceCommon::add_device_fd(ops, &self.control, CONTROL_DATA, EventSet::IN);
         // The server closing its end means every later FUSE request would hang the guest.
-        DeviceCommon::add_device_fd(
-            ops,
-            &self.frontend.as_raw_fd(),
-            SOCKET_DATA,
-            EventSet::HANG_UP | EventSet::ERROR,
-        );
+        if let Some(frontend) = &self.frontend {
+            DeviceCommon::add_device_fd(
+                ops,
+                &frontend.as_raw_fd(),
+                SOCKET_DATA,
+                EventSet::HANG_UP | EventSet::ERROR,
+            );
+        }
     }
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         match self.common.dispatch(&events, ops) {
@@ -334,151 +381,5 @@ impl MutEventSubscriber for Fs {
             }
             _ => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    //! The vhost-user path against the real server: virtiofsd (installed by scripts/setup.sh)
-    //! answers a FUSE_INIT that a "driver" posts on the request queue, through memory it maps
-    //! from the memfd, a kick eventfd and the irqfd: no KVM needed.
-    use super::*;
-    use crate::devices::virtio::test_utils::{GuestQueue, MEM_SIZE};
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixListener;
-    use std::os::unix::process::CommandExt;
-    use vm_memory::{Bytes, FileOffset};
-    use vmm_sys_util::eventfd::EFD_NONBLOCK;
-
-    fn virtiofsd() -> std::path::PathBuf {
-        let found = std::env::var_os("BRIG_VIRTIOFSD")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                    .map(|d| d.join("virtiofsd"))
-                    .find(|p| p.is_file())
-            });
-        found.expect("virtiofsd is not installed: run scripts/setup.sh")
-    }
-
-    fn shared_memory() -> GuestMemoryMmap {
-        let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-        let file = std::fs::File::from(fd);
-        file.set_len(MEM_SIZE as u64).unwrap();
-        GuestMemoryMmap::from_ranges_with_files(&[(
-            GuestAddress(0),
-            MEM_SIZE,
-            Some(FileOffset::new(file, 0)),
-        )])
-        .unwrap()
-    }
-
-    #[test]
-    fn fuse_init_round_trip_through_virtiofsd() {
-        let dir = tempfile::tempdir().unwrap();
-        let share = dir.path().join("share");
-        std::fs::create_dir(&share).unwrap();
-        let socket = dir.path().join("fs.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let fd = listener.as_raw_fd();
-        let mut cmd = std::process::Command::new(virtiofsd());
-        cmd.arg(format!("--shared-dir={}", share.display()))
-            .arg(format!("--fd={fd}"))
-            .args([
-                "--sandbox=none",
-                "--log-level=error",
-                "--no-announce-submounts",
-            ]);
-        // SAFETY: only fcntl between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().unwrap();
-        drop(listener);
-
-        let mut fs = Fs::new(&socket, "brig-test").unwrap();
-        assert_eq!(fs.device_type(), 26);
-        assert!(fs.features() & VIRTIO_F_VERSION_1 != 0);
-        let mut tag = [0u8; 10];
-        fs.read_config(0, &mut tag);
-        assert_eq!(&tag[..9], b"brig-test");
-        let mem = shared_memory();
-        let hiprio = GuestQueue::new(&mem, 0x1000, 16);
-        let mut requests = GuestQueue::new(&mem, 0x4000, 16);
-        let kicks: Vec<EventFd> = (0..2)
-            .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-            .collect();
-        let kick = kicks[1].try_clone().unwrap();
-        let irq = Arc::new(Interrupt::new().unwrap());
-        fs.ack_features(fs.features() & !VIRTIO_RING_F_EVENT_IDX);
-        fs.activate(
-            mem.clone(),
-            vec![hiprio.queue(), requests.queue()],
-            kicks,
-            irq.clone(),
-        )
-        .unwrap();
-        // What the event thread does when the control eventfd fires.
-        assert_eq!(fs.control.read().unwrap(), 1);
-        fs.run_pending();
-        // FUSE_INIT (opcode 26): fuse_in_header (40 bytes) + fuse_init_in (64 bytes).
-        let mut req = Vec::new();
-        req.extend_from_slice(&104u32.to_le_bytes());
-        req.extend_from_slice(&26u32.to_le_bytes());
-        req.extend_from_slice(&7u64.to_le_bytes()); // unique
-        req.extend_from_slice(&[0u8; 24]); // nodeid, uid, gid, pid, extlen, padding
-        req.extend_from_slice(&7u32.to_le_bytes()); // major
-        req.extend_from_slice(&31u32.to_le_bytes()); // minor
-        req.extend_from_slice(&[0u8; 56]);
-        mem.write_slice(&req, GuestAddress(0x10000)).unwrap();
-        let head = requests.add_chain(&[(0x10000, 104, false), (0x11000, 4096, true)]);
-        kick.write(1).unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let used = loop {
-            let used = requests.take_used();
-            if !used.is_empty() || std::time::Instant::now() > deadline {
-                break used;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        };
-        assert_eq!(used.len(), 1, "virtiofsd answered through the used ring");
-        assert_eq!(used[0].0, head);
-        let mut out = [0u8; 24];
-        mem.read_slice(&mut out, GuestAddress(0x11000)).unwrap();
-        let error = i32::from_le_bytes(out[4..8].try_into().unwrap());
-        let unique = u64::from_le_bytes(out[8..16].try_into().unwrap());
-        let major = u32::from_le_bytes(out[16..20].try_into().unwrap());
-        assert_eq!((error, unique, major), (0, 7, 7), "a FUSE_INIT reply");
-        assert!(
-            irq.eventfd().read().unwrap() >= 1,
-            "the server raised the irqfd"
-        );
-        assert_eq!(
-            irq.status() & virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING,
-            virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING,
-            "InterruptStatus shows a used-ring interrupt while a vhost-user server runs"
-        );
-        fs.reset();
-        fs.run_pending();
-        assert_eq!(irq.status(), 0);
-        drop(fs);
-        // The server ends with its frontend's connection.
-        let status = child.wait().unwrap();
-        assert!(status.success() || status.code().is_some(), "{status}");
-    }
-
-    #[test]
-    fn tags_must_fit() {
-        let e = Fs::new(std::path::Path::new("/nonexistent"), &"x".repeat(37)).unwrap_err();
-        assert!(matches!(e, FsError::Tag(_)));
-        assert!(matches!(
-            Fs::new(std::path::Path::new("/nonexistent"), ""),
-            Err(FsError::Tag(_))
-        ));
     }
 }

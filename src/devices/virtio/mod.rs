@@ -42,6 +42,8 @@
 pub mod block;
 mod common;
 pub mod fs;
+#[cfg(test)]
+mod fs_tests;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 pub mod mmio;

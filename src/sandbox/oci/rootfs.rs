@@ -10,8 +10,8 @@
 //!
 //! The other way, asked for with the annotation `io.brig.rootfs=virtiofs`: the directory
 //! shared read-only over virtio-fs as the lower layer, nothing built (a large image's first
-//! container starts without the erofs build, but cannot restore a template: a VM with
-//! virtio-fs boots). [`plan`] lays out either.
+//! container starts without the erofs build, and runs a file server). [`plan`] lays out
+//! either.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

@@ -19,8 +19,12 @@
 //! network), and gets the sandbox's own TAP or passt socket at restore; the agent gives the interface (up since
 //! the template was made) the sandbox's MAC address once it has its IPv4 address, which
 //! announces it ([`brig_protocol::NetworkSpec::mac`]).
-//! Not (yet) for VMs with shared directories (virtio-fs needs shared guest memory): those
-//! runs boot cold.
+//!
+//! A VM with shared directories restores a template made with as many virtio-fs devices,
+//! under the same tags, and no file server ([`crate::vmm::FsConfig::placeholder`]): the
+//! template's guest probes them and mounts nothing. A restore wires each to the sandbox's own
+//! server, and its memory is copied into a memfd the servers can map (a private mapping of
+//! the template would be invisible to them); see `vmm::snapshot::memory::map_shared_copy`.
 
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -37,7 +41,9 @@ use sha2::{Digest, Sha256};
 use super::runtime::{new_id, RuntimeDir};
 use super::vm::{self, VmError};
 use crate::vmm::snapshot::{self, host::HostFingerprint};
-use crate::vmm::{self, ConsoleLog, DiskConfig, NetDeviceConfig, VmConfig, DEFAULT_GUEST_CID};
+use crate::vmm::{
+    self, ConsoleLog, DiskConfig, FsConfig, NetDeviceConfig, VmConfig, DEFAULT_GUEST_CID,
+};
 
 /// The directory under brig's home.
 const DIR: &str = "templates";
@@ -53,9 +59,6 @@ const SEED_BYTES: usize = 64;
 /// A template could not be found, made or used.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
-    /// This run's VM cannot come from a template.
-    #[error("no template for a VM with {0}")]
-    NotEligible(&'static str),
     /// A file of the template store.
     #[error("template store {path}: {source}")]
     Io {
@@ -115,6 +118,10 @@ pub struct KeyInputs {
     /// without one.
     #[serde(default)]
     pub net_mtu: Option<u16>,
+    /// The tags of the shared directories (virtio-fs devices), in order: the guest's driver
+    /// reads them at probe.
+    #[serde(default)]
+    pub fs_tags: Vec<String>,
     pub vsock_cid: u64,
     /// The brig executable that saves and restores (size, inode, modification time): a
     /// rebuilt VMM may set up vCPUs and devices otherwise (CPUID it offers, device state it
@@ -133,20 +140,8 @@ impl KeyInputs {
     }
 }
 
-/// Why `vm` cannot come from a template, if it cannot.
-pub fn refusal(vm: &VmConfig) -> Option<&'static str> {
-    if !vm.fs.is_empty() {
-        Some("volumes (virtio-fs)")
-    } else {
-        None
-    }
-}
-
 /// The key inputs of `vm`'s template on this host.
 pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
-    if let Some(why) = refusal(vm) {
-        return Err(TemplateError::NotEligible(why));
-    }
     let meta = std::fs::metadata(&vm.kernel).map_err(io_err(&vm.kernel))?;
     let kvm = vmm::kvm::open().map_err(|e| TemplateError::Agent(e.to_string()))?;
     let kernel = std::fs::canonicalize(&vm.kernel).unwrap_or_else(|_| vm.kernel.clone());
@@ -162,6 +157,7 @@ pub fn inputs_of(vm: &VmConfig) -> Result<KeyInputs, TemplateError> {
         mem_mib: vm.mem_mib,
         disks_read_only: vm.disks.iter().map(|d| d.read_only).collect(),
         net_mtu: vm.net.as_ref().map(|n| n.mtu),
+        fs_tags: vm.fs.iter().map(|f| f.tag.clone()).collect(),
         vsock_cid: DEFAULT_GUEST_CID,
         vmm_build: vmm_build(),
         host: snapshot::host::fingerprint(&kvm)?,
@@ -261,11 +257,6 @@ pub struct Choice {
 pub fn choose(home: &Path, vm: &VmConfig) -> Choice {
     let (dir, why_not) = if !enabled() {
         (None, Some("templates are off".to_string()))
-    } else if let Some(why) = refusal(vm) {
-        (
-            None,
-            Some(format!("templates do not serve VMs with {why} yet")),
-        )
     } else {
         match ensure(home, vm) {
             Ok((dir, _)) => (Some(dir), None),
@@ -291,6 +282,8 @@ pub struct Shape {
     pub read_only: bool,
     /// A network device (every `--network` but `none`).
     pub network: bool,
+    /// Shared directories (`-v`/`--mount` binds and named volumes; not `--tmpfs`).
+    pub volumes: usize,
 }
 
 /// The MAC address a template's unwired network device offers (each sandbox's agent sets
@@ -309,6 +302,7 @@ pub fn build_for(
         cpus,
         read_only,
         network,
+        volumes,
     } = *shape;
     // Only whether each disk is read-only (and its serial) matters to a template.
     let disk = |read_only: bool, serial: &str| DiskConfig {
@@ -332,7 +326,12 @@ pub fn build_for(
         disks,
         vsock: None,
         net: None,
-        fs: Vec::new(),
+        fs: (0..volumes)
+            .map(|i| FsConfig {
+                socket: None,
+                tag: super::volumes::tag(i),
+            })
+            .collect(),
     };
     let vm = VmConfig {
         net: network
@@ -396,7 +395,7 @@ fn build(vm: &VmConfig, inputs: &KeyInputs, dir: &Path) -> Result<(), TemplateEr
     let config = VmConfig {
         console: console.clone(),
         disks,
-        fs: Vec::new(),
+        fs: vm.fs.iter().map(FsConfig::placeholder).collect(),
         net: net.map_err(io_err(dir))?,
         ..shape_of(vm)
     };

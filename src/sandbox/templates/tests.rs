@@ -15,6 +15,7 @@ fn inputs() -> KeyInputs {
         mem_mib: 1024,
         disks_read_only: vec![true, false],
         net_mtu: None,
+        fs_tags: Vec::new(),
         vsock_cid: 3,
         vmm_build: "1:2:3.4".into(),
         host: HostFingerprint {
@@ -32,7 +33,9 @@ fn the_key_follows_every_input() {
     let base = inputs();
     assert_eq!(base.key(), inputs().key());
     assert_eq!(base.key().len(), 32);
-    let variants: [fn(&mut KeyInputs); 10] = [
+    let variants: [fn(&mut KeyInputs); 12] = [
+        |i| i.fs_tags = vec!["brig-vol0".into()],
+        |i| i.net_mtu = Some(1500),
         |i| i.format += 1,
         |i| i.kernel_mtime_ns += 1,
         |i| i.kernel_size += 1,
@@ -114,28 +117,21 @@ fn templates_are_listed_and_removed_by_prefix() {
     assert!(list(home.path()).unwrap().is_empty());
 }
 
+/// A template of a VM with shared directories has their devices, under the same tags, with
+/// no file server; its other devices are the VM's.
 #[test]
-fn volumes_and_network_are_refused() {
-    let mut vm = VmConfig {
-        kernel: PathBuf::from("/nonexistent"),
-        initrd: crate::vmm::initramfs::Initrd::Archive(Vec::new()),
-        cmdline_extra: String::new(),
-        mem_mib: 64,
-        cpus: 1,
-        host_cpus: Vec::new(),
-        console: ConsoleLog::default(),
-        disks: Vec::new(),
-        vsock: None,
-        net: None,
-        fs: Vec::new(),
+fn a_template_of_a_vm_with_volumes_has_placeholder_shares() {
+    let share = |i: usize| crate::vmm::FsConfig {
+        socket: Some(PathBuf::from(format!("/run/fs{i}.sock"))),
+        tag: crate::sandbox::volumes::tag(i),
     };
-    assert_eq!(refusal(&vm), None);
-    vm.fs.push(crate::vmm::FsConfig {
-        socket: PathBuf::from("/x"),
-        tag: "t".into(),
-    });
-    assert!(refusal(&vm).is_some());
-    assert!(matches!(inputs_of(&vm), Err(TemplateError::NotEligible(_))));
+    let placeholders: Vec<_> = [share(0), share(1)]
+        .iter()
+        .map(crate::vmm::FsConfig::placeholder)
+        .collect();
+    assert!(placeholders.iter().all(|f| f.socket.is_none()));
+    let tags: Vec<_> = placeholders.iter().map(|f| f.tag.as_str()).collect();
+    assert_eq!(tags, ["brig-vol0", "brig-vol1"]);
 }
 
 /// A build killed midway leaves `.tmp-<key>-<pid>`; the next build of that key removes it

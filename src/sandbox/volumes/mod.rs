@@ -201,7 +201,7 @@ pub fn serve(
         let log = log_dir.join(format!("virtiofsd-{i}.log"));
         let server = Server::start(&share, runtime_dir, i, &log)?;
         devices.push(FsConfig {
-            socket: server.socket.clone(),
+            socket: Some(server.socket.clone()),
             tag: tag(i),
         });
         served.servers.push(server);

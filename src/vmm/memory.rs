@@ -211,11 +211,11 @@ pub fn check_size(mem_mib: u64) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// A memfd of `len` bytes (all zero, allocated as touched) that another process can map:
-/// shareable guest RAM.
-pub(crate) fn shareable(len: u64) -> std::io::Result<std::fs::File> {
+/// A memfd named `name` of `len` bytes (all zero, allocated as touched) that another
+/// process can map: shareable guest RAM.
+pub(crate) fn shareable(name: &str, len: u64) -> std::io::Result<std::fs::File> {
     let fd = rustix::fs::memfd_create(
-        "brig-guest-ram",
+        name,
         rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
     )?;
     let file = std::fs::File::from(fd);
@@ -229,7 +229,8 @@ pub fn create(mem_mib: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError
     check_size(mem_mib)?;
     let regions = ram_regions(mem_mib << 20);
     let file = if shared {
-        let file = shareable(mem_mib << 20).map_err(|e| MemoryError::Memfd(mem_mib, e))?;
+        let file = shareable("brig-guest-ram", mem_mib << 20)
+            .map_err(|e| MemoryError::Memfd(mem_mib, e))?;
         Some(Arc::new(file))
     } else {
         None

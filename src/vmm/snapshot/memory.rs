@@ -230,6 +230,10 @@ fn data_runs(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// The name of the memfd [`map_shared_copy`] makes: its offsets are the memory file's, so a
+/// process's mapping of it is found by this name (see [`super::workingset::WorkingSet::record`]).
+pub const SHARED_COPY_NAME: &str = "brig-restored-ram";
+
 /// Guest memory with `layout` that another process can map (a VM with virtio-fs devices,
 /// whose file servers map it): a new memfd holding a copy of the data of `file` (its holes
 /// stay unallocated), mapped shared and lined up for huge pages. The copy is the price of
@@ -242,7 +246,7 @@ pub fn map_shared_copy(
     layout: &[RegionState],
 ) -> Result<GuestMemoryMmap, SnapshotError> {
     let file_len = check_layout(&file, layout)?;
-    let copy = crate::vmm::memory::shareable(file_len)
+    let copy = crate::vmm::memory::shareable(SHARED_COPY_NAME, file_len)
         .map_err(|e| SnapshotError::Memory(format!("creating shareable memory: {e}")))?;
     let copy_err = |e: rustix::io::Errno| SnapshotError::Memory(format!("copying: {e}"));
     for (from, to) in data_runs(&file, 0, file_len) {

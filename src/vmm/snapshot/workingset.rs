@@ -117,9 +117,13 @@ impl WorkingSet {
     }
 
     /// The pages of `memory` (a snapshot's memory file) that process `pid` has mapped now,
-    /// from its `/proc/PID/maps` (the mappings of that file, found by device and inode) and
-    /// `/proc/PID/pagemap` (present pages, and which are private copies).
+    /// from its `/proc/PID/maps` (the mappings of that file, found by device and inode, or
+    /// of its shared copy, found by name: [`super::memory::map_shared_copy`]) and
+    /// `/proc/PID/pagemap` (present pages, and which are private copies; the shared copy's
+    /// pages are all taken as written: made writable ahead, which there copies nothing and
+    /// saves the guest's first write to each page an exit).
     pub fn record(pid: u32, memory: &Path) -> io::Result<Self> {
+        let copy = format!("/memfd:{} (deleted)", super::memory::SHARED_COPY_NAME);
         let meta = std::fs::metadata(memory)?;
         let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
@@ -129,7 +133,8 @@ impl WorkingSet {
             let Some(m) = parse_maps_line(line) else {
                 continue;
             };
-            if m.dev != (major, minor) || m.inode != meta.ino() {
+            let shared_copy = m.path == copy;
+            if !shared_copy && (m.dev != (major, minor) || m.inode != meta.ino()) {
                 continue;
             }
             // In chunks: a large guest's page map is 2 MiB per GiB.
@@ -144,7 +149,8 @@ impl WorkingSet {
                 for (i, e) in chunk.chunks_exact(8).enumerate() {
                     let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
                     if e & PM_PRESENT != 0 {
-                        set.push(m.offset + (page + i as u64) * PAGE, e & PM_FILE == 0);
+                        let written = shared_copy || e & PM_FILE == 0;
+                        set.push(m.offset + (page + i as u64) * PAGE, written);
                     }
                 }
                 page += n;
@@ -185,6 +191,8 @@ struct MapsLine {
     offset: u64,
     dev: (u32, u32),
     inode: u64,
+    /// The mapped file's path as the kernel shows it ("" for an anonymous mapping).
+    path: String,
 }
 
 fn parse_maps_line(line: &str) -> Option<MapsLine> {
@@ -194,6 +202,7 @@ fn parse_maps_line(line: &str) -> Option<MapsLine> {
     let offset = f.next()?;
     let (major, minor) = f.next()?.split_once(':')?;
     let inode = f.next()?;
+    let path = f.collect::<Vec<_>>().join(" ");
     let hex = |s: &str| u64::from_str_radix(s, 16).ok();
     let m = MapsLine {
         start: hex(start)?,
@@ -204,6 +213,7 @@ fn parse_maps_line(line: &str) -> Option<MapsLine> {
             u32::from_str_radix(minor, 16).ok()?,
         ),
         inode: inode.parse().ok()?,
+        path,
     };
     (m.end > m.start && m.start % PAGE == 0 && m.end % PAGE == 0).then_some(m)
 }
@@ -399,6 +409,7 @@ mod tests {
                 offset: 0x10000,
                 dev: (0, 0x2f),
                 inode: 1234,
+                path: "/run/x/memory".into(),
             })
         );
         assert_eq!(parse_maps_line("garbage"), None);
@@ -451,5 +462,35 @@ mod tests {
                 .any(|x| x.offset <= PAGE && x.offset + x.len >= 3 * PAGE),
             "{set:?}"
         );
+    }
+
+    /// A restored VM with shares runs on a shared copy of the memory file (a memfd): its
+    /// pages are recorded by their offsets in the file, as written.
+    #[test]
+    fn record_finds_the_shared_copy() {
+        use vm_memory::Bytes;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * PAGE as usize)]).unwrap();
+        mem.write_slice(b"data", GuestAddress(3 * PAGE)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let layout = super::super::memory::dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let copy =
+            super::super::memory::map_shared_copy(File::open(&path).unwrap(), &layout).unwrap();
+        let mut b = [0u8; 4];
+        copy.read_slice(&mut b, GuestAddress(3 * PAGE)).unwrap();
+        assert_eq!(&b, b"data");
+        copy.write_slice(b"new", GuestAddress(40 * PAGE)).unwrap();
+        let set = WorkingSet::record(std::process::id(), &path).unwrap();
+        let base = layout[0].file_offset;
+        let holds = |page: u64| {
+            set.ranges.iter().any(|r| {
+                r.written
+                    && r.offset <= base + page * PAGE
+                    && base + (page + 1) * PAGE <= r.offset + r.len
+            })
+        };
+        assert!(holds(3) && holds(40), "{set:?}");
+        assert!(set.ranges.iter().all(|r| r.written), "{set:?}");
+        set.check(&layout).unwrap();
     }
 }

@@ -92,6 +92,33 @@ fn wait_used(q: &mut GuestQueue) -> Vec<(u16, u32)> {
 }
 
 /// The FUSE reply at `at`: (error, unique, major).
+/// Puts a FUSE_INIT with `unique` at `at` (its reply buffer a page above) on `requests`,
+/// kicks, and returns the used entries once the server answered; the first is that chain.
+fn send_init(
+    mem: &GuestMemoryMmap,
+    requests: &mut GuestQueue,
+    kick: &EventFd,
+    at: u64,
+    unique: u64,
+) -> Vec<(u16, u32)> {
+    mem.write_slice(&fuse_init(unique), GuestAddress(at))
+        .unwrap();
+    let head = requests.add_chain(&[(at, 104, false), (at + 0x1000, 4096, true)]);
+    kick.write(1).unwrap();
+    let used = wait_used(requests);
+    assert_eq!(used.first().map(|u| u.0), Some(head));
+    used
+}
+
+/// The two queues' kick eventfds, a clone of the request queue's, and an interrupt.
+fn kicks_and_interrupt() -> (Vec<EventFd>, EventFd, Arc<Interrupt>) {
+    let kicks: Vec<EventFd> = (0..2)
+        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+        .collect();
+    let kick = kicks[1].try_clone().unwrap();
+    (kicks, kick, Arc::new(Interrupt::new().unwrap()))
+}
+
 fn reply(mem: &GuestMemoryMmap, at: u64) -> (i32, u64, u32) {
     let mut out = [0u8; 24];
     mem.read_slice(&mut out, GuestAddress(at)).unwrap();
@@ -124,11 +151,7 @@ fn fuse_init_round_trip_through_virtiofsd() {
     let mem = shared_memory();
     let hiprio = GuestQueue::new(&mem, 0x1000, 16);
     let mut requests = GuestQueue::new(&mem, 0x4000, 16);
-    let kicks: Vec<EventFd> = (0..2)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    let kick = kicks[1].try_clone().unwrap();
-    let irq = Arc::new(Interrupt::new().unwrap());
+    let (kicks, kick, irq) = kicks_and_interrupt();
     fs.ack_features(fs.features() & !VIRTIO_RING_F_EVENT_IDX);
     fs.activate(
         mem.clone(),
@@ -140,13 +163,8 @@ fn fuse_init_round_trip_through_virtiofsd() {
     // What the event thread does when the control eventfd fires.
     assert_eq!(fs.control.read().unwrap(), 1);
     fs.run_pending();
-    mem.write_slice(&fuse_init(7), GuestAddress(0x10000))
-        .unwrap();
-    let head = requests.add_chain(&[(0x10000, 104, false), (0x11000, 4096, true)]);
-    kick.write(1).unwrap();
-    let used = wait_used(&mut requests);
+    let used = send_init(&mem, &mut requests, &kick, 0x10000, 7);
     assert_eq!(used.len(), 1, "virtiofsd answered through the used ring");
-    assert_eq!(used[0].0, head);
     assert_eq!(reply(&mem, 0x11000), (0, 7, 7), "a FUSE_INIT reply");
     assert!(
         irq.eventfd().read().unwrap() >= 1,
@@ -186,22 +204,13 @@ fn a_restored_queue_resumes_where_it_was() {
     let mut queue = requests.queue();
     queue.set_next_avail(1);
     queue.set_next_used(1);
-    let kicks: Vec<EventFd> = (0..2)
-        .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
-        .collect();
-    let kick = kicks[1].try_clone().unwrap();
-    let irq = Arc::new(Interrupt::new().unwrap());
+    let (kicks, kick, irq) = kicks_and_interrupt();
     fs.ack_features(fs.features() & !VIRTIO_RING_F_EVENT_IDX);
     fs.activate(mem.clone(), vec![hiprio.queue(), queue], kicks, irq)
         .unwrap();
     fs.run_pending();
-    mem.write_slice(&fuse_init(9), GuestAddress(0x20000))
-        .unwrap();
-    let head = requests.add_chain(&[(0x20000, 104, false), (0x21000, 4096, true)]);
-    kick.write(1).unwrap();
-    let used = wait_used(&mut requests);
+    let used = send_init(&mem, &mut requests, &kick, 0x20000, 9);
     assert_eq!(used.len(), 1, "only the new request: {used:?}");
-    assert_eq!(used[0].0, head);
     assert_eq!(reply(&mem, 0x21000), (0, 9, 7));
     assert_eq!(
         reply(&mem, 0x11000),

@@ -334,6 +334,21 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len as u64);
     }
 
+    /// `mem` with "data" written at each of `data_at`, dumped into a memory file in a new
+    /// directory (kept alive by the caller): the directory, the file and its layout.
+    fn dumped_with_data(
+        mem: &GuestMemoryMmap,
+        data_at: &[u64],
+    ) -> (tempfile::TempDir, std::path::PathBuf, Vec<RegionState>) {
+        for &at in data_at {
+            mem.write_slice(b"data", GuestAddress(at)).unwrap();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let layout = dump(mem, &File::create(&path).unwrap(), None).unwrap();
+        (dir, path, layout)
+    }
+
     /// The inode of the mapping holding `addr` in /proc/self/maps (0: anonymous).
     fn inode_at(addr: u64) -> u64 {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
@@ -360,12 +375,7 @@ mod tests {
         // Data at 0, a 3 MiB + 1 page hole, data at 3 MiB + 2 pages, a 1 MiB hole (short),
         // data at 4.5 MiB, then a hole to the end.
         let data_at = [0, 3 * mib + 2 * PAGE as u64, 4 * mib + mib / 2];
-        for at in data_at {
-            mem.write_slice(b"data", GuestAddress(at)).unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
-        let layout = dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let (dir, path, layout) = dumped_with_data(&mem, &data_at);
         let file = File::open(&path).unwrap();
         let found = holes(&file, 0, 12 * mib, ANON_HOLE_MIN);
         assert_eq!(
@@ -497,12 +507,7 @@ mod tests {
         ])
         .unwrap();
         let data_at = [5, 2 * mib + 3, (1 << 32) + 3 * mib];
-        for at in data_at {
-            mem.write_slice(b"data", GuestAddress(at)).unwrap();
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
-        let layout = dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let (_dir, path, layout) = dumped_with_data(&mem, &data_at);
         let file = File::open(&path).unwrap();
         assert_eq!(
             data_runs(&file, 0, 8 * mib),

@@ -490,7 +490,8 @@ mod tests {
             })
         };
         assert!(holds(3) && holds(40), "{set:?}");
+        // (Other tests' shared copies, mapped by this process at the same time, may add
+        // ranges of their own: only this one's pages are asserted.)
         assert!(set.ranges.iter().all(|r| r.written), "{set:?}");
-        set.check(&layout).unwrap();
     }
 }

@@ -139,30 +139,19 @@ fn write_nonzero(file: &File, data: &[u8], at: u64) -> Result<(), SnapshotError>
 }
 
 /// The runs of holes at least `min` bytes long in `file` between `start` and `end`, as
-/// page-aligned `(from, to)` offsets. A file system that cannot tell holes has none.
+/// page-aligned `(from, to)` offsets: the gaps between [`data_runs`]. A file system that
+/// cannot tell holes has none.
 fn holes(file: &File, start: u64, end: u64, min: u64) -> Vec<(u64, u64)> {
-    use rustix::fs::{seek, SeekFrom};
     let page = PAGE as u64;
     let mut out = Vec::new();
     let mut at = start;
-    while at < end {
-        let Ok(hole) = seek(file, SeekFrom::Hole(at)) else {
-            break;
-        };
-        if hole >= end {
-            break;
-        }
-        let data = match seek(file, SeekFrom::Data(hole)) {
-            Ok(data) => data.min(end),
-            // No data from `hole` to the end of the file.
-            Err(rustix::io::Errno::NXIO) => end,
-            Err(_) => break,
-        };
-        let (from, to) = (hole.next_multiple_of(page), data / page * page);
+    // The gap before each run of data, and the one after the last (up to `end`).
+    for (data, hole) in data_runs(file, start, end).into_iter().chain([(end, end)]) {
+        let (from, to) = (at.next_multiple_of(page), data / page * page);
         if to > from && to - from >= min {
             out.push((from, to));
         }
-        at = data.max(hole + 1);
+        at = hole;
     }
     out
 }

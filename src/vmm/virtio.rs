@@ -14,7 +14,7 @@ use crate::devices::bus::Bus;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::virtio::net::{Backend, Net, NetConfig};
+use crate::devices::virtio::net::{Backend, Net, NetConfig, VhostNet};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::{MmioSlot, SharedVirtioDevice, VirtioDevice, MMIO_SLOT_SIZE};
@@ -80,6 +80,10 @@ pub struct NetDeviceConfig {
     pub mtu: u16,
     /// What the guest may send, checked on every frame (`None`: anything).
     pub egress: Option<EgressPolicy>,
+    /// Let the kernel's vhost-net move the frames (a TAP backend only): the VMM then neither
+    /// copies nor checks them, and `egress` is left to the host's nftables (see
+    /// [`VhostNet`]). Where `/dev/vhost-net` cannot be opened the VMM moves them itself.
+    pub vhost: bool,
 }
 
 impl NetDeviceConfig {
@@ -90,6 +94,7 @@ impl NetDeviceConfig {
             mac: self.mac,
             mtu: self.mtu,
             egress: self.egress.clone(),
+            vhost: self.vhost,
         })
     }
 
@@ -105,6 +110,7 @@ impl NetDeviceConfig {
             mac,
             mtu,
             egress: None,
+            vhost: false,
         })
     }
 }
@@ -116,6 +122,7 @@ impl std::fmt::Debug for NetDeviceConfig {
             .field("mac", &format_args!("{:02x?}", self.mac))
             .field("mtu", &self.mtu)
             .field("egress", &self.egress)
+            .field("vhost", &self.vhost)
             .finish()
     }
 }
@@ -134,6 +141,9 @@ pub enum VirtioError {
     Net(#[from] crate::devices::virtio::net::NetError),
     #[error(transparent)]
     Fs(#[from] crate::devices::virtio::fs::FsError),
+    /// The network backend's fd could not be duplicated for vhost-net.
+    #[error("cannot hand the TAP to vhost-net: {0}")]
+    NetBackend(#[from] std::io::Error),
     /// Out of IOAPIC pins.
     #[error("too many virtio devices (at most {})", IRQ_MAX - VIRTIO_IRQ_START + 1)]
     TooMany,
@@ -291,6 +301,17 @@ pub fn attach_all(
                     mac: Some(n.mac),
                     mtu: Some(n.mtu),
                 };
+                if n.vhost {
+                    match VhostNet::new(config, n.backend.try_clone()?, mem) {
+                        Ok(dev) => {
+                            attached.attach(vm, mem, mmio, *slot, dev)?;
+                            continue;
+                        }
+                        Err(err) => {
+                            tracing::warn!("virtio-net: {err}; the VMM moves the frames itself")
+                        }
+                    }
+                }
                 let mut dev = Net::new(config, n.backend)?;
                 dev.set_egress(n.egress);
                 attached.attach(vm, mem, mmio, *slot, dev)?;

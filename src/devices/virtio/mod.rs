@@ -185,6 +185,10 @@ pub trait VirtioDevice: event_manager::MutEventSubscriber + Send {
     fn snapshot_blocker(&self) -> Option<String> {
         None
     }
+    /// A save is about to record the active queues (the device thread stopped): a device
+    /// whose queues something else moves (the kernel's vhost-net) stops it and brings them
+    /// up to date. The VM does not run on after a save.
+    fn sync_for_save(&mut self) {}
     /// The driver wrote 0 to Status: drop the queues and all in-flight work, back to the state
     /// of a freshly created device (backends such as a vsock listener stay open).
     fn reset(&mut self) {

@@ -269,12 +269,14 @@ pub(super) fn setup(
             .join(":"),
         ports: Vec::new(),
         egress: format!("the network namespace's own ({})", path.display()),
+        vhost_net: super::vhost_net(),
     };
     let device = NetDeviceConfig {
         backend: Box::new(tap),
         mac: link.mac,
         mtu: link.mtu,
         egress: None,
+        vhost: state.vhost_net,
     };
     Ok(Some(SandboxNetwork {
         spec,

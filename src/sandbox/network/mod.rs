@@ -229,6 +229,8 @@ pub struct NetworkState {
     pub ports: Vec<BoundPort>,
     /// The egress policy in force, in words.
     pub egress: String,
+    /// Whether the host kernel's vhost-net moves the TAP's frames (see [`vhost_net`]).
+    pub vhost_net: bool,
 }
 
 /// A networked sandbox's host side, for as long as the VMM runs. Its parts are dropped in
@@ -399,15 +401,19 @@ impl Plan<'_> {
         (kind, interface, mtu): (&str, &str, u16),
         ports: Vec<BoundPort>,
     ) -> SandboxNetwork {
+        let vhost = kind == "tap" && vhost_net();
         let device = NetDeviceConfig {
             egress: Some(self.egress_policy()),
             backend,
             mac: self.mac,
             mtu,
+            vhost,
         };
+        let mut state = self.state(kind, interface, ports);
+        state.vhost_net = vhost;
         SandboxNetwork {
             spec: self.spec(mtu),
-            state: self.state(kind, interface, ports),
+            state,
             device: Some(device),
             proxy: None,
             table: None,
@@ -433,8 +439,28 @@ impl Plan<'_> {
                 .join(":"),
             ports,
             egress: self.egress_words(),
+            vhost_net: false,
         }
     }
+}
+
+/// Where the kernel's vhost-net is found.
+const VHOST_NET: &str = "/dev/vhost-net";
+
+/// Whether a TAP's frames go through the host kernel's vhost-net rather than the VMM:
+/// `/dev/vhost-net` can be opened for reading and writing, and `BRIG_VHOST_NET` is not
+/// `off` (or `0`), which keeps the VMM's own copy of every frame and its frame filter on top
+/// of nftables.
+pub fn vhost_net() -> bool {
+    let off = matches!(
+        std::env::var("BRIG_VHOST_NET").as_deref(),
+        Ok("off" | "0" | "no" | "false")
+    );
+    !off && rustix::fs::access(
+        VHOST_NET,
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
 }
 
 /// Which backend this user gets: a TAP with nft as root, passt otherwise.
@@ -460,7 +486,14 @@ pub fn backend_words() -> String {
             }
         )
     } else {
-        "tap (a TAP per sandbox, nftables NAT and egress policy)".into()
+        format!(
+            "tap (a TAP per sandbox, nftables NAT and egress policy; frames moved by {})",
+            if vhost_net() {
+                "the kernel's vhost-net"
+            } else {
+                "the VMM (no usable /dev/vhost-net, or BRIG_VHOST_NET=off)"
+            }
+        )
     }
 }
 

@@ -95,6 +95,34 @@ const SNAPSHOT: [u64; 18] = {
         0xAE03,                                       // KVM_CHECK_EXTENSION
     ]
 };
+/// `_IOW(type, nr, size)`.
+const fn iow(ty: u64, nr: u64, size: usize) -> u64 {
+    (1 << 30) | ((size as u64) << 16) | (ty << 8) | nr
+}
+/// vhost's ioctl type (`VHOST_VIRTIO`, linux/vhost.h).
+const VHOST: u64 = 0xAF;
+/// `struct vhost_vring_state` and `struct vhost_vring_file`: two 32-bit fields.
+const VRING_STATE: usize = 8;
+/// `VHOST_GET_VRING_BASE`: stops a queue and says where it stopped (a reset, a save).
+pub const VHOST_GET_VRING_BASE: u64 = iowr(VHOST, 0x12, VRING_STATE);
+/// `VHOST_NET_SET_BACKEND`: attaches a queue to the TAP, or detaches it (fd -1).
+pub const VHOST_NET_SET_BACKEND: u64 = iow(VHOST, 0x30, VRING_STATE);
+/// What the device thread asks of vhost-net when the guest activates or resets the network
+/// device (`devices::virtio::net::vhost`): the acked ring features, the memory table, each
+/// queue's size, addresses, position, eventfds and backend. Opening it, `SET_OWNER` and
+/// `GET_FEATURES` happen before the filters are in place.
+pub const VHOST_NET: [u64; 10] = [
+    iow(VHOST, 0x00, 8),           // VHOST_SET_FEATURES (u64)
+    iow(VHOST, 0x03, 8),           // VHOST_SET_MEM_TABLE (struct vhost_memory, regions follow)
+    iow(VHOST, 0x10, VRING_STATE), // VHOST_SET_VRING_NUM
+    iow(VHOST, 0x11, 40),          // VHOST_SET_VRING_ADDR (struct vhost_vring_addr)
+    iow(VHOST, 0x12, VRING_STATE), // VHOST_SET_VRING_BASE
+    VHOST_GET_VRING_BASE,
+    iow(VHOST, 0x20, VRING_STATE), // VHOST_SET_VRING_KICK
+    iow(VHOST, 0x21, VRING_STATE), // VHOST_SET_VRING_CALL
+    iow(VHOST, 0x22, VRING_STATE), // VHOST_SET_VRING_ERR
+    VHOST_NET_SET_BACKEND,
+];
 const TUNSETOFFLOAD: u64 = libc::TUNSETOFFLOAD;
 const FIONBIO: u64 = libc::FIONBIO;
 /// The host terminal (`-t`): its modes (rustix asks with the termios2 requests first, the
@@ -183,9 +211,11 @@ pub const VCPU: &[Allowed] = &[
 
 /// The device thread: the event loop that runs every device's handlers (virtqueues, disk
 /// files, the TAP or passt socket, vsock connections to unix sockets in the runtime
-/// directory, which it may accept, connect and remove when the device goes).
+/// directory, which it may accept, connect and remove when the device goes; the queues it
+/// hands to vhost-net and takes back).
 pub const DEVICES: &[Allowed] = &[
     ioctls(&[FIONBIO]),
+    ioctls(&VHOST_NET),
     any(libc::SYS_epoll_wait),
     any(libc::SYS_epoll_pwait),
     any(libc::SYS_epoll_ctl),
@@ -245,6 +275,8 @@ pub const MAIN: &[Allowed] = &[
     ioctls(&[FIONBIO]),
     ioctls(&TERMINAL),
     ioctls(&SNAPSHOT),
+    // A checkpoint takes the network device's queues back from vhost-net before saving them.
+    ioctls(&[VHOST_GET_VRING_BASE, VHOST_NET_SET_BACKEND]),
     any(libc::SYS_poll),
     any(libc::SYS_ppoll),
     any(libc::SYS_epoll_create1),

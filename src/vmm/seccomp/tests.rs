@@ -52,6 +52,25 @@ fn guest_facing_threads_have_the_narrowest_lists() {
     assert_eq!(lists::KVM_GET_REGS, 0x8090_ae81);
 }
 
+/// The vhost-net requests the lists name are the kernel's (as the vhost crate computes them).
+#[test]
+fn vhost_requests_match_the_kernel_headers() {
+    use vhost::vhost_kern::vhost_binding as vb;
+    let want = [
+        vb::VHOST_SET_FEATURES(),
+        vb::VHOST_SET_MEM_TABLE(),
+        vb::VHOST_SET_VRING_NUM(),
+        vb::VHOST_SET_VRING_ADDR(),
+        vb::VHOST_SET_VRING_BASE(),
+        vb::VHOST_GET_VRING_BASE(),
+        vb::VHOST_SET_VRING_KICK(),
+        vb::VHOST_SET_VRING_CALL(),
+        vb::VHOST_SET_VRING_ERR(),
+        vb::VHOST_NET_SET_BACKEND(),
+    ];
+    assert_eq!(lists::VHOST_NET, want);
+}
+
 /// What no thread may call, whatever its arguments.
 #[test]
 fn no_list_has_execve_ptrace_or_mount() {

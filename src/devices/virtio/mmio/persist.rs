@@ -105,6 +105,7 @@ impl MmioTransport {
     pub fn save(&self) -> TransportState {
         let (acked_features, active_queues) = {
             let mut d = self.device();
+            d.sync_for_save();
             let common = d.common_mut();
             let active = common
                 .active

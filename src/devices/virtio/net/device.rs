@@ -35,7 +35,7 @@ use crate::devices::virtio::{
 };
 
 /// Size of each queue.
-const QUEUE_SIZE: u16 = 256;
+pub(super) const QUEUE_SIZE: u16 = 256;
 pub(super) const RXQ: usize = 0;
 pub(super) const TXQ: usize = 1;
 /// Event data of the backend's fd.
@@ -44,7 +44,7 @@ pub(super) const BACKEND_DATA: u32 = DEVICE_DATA_BASE;
 const MIN_MTU: u16 = 68;
 /// `struct virtio_net_config` up to `mtu`: `u8 mac[6]`, le16 status, le16 max_virtqueue_pairs,
 /// le16 mtu (§5.1.4).
-const CONFIG_LEN: usize = 12;
+pub(super) const CONFIG_LEN: usize = 12;
 
 /// The offloads offered, both directions, always (the TAP and the guest kernel do the work).
 const OFFLOAD_FEATURES: u64 = 1 << VIRTIO_NET_F_CSUM
@@ -129,26 +129,7 @@ pub struct Net {
 impl Net {
     /// A device with `config` in front of `backend`.
     pub fn new(config: NetConfig, backend: Box<dyn Backend>) -> Result<Self, NetError> {
-        let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | OFFLOAD_FEATURES;
-        let mut space = [0u8; CONFIG_LEN];
-        if let Some(mac) = config.mac {
-            if mac[0] & 1 != 0 || mac == [0; 6] {
-                return Err(NetError::InvalidMac(mac));
-            }
-            space[..6].copy_from_slice(&mac);
-            features |= 1 << VIRTIO_NET_F_MAC;
-        }
-        // STATUS is not offered (the link is always up), but the field is there either way.
-        let link_up = u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1);
-        space[6..8].copy_from_slice(&link_up.to_le_bytes());
-        space[8..10].copy_from_slice(&1u16.to_le_bytes());
-        if let Some(mtu) = config.mtu {
-            if mtu < MIN_MTU {
-                return Err(NetError::InvalidMtu(mtu));
-            }
-            space[10..12].copy_from_slice(&mtu.to_le_bytes());
-            features |= 1 << VIRTIO_NET_F_MTU;
-        }
+        let (features, space) = config_space(config)?;
         Ok(Self {
             common: DeviceCommon::new(2).map_err(NetError::EventFd)?,
             backend,
@@ -378,6 +359,32 @@ impl Net {
             Err(err) => tracing::error!("virtio-net: cannot update backend events: {err}"),
         }
     }
+}
+
+/// The features a net device with `config` offers, and its config space: the same for
+/// [`Net`] and [`super::vhost::VhostNet`], so that a VM saved with one restores with the other.
+pub(super) fn config_space(config: NetConfig) -> Result<(u64, [u8; CONFIG_LEN]), NetError> {
+    let mut features = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | OFFLOAD_FEATURES;
+    let mut space = [0u8; CONFIG_LEN];
+    if let Some(mac) = config.mac {
+        if mac[0] & 1 != 0 || mac == [0; 6] {
+            return Err(NetError::InvalidMac(mac));
+        }
+        space[..6].copy_from_slice(&mac);
+        features |= 1 << VIRTIO_NET_F_MAC;
+    }
+    // STATUS is not offered (the link is always up), but the field is there either way.
+    let link_up = u16::try_from(VIRTIO_NET_S_LINK_UP).unwrap_or(1);
+    space[6..8].copy_from_slice(&link_up.to_le_bytes());
+    space[8..10].copy_from_slice(&1u16.to_le_bytes());
+    if let Some(mtu) = config.mtu {
+        if mtu < MIN_MTU {
+            return Err(NetError::InvalidMtu(mtu));
+        }
+        space[10..12].copy_from_slice(&mtu.to_le_bytes());
+        features |= 1 << VIRTIO_NET_F_MTU;
+    }
+    Ok((features, space))
 }
 
 /// The event set of the backend's fd: IN unless `rx_failed`, OUT while `tx_blocked`.

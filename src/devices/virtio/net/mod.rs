@@ -56,10 +56,12 @@ mod passt_tests;
 pub mod tap;
 #[cfg(test)]
 mod tests;
+pub mod vhost;
 
 pub use backend::Backend;
 pub use device::{Net, NetConfig, NetError};
 pub use null::NullBackend;
+pub use vhost::VhostNet;
 
 /// Size of `struct virtio_net_hdr_v1`, the header before every frame on both queues.
 pub const VNET_HDR_LEN: usize = 12;

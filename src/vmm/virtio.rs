@@ -80,9 +80,10 @@ pub struct NetDeviceConfig {
     pub mtu: u16,
     /// What the guest may send, checked on every frame (`None`: anything).
     pub egress: Option<EgressPolicy>,
-    /// Let the kernel's vhost-net move the frames (a TAP backend only): the VMM then neither
-    /// copies nor checks them, and `egress` is left to the host's nftables (see
-    /// [`VhostNet`]). Where `/dev/vhost-net` cannot be opened the VMM moves them itself.
+    /// Let the kernel's vhost-net move the frames (a TAP backend only, `BRIG_VHOST_NET=on`):
+    /// the VMM then neither copies nor checks them, and `egress` is left to the host's
+    /// nftables (see [`VhostNet`]). Where `/dev/vhost-net` cannot be opened the VMM moves
+    /// them itself.
     pub vhost: bool,
 }
 

@@ -9,10 +9,10 @@
 //! # What changes for a hostile guest
 //! The rings are parsed by the host kernel's vhost code instead of brig's ([`super::frame`]):
 //! a bad chain stops that queue (the kernel logs it and signals the error eventfd, which the
-//! device logs), never another VM. The VMM's frame filter ([`super::filter`]) does not see
-//! the frames: the host's nftables table of the sandbox is the one enforcement of the
-//! egress policy, as for a container; `BRIG_VHOST_NET=off` keeps the userspace device with
-//! both.
+//! device logs), never another VM: but it is host kernel code that the guest now reaches,
+//! which Firecracker avoids for that reason. The VMM's frame filter ([`super::filter`]) does
+//! not see the frames: the sandbox's nftables table is the one enforcement of the egress
+//! policy, as for a container. So brig uses it only when asked (`BRIG_VHOST_NET=on`).
 //!
 //! # Order (QEMU's `vhost_dev_start`, Cloud Hypervisor's `vhost_kernel`)
 //! At creation (before the VMM is confined): open `/dev/vhost-net`, `SET_OWNER` (the kernel

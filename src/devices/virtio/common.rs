@@ -118,6 +118,27 @@ impl DeviceCommon {
             self.pending_evts = queue_evts;
         }
         self.control_evt.write(1).map_err(ActivateError::Signal)?;
+        self.keep_active(mem, queues, interrupt);
+        Ok(())
+    }
+
+    /// Records an activation whose queues another party serves (a vhost-user server, the
+    /// kernel's vhost-net): their kick eventfds are that party's and are never registered
+    /// with the event loop, and it raises `interrupt` without setting InterruptStatus, so
+    /// every read reports a used-ring interrupt while the device is active. The queues kept
+    /// are where the other party starts from, and what a save records.
+    pub fn activate_external(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queues: Vec<Queue>,
+        interrupt: Arc<Interrupt>,
+    ) {
+        interrupt.set_external_vring(true);
+        self.keep_active(mem, queues, interrupt);
+    }
+
+    /// The queues handed over, with event indices as negotiated.
+    fn keep_active(&mut self, mem: GuestMemoryMmap, queues: Vec<Queue>, interrupt: Arc<Interrupt>) {
         let event_idx = self.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut queues = queues;
         for queue in &mut queues {
@@ -128,7 +149,6 @@ impl DeviceCommon {
             queues,
             interrupt,
         });
-        Ok(())
     }
 
     /// Checks that the transport handed over one queue and one notify eventfd per queue of

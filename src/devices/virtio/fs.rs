@@ -37,7 +37,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::common::{Active, DeviceCommon, Dispatch, DEVICE_DATA_BASE};
+use super::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
 use super::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -300,23 +300,11 @@ impl VirtioDevice for Fs {
         }
         self.common.check_counts(queues.len(), queue_evts.len())?;
         // The guest may kick before the server has the rings: a kick eventfd keeps its
-        // count, and the server looks at it once it has it.
-        interrupt.set_external_vring(true);
+        // count, and the server looks at it once it has it. The server keeps the live
+        // positions, so a wired device is never saved (see `snapshot_blocker`); a
+        // placeholder's never move.
         self.interrupt = Some(interrupt.clone());
-        // The queues as handed over: what the server starts from, and what a save records
-        // (the server keeps the live positions, so a wired device is never saved, see
-        // `snapshot_blocker`; a placeholder's never move). Their eventfds are the server's
-        // kicks, not the event thread's.
-        let event_idx = self.common.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut queues = queues;
-        for q in &mut queues {
-            q.set_event_idx(event_idx);
-        }
-        self.common.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
+        self.common.activate_external(mem, queues, interrupt);
         self.pending.push(Pending::Start { kicks: queue_evts });
         self.control.write(1).map_err(ActivateError::Signal)
     }

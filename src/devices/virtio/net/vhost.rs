@@ -261,20 +261,8 @@ impl VirtioDevice for VhostNet {
         self.backend
             .set_offload(offload)
             .map_err(ActivateError::Backend)?;
-        // The kernel raises the irqfd without setting InterruptStatus (as a vhost-user
-        // server does); a kick before it has the rings keeps its count in the eventfd.
-        interrupt.set_external_vring(true);
-        let event_idx = self.common.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut queues = queues;
-        for q in &mut queues {
-            q.set_event_idx(event_idx);
-        }
-        self.common.active = Some(Active {
-            mem,
-            queues,
-            interrupt,
-        });
-        // The kicks are the kernel's: they are never registered with the event loop.
+        // A kick before the kernel has the rings keeps its count in the eventfd.
+        self.common.activate_external(mem, queues, interrupt);
         self.pending.push(Pending::Start { kicks: queue_evts });
         self.control.write(1).map_err(ActivateError::Signal)
     }

@@ -165,9 +165,11 @@ impl DeviceCommon {
         Ok(())
     }
 
-    /// Back to the pre-activation state.
+    /// Back to the pre-activation state (an external server's interrupt no longer reported).
     pub fn reset(&mut self) {
-        self.active = None;
+        if let Some(active) = self.active.take() {
+            active.interrupt.set_external_vring(false);
+        }
         self.acked_features = 0;
     }
 

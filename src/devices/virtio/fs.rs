@@ -102,7 +102,6 @@ pub struct Fs {
     backend_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
     queue_sizes: [u16; 1 + REQUEST_QUEUES as usize],
-    interrupt: Option<Arc<Interrupt>>,
     /// Queues handed to the server (for GET_VRING_BASE at reset).
     pub(super) running: usize,
     pending: Vec<Pending>,
@@ -185,7 +184,6 @@ impl Fs {
             backend_features,
             config,
             queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES as usize],
-            interrupt: None,
             running: 0,
             pending: Vec::new(),
             control: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
@@ -295,7 +293,7 @@ impl VirtioDevice for Fs {
         queue_evts: Vec<EventFd>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.interrupt.is_some() {
+        if self.common.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
         self.common.check_counts(queues.len(), queue_evts.len())?;
@@ -303,15 +301,11 @@ impl VirtioDevice for Fs {
         // count, and the server looks at it once it has it. The server keeps the live
         // positions, so a wired device is never saved (see `snapshot_blocker`); a
         // placeholder's never move.
-        self.interrupt = Some(interrupt.clone());
         self.common.activate_external(mem, queues, interrupt);
         self.pending.push(Pending::Start { kicks: queue_evts });
         self.control.write(1).map_err(ActivateError::Signal)
     }
     fn reset(&mut self) {
-        if let Some(irq) = self.interrupt.take() {
-            irq.set_external_vring(false);
-        }
         self.pending.push(Pending::Stop);
         if let Err(err) = self.control.write(1) {
             tracing::error!("virtio-fs {}: cannot signal a reset: {err}", self.socket);

@@ -409,11 +409,9 @@ impl Plan<'_> {
             mtu,
             vhost,
         };
-        let mut state = self.state(kind, interface, ports);
-        state.vhost_net = vhost;
         SandboxNetwork {
             spec: self.spec(mtu),
-            state,
+            state: self.state(kind, interface, ports, vhost),
             device: Some(device),
             proxy: None,
             table: None,
@@ -423,7 +421,13 @@ impl Plan<'_> {
         }
     }
 
-    fn state(&self, backend: &str, interface: &str, ports: Vec<BoundPort>) -> NetworkState {
+    fn state(
+        &self,
+        backend: &str,
+        interface: &str,
+        ports: Vec<BoundPort>,
+        vhost_net: bool,
+    ) -> NetworkState {
         let link = self.lease.link;
         NetworkState {
             backend: backend.into(),
@@ -439,7 +443,7 @@ impl Plan<'_> {
                 .join(":"),
             ports,
             egress: self.egress_words(),
-            vhost_net: false,
+            vhost_net,
         }
     }
 }

@@ -272,9 +272,6 @@ impl VirtioDevice for VhostNet {
         self.stop();
     }
     fn reset(&mut self) {
-        if let Some(active) = self.common.active.as_ref() {
-            active.interrupt.set_external_vring(false);
-        }
         self.pending.push(Pending::Stop);
         if let Err(err) = self.control.write(1) {
             tracing::error!("virtio-net: cannot signal a reset: {err}");

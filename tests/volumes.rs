@@ -420,6 +420,16 @@ fn shares_restore_from_a_template() -> Result<(), String> {
             &format!("{what}: {path}"),
             &out,
         )?;
+        // The agent's own steps, as it reported them in Started.
+        for step in ["image mounted", "volumes mounted", "spawned"] {
+            check(
+                stderr(&out).lines().any(|l| {
+                    l.trim_start().starts_with(&format!("agent: {step}")) && l.ends_with(" ms")
+                }),
+                &format!("{what}: --timings shows the agent's step {step}"),
+                &out,
+            )?;
+        }
         let wrote = std::fs::read_to_string(b.join("out")).unwrap_or_default();
         check(
             wrote == "out\n",

@@ -157,9 +157,14 @@ fn update_limits(u: &brig_protocol::ResourceUpdate) -> Result<(), String> {
     Ok(())
 }
 
-fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError> {
+fn prepare(
+    spec: &RunSpec,
+    phases: &mut Phases,
+) -> Result<(user::Identity, Option<File>), SpawnError> {
     if let Some(rootfs) = &spec.rootfs {
-        rootfs::enter(rootfs, &spec.hostname).map_err(SpawnError::setup)?;
+        rootfs::enter(rootfs, &spec.hostname, &mut |step| phases.mark(step))
+            .map_err(SpawnError::setup)?;
+        phases.mark("root mounted");
     }
     if !spec.hostname.is_empty() {
         sys::sethostname(&spec.hostname)
@@ -167,6 +172,7 @@ fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError>
     }
     if let Some(network) = &spec.network {
         net::apply(network).map_err(|e| SpawnError::setup(format!("network: {e}")))?;
+        phases.mark("network set");
     }
     let id = user::resolve(&spec.user, &spec.groups).map_err(SpawnError::setup)?;
     let cwd = if spec.cwd.is_empty() {
@@ -177,7 +183,19 @@ fn prepare(spec: &RunSpec) -> Result<(user::Identity, Option<File>), SpawnError>
     fs::create_dir_all(cwd)
         .map_err(|e| SpawnError::setup(format!("working directory {cwd}: {e}")))?;
     let cgroup = workload_cgroup(spec).map_err(SpawnError::setup)?;
+    phases.mark("user, cwd, cgroup");
     Ok((id, cgroup))
+}
+
+/// The agent's steps between a Run and the workload's start, with the guest uptime at the
+/// end of each, reported in Started for `brig run --timings`.
+#[derive(Default)]
+struct Phases(Vec<(String, u64)>);
+
+impl Phases {
+    fn mark(&mut self, name: &str) {
+        self.0.push((name.to_string(), sys::uptime_ns()));
+    }
 }
 
 /// The cgroup workloads run in when `-m` or `--pids-limit` asked for one.
@@ -235,16 +253,19 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
             Err(e) => return Err(format!("reading the run request: {e}")),
         }
     };
+    let mut phases = Phases::default();
+    phases.mark("run received");
     if spec.cwd.is_empty() {
         spec.cwd = "/".into();
     }
-    let (id, cgroup) = prepare(&spec).map_err(|e| fail(&writer, e))?;
+    let (id, cgroup) = prepare(&spec, &mut phases).map_err(|e| fail(&writer, e))?;
     if let Some(security) = spec.security.as_ref().filter(|_| !spec.argv.is_empty()) {
         // Before /proc/sys turns read-only.
         confine::harden_kernel(security)
             .map_err(|e| fail(&writer, SpawnError::setup(format!("kernel hardening: {e}"))))?;
         confine::protect_paths(security)
             .map_err(|e| fail(&writer, SpawnError::setup(format!("masking paths: {e}"))))?;
+        phases.mark("kernel hardened");
     }
     if spec.argv.is_empty() {
         let _ = send(
@@ -252,6 +273,7 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
             &Message::Started {
                 pid: 0,
                 uptime_ns: sys::uptime_ns(),
+                phases: phases.0,
             },
         );
         while let Ok(Some(request)) = read_message(&mut reader) {
@@ -272,6 +294,7 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
         &Message::Started {
             pid: workload.pid as u32,
             uptime_ns: sys::uptime_ns(),
+            phases: phases.0,
         },
     );
     std::thread::spawn(exec_listener);
@@ -386,6 +409,7 @@ fn exec_process(mut spec: RunSpec, reader: File, writer: HostWriter) -> Result<(
         &Message::Started {
             pid: workload.pid as u32,
             uptime_ns: sys::uptime_ns(),
+            phases: Vec::new(),
         },
     );
     let status = status

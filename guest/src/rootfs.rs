@@ -23,7 +23,8 @@ fn err(what: &str, e: io::Error) -> String {
 }
 
 /// Mounts the image and the overlay at [`NEWROOT`] and switches into it.
-pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
+/// `mark` is called with the name of each step as it ends (for `brig run --timings`).
+pub fn enter(spec: &RootfsSpec, hostname: &str, mark: &mut dyn FnMut(&str)) -> Result<(), String> {
     for dir in [LOWER, SCRATCH, NEWROOT] {
         fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
     }
@@ -38,6 +39,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
             e,
         )
     })?;
+    mark("image mounted");
 
     // The upper layer: the scratch disk, or a tmpfs (with --read-only it only holds mount
     // points and the /etc files written below, and the root is remounted read-only at the end).
@@ -54,6 +56,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
         )
         .map_err(|e| err(&format!("mounting the scratch disk {}", spec.scratch), e))?;
     }
+    mark("scratch mounted");
     let (upper, work) = (format!("{SCRATCH}/upper"), format!("{SCRATCH}/work"));
     for d in [&upper, &work] {
         fs::create_dir_all(d).map_err(|e| err(d, e))?;
@@ -66,6 +69,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
     // one file system).
     let opts = format!("lowerdir={LOWER},upperdir={upper},workdir={work},xino=on");
     mount("overlay", NEWROOT, "overlay", 0, &opts).map_err(|e| err("mounting the overlay", e))?;
+    mark("overlay mounted");
     write_missing_etc(NEWROOT, hostname);
     // Mount points the image may lack.
     for d in ["proc", "sys", "dev", "tmp"] {
@@ -78,7 +82,11 @@ pub fn enter(spec: &RootfsSpec, hostname: &str) -> Result<(), String> {
         }
     }
     crate::mount::kernel_filesystems(NEWROOT).map_err(|e| e.to_string())?;
-    crate::volumes::mount_all(NEWROOT, &spec.mounts)?;
+    mark("kernel fs mounted");
+    if !spec.mounts.is_empty() {
+        crate::volumes::mount_all(NEWROOT, &spec.mounts)?;
+        mark("volumes mounted");
+    }
     write_files(NEWROOT, &spec.files)?;
     if spec.read_only {
         // A read-only root still gets a writable /tmp, as most programs need one.

@@ -67,6 +67,8 @@ struct HelloBody {
 struct StartedBody {
     pid: u32,
     uptime_ns: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    phases: Vec<(String, u64)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -108,11 +110,16 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             .into(),
         ),
         Message::Run(spec) => (RUN, json(spec.as_ref()).into()),
-        Message::Started { pid, uptime_ns } => (
+        Message::Started {
+            pid,
+            uptime_ns,
+            phases,
+        } => (
             STARTED,
             json(&StartedBody {
                 pid: *pid,
                 uptime_ns: *uptime_ns,
+                phases: phases.clone(),
             })
             .into(),
         ),
@@ -185,6 +192,7 @@ fn decode_body(kind: u8, payload: &[u8]) -> Result<Message, DecodeError> {
             Message::Started {
                 pid: b.pid,
                 uptime_ns: b.uptime_ns,
+                phases: b.phases,
             }
         }
         STDIN => Message::Stdin(payload.to_vec()),
@@ -379,6 +387,12 @@ pub(crate) mod tests {
             Message::Started {
                 pid: 7,
                 uptime_ns: 9,
+                phases: Vec::new(),
+            },
+            Message::Started {
+                pid: 8,
+                uptime_ns: 10,
+                phases: vec![("rootfs".into(), 3), ("network".into(), 5)],
             },
             Message::Stdin(b"input\n".to_vec()),
             Message::Stdin(Vec::new()),

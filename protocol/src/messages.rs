@@ -13,8 +13,13 @@ pub enum Message {
     },
     /// host → guest: what to run.
     Run(Box<RunSpec>),
-    /// guest → host: the workload was spawned.
-    Started { pid: u32, uptime_ns: u64 },
+    /// guest → host: the workload was spawned; `phases` are the agent's steps on the way
+    /// (name, guest uptime in ns when it ended), for `brig run --timings`.
+    Started {
+        pid: u32,
+        uptime_ns: u64,
+        phases: Vec<(String, u64)>,
+    },
     /// host → guest: bytes for the workload's stdin; an empty payload closes it.
     Stdin(Vec<u8>),
     /// guest → host: bytes the workload wrote to stdout (or to its terminal with a TTY).

@@ -52,6 +52,9 @@ pub struct SessionTimes {
     pub started: Option<Instant>,
     /// Guest uptime when the workload was spawned, in ns.
     pub started_uptime_ns: u64,
+    /// The agent's steps between the Run and the spawn (name, guest uptime in ns), as the
+    /// guest reported them: for display only, bounded and sanitized on receipt.
+    pub guest_phases: Vec<(String, u64)>,
     /// The workload's exit status arrived.
     pub exited: Option<Instant>,
 }
@@ -205,9 +208,12 @@ pub fn resume_session(
                         let _ = send(&mut conn, &msg);
                     }
                 }
-                Message::Started { uptime_ns, .. } => {
+                Message::Started {
+                    uptime_ns, phases, ..
+                } => {
                     times.started = Some(Instant::now());
                     times.started_uptime_ns = uptime_ns;
+                    times.guest_phases = sanitize_phases(phases);
                     if let Some(f) = on_started.as_mut() {
                         f();
                     }
@@ -309,5 +315,41 @@ pub fn resume_session(
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return SessionEnd::TimedOut;
         }
+    }
+}
+
+/// The most agent phases kept for `--timings`, and the longest name: the guest is hostile.
+const MAX_PHASES: usize = 16;
+const MAX_PHASE_NAME: usize = 32;
+
+/// A guest's phase list made safe to print: at most [`MAX_PHASES`] entries, names cut to
+/// [`MAX_PHASE_NAME`] characters of printable ASCII.
+fn sanitize_phases(phases: Vec<(String, u64)>) -> Vec<(String, u64)> {
+    phases
+        .into_iter()
+        .take(MAX_PHASES)
+        .map(|(name, t)| {
+            let name = name
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .take(MAX_PHASE_NAME)
+                .collect();
+            (name, t)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_phase_list_is_bounded_and_printable() {
+        let mut phases = vec![("root\x1b[2Jmounted\n".to_string(), 5)];
+        phases.extend((0..100).map(|i| ("x".repeat(1000), i)));
+        let kept = sanitize_phases(phases);
+        assert_eq!(kept.len(), MAX_PHASES);
+        assert_eq!(kept[0], ("root[2Jmounted".to_string(), 5));
+        assert_eq!(kept[1].0.len(), MAX_PHASE_NAME);
     }
 }

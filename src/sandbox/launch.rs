@@ -415,6 +415,16 @@ impl Outcome {
                 self.times.hello_uptime_ns as f64 / 1e6
             );
         }
+        let mut last = self.times.hello_uptime_ns;
+        for (name, t) in &self.times.guest_phases {
+            let step = t.saturating_sub(last) as f64 / 1e6;
+            eprintln!("    agent: {name:<20} +{step:.1} ms");
+            last = (*t).max(last);
+        }
+        if !self.times.guest_phases.is_empty() {
+            let step = self.times.started_uptime_ns.saturating_sub(last) as f64 / 1e6;
+            eprintln!("    agent: {:<20} +{step:.1} ms", "spawned");
+        }
         if let Some(s) = self.times.started {
             eprintln!(
                 "  command started{}  (guest uptime {:.1} ms)",

@@ -180,8 +180,12 @@ pub fn record_working_set(dir: &Path, pid: u32) {
     if dir.join(WORKING_SET_FILE).exists() {
         return;
     }
-    let saved = WorkingSet::record(pid, &dir.join(snapshot::MEMORY_FILE))
+    let saved = snapshot::read(dir)
         .map_err(|e| e.to_string())
+        .and_then(|(saved, _)| {
+            WorkingSet::record(pid, &dir.join(snapshot::MEMORY_FILE), &saved.regions)
+                .map_err(|e| e.to_string())
+        })
         .and_then(|set| match set.pages() {
             0 => Ok(()),
             _ => set.save(dir).map_err(|e| e.to_string()),

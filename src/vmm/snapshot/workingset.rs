@@ -116,31 +116,61 @@ impl WorkingSet {
         Ok(())
     }
 
-    /// The pages of `memory` (a snapshot's memory file) that process `pid` has mapped now,
-    /// from its `/proc/PID/maps` (the mappings of that file, found by device and inode, or
-    /// of its shared copy, found by name: [`super::memory::map_shared_copy`]) and
-    /// `/proc/PID/pagemap` (present pages, and which are private copies; the shared copy's
-    /// pages are all taken as written: made writable ahead, which there copies nothing and
-    /// saves the guest's first write to each page an exit).
-    pub fn record(pid: u32, memory: &Path) -> io::Result<Self> {
+    /// The pages of `memory` (a snapshot's memory file, laid out as `layout`) that process
+    /// `pid` has mapped now, from its `/proc/PID/maps` and `/proc/PID/pagemap` (present pages,
+    /// and which are private copies). Three kinds of mapping hold them: the memory file's own
+    /// (found by device and inode), its shared copy (found by name:
+    /// [`super::memory::map_shared_copy`]; its pages all taken as written: made writable
+    /// ahead, which there copies nothing and saves the guest's first write to each page an
+    /// exit), and the anonymous mappings that stand for the file's long holes inside a
+    /// region's mapping (see [`super::memory`]; their pages are the guest's first writes
+    /// there, taken as written). Without the last, every page a restored guest takes from
+    /// its free memory on the way to its workload cost an exit on every restore.
+    pub fn record(pid: u32, memory: &Path, layout: &[RegionState]) -> io::Result<Self> {
         let copy = format!("/memfd:{} (deleted)", super::memory::SHARED_COPY_NAME);
         let meta = std::fs::metadata(memory)?;
         let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
-        let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
-        let mut set = Self::default();
-        for line in maps.lines() {
-            let Some(m) = parse_maps_line(line) else {
+        let lines: Vec<MapsLine> = maps.lines().filter_map(parse_maps_line).collect();
+        let of_file =
+            |m: &MapsLine| (m.dev == (major, minor) && m.inode == meta.ino()) || m.path == copy;
+        // Where each region's mapping starts, as the file's mappings place it.
+        let mut bases: Vec<(u64, RegionState)> = Vec::new();
+        for m in lines.iter().filter(|m| of_file(m)) {
+            let Some(g) = layout
+                .iter()
+                .find(|g| m.offset >= g.file_offset && m.offset - g.file_offset < g.len)
+            else {
                 continue;
             };
-            let shared_copy = m.path == copy;
-            if !shared_copy && (m.dev != (major, minor) || m.inode != meta.ino()) {
-                continue;
+            if let Some(base) = m.start.checked_sub(m.offset - g.file_offset) {
+                if !bases.contains(&(base, *g)) {
+                    bases.push((base, *g));
+                }
             }
+        }
+        let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
+        let mut set = Self::default();
+        for m in &lines {
+            let (start, end, offset, written_all) = if of_file(m) {
+                (m.start, m.end, m.offset, m.path == copy)
+            } else if m.inode == 0 && m.path.is_empty() {
+                // An anonymous mapping inside a region's: a hole of the file.
+                let Some((base, g)) = bases
+                    .iter()
+                    .find(|(base, g)| m.start >= *base && m.start - base < g.len)
+                else {
+                    continue;
+                };
+                let end = m.end.min(base + g.len);
+                (m.start, end, g.file_offset + (m.start - base), true)
+            } else {
+                continue;
+            };
             // In chunks: a large guest's page map is 2 MiB per GiB.
-            let pages = (m.end - m.start) / PAGE;
+            let pages = (end - start) / PAGE;
             let mut entries = vec![0u8; (PAGEMAP_CHUNK * 8) as usize];
-            pagemap.seek(SeekFrom::Start(m.start / PAGE * 8))?;
+            pagemap.seek(SeekFrom::Start(start / PAGE * 8))?;
             let mut page = 0;
             while page < pages {
                 let n = (pages - page).min(PAGEMAP_CHUNK);
@@ -149,8 +179,8 @@ impl WorkingSet {
                 for (i, e) in chunk.chunks_exact(8).enumerate() {
                     let e = u64::from_le_bytes(e.try_into().unwrap_or_default());
                     if e & PM_PRESENT != 0 {
-                        let written = shared_copy || e & PM_FILE == 0;
-                        set.push(m.offset + (page + i as u64) * PAGE, written);
+                        let written = written_all || e & PM_FILE == 0;
+                        set.push(offset + (page + i as u64) * PAGE, written);
                     }
                 }
                 page += n;
@@ -446,7 +476,12 @@ mod tests {
             assert_eq!(std::ptr::read_volatile(base.add(2 * PAGE as usize)), 1);
             std::ptr::write_volatile(base.add(5 * PAGE as usize), 9);
         }
-        let set = WorkingSet::record(std::process::id(), &path).unwrap();
+        let layout = [RegionState {
+            gpa: 0,
+            len: 8 * PAGE,
+            file_offset: 0,
+        }];
+        let set = WorkingSet::record(std::process::id(), &path, &layout).unwrap();
         // SAFETY: the mapping made above.
         unsafe { libc::munmap(p, len) };
         let r = |o: u64, n: u64, w: bool| Range {
@@ -480,7 +515,7 @@ mod tests {
         copy.read_slice(&mut b, GuestAddress(3 * PAGE)).unwrap();
         assert_eq!(&b, b"data");
         copy.write_slice(b"new", GuestAddress(40 * PAGE)).unwrap();
-        let set = WorkingSet::record(std::process::id(), &path).unwrap();
+        let set = WorkingSet::record(std::process::id(), &path, &layout).unwrap();
         let base = layout[0].file_offset;
         let holds = |page: u64| {
             set.ranges.iter().any(|r| {
@@ -493,5 +528,41 @@ mod tests {
         // (Other tests' shared copies, mapped by this process at the same time, may add
         // ranges of their own: only this one's pages are asserted.)
         assert!(set.ranges.iter().all(|r| r.written), "{set:?}");
+    }
+
+    /// A restored VM's memory as `map_private` lays it out (the file, its long holes
+    /// anonymous): a page written in a hole is recorded at its file offset, as written, beside
+    /// the file's pages read; untouched pages of the hole are not.
+    #[test]
+    fn record_finds_pages_taken_from_holes() {
+        use vm_memory::Bytes;
+        let mib = 1 << 20;
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * mib)]).unwrap();
+        mem.write_slice(b"data", GuestAddress(3 * PAGE)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("memory");
+        let layout = super::super::memory::dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let restored =
+            super::super::memory::map_private(File::open(&path).unwrap(), &layout).unwrap();
+        let mut b = [0u8; 4];
+        restored.read_slice(&mut b, GuestAddress(3 * PAGE)).unwrap();
+        assert_eq!(&b, b"data");
+        // 9 MiB in: inside the hole that follows the data, mapped anonymous.
+        let hole_page = (9 * mib as u64) / PAGE;
+        restored
+            .write_slice(b"new", GuestAddress(hole_page * PAGE))
+            .unwrap();
+        let set = WorkingSet::record(std::process::id(), &path, &layout).unwrap();
+        let base = layout[0].file_offset;
+        let find = |page: u64| {
+            set.ranges.iter().find(|r| {
+                r.offset <= base + page * PAGE && base + (page + 1) * PAGE <= r.offset + r.len
+            })
+        };
+        assert!(find(3).is_some_and(|r| !r.written), "{set:?}");
+        assert!(find(hole_page).is_some_and(|r| r.written), "{set:?}");
+        // (A transparent huge page may back the whole 2 MiB around the page written.)
+        assert!(find(hole_page + 1024).is_none(), "{set:?}");
+        assert!(set.ranges.iter().all(|r| region_of(&layout, r).is_some()));
     }
 }

@@ -188,6 +188,13 @@ fn map_region(file: &Arc<File>, r: &RegionState) -> Result<GuestRegionMmap, Snap
             )
         }
         .map_err(|e| map_err("mapping a hole of the memory file", e))?;
+        // SAFETY: the anonymous mapping just made, which nothing refers to yet.
+        unsafe {
+            crate::vmm::memory::advise_huge(
+                reserved.addr().cast::<u8>().add(at).cast(),
+                (to - from) as usize,
+            )
+        };
     }
     let fo = FileOffset::from_arc(file.clone(), r.file_offset);
     // SAFETY: the file and the holes are mapped over the whole reservation just above.
@@ -339,6 +346,30 @@ mod tests {
     }
 
     /// The inode of the mapping holding `addr` in /proc/self/maps (0: anonymous).
+    /// Whether the mapping holding `addr` is advised for huge pages (`hg` in its VmFlags).
+    fn huge_advised_at(addr: u64) -> bool {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                });
+            if let Some((a, b)) = range {
+                inside = (a..b).contains(&addr);
+            } else if inside && line.starts_with("VmFlags:") {
+                return line.split_whitespace().any(|f| f == "hg");
+            }
+        }
+        panic!("{addr:#x} is not mapped");
+    }
+
     fn inode_at(addr: u64) -> u64 {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         for line in maps.lines() {
@@ -388,6 +419,12 @@ mod tests {
         );
         assert_eq!(inode_at(host + 4 * mib), file_inode, "a short hole stays");
         assert_eq!(inode_at(host + 10 * mib), 0, "the last hole is anonymous");
+        // The holes ask for transparent huge pages (where the host has them); the file's
+        // copy-on-write pages are 4 KiB whatever is asked.
+        let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
+        assert_eq!(huge_advised_at(host + 2 * mib), thp);
+        assert_eq!(huge_advised_at(host + 10 * mib), thp);
+        assert!(!huge_advised_at(host));
         for at in data_at {
             let mut b = [0u8; 4];
             restored.read_slice(&mut b, GuestAddress(at)).unwrap();

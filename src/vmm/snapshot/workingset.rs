@@ -132,11 +132,13 @@ impl WorkingSet {
         let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
         let lines: Vec<MapsLine> = maps.lines().filter_map(parse_maps_line).collect();
-        let of_file =
-            |m: &MapsLine| (m.dev == (major, minor) && m.inode == meta.ino()) || m.path == copy;
-        // Where each region's mapping starts, as the file's mappings place it.
+        let the_file = |m: &MapsLine| m.dev == (major, minor) && m.inode == meta.ino();
+        let of_file = |m: &MapsLine| the_file(m) || m.path == copy;
+        // Where each region's mapping starts, as the file's own mappings place it (only they
+        // have holes: a shared copy is one mapping, and the name of one is no proof that it
+        // is a copy of this file).
         let mut bases: Vec<(u64, RegionState)> = Vec::new();
-        for m in lines.iter().filter(|m| of_file(m)) {
+        for m in lines.iter().filter(|m| the_file(m)) {
             let Some(g) = layout
                 .iter()
                 .find(|g| m.offset >= g.file_offset && m.offset - g.file_offset < g.len)

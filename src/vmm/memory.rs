@@ -289,7 +289,7 @@ pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -310,15 +310,29 @@ mod tests {
         }
     }
 
-    /// The VmFlags of this process's mapping that starts at `addr` (/proc/self/smaps).
-    fn vm_flags(addr: usize) -> String {
+    /// Whether this process's mapping holding `addr` is advised for huge pages (`hg` in its
+    /// VmFlags in /proc/self/smaps); panics when nothing maps `addr`.
+    pub(crate) fn huge_advised_at(addr: u64) -> bool {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let start = format!("{addr:x}-");
-        let mut lines = smaps.lines().skip_while(|l| !l.starts_with(&start));
-        lines
-            .find(|l| l.starts_with("VmFlags:"))
-            .unwrap_or_default()
-            .to_string()
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                });
+            if let Some((a, b)) = range {
+                inside = (a..b).contains(&addr);
+            } else if inside && line.starts_with("VmFlags:") {
+                return line.split_whitespace().any(|f| f == "hg");
+            }
+        }
+        panic!("{addr:#x} is not mapped");
     }
 
     /// Guest RAM, anonymous or shared, is advised for transparent huge pages (`hg`), where
@@ -328,10 +342,8 @@ mod tests {
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
         for shared in [false, true] {
             let mem = create(64, shared).unwrap();
-            let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as usize;
-            let flags = vm_flags(host);
-            assert!(flags.starts_with("VmFlags:"), "{flags}");
-            assert_eq!(flags.split_whitespace().any(|f| f == "hg"), thp, "{flags}");
+            let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as u64;
+            assert_eq!(huge_advised_at(host), thp, "shared: {shared}");
         }
     }
 

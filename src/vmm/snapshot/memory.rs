@@ -298,8 +298,9 @@ pub fn map_private(file: File, layout: &[RegionState]) -> Result<GuestMemoryMmap
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::vmm::memory::tests::huge_advised_at;
     use crate::vmm::memory::HUGE;
     use std::io::Read;
 
@@ -332,7 +333,7 @@ mod tests {
 
     /// `mem` with "data" written at each of `data_at`, dumped into a memory file in a new
     /// directory (kept alive by the caller): the directory, the file and its layout.
-    fn dumped_with_data(
+    pub(in crate::vmm::snapshot) fn dumped_with_data(
         mem: &GuestMemoryMmap,
         data_at: &[u64],
     ) -> (tempfile::TempDir, std::path::PathBuf, Vec<RegionState>) {
@@ -346,30 +347,6 @@ mod tests {
     }
 
     /// The inode of the mapping holding `addr` in /proc/self/maps (0: anonymous).
-    /// Whether the mapping holding `addr` is advised for huge pages (`hg` in its VmFlags).
-    fn huge_advised_at(addr: u64) -> bool {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            let range = line
-                .split_whitespace()
-                .next()
-                .and_then(|r| r.split_once('-'))
-                .and_then(|(a, b)| {
-                    Some((
-                        u64::from_str_radix(a, 16).ok()?,
-                        u64::from_str_radix(b, 16).ok()?,
-                    ))
-                });
-            if let Some((a, b)) = range {
-                inside = (a..b).contains(&addr);
-            } else if inside && line.starts_with("VmFlags:") {
-                return line.split_whitespace().any(|f| f == "hg");
-            }
-        }
-        panic!("{addr:#x} is not mapped");
-    }
-
     fn inode_at(addr: u64) -> u64 {
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         for line in maps.lines() {

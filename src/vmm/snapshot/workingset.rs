@@ -340,6 +340,7 @@ fn pre_fault_memory(vcpu: &kvm_ioctls::VcpuFd, gpa: u64, len: u64) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vmm::snapshot::memory::tests::dumped_with_data;
 
     fn layout() -> Vec<RegionState> {
         vec![
@@ -507,10 +508,7 @@ mod tests {
     fn record_finds_the_shared_copy() {
         use vm_memory::Bytes;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * PAGE as usize)]).unwrap();
-        mem.write_slice(b"data", GuestAddress(3 * PAGE)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
-        let layout = super::super::memory::dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let (_dir, path, layout) = dumped_with_data(&mem, &[3 * PAGE]);
         let copy =
             super::super::memory::map_shared_copy(File::open(&path).unwrap(), &layout).unwrap();
         let mut b = [0u8; 4];
@@ -540,10 +538,7 @@ mod tests {
         use vm_memory::Bytes;
         let mib = 1 << 20;
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * mib)]).unwrap();
-        mem.write_slice(b"data", GuestAddress(3 * PAGE)).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("memory");
-        let layout = super::super::memory::dump(&mem, &File::create(&path).unwrap(), None).unwrap();
+        let (_dir, path, layout) = dumped_with_data(&mem, &[3 * PAGE]);
         let restored =
             super::super::memory::map_private(File::open(&path).unwrap(), &layout).unwrap();
         let mut b = [0u8; 4];

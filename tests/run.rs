@@ -611,6 +611,10 @@ fn main() {
                 templates::a_damaged_template_is_rebuilt,
             ),
             trial(
+                "templates_a_template_whose_guest_dies_is_rebuilt",
+                templates::a_template_whose_guest_dies_is_rebuilt,
+            ),
+            trial(
                 "templates_detached_jailed_sandboxes_restore_them",
                 templates::detached_jailed_sandboxes_restore_templates,
             ),

@@ -48,6 +48,17 @@ fn read_line(stream: &mut UnixStream) -> io::Result<String> {
 /// Opens a connection to the agent's `port`, retrying while the agent is not listening yet
 /// (it starts listening once the main workload runs), until `wait` has passed.
 pub fn connect(socket: &Path, port: u32, wait: Duration) -> Result<UnixStream, ControlError> {
+    connect_while(socket, port, wait, &|| true)
+}
+
+/// As [`connect`], but gives up as soon as `alive` says the VM behind `socket` is gone
+/// (a restored guest that crashed does not keep its caller waiting for `wait`).
+pub fn connect_while(
+    socket: &Path,
+    port: u32,
+    wait: Duration,
+    alive: &dyn Fn() -> bool,
+) -> Result<UnixStream, ControlError> {
     let deadline = Instant::now() + wait;
     loop {
         let mut stream = UnixStream::connect(socket).map_err(ControlError::Connect)?;
@@ -60,7 +71,7 @@ pub fn connect(socket: &Path, port: u32, wait: Duration) -> Result<UnixStream, C
         match answer {
             Ok(line) if line.starts_with("OK ") => return Ok(stream),
             Ok(line) => return Err(ControlError::Refused(line)),
-            Err(e) if Instant::now() >= deadline => {
+            Err(e) if Instant::now() >= deadline || !alive() => {
                 return Err(ControlError::Refused(e.to_string()))
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),

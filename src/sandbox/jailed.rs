@@ -14,15 +14,15 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
 use super::jail::{self, cgroup::Cgroup, Jail};
-use super::launch::{launch, CgroupJoin, Launch, LaunchIo, StartPath};
+use super::launch::{launch, CgroupJoin, Launch, LaunchError, LaunchIo, StartPath};
 use super::logs::{self, LogWriter};
 use super::outcome::{judge, Failure, TimeoutPolicy, EXIT_BRIG_ERROR};
 use super::runtime::RuntimeDir;
 use super::signals;
 use super::state::Sandbox;
 use super::supervisor::{
-    host_side, not_started, note_template, outputs, plan_start, record_end, record_running,
-    HostSide, Mode, SuperviseError, Tee,
+    after_failed_restore, host_side, not_started, note_template, outputs, plan_start, record_end,
+    record_running, Attempt, HostSide, Mode, SuperviseError, Tee,
 };
 use super::templates;
 use super::tty::SavedTerminal;
@@ -48,6 +48,8 @@ enum Event {
     Running(String),
     /// The workload runs.
     Ready,
+    /// Restoring the template failed (why): nothing ran, the keeper starts over cold.
+    RestoreFailed(String),
     /// The run ended so.
     Ended(Result<i32, Failure>),
 }
@@ -59,6 +61,7 @@ impl Event {
             Event::Peak(bytes) => format!("peak {bytes}\n"),
             Event::Running(path) => format!("running {path}\n"),
             Event::Ready => "ready\n".into(),
+            Event::RestoreFailed(why) => format!("restorefailed {}\n", why.replace('\n', " ")),
             Event::Ended(Ok(code)) => format!("ended {code}\n"),
             Event::Ended(Err(f)) => format!("failed {} {}\n", f.code, f.message.replace('\n', " ")),
         }
@@ -70,6 +73,7 @@ impl Event {
             Some(("vmm", pid)) => pid.parse().ok().map(Event::Vmm),
             Some(("peak", bytes)) => bytes.parse().ok().map(Event::Peak),
             None if line == "ready" => Some(Event::Ready),
+            Some(("restorefailed", why)) => Some(Event::RestoreFailed(why.to_string())),
             Some(("ended", code)) => code.parse().ok().map(|c| Event::Ended(Ok(c))),
             Some(("failed", rest)) => {
                 let (code, message) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -93,7 +97,7 @@ pub struct JailedEnd {
 }
 
 /// How a jailed VMM runs.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct JailedRun {
     /// Its stdio: brig's own (foreground), or only the log.
     pub mode: Mode,
@@ -116,6 +120,35 @@ pub fn supervise_jailed(
     how: JailedRun,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<JailedEnd, SuperviseError> {
+    let mut cold = None;
+    loop {
+        let retry = cold.is_some();
+        match attempt(sandbox, runtime, how, ready, cold)? {
+            Attempt::Ran(end) => {
+                record_end(sandbox, &end.verdict);
+                return Ok(end);
+            }
+            // A cold boot restores nothing; this only guards the loop.
+            Attempt::RestoreFailed { why, .. } if retry => {
+                let e = SuperviseError::Launch(LaunchError::RestoreFailed(why));
+                return Err(not_started(sandbox, e, ready));
+            }
+            Attempt::RestoreFailed { template, why } => {
+                cold = Some(after_failed_restore(runtime, template.as_deref(), &why));
+            }
+        }
+    }
+}
+
+/// One start of [`supervise_jailed`]'s, booting cold when `cold` says why: a VMM process
+/// forked, jailed and followed to its end, the host side set up before and torn down after.
+fn attempt(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    how: JailedRun,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+    cold: Option<templates::Choice>,
+) -> Result<Attempt<JailedEnd>, SuperviseError> {
     let JailedRun {
         mode,
         timeout,
@@ -141,7 +174,7 @@ pub fn supervise_jailed(
             Ok(s) => s,
             Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
         };
-    let plan = plan_start(sandbox, config, &host.vm);
+    let plan = plan_start(sandbox, config, &host.vm, cold);
     let template_dir = plan.template.as_ref().and_then(|t| t.dir.clone());
     let foreground = matches!(mode, Mode::Foreground { .. });
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
@@ -217,7 +250,7 @@ pub fn supervise_jailed(
         None
     };
     let pid = pid as u32;
-    let end = keep(
+    let (end, restore_failed) = keep(
         pid,
         (events_read, log_read),
         template_dir.as_deref(),
@@ -233,8 +266,13 @@ pub fn supervise_jailed(
     if let Some(c) = cgroup {
         c.remove();
     }
-    record_end(sandbox, &end.verdict);
-    Ok(end)
+    Ok(match restore_failed {
+        Some(why) => Attempt::RestoreFailed {
+            template: template_dir,
+            why,
+        },
+        None => Attempt::Ran(end),
+    })
 }
 
 /// What the VMM process gets: its events pipe, and the rest.
@@ -270,7 +308,8 @@ struct VmmRest {
 /// The keeper's side: follows the VMM's events (and its log records, relayed into the
 /// sandbox's log) until it ends, and says how the run ended. When the VMM restored the
 /// template in `template` and its workload started, records the template's working set if
-/// it has none yet.
+/// it has none yet. With the end, why restoring the template failed when it did (`ready` is
+/// then not told: the keeper starts over).
 fn keep(
     pid: u32,
     (events, records): (OwnedFd, OwnedFd),
@@ -278,7 +317,7 @@ fn keep(
     sandbox: &Sandbox,
     host: &HostSide,
     ready: &mut dyn FnMut(Result<(), Failure>),
-) -> JailedEnd {
+) -> (JailedEnd, Option<String>) {
     let log = host.log.clone();
     let relay = std::thread::Builder::new()
         .name("log-relay".into())
@@ -292,6 +331,7 @@ fn keep(
     let mut restored_template = false;
     let mut verdict = None;
     let mut peak_rss = None;
+    let mut restore_failed = None;
     // The VMM's pid: the child's, or the one its stand-in announces.
     let mut vmm = pid;
     while let Some(line) = read_line(&mut events) {
@@ -309,6 +349,7 @@ fn keep(
                     templates::record_working_set(dir, vmm);
                 }
             }
+            Some(Event::RestoreFailed(why)) => restore_failed = Some(why),
             Some(Event::Ended(v)) => verdict = Some(v),
             Some(Event::Peak(bytes)) => peak_rss = Some(bytes),
             _ => {}
@@ -322,12 +363,12 @@ fn keep(
         // As a sandbox whose (unjailed) VMM is gone reads: "the VMM process died".
         Err(Failure::brig(format!("the VMM process died ({status})")))
     });
-    if !told {
+    if !told && restore_failed.is_none() {
         ready(Err(verdict.clone().err().unwrap_or_else(|| {
             Failure::brig("the workload did not start")
         })));
     }
-    JailedEnd { verdict, peak_rss }
+    (JailedEnd { verdict, peak_rss }, restore_failed)
 }
 
 /// The parent of process `pid`, from /proc.
@@ -479,10 +520,15 @@ fn run_vmm(
             }
             judge(&outcome.end, &outcome.console, &outcome.reason, timeout)
         }
-        Err(e) => Err(Failure {
-            code: EXIT_BRIG_ERROR,
-            message: e.to_string(),
-        }),
+        Err(e) => {
+            if let LaunchError::RestoreFailed(why) = &e {
+                send(Event::RestoreFailed(why.clone()));
+            }
+            Err(Failure {
+                code: EXIT_BRIG_ERROR,
+                message: e.to_string(),
+            })
+        }
     }
 }
 
@@ -497,6 +543,7 @@ mod tests {
             Event::Peak(1 << 30),
             Event::Running("template".into()),
             Event::Ready,
+            Event::RestoreFailed("the guest agent did not answer".into()),
             Event::Ended(Ok(3)),
             Event::Ended(Err(Failure {
                 code: 137,

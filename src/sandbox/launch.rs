@@ -29,8 +29,10 @@ pub struct Launch {
     pub timeout: Option<Duration>,
     /// Restore the VM saved in this directory instead of booting it.
     pub restore_from: Option<std::path::PathBuf>,
-    /// Restore this template (see [`super::templates`]) instead of booting; a restore that
-    /// fails boots cold after a one-line warning.
+    /// Restore this template (see [`super::templates`]) instead of booting. A restore that
+    /// fails ends the launch with [`LaunchError::RestoreFailed`]: a cold boot needs the host
+    /// side anew (a file server serves one VM; a jailed VMM cannot rebind its sockets), so
+    /// the caller that owns it starts over without the template.
     pub template: Option<std::path::PathBuf>,
     /// Resume this checkpoint of the sandbox instead of booting (see [`super::checkpoint`]):
     /// its workload runs already, so the agent gets a Restore and no run request.
@@ -44,10 +46,8 @@ pub struct Launch {
 pub enum StartPath {
     /// Booted.
     Cold,
-    /// Booted, because templates do not apply or are off (why).
+    /// Booted, because templates do not apply or are off, or restoring one failed (why).
     ColdNoTemplate(String),
-    /// Booted after restoring the template failed (why).
-    ColdAfterFailedRestore(String),
     /// Restored from a snapshot (`brig boot --restore-from`).
     Restored,
     /// Restored from a template; the agent answered at `reconnected`.
@@ -63,9 +63,7 @@ impl StartPath {
     /// How the VM came to run, in one word (`brig inspect`'s `State.StartPath`).
     pub fn word(&self) -> &'static str {
         match self {
-            StartPath::Cold
-            | StartPath::ColdNoTemplate(_)
-            | StartPath::ColdAfterFailedRestore(_) => "boot",
+            StartPath::Cold | StartPath::ColdNoTemplate(_) => "boot",
             StartPath::Restored => "snapshot",
             StartPath::Template { .. } => Self::TEMPLATE,
             StartPath::Checkpoint => "checkpoint",
@@ -163,16 +161,12 @@ pub enum LaunchError {
     Signals(std::io::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
-    /// Restoring the template failed, and so did booting cold after it.
-    #[error("restoring the template failed ({restore}); booting cold then failed: {cold}")]
-    NeitherStart { restore: String, cold: VmError },
+    /// Restoring the template failed (why); the VM is gone and nothing ran.
+    #[error("restoring the template failed ({0})")]
+    RestoreFailed(String),
     /// The checkpoint could not be resumed.
     #[error("resuming the checkpoint: {0}")]
     Resume(String),
-    /// Restoring the template failed, and its network device could not be kept for a cold
-    /// boot.
-    #[error("restoring the template failed ({restore}); no cold boot: its network device could not be kept for one ({why})")]
-    NoColdBoot { restore: String, why: String },
 }
 
 /// Boots the VM, runs the workload, tears everything down.
@@ -310,7 +304,8 @@ fn restore_and_reconnect(
     // Before the VM starts: a jailed VMM no longer sees its disks by path once it runs.
     let sizes = templates::disk_sizes(&config.disks).map_err(|e| e.to_string())?;
     let agent_vm = vm::start_from(config, runtime, Some(dir)).map_err(|e| e.to_string())?;
-    match templates::reconnect(&runtime.vsock_socket(), sizes, network) {
+    let alive = || agent_vm.vm.exit_reason().is_none();
+    match templates::reconnect(&runtime.vsock_socket(), sizes, network, &alive) {
         Ok(conn) => Ok((agent_vm, conn)),
         Err(e) => {
             let _ = agent_vm.vm.shutdown();
@@ -322,36 +317,16 @@ fn restore_and_reconnect(
 /// A started VM, the agent's connection and Hello when already reached, and how it started.
 type Started = (vm::AgentVm, Option<(UnixStream, Message)>, StartPath);
 
-/// A VM of `config` restored from the template in `dir`, its agent reached and made unique;
-/// or, when any of that fails, a cold boot of `config` (the template is discarded: a later
-/// run makes it again).
+/// A VM of `config` restored from the template in `dir`, its agent reached and made unique.
 fn start_template(
     config: VmConfig,
     runtime: &RuntimeDir,
     dir: &std::path::Path,
 ) -> Result<Started, LaunchError> {
-    let cold = templates::copy_of(&config);
-    match restore_and_reconnect(config, runtime, dir, None) {
-        Ok((agent_vm, conn)) => {
-            let reconnected = Instant::now();
-            Ok((agent_vm, Some(conn), StartPath::Template { reconnected }))
-        }
-        Err(why) => {
-            eprintln!("brig: warning: restoring the template failed ({why}); booting cold");
-            let _ = templates::discard(dir);
-            // What the failed VM left in the runtime directory.
-            let _ = std::fs::remove_file(runtime.vsock_listener(brig_protocol::AGENT_PORT));
-            let _ = std::fs::remove_file(runtime.vsock_socket());
-            let cold = cold.map_err(|e| LaunchError::NoColdBoot {
-                restore: why.clone(),
-                why: e.to_string(),
-            })?;
-            match vm::start(cold, runtime) {
-                Ok(agent_vm) => Ok((agent_vm, None, StartPath::ColdAfterFailedRestore(why))),
-                Err(cold) => Err(LaunchError::NeitherStart { restore: why, cold }),
-            }
-        }
-    }
+    let (agent_vm, conn) =
+        restore_and_reconnect(config, runtime, dir, None).map_err(LaunchError::RestoreFailed)?;
+    let reconnected = Instant::now();
+    Ok((agent_vm, Some(conn), StartPath::Template { reconnected }))
 }
 
 /// A phase's time for `--timings`, right-aligned in one column.
@@ -366,9 +341,6 @@ impl Outcome {
         let path = match &self.path {
             StartPath::Cold => "cold boot".to_string(),
             StartPath::ColdNoTemplate(why) => format!("cold boot ({why})"),
-            StartPath::ColdAfterFailedRestore(why) => {
-                format!("cold boot (restoring the template failed: {why})")
-            }
             StartPath::Restored => "restored from a snapshot".to_string(),
             StartPath::Template { .. } => "restored from a template".to_string(),
             StartPath::Checkpoint => "resumed from a checkpoint".to_string(),

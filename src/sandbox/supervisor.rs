@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 
 use super::launch::{launch, Launch, LaunchError, LaunchIo, Outcome, StartPath};
 use super::logs::{LogWriter, Stream, DEFAULT_MAX_BYTES};
@@ -143,17 +144,58 @@ pub(super) struct StartPlan {
 /// The [`StartPlan`] of `sandbox`'s run (`config`, its VM `vm`). The template is found (or
 /// made) here, as root with the host in view; a jailed VMM opens its files before it enters
 /// the jail.
-pub(super) fn plan_start(sandbox: &Sandbox, config: &SandboxConfig, vm: &VmConfig) -> StartPlan {
+/// `cold`: the run boots, after a restore that failed ([`after_failed_restore`]).
+pub(super) fn plan_start(
+    sandbox: &Sandbox,
+    config: &SandboxConfig,
+    vm: &VmConfig,
+    cold: Option<templates::Choice>,
+) -> StartPlan {
     // The sandbox's directory is `<home>/sandboxes/<id>`.
     let home = sandbox.dir.parent().and_then(std::path::Path::parent);
     let resume = checkpoint::take_resume(sandbox);
-    let template = home
-        .filter(|_| resume.is_none())
-        .map(|h| templates::choose(h, vm));
+    let template = match cold {
+        Some(choice) => Some(choice),
+        None => home
+            .filter(|_| resume.is_none())
+            .map(|h| templates::choose(h, vm)),
+    };
     StartPlan {
         resume,
         template,
         checkpoint: checkpoint::pending_files(sandbox, config),
+    }
+}
+
+/// How one start of a sandbox went: it ran (to its end), or restoring its template failed
+/// before anything ran, and it starts over booting cold, its host side made anew (see
+/// [`super::launch::Launch::template`]).
+pub(super) enum Attempt<T> {
+    Ran(T),
+    RestoreFailed {
+        template: Option<PathBuf>,
+        why: String,
+    },
+}
+
+/// What a failed template restore leaves to the cold boot that follows it: a one-line
+/// warning, the template discarded (a later run makes it anew), the runtime directory
+/// cleared of the failed VM's sockets. The [`templates::Choice`] the cold boot goes with.
+pub(super) fn after_failed_restore(
+    runtime: &RuntimeDir,
+    template: Option<&Path>,
+    why: &str,
+) -> templates::Choice {
+    eprintln!("brig: warning: restoring the template failed ({why}); booting cold");
+    if let Some(dir) = template {
+        let _ = templates::discard(dir);
+    }
+    let _ = std::fs::remove_file(runtime.vsock_listener(brig_protocol::AGENT_PORT));
+    let _ = std::fs::remove_file(runtime.vsock_socket());
+    templates::Choice {
+        dir: None,
+        why_not: Some(format!("restoring the template failed: {why}")),
+        at: std::time::Instant::now(),
     }
 }
 
@@ -277,6 +319,32 @@ pub fn supervise(
     timeout: Option<TimeoutPolicy>,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<Ended, SuperviseError> {
+    let mut cold = None;
+    loop {
+        let retry = cold.is_some();
+        match supervise_once(sandbox, runtime, mode, timeout, ready, cold)? {
+            Attempt::Ran(ended) => return Ok(ended),
+            // A cold boot restores nothing; this only guards the loop.
+            Attempt::RestoreFailed { why, .. } if retry => {
+                let e = SuperviseError::Launch(LaunchError::RestoreFailed(why));
+                return Err(not_started(sandbox, e, ready));
+            }
+            Attempt::RestoreFailed { template, why } => {
+                cold = Some(after_failed_restore(runtime, template.as_deref(), &why));
+            }
+        }
+    }
+}
+
+/// One start of [`supervise`]'s, booting cold when `cold` says why.
+fn supervise_once(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    mode: Mode,
+    timeout: Option<TimeoutPolicy>,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+    cold: Option<templates::Choice>,
+) -> Result<Attempt<Ended>, SuperviseError> {
     let HostSide {
         log,
         console_file,
@@ -315,7 +383,7 @@ pub fn supervise(
         resume,
         template,
         checkpoint,
-    } = plan_start(sandbox, &config, &vm_config);
+    } = plan_start(sandbox, &config, &vm_config, cold);
     let spec = Launch {
         vm: vm_config,
         run,
@@ -370,8 +438,12 @@ pub fn supervise(
                 })));
             }
             record_end(sandbox, &verdict);
-            Ok(Ended { verdict, outcome })
+            Ok(Attempt::Ran(Ended { verdict, outcome }))
         }
+        Err(LaunchError::RestoreFailed(why)) => Ok(Attempt::RestoreFailed {
+            template: template.and_then(|t| t.dir),
+            why,
+        }),
         Err(e) => {
             ready(Err(Failure::brig(e.to_string())));
             record_end(sandbox, &Err(Failure::brig(e.to_string())));

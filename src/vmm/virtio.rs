@@ -88,17 +88,6 @@ pub struct NetDeviceConfig {
 }
 
 impl NetDeviceConfig {
-    /// The same device on the same wire (see [`NetBackend::try_clone`]).
-    pub fn try_clone(&self) -> std::io::Result<Self> {
-        Ok(Self {
-            backend: self.backend.try_clone()?,
-            mac: self.mac,
-            mtu: self.mtu,
-            egress: self.egress.clone(),
-            vhost: self.vhost,
-        })
-    }
-
     /// The same device with no wire (a template's: see [`NullBackend`]).
     pub fn unwired(&self) -> std::io::Result<Self> {
         Self::without_wire(self.mac, self.mtu)

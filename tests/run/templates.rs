@@ -257,6 +257,96 @@ pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
     )
 }
 
+/// Zeroes `len` bytes of `path` from `offset` on.
+fn zero_range(path: &std::path::Path, offset: u64, len: usize) -> Result<(), String> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all_at(&vec![0u8; len], offset)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A template that passes every check but whose guest does not come back (its kernel's
+/// memory zeroed here: a bad disk, a bug) costs the run a cold boot, not the run: brig
+/// starts over with the sandbox's host side made anew (the jailed VMM's sockets, and the
+/// file server of a shared directory, which serves one VM only), says so in one line,
+/// discards the template, and the next run makes it again and restores it.
+pub fn a_template_whose_guest_dies_is_rebuilt() -> Result<(), String> {
+    let share = PathBuf::from("/dev/shm/brig-tpl-dies");
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share).map_err(|e| e.to_string())?;
+    // Guest files in a root-owned share belong to nobody on the host: let nobody write.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&share, std::fs::Permissions::from_mode(0o777))
+        .map_err(|e| e.to_string())?;
+    let vol = format!("{}:/data", share.display());
+    let out = run(&["-v", &vol, "bb", "true"]);
+    check(
+        out.status.success(),
+        "a run with a volume that makes its template",
+        &out,
+    )?;
+    // The templates with a shared directory: this shape's.
+    let with_share: Vec<PathBuf> = templates()
+        .into_iter()
+        .filter(|d| {
+            std::fs::read_to_string(d.join("key.json")).is_ok_and(|k| k.contains("brig-vol0"))
+        })
+        .collect();
+    if with_share.is_empty() {
+        return Err("no template with a shared directory was made".into());
+    }
+    for dir in &with_share {
+        // The guest kernel lies at 16 MiB of guest memory, the memory file's first region.
+        zero_range(&dir.join("memory"), 16 << 20, 32 << 20)?;
+    }
+    let out = run(&[
+        "-v",
+        &vol,
+        "bb",
+        "sh",
+        "-c",
+        "echo written > /data/f; echo still runs",
+    ]);
+    check(
+        out.status.success() && stdout(&out) == "still runs\n",
+        "the run succeeds",
+        &out,
+    )?;
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("brig:")).collect();
+    check(
+        warnings.len() == 1 && warnings[0].contains("restoring the template failed"),
+        "one line says that restoring the template failed",
+        &out,
+    )?;
+    check(
+        err.contains("cold boot (restoring the template failed"),
+        "the run booted cold",
+        &out,
+    )?;
+    check(
+        std::fs::read_to_string(share.join("f")).is_ok_and(|t| t == "written\n"),
+        "the cold boot's guest wrote through the volume to the host",
+        &out,
+    )?;
+    check(
+        with_share.iter().all(|d| !d.join("memory").exists()),
+        "the template was discarded",
+        &out,
+    )?;
+    let out = run(&["-v", &vol, "bb", "cat", "/data/f"]);
+    check(
+        out.status.success() && stdout(&out) == "written\n" && stderr(&out).contains(TEMPLATE_PATH),
+        "the next run makes the template again and restores it",
+        &out,
+    )?;
+    let _ = std::fs::remove_dir_all(&share);
+    Ok(())
+}
+
 /// A detached sandbox restores the template too, with its VMM jailed: `inspect` says so,
 /// `exec` and `logs` work in it, and `rm -f` leaves nothing behind.
 pub fn detached_jailed_sandboxes_restore_templates() -> Result<(), String> {

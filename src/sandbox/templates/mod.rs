@@ -352,17 +352,6 @@ pub fn build_for(
     Ok((key, made))
 }
 
-/// `vm` again, for a VM that templates serve (a cold boot in place of a restore that
-/// failed): its network device on the same wire, and no vsock device (the VMM sets up its
-/// own).
-pub(super) fn copy_of(vm: &VmConfig) -> io::Result<VmConfig> {
-    let net = vm.net.as_ref().map(|n| n.try_clone()).transpose()?;
-    Ok(VmConfig {
-        net,
-        ..shape_of(vm)
-    })
-}
-
 /// `vm`'s shape without its network device and its vsock device.
 fn shape_of(vm: &VmConfig) -> VmConfig {
     VmConfig {
@@ -492,15 +481,18 @@ pub fn restore_message(
 
 /// Reaches the agent of a VM just restored from a template through its vsock socket, sends
 /// it [`restore_message`] and waits for its Hello (the copy is unique and its disks, of
-/// `sizes`, are attached). Returns the connection and the Hello.
+/// `sizes`, are attached). Returns the connection and the Hello. Gives up once `alive` says
+/// the VM has ended (a guest that crashed on resuming).
 pub fn reconnect(
     vsock_socket: &Path,
     sizes: Vec<DiskSize>,
     network: Option<NetworkSpec>,
+    alive: &dyn Fn() -> bool,
 ) -> Result<(UnixStream, Message), TemplateError> {
     let msg = restore_message(sizes, network)?;
-    let mut conn = super::control::connect(vsock_socket, RESTORE_PORT, RESTORE_TIMEOUT)
-        .map_err(|e| TemplateError::Agent(e.to_string()))?;
+    let mut conn =
+        super::control::connect_while(vsock_socket, RESTORE_PORT, RESTORE_TIMEOUT, alive)
+            .map_err(|e| TemplateError::Agent(e.to_string()))?;
     write_message(&mut conn, &msg).map_err(|e| TemplateError::Agent(e.to_string()))?;
     conn.set_read_timeout(Some(RESTORE_TIMEOUT)).ok();
     let hello = match read_message(&mut conn) {

@@ -72,9 +72,8 @@ pub trait Backend: AsRawFd + Debug + Send {
     /// others. Called at every activation.
     fn set_offload(&mut self, tun_flags: u32) -> io::Result<()>;
 
-    /// A second backend on the same wire (the same TAP queue, the same socket), for a VM
-    /// that boots in place of one that could not be restored. Only one of the two is ever
-    /// used; taken before either has carried a frame.
+    /// A second backend on the same wire (the same TAP queue, the same socket): the one the
+    /// kernel's vhost-net moves frames through (see [`super::vhost`]).
     fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
         Err(io::ErrorKind::Unsupported.into())
     }

@@ -16,9 +16,18 @@ use crate::arch::x86_64::{bootparams, mptable, regs};
 /// `reboot=k` resets through the i8042 (the VMM's "VM done"); `panic=-1` reboots at once on a
 /// panic; `quiet` keeps the serial console (a VM exit per byte) nearly silent;
 /// `io_delay=none` avoids port-0x80 exits; `no_timer_check`/`tsc=reliable` skip checks a
-/// paravirtualised clock does not need.
+/// paravirtualised clock does not need. `dhash_entries`/`ihash_entries` size the dentry and
+/// inode hash tables for a sandbox rather than for the guest's RAM (1 GiB would get 128 Ki
+/// buckets, 1 MiB each): every run adds dentries and inodes (its mounts, its hostname, its
+/// paths) to buckets that move from run to run, and in a restored guest each new page of a
+/// table it writes is a copy-on-write of the template's memory, two or three VM exits. In
+/// 128 KiB tables those writes fall in the pages the template's working set already copies
+/// ahead: a restored `brig run --network none IMG true` took 408 nested page faults before,
+/// 275 after. Lookups stay short: 16 Ki buckets hold a build tree's dentries in chains of a
+/// few entries.
 pub const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 quiet io_delay=none no_timer_check tsc=reliable";
+    "console=ttyS0 reboot=k panic=-1 quiet io_delay=none no_timer_check tsc=reliable \
+     dhash_entries=16384 ihash_entries=16384";
 
 /// Where `kernels/build.sh` leaves the guest kernel brig boots by default.
 fn kernel_cache_path() -> std::path::PathBuf {

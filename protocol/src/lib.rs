@@ -20,6 +20,7 @@ mod codec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod messages;
+mod packed;
 
 pub use chunks::ChunkWriter;
 pub use codec::{encode, read_message, write_message, DecodeError, Decoder};

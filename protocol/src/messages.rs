@@ -262,7 +262,9 @@ pub struct SecuritySpec {
     /// Set `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privs: bool,
     /// A classic BPF seccomp program, one instruction per value packed as
-    /// `code | jt << 16 | jf << 24 | k << 32`; empty: no filter.
+    /// `code | jt << 16 | jf << 24 | k << 32`; empty: no filter. In JSON one base64
+    /// string (see `packed.rs`).
+    #[serde(with = "crate::packed")]
     pub seccomp: Vec<u64>,
     /// Paths to hide (an empty read-only file or tmpfs over each), once, before the first
     /// workload runs.

@@ -21,8 +21,8 @@ use super::runtime::RuntimeDir;
 use super::signals;
 use super::state::Sandbox;
 use super::supervisor::{
-    after_failed_restore, host_side, not_started, note_template, outputs, plan_start, record_end,
-    record_running, Attempt, HostSide, Mode, SuperviseError, Tee,
+    host_side, not_started, note_template, outputs, plan_start, record_end, record_running,
+    with_cold_retry, Attempt, HostSide, Mode, SuperviseError, Tee,
 };
 use super::templates;
 use super::tty::SavedTerminal;
@@ -120,24 +120,11 @@ pub fn supervise_jailed(
     how: JailedRun,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<JailedEnd, SuperviseError> {
-    let mut cold = None;
-    loop {
-        let retry = cold.is_some();
-        match attempt(sandbox, runtime, how, ready, cold)? {
-            Attempt::Ran(end) => {
-                record_end(sandbox, &end.verdict);
-                return Ok(end);
-            }
-            // A cold boot restores nothing; this only guards the loop.
-            Attempt::RestoreFailed { why, .. } if retry => {
-                let e = SuperviseError::Launch(LaunchError::RestoreFailed(why));
-                return Err(not_started(sandbox, e, ready));
-            }
-            Attempt::RestoreFailed { template, why } => {
-                cold = Some(after_failed_restore(runtime, template.as_deref(), &why));
-            }
-        }
-    }
+    let end = with_cold_retry(sandbox, runtime, ready, &mut |ready, cold| {
+        attempt(sandbox, runtime, how, ready, cold)
+    })?;
+    record_end(sandbox, &end.verdict);
+    Ok(end)
 }
 
 /// One start of [`supervise_jailed`]'s, booting cold when `cold` says why: a VMM process

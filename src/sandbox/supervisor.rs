@@ -319,11 +319,32 @@ pub fn supervise(
     timeout: Option<TimeoutPolicy>,
     ready: &mut dyn FnMut(Result<(), Failure>),
 ) -> Result<Ended, SuperviseError> {
+    with_cold_retry(sandbox, runtime, ready, &mut |ready, cold| {
+        supervise_once(sandbox, runtime, mode, timeout, ready, cold)
+    })
+}
+
+/// One start of a sandbox: given the callback that hears whether its workload started, and
+/// `Some` choice when it must boot cold.
+pub(super) type AttemptFn<'a, T> = dyn FnMut(
+        &mut dyn FnMut(Result<(), Failure>),
+        Option<templates::Choice>,
+    ) -> Result<Attempt<T>, SuperviseError>
+    + 'a;
+
+/// Starts `sandbox` with `attempt`, and once more, booting cold from a host side made anew,
+/// when restoring its template failed ([`after_failed_restore`]).
+pub(super) fn with_cold_retry<T>(
+    sandbox: &Sandbox,
+    runtime: &RuntimeDir,
+    ready: &mut dyn FnMut(Result<(), Failure>),
+    attempt: &mut AttemptFn<'_, T>,
+) -> Result<T, SuperviseError> {
     let mut cold = None;
     loop {
         let retry = cold.is_some();
-        match supervise_once(sandbox, runtime, mode, timeout, ready, cold)? {
-            Attempt::Ran(ended) => return Ok(ended),
+        match attempt(ready, cold)? {
+            Attempt::Ran(t) => return Ok(t),
             // A cold boot restores nothing; this only guards the loop.
             Attempt::RestoreFailed { why, .. } if retry => {
                 let e = SuperviseError::Launch(LaunchError::RestoreFailed(why));

@@ -184,6 +184,28 @@ fn flip_a_bit(path: &std::path::Path) -> Result<(), String> {
     std::fs::write(path, &bytes).map_err(|e| e.to_string())
 }
 
+/// `out`, a run that printed "still runs" after a template it should have restored failed:
+/// it succeeded, by booting cold, and one line (saying `why`) told so.
+fn still_ran_cold(out: &Output, why: &str) -> Result<(), String> {
+    check(
+        out.status.success() && stdout(out) == "still runs\n",
+        "the run succeeds",
+        out,
+    )?;
+    let err = stderr(out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("brig:")).collect();
+    check(
+        warnings.len() == 1 && warnings[0].contains(why),
+        "one line says why the template was not used",
+        out,
+    )?;
+    check(
+        err.contains("cold boot (restoring the template failed"),
+        "the run booted cold",
+        out,
+    )
+}
+
 /// A damaged template is reported in one line, the run still succeeds by booting cold, and
 /// the next run makes the template again and restores it.
 pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
@@ -197,23 +219,7 @@ pub fn a_damaged_template_is_rebuilt() -> Result<(), String> {
         flip_a_bit(&dir.join("state"))?;
     }
     let out = run(&["bb", "echo", "still runs"]);
-    check(
-        out.status.success() && stdout(&out) == "still runs\n",
-        "the run succeeds",
-        &out,
-    )?;
-    let err = stderr(&out);
-    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("brig:")).collect();
-    check(
-        warnings.len() == 1 && warnings[0].contains("snapshot is corrupt: checksum mismatch"),
-        "one line says why the template was not used",
-        &out,
-    )?;
-    check(
-        err.contains("cold boot (restoring the template failed"),
-        "the run booted cold",
-        &out,
-    )?;
+    still_ran_cold(&out, "snapshot is corrupt: checksum mismatch")?;
     let out = run(&["bb", "true"]);
     check(
         out.status.success() && stderr(&out).contains(TEMPLATE_PATH),
@@ -310,23 +316,7 @@ pub fn a_template_whose_guest_dies_is_rebuilt() -> Result<(), String> {
         "-c",
         "echo written > /data/f; echo still runs",
     ]);
-    check(
-        out.status.success() && stdout(&out) == "still runs\n",
-        "the run succeeds",
-        &out,
-    )?;
-    let err = stderr(&out);
-    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("brig:")).collect();
-    check(
-        warnings.len() == 1 && warnings[0].contains("restoring the template failed"),
-        "one line says that restoring the template failed",
-        &out,
-    )?;
-    check(
-        err.contains("cold boot (restoring the template failed"),
-        "the run booted cold",
-        &out,
-    )?;
+    still_ran_cold(&out, "restoring the template failed")?;
     check(
         std::fs::read_to_string(share.join("f")).is_ok_and(|t| t == "written\n"),
         "the cold boot's guest wrote through the volume to the host",

@@ -268,11 +268,6 @@ impl AsRawFd for Passt {
 }
 
 impl Backend for Passt {
-    fn try_clone(&self) -> io::Result<Box<dyn Backend>> {
-        // The same socket (its flags and buffer size go with it), nothing buffered.
-        Ok(Box::new(Passt::over(self.sock.try_clone()?)))
-    }
-
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if let Some(broken) = self.broken {

@@ -9,7 +9,7 @@ use crate::image::{self, PullOptions};
 use crate::sandbox::lifecycle::{self, CreateOptions};
 use crate::sandbox::network::{NetworkFlags, NetworkOptions};
 use crate::sandbox::resources::{ResourceFlags, Resources};
-use crate::sandbox::security::SecurityFlags;
+use crate::sandbox::security::{cache::FilterCache, SecurityFlags};
 use crate::sandbox::spec::RunOptions;
 use crate::sandbox::state;
 use anyhow::Context;
@@ -250,7 +250,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         jail_uid: args.jail_uid,
         jail_gid: args.jail_gid,
     };
-    let security_spec = security.spec()?;
+    let home = crate::image::store::default_home()?;
+    let security_spec = security.spec(&FilterCache::at(&home))?;
     let volumes = crate::sandbox::volumes::spec::parse_all(&args.volume, &args.mount, &args.tmpfs)?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).

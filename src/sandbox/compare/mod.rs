@@ -37,7 +37,7 @@ use super::network::{NetworkFlags, NetworkOptions};
 use super::resources::{ResourceFlags, Resources};
 use super::runtime;
 use super::scratch;
-use super::security::SecurityFlags;
+use super::security::{cache::FilterCache, SecurityFlags};
 use super::signals::SignalPipe;
 use super::spec::RunOptions;
 use crate::image::{ImageRecord, Store};
@@ -315,7 +315,11 @@ fn run_brig(
     let run = RunOptions {
         entrypoint: Some(PROBE_PATH.into()),
         command: args.to_vec(),
-        security: Some(security.spec().map_err(|e| options(e.to_string()))?),
+        security: Some(
+            security
+                .spec(&FilterCache::at(opts.store.home()))
+                .map_err(|e| options(e.to_string()))?,
+        ),
         ..RunOptions::default()
     };
     let network =

@@ -8,6 +8,7 @@
 //! agent, which stays small and static, only installs what it is given, in runc's order.
 
 pub mod bpf;
+pub mod cache;
 pub mod caps;
 pub mod profile;
 
@@ -139,10 +140,12 @@ fn parse_options(
 }
 
 impl SecurityFlags {
-    /// The confinement these flags ask for, filter compiled; `read` reads a profile file.
-    pub fn spec_with(
+    /// The confinement these flags ask for; `read` reads a profile file, `compile`
+    /// compiles one for a bounding set.
+    fn spec_compiled(
         &self,
         read: &dyn Fn(&str) -> std::io::Result<String>,
+        compile: &dyn Fn(&str, u64) -> Result<Vec<u64>, SecurityError>,
     ) -> Result<SecuritySpec, SecurityError> {
         let caps = caps::tweak(&self.cap_add, &self.cap_drop, self.privileged)?;
         let opts = parse_options(&self.security_opt, read)?;
@@ -152,7 +155,7 @@ impl SecurityFlags {
             (Seccomp::Profile(text), false) => Some(text.as_str()),
         };
         let seccomp = match profile {
-            Some(json) => compile_profile(json, caps)?,
+            Some(json) => compile(json, caps)?,
             None => Vec::new(),
         };
         let confined_paths = opts.system_paths && !self.privileged;
@@ -172,9 +175,20 @@ impl SecurityFlags {
         })
     }
 
-    /// [`Self::spec_with`] reading profile files from the host's file system.
-    pub fn spec(&self) -> Result<SecuritySpec, SecurityError> {
-        self.spec_with(&|f| std::fs::read_to_string(f))
+    /// [`Self::spec_with`] reading profile files from the host's file system, the filter
+    /// compiled through `cache`.
+    pub fn spec(&self, cache: &cache::FilterCache) -> Result<SecuritySpec, SecurityError> {
+        self.spec_compiled(&|f| std::fs::read_to_string(f), &|json, caps| {
+            cache.compile(json, caps)
+        })
+    }
+
+    /// The confinement these flags ask for, filter compiled; `read` reads a profile file.
+    pub fn spec_with(
+        &self,
+        read: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<SecuritySpec, SecurityError> {
+        self.spec_compiled(read, &compile_profile)
     }
 }
 

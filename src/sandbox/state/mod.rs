@@ -7,6 +7,8 @@
 //! A sandbox is running while its runtime lock is held; a state that says running without
 //! a live lock is reported as exited ("the VMM process died").
 
+mod memo;
+
 use super::network::{NetworkOptions, NetworkState};
 use std::fs::{self, File};
 use std::io;
@@ -303,8 +305,7 @@ impl Sandbox {
             let marker = sandbox.dir.join(AUTOREMOVE);
             File::create(&marker).map_err(io_err(&marker))?;
         }
-        let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
-        write_atomic(&sandbox.dir.join("config.json"), &bytes)?;
+        sandbox.write_config(config)?;
         sandbox.write_state(&SandboxState::created())?;
         Ok(sandbox)
     }
@@ -314,13 +315,22 @@ impl Sandbox {
     }
 
     pub fn config(&self) -> Result<SandboxConfig, StateError> {
-        read_json(&self.dir.join("config.json"))
+        let path = self.dir.join("config.json");
+        if let Some(config) = memo::get(&path) {
+            return Ok(config);
+        }
+        let config = read_json(&path)?;
+        memo::put(&path, &config);
+        Ok(config)
     }
 
     /// Replaces the config (`update` changes the workload's limits in it).
     pub fn write_config(&self, config: &SandboxConfig) -> Result<(), StateError> {
+        let path = self.dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
-        write_atomic(&self.dir.join("config.json"), &bytes)
+        write_atomic(&path, &bytes)?;
+        memo::put(&path, config);
+        Ok(())
     }
 
     /// The recorded state (see [`Sandbox::current_state`] for what is true now).
@@ -485,7 +495,7 @@ pub fn sweep_stale(home: &Path) {
 mod tests {
     use super::*;
 
-    fn config(id: &str, name: &str) -> SandboxConfig {
+    pub(super) fn config(id: &str, name: &str) -> SandboxConfig {
         SandboxConfig {
             id: id.into(),
             name: name.into(),

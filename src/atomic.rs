@@ -11,6 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Replaces `path` with `bytes`; a new file gets `mode` (less the umask).
 pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, true)
+}
+
+/// [`write`] without flushing to the disk: still whole or not at all for every reader, but
+/// after a host crash the file may be empty. For files that do not outlive what they
+/// describe (the state of a `--rm` sandbox, removed when its VM ends).
+pub fn write_volatile(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, sync: bool) -> io::Result<()> {
     let tmp = temporary_beside(path)?;
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -19,7 +30,9 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .mode(mode)
             .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)
     })();
     if result.is_err() {

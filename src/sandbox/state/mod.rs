@@ -193,8 +193,14 @@ fn process_alive(pid: u32) -> bool {
 }
 
 /// Writes `bytes` to `path` atomically ([`crate::atomic`]).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
-    crate::atomic::write(path, bytes, 0o666).map_err(io_err(path))
+/// Replaces `path` with `bytes`: flushed to the disk unless `volatile`.
+fn write_atomic(path: &Path, bytes: &[u8], volatile: bool) -> Result<(), StateError> {
+    if volatile {
+        crate::atomic::write_volatile(path, bytes, 0o666)
+    } else {
+        crate::atomic::write(path, bytes, 0o666)
+    }
+    .map_err(io_err(path))
 }
 
 fn read_json<T: for<'a> Deserialize<'a>>(path: &Path) -> Result<T, StateError> {
@@ -328,7 +334,7 @@ impl Sandbox {
     pub fn write_config(&self, config: &SandboxConfig) -> Result<(), StateError> {
         let path = self.dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(config).unwrap_or_default();
-        write_atomic(&path, &bytes)?;
+        write_atomic(&path, &bytes, self.ephemeral())?;
         memo::put(&path, config);
         Ok(())
     }
@@ -340,7 +346,14 @@ impl Sandbox {
 
     pub fn write_state(&self, state: &SandboxState) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
-        write_atomic(&self.dir.join("state.json"), &bytes)
+        write_atomic(&self.dir.join("state.json"), &bytes, self.ephemeral())
+    }
+
+    /// Whether it is removed when its VM ends (`--rm`): its files are then not flushed to
+    /// the disk each time they change (up to four flushes of a `brig run --rm`, each a
+    /// journal commit on a disk-backed home, for files deleted a moment later).
+    fn ephemeral(&self) -> bool {
+        self.dir.join(AUTOREMOVE).exists()
     }
 
     /// Whether a VM of it is alive (its VMM, or a `brig cp` maintenance VM, holds the

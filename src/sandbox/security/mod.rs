@@ -184,6 +184,7 @@ impl SecurityFlags {
     }
 
     /// The confinement these flags ask for, filter compiled; `read` reads a profile file.
+    #[cfg(test)]
     pub fn spec_with(
         &self,
         read: &dyn Fn(&str) -> std::io::Result<String>,

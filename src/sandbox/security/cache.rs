@@ -211,9 +211,15 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let good = compile_profile(DEFAULT_PROFILE, DEFAULT_CAPS).unwrap();
         let blocked = FilterCache::with_compiler(file.join("seccomp"), Some(b"x".to_vec()));
-        assert_eq!(blocked.compile(DEFAULT_PROFILE, DEFAULT_CAPS).unwrap(), good);
+        assert_eq!(
+            blocked.compile(DEFAULT_PROFILE, DEFAULT_CAPS).unwrap(),
+            good
+        );
         let unknown = FilterCache::with_compiler(tmp.path().join("c"), None);
-        assert_eq!(unknown.compile(DEFAULT_PROFILE, DEFAULT_CAPS).unwrap(), good);
+        assert_eq!(
+            unknown.compile(DEFAULT_PROFILE, DEFAULT_CAPS).unwrap(),
+            good
+        );
         assert!(!tmp.path().join("c").exists());
         // A profile that does not compile is an error, cached or not.
         assert!(cache(tmp.path(), b"b").compile("{", DEFAULT_CAPS).is_err());

@@ -1,5 +1,5 @@
 //! The state file's format: `BRIGSNAP` | format version (u32 LE) | payload length (u64 LE) |
-//! payload (JSON) | SHA-256 of everything before it. Loading checks the magic, the version,
+//! payload (postcard) | SHA-256 of everything before it. Loading checks the magic, the version,
 //! the length (against the file and a cap, before anything is parsed) and the checksum, so a
 //! foreign, truncated, corrupted or newer file is refused with its reason.
 
@@ -11,15 +11,19 @@ use super::SnapshotError;
 
 const MAGIC: &[u8; 8] = b"BRIGSNAP";
 /// Bumped on every change to what is saved: a state file of another version is refused.
-pub const VERSION: u32 = 1;
-/// The most payload loading will parse (a few vCPUs' state is ~100 KiB of JSON).
+/// Version 2: the payload is postcard (serde's data model as compact binary: KVM's state
+/// structs, which kvm-bindings serializes as bytes, are their bytes), not JSON (each byte a
+/// decimal number: ~26 KB a vCPU, ~0.2 ms to parse natively and ~20 ms under nested
+/// emulation, on every restore).
+pub const VERSION: u32 = 2;
+/// The most payload loading will parse (a few vCPUs' state is ~30 KiB).
 const MAX_PAYLOAD: u64 = 16 << 20;
 const HEADER: usize = 8 + 4 + 8;
 const TRAILER: usize = 32;
 
 /// `state` as a state file's bytes.
 pub fn encode<T: Serialize>(state: &T) -> Result<Vec<u8>, SnapshotError> {
-    let payload = serde_json::to_vec(state).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
+    let payload = postcard::to_stdvec(state).map_err(|e| SnapshotError::Corrupt(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER + payload.len() + TRAILER);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
@@ -57,7 +61,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, SnapshotError> {
     if Sha256::digest(&bytes[..end]).as_slice() != &bytes[end..] {
         return Err(corrupt("checksum mismatch"));
     }
-    serde_json::from_slice(&bytes[HEADER..end]).map_err(|e| SnapshotError::Corrupt(e.to_string()))
+    match postcard::take_from_bytes(&bytes[HEADER..end]) {
+        Ok((state, [])) => Ok(state),
+        Ok(_) => Err(corrupt("the state has bytes past its end")),
+        Err(e) => Err(SnapshotError::Corrupt(e.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -76,6 +84,55 @@ mod tests {
             b: vec![1, 2, 3],
         })
         .unwrap()
+    }
+
+    #[test]
+    fn a_payload_that_does_not_parse_or_has_bytes_left_is_refused() {
+        let seal = |payload: &[u8]| {
+            let mut out = MAGIC.to_vec();
+            out.extend_from_slice(&VERSION.to_le_bytes());
+            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+            out.extend_from_slice(payload);
+            let sum = Sha256::digest(&out);
+            out.extend_from_slice(&sum);
+            out
+        };
+        let payload = postcard::to_stdvec(&S { a: 7, b: vec![1] }).unwrap();
+        assert!(decode::<S>(&seal(&payload)).is_ok());
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode::<S>(&seal(&longer))
+            .unwrap_err()
+            .to_string()
+            .contains("past its end"));
+        // A vector claiming more elements than there are bytes.
+        assert!(decode::<S>(&seal(&[7, 0xff, 0xff, 0xff, 0x0f])).is_err());
+    }
+
+    #[test]
+    fn kvm_state_structs_round_trip() {
+        use kvm_bindings::{kvm_cpuid_entry2, kvm_lapic_state, kvm_xsave, CpuId};
+        let mut cpuid = CpuId::new(3).unwrap();
+        for (i, e) in cpuid.as_mut_slice().iter_mut().enumerate() {
+            *e = kvm_cpuid_entry2 {
+                function: i as u32,
+                eax: 0xdead_beef,
+                ..Default::default()
+            };
+        }
+        let mut xsave = kvm_xsave::default();
+        xsave.region[5] = 0x1234_5678;
+        let mut lapic = kvm_lapic_state::default();
+        lapic.regs[0x20] = -3;
+        let state = (cpuid, xsave, lapic, vec![(0x10u32, u64::MAX)]);
+        let back: (CpuId, kvm_xsave, kvm_lapic_state, Vec<(u32, u64)>) =
+            decode(&encode(&state).unwrap()).unwrap();
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&state).unwrap()
+        );
+        assert_eq!(back.1.region[5], 0x1234_5678);
+        assert_eq!(back.0.as_slice()[2].eax, 0xdead_beef);
     }
 
     #[test]

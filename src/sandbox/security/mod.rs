@@ -139,13 +139,16 @@ fn parse_options(
     Ok(out)
 }
 
+/// What compiles a seccomp profile (its JSON) for a bounding set.
+type CompileFn<'a> = dyn Fn(&str, u64) -> Result<Vec<u64>, SecurityError> + 'a;
+
 impl SecurityFlags {
     /// The confinement these flags ask for; `read` reads a profile file, `compile`
     /// compiles one for a bounding set.
     fn spec_compiled(
         &self,
         read: &dyn Fn(&str) -> std::io::Result<String>,
-        compile: &dyn Fn(&str, u64) -> Result<Vec<u64>, SecurityError>,
+        compile: &CompileFn<'_>,
     ) -> Result<SecuritySpec, SecurityError> {
         let caps = caps::tweak(&self.cap_add, &self.cap_drop, self.privileged)?;
         let opts = parse_options(&self.security_opt, read)?;

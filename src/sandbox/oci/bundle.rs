@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::OciError;
 use crate::sandbox::resources::{ResourceFlags, Resources as VmResources};
-use crate::sandbox::security::caps;
+use crate::sandbox::security::{cache::FilterCache, caps};
 
 /// Where a container's network comes from (`linux.namespaces`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,8 +279,12 @@ impl Bundle {
 
     /// The workload's confinement: the bounding set of `process.capabilities` (every
     /// capability when absent), noNewPrivileges, `linux.seccomp` compiled, and the masked and
-    /// read-only paths; `None` when the config asks for none of it.
-    pub fn security(&self) -> Result<Option<SecuritySpec>, OciError> {
+    /// read-only paths; `None` when the config asks for none of it. The filter comes from
+    /// `filters` when given (containerd and podman send the same profile each time).
+    pub fn security(
+        &self,
+        filters: Option<&FilterCache>,
+    ) -> Result<Option<SecuritySpec>, OciError> {
         let p = self.process();
         let linux = self.config.linux.as_ref();
         let seccomp = linux.and_then(|l| l.seccomp.as_ref());
@@ -301,8 +305,12 @@ impl Bundle {
         });
         let seccomp = match seccomp {
             Some(profile) => {
-                crate::sandbox::security::compile_profile(&profile.to_string(), capabilities)
-                    .map_err(|e| OciError::Bundle(format!("linux.seccomp: {e}")))?
+                let json = profile.to_string();
+                match filters {
+                    Some(cache) => cache.compile(&json, capabilities),
+                    None => crate::sandbox::security::compile_profile(&json, capabilities),
+                }
+                .map_err(|e| OciError::Bundle(format!("linux.seccomp: {e}")))?
             }
             None => Vec::new(),
         };
@@ -321,7 +329,7 @@ impl Bundle {
     }
 
     /// The workload (without its rootfs, which the caller sets).
-    pub fn run_spec(&self) -> Result<RunSpec, OciError> {
+    pub fn run_spec(&self, filters: Option<&FilterCache>) -> Result<RunSpec, OciError> {
         let p = self.process();
         if p.args.is_empty() {
             return Err(OciError::Bundle("process.args must not be empty".into()));
@@ -339,7 +347,7 @@ impl Bundle {
                 hard: r.hard,
             })
             .collect();
-        let security = self.security()?;
+        let security = self.security(filters)?;
         Ok(RunSpec {
             argv: p.args.clone(),
             env: p.env.clone(),
@@ -480,7 +488,7 @@ mod tests {
     #[test]
     fn run_spec_follows_the_config() {
         let (_d, b) = bundle(&with_args(r#"["sh","-c","true"]"#));
-        let s = b.run_spec().unwrap();
+        let s = b.run_spec(None).unwrap();
         assert_eq!(s.argv, ["sh", "-c", "true"]);
         assert_eq!(s.user, "1000:100");
         assert_eq!(s.groups, ["5"]);
@@ -525,7 +533,7 @@ mod tests {
                               {"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":0,"op":"SCMP_CMP_EQ"}]}]}"#,
             );
         let (_d, b) = bundle(&config);
-        let s = b.run_spec().unwrap();
+        let s = b.run_spec(None).unwrap();
         let sec = s.security.unwrap();
         assert_eq!(sec.capabilities, caps::mask(&["CAP_CHOWN", "CAP_KILL"]));
         assert!(sec.no_new_privs);
@@ -546,7 +554,7 @@ mod tests {
         );
         // Nothing asked: every capability, no filter (as brig boot's).
         let (_d, b) = bundle(&with_args(r#"["sh"]"#));
-        assert_eq!(b.run_spec().unwrap().security, None);
+        assert_eq!(b.run_spec(None).unwrap().security, None);
         assert_eq!(b.network_namespace(), NetNamespace::Host);
     }
 
@@ -556,7 +564,7 @@ mod tests {
             "\"args\"",
             "\"terminal\":true,\"consoleSize\":{\"height\":40,\"width\":100},\"args\"",
         ));
-        let run = b.run_spec().unwrap();
+        let run = b.run_spec(None).unwrap();
         assert!(run.tty && run.stdin);
         assert_eq!(b.process().console_rows_cols(), Some((40, 100)));
     }

@@ -13,6 +13,7 @@ use crate::sandbox::network::joined::OWN_NAMESPACE;
 use crate::sandbox::network::NetworkOptions;
 use crate::sandbox::runtime;
 use crate::sandbox::scratch;
+use crate::sandbox::security::cache::FilterCache;
 use crate::sandbox::state::{self, Sandbox, SandboxConfig};
 
 /// How long `delete --force` waits for a killed VMM process to be gone.
@@ -64,7 +65,8 @@ fn create_in(
     if super::pod::is_pod_sandbox(&bundle.config.annotations) {
         return super::pod::create(req, container, &bundle);
     }
-    let mut run = bundle.run_spec()?;
+    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
+    let mut run = bundle.run_spec(Some(&FilterCache::at(&home)))?;
     bundle.check_executable()?;
     let terminal = bundle.process().terminal;
     console::check(terminal, req.console_socket.as_deref(), req.detaching)?;
@@ -81,7 +83,6 @@ fn create_in(
     };
     let resources = bundle.resources()?;
     let placed = super::mounts::place(&bundle.config.mounts, &bundle.dir)?;
-    let home = crate::image::store::default_home().map_err(|e| OciError::Sandbox(e.to_string()))?;
     let kernel =
         crate::vmm::boot::default_kernel().map_err(|e| OciError::Sandbox(e.to_string()))?;
 

@@ -292,13 +292,11 @@ impl Sandbox {
         }
         let _lock = names_lock(home)?;
         for other in list(home)? {
-            if let Ok(c) = other.config() {
-                if c.name == config.name {
-                    return Err(StateError::NameInUse(
-                        config.name.clone(),
-                        c.id[..12].to_string(),
-                    ));
-                }
+            if other.name().is_ok_and(|n| n == config.name) {
+                return Err(StateError::NameInUse(
+                    config.name.clone(),
+                    other.short_id().to_string(),
+                ));
             }
         }
         let dir = sandboxes_dir(home).join(&config.id);
@@ -328,6 +326,16 @@ impl Sandbox {
         let config = read_json(&path)?;
         memo::put(&path, &config);
         Ok(config)
+    }
+
+    /// Its name, read from its config without building the rest of it (every create and
+    /// every lookup by name reads each sandbox's).
+    pub fn name(&self) -> Result<String, StateError> {
+        #[derive(Deserialize)]
+        struct Named {
+            name: String,
+        }
+        read_json::<Named>(&self.dir.join("config.json")).map(|n| n.name)
     }
 
     /// Replaces the config (`update` changes the workload's limits in it).
@@ -464,10 +472,7 @@ pub fn resolve(home: &Path, name_or_id: &str) -> Result<Sandbox, StateError> {
     if let Some(s) = all.iter().find(|s| s.id == name_or_id) {
         return Ok(s.clone());
     }
-    if let Some(s) = all
-        .iter()
-        .find(|s| s.config().is_ok_and(|c| c.name == name_or_id))
-    {
+    if let Some(s) = all.iter().find(|s| s.name().is_ok_and(|n| n == name_or_id)) {
         return Ok(s.clone());
     }
     let matches: Vec<&Sandbox> = if name_or_id.is_empty() {

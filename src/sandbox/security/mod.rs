@@ -178,6 +178,14 @@ impl SecurityFlags {
         })
     }
 
+    /// Checks the flags (capability names, `--security-opt`s, a profile file that can be
+    /// read) without compiling anything or touching brig's home: for a command line that is
+    /// checked before the host is.
+    pub fn check(&self) -> Result<(), SecurityError> {
+        self.spec_compiled(&|f| std::fs::read_to_string(f), &|_, _| Ok(Vec::new()))
+            .map(drop)
+    }
+
     /// [`Self::spec_with`] reading profile files from the host's file system, the filter
     /// compiled through `cache`.
     pub fn spec(&self, cache: &cache::FilterCache) -> Result<SecuritySpec, SecurityError> {

@@ -250,7 +250,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
         jail_uid: args.jail_uid,
         jail_gid: args.jail_gid,
     };
-    security.check()?;
+    let confinement = security.resolve()?;
     let volumes = crate::sandbox::volumes::spec::parse_all(&args.volume, &args.mount, &args.tmpfs)?;
     if args.detach && args.interactive {
         // docker allows -d with -i/-t only to attach later; brig has no attach (yet).
@@ -265,10 +265,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     // A host that cannot run the VM says so before anything is pulled.
     crate::vmm::kvm::open()?;
-    // Compiled after the KVM check: the filter cache writes under brig's home.
-    let home = crate::image::store::default_home()?;
-    let security_spec = security.spec(&FilterCache::at(&home))?;
     let store = image::Store::open_default()?;
+    // Compiled after the KVM check: the filter cache writes under brig's home.
+    let security_spec = confinement.spec(&FilterCache::at(store.home()))?;
     state::sweep_stale(store.home());
     let record = resolve_image(&args, &store)?;
 

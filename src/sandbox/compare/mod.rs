@@ -317,7 +317,8 @@ fn run_brig(
         command: args.to_vec(),
         security: Some(
             security
-                .spec(&FilterCache::at(opts.store.home()))
+                .resolve()
+                .and_then(|c| c.spec(&FilterCache::at(opts.store.home())))
                 .map_err(|e| options(e.to_string()))?,
         ),
         ..RunOptions::default()

@@ -14,6 +14,8 @@ pub mod profile;
 
 use serde::{Deserialize, Serialize};
 
+use std::borrow::Cow;
+
 use brig_protocol::SecuritySpec;
 
 /// The flags as the user gave them (kept in the sandbox's config for `brig inspect` and
@@ -139,59 +141,42 @@ fn parse_options(
     Ok(out)
 }
 
-/// What compiles a seccomp profile (its JSON) for a bounding set.
-type CompileFn<'a> = dyn Fn(&str, u64) -> Result<Vec<u64>, SecurityError> + 'a;
+/// The confinement a command line asks for, checked (capability names, options, a profile
+/// file read), its seccomp profile not compiled yet: a command line is checked before the
+/// host is, and compiling goes through the filter cache under brig's home.
+#[derive(Debug)]
+pub struct Confinement {
+    capabilities: u64,
+    no_new_privs: bool,
+    /// The profile's JSON, when a filter is wanted.
+    profile: Option<Cow<'static, str>>,
+    confined_paths: bool,
+}
 
 impl SecurityFlags {
-    /// The confinement these flags ask for; `read` reads a profile file, `compile`
-    /// compiles one for a bounding set.
-    fn spec_compiled(
+    /// The confinement these flags ask for; `read` reads a profile file.
+    pub fn resolve_with(
         &self,
         read: &dyn Fn(&str) -> std::io::Result<String>,
-        compile: &CompileFn<'_>,
-    ) -> Result<SecuritySpec, SecurityError> {
-        let caps = caps::tweak(&self.cap_add, &self.cap_drop, self.privileged)?;
+    ) -> Result<Confinement, SecurityError> {
+        let capabilities = caps::tweak(&self.cap_add, &self.cap_drop, self.privileged)?;
         let opts = parse_options(&self.security_opt, read)?;
-        let profile = match (&opts.seccomp, self.privileged) {
+        let profile = match (opts.seccomp, self.privileged) {
             (_, true) | (Seccomp::Unconfined, _) => None,
-            (Seccomp::Default, false) => Some(profile::DEFAULT_PROFILE),
-            (Seccomp::Profile(text), false) => Some(text.as_str()),
+            (Seccomp::Default, false) => Some(Cow::Borrowed(profile::DEFAULT_PROFILE)),
+            (Seccomp::Profile(text), false) => Some(Cow::Owned(text)),
         };
-        let seccomp = match profile {
-            Some(json) => compile(json, caps)?,
-            None => Vec::new(),
-        };
-        let confined_paths = opts.system_paths && !self.privileged;
-        let paths = |list: &[&str]| {
-            if confined_paths {
-                list.iter().map(|p| p.to_string()).collect()
-            } else {
-                Vec::new()
-            }
-        };
-        Ok(SecuritySpec {
-            capabilities: caps,
+        Ok(Confinement {
+            capabilities,
             no_new_privs: opts.no_new_privs,
-            seccomp,
-            masked_paths: paths(MASKED_PATHS),
-            readonly_paths: paths(READONLY_PATHS),
+            profile,
+            confined_paths: opts.system_paths && !self.privileged,
         })
     }
 
-    /// Checks the flags (capability names, `--security-opt`s, a profile file that can be
-    /// read) without compiling anything or touching brig's home: for a command line that is
-    /// checked before the host is.
-    pub fn check(&self) -> Result<(), SecurityError> {
-        self.spec_compiled(&|f| std::fs::read_to_string(f), &|_, _| Ok(Vec::new()))
-            .map(drop)
-    }
-
-    /// [`Self::spec_with`] reading profile files from the host's file system, the filter
-    /// compiled through `cache`.
-    pub fn spec(&self, cache: &cache::FilterCache) -> Result<SecuritySpec, SecurityError> {
-        self.spec_compiled(&|f| std::fs::read_to_string(f), &|json, caps| {
-            cache.compile(json, caps)
-        })
+    /// [`Self::resolve_with`] reading profile files from the host's file system.
+    pub fn resolve(&self) -> Result<Confinement, SecurityError> {
+        self.resolve_with(&|f| std::fs::read_to_string(f))
     }
 
     /// The confinement these flags ask for, filter compiled; `read` reads a profile file.
@@ -200,7 +185,38 @@ impl SecurityFlags {
         &self,
         read: &dyn Fn(&str) -> std::io::Result<String>,
     ) -> Result<SecuritySpec, SecurityError> {
-        self.spec_compiled(read, &compile_profile)
+        self.resolve_with(read)?.compiled(compile_profile)
+    }
+}
+
+impl Confinement {
+    /// The spec for the RunSpec, its filter compiled through `cache`.
+    pub fn spec(self, cache: &cache::FilterCache) -> Result<SecuritySpec, SecurityError> {
+        self.compiled(|json, caps| cache.compile(json, caps))
+    }
+
+    fn compiled<F>(self, compile: F) -> Result<SecuritySpec, SecurityError>
+    where
+        F: Fn(&str, u64) -> Result<Vec<u64>, SecurityError>,
+    {
+        let seccomp = match &self.profile {
+            Some(json) => compile(json, self.capabilities)?,
+            None => Vec::new(),
+        };
+        let paths = |list: &[&str]| {
+            if self.confined_paths {
+                list.iter().map(|p| p.to_string()).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        Ok(SecuritySpec {
+            capabilities: self.capabilities,
+            no_new_privs: self.no_new_privs,
+            seccomp,
+            masked_paths: paths(MASKED_PATHS),
+            readonly_paths: paths(READONLY_PATHS),
+        })
     }
 }
 

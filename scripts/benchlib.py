@@ -100,6 +100,7 @@ def ensure_brig(path, prog):
     note(prog, "building target/release/brig (cargo build --release)")
     need("cargo")
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+    subprocess.run([os.path.join(ROOT, "scripts/link-bins")], cwd=ROOT, check=True)
     return path
 
 

@@ -78,8 +78,10 @@ kernels/build.sh >/dev/null
 
 say "brig (release build, with the guest init embedded)"
 cargo build --release --locked
+# .cargo/config.toml names the target (brig is static-pie): the binary is built under
+# target/x86_64-unknown-linux-gnu/; target/release/brig is where everything looks for it.
 # brig as an OCI runtime is the same binary under the name brig-runc (dispatched on argv[0]).
-ln -sfn brig target/release/brig-runc
+scripts/link-bins
 
 # A small image from Debian's busybox-static, so that the README's first `brig run` works
 # offline (issue 11); re-importing the same busybox is a no-op.

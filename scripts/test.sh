@@ -20,6 +20,7 @@ echo "test.sh: cargo clippy --workspace --all-targets -- -D warnings" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "test.sh: cargo build --release (the brig the integration tests run)" >&2
 cargo build --locked --release --bins
+scripts/link-bins
 export BRIG_TEST_BIN=$PWD/target/release/brig
 
 if [ $# -gt 0 ]; then

@@ -194,6 +194,14 @@ fn timings_name_every_phase() -> Result<(), String> {
             "--timings shows when the VMM joined its cgroup and how long it took",
             &out,
         )?;
+        // Linux 5.7+ and a single-threaded keeper: the VMM is started in it, no move.
+        check(
+            err.lines().any(|l| {
+                l.trim_start().starts_with("cgroup joined") && l.contains("started in it")
+            }),
+            "the VMM was started in its cgroup (clone3 CLONE_INTO_CGROUP), not moved there",
+            &out,
+        )?;
     }
     Ok(())
 }

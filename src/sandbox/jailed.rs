@@ -156,11 +156,16 @@ fn attempt(
         let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
         Ok::<_, io::Error>((jail, cgroup, pipe()?, pipe()?, pipe()?))
     })();
-    let (jail, cgroup, (events_read, events_write), (log_read, log_write), (gate_read, gate_write)) =
-        match setup {
-            Ok(s) => s,
-            Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
-        };
+    let (
+        jail,
+        mut cgroup,
+        (events_read, events_write),
+        (log_read, log_write),
+        (gate_read, gate_write),
+    ) = match setup {
+        Ok(s) => s,
+        Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
+    };
     let plan = plan_start(sandbox, config, &host.vm, cold);
     let template_dir = plan.template.as_ref().and_then(|t| t.dir.clone());
     let foreground = matches!(mode, Mode::Foreground { .. });
@@ -182,7 +187,7 @@ fn attempt(
         let _ = rustix::io::write(&events_write, event.line().as_bytes());
     };
     // SAFETY: as for fork (see above); the child side is `vmm_process`, which ends by `exit`.
-    let pid = match unsafe { jail::fork_vmm(&jail, &report) } {
+    let pid = match unsafe { jail::fork_vmm(&jail, cgroup.as_mut(), &report) } {
         Ok(pid) => pid,
         Err(e) => return Err(not_started(sandbox, SuperviseError::Jail(e), ready)),
     };

@@ -47,7 +47,7 @@ pub fn run(spec: BootSpec, runtime: &RuntimeDir, timings: Option<Instant>) -> io
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let jail = jail::prepare(runtime.path(), &id, None, None)?;
-    let cgroup = jail::cgroup::create(&id, (spec.vm().mem_mib + jail::OVERHEAD_MIB) << 20)?;
+    let mut cgroup = jail::cgroup::create(&id, (spec.vm().mem_mib + jail::OVERHEAD_MIB) << 20)?;
     let (alive_r, alive_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
     // Before the fork: the VMM may put the terminal in raw mode and die before it restores it.
     let terminal = SavedTerminal::save(rustix::stdio::stdin());
@@ -58,7 +58,7 @@ pub fn run(spec: BootSpec, runtime: &RuntimeDir, timings: Option<Instant>) -> io
     };
     // SAFETY: the child goes on as `vmm`, which ends by `exit`; this process has no other
     // thread that holds a lock the child takes.
-    let pid = unsafe { jail::fork_vmm(&jail, &report) }?;
+    let pid = unsafe { jail::fork_vmm(&jail, cgroup.as_mut(), &report) }?;
     if pid == 0 {
         drop(alive_r);
         vmm(spec, runtime, jail, cgroup.as_ref(), alive_w, timings);

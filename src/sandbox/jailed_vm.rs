@@ -46,7 +46,7 @@ pub fn start(
 ) -> io::Result<(JailedVm, UnixListener)> {
     let listener = super::vm::listen_for_agent(&mut config, runtime)?;
     let jail = jail::prepare(runtime.path(), sandbox_id, ids.0, ids.1)?;
-    let cgroup = jail::cgroup::create(short_id, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
+    let mut cgroup = jail::cgroup::create(short_id, (config.mem_mib + jail::OVERHEAD_MIB) << 20)?;
     let (status_r, status_w) = pipe()?;
     let (console_r, console_w) = pipe()?;
     let report = |r: io::Result<libc::pid_t>| {
@@ -56,7 +56,7 @@ pub fn start(
     };
     // SAFETY: the child goes on with Rust code as `vmm_child`, which ends by `exit`; this
     // process's other threads hold no lock it takes (glibc's fork leaves malloc usable).
-    let pid = unsafe { jail::fork_vmm(&jail, &report) }?;
+    let pid = unsafe { jail::fork_vmm(&jail, cgroup.as_mut(), &report) }?;
     if pid == 0 {
         drop((status_r, console_r));
         vmm_child(config, jail, cgroup.as_ref(), status_w, console_w);

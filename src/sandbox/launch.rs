@@ -117,12 +117,16 @@ pub struct CgroupJoin {
     pub took: Duration,
     /// The cgroup2 mount has `favordynmods` (migrations then skip an RCU grace period).
     pub favordynmods: bool,
+    /// The VMM was started in the cgroup (`CLONE_INTO_CGROUP`): nothing moved.
+    pub started_in: bool,
 }
 
 impl CgroupJoin {
     /// Its `--timings` line, relative to `t0` (brig's start).
     pub fn print_timing(&self, t0: Instant) {
-        let why = if self.favordynmods {
+        let why = if self.started_in {
+            ", started in it: clone3 CLONE_INTO_CGROUP"
+        } else if self.favordynmods {
             ""
         } else {
             ", an RCU grace period: cgroup2 is mounted without favordynmods"
@@ -146,6 +150,7 @@ impl CgroupJoin {
             done,
             took: done - t,
             favordynmods: super::jail::cgroup::favors_dynmods(),
+            started_in: cgroup.started_in(),
         }))
     }
 }

@@ -5,6 +5,7 @@ use std::io;
 
 use rustix::thread::UnshareFlags;
 
+use super::cgroup::Cgroup;
 use super::enter::step;
 use super::Jail;
 use crate::sandbox::signals;
@@ -14,16 +15,30 @@ use crate::sandbox::signals;
 /// a new PID namespace. Without root ([`Jail::user_ns`]) making a PID namespace takes a user
 /// namespace first, which only a single-threaded process may make: the child makes both
 /// (see [`stand_in`]) and forks the VMM as the new namespace's pid 1. There, `report` gets
-/// the VMM's pid, or why it could not start it (its exit status is then 125).
+/// the VMM's pid, or why it could not start it (its exit status is then 125). As root, with
+/// `cgroup`, the VMM starts in it where it can (see [`clone_into`]) and is marked so; else it
+/// joins it itself ([`Cgroup::join`]).
 ///
 /// # Safety
 ///
 /// As `fork`: the child must not rely on locks other threads held, and must end by `exit`.
 pub unsafe fn fork_vmm(
     jail: &Jail,
+    cgroup: Option<&mut Cgroup>,
     report: &dyn Fn(io::Result<libc::pid_t>),
 ) -> io::Result<libc::pid_t> {
     if !jail.user_ns {
+        if let Some(cgroup) = cgroup {
+            // SAFETY: per this function's contract.
+            match unsafe { clone_into(cgroup) } {
+                Some(Ok(0)) => {
+                    cgroup.mark_started_in();
+                    return Ok(0);
+                }
+                Some(started) => return started,
+                None => {}
+            }
+        }
         // SAFETY: per this function's contract.
         return unsafe { fork_in_new_pid_namespace() };
     }
@@ -187,4 +202,60 @@ unsafe fn fork_in_new_pid_namespace() -> io::Result<libc::pid_t> {
             Err(e)
         }
     }
+}
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h; Linux 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts the VMM as pid 1 of a new PID namespace, in `cgroup` from its first instruction:
+/// `clone3(CLONE_NEWPID | CLONE_INTO_CGROUP)`, as systemd starts services. A process that
+/// moves itself into a cgroup (a `cgroup.procs` write) waits for an RCU grace period where
+/// cgroup2 is mounted without `favordynmods`, the default: 8-24 ms of every start measured on
+/// the development machine. `Ok(0)` in the child, its pid in the caller; `None` where it
+/// cannot be done here, for [`fork_in_new_pid_namespace`] and a join: the kernel lacks
+/// `clone3` or `CLONE_INTO_CGROUP` or refuses it, or another thread runs (see below).
+///
+/// # Safety
+///
+/// As `fork`: the child must end by `exit`.
+unsafe fn clone_into(cgroup: &Cgroup) -> Option<io::Result<libc::pid_t>> {
+    use std::os::fd::AsRawFd;
+    // A raw clone3 runs none of glibc's fork handlers, which make malloc usable in the child
+    // of a process whose other threads may hold its locks: only one thread may run here.
+    if !single_threaded() {
+        return None;
+    }
+    let dir = cgroup.open_dir().ok()?;
+    // SAFETY: clone_args is plain integers; all zero is its "nothing asked" value.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = libc::CLONE_NEWPID as u64 | CLONE_INTO_CGROUP;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.cgroup = u64::try_from(dir.as_raw_fd()).ok()?;
+    // SAFETY: without CLONE_VM and a stack, clone3 is fork: the child goes on from here with
+    // a copy of this process, which has one thread (checked above), so no lock is held by a
+    // thread the child lacks. Of what glibc's fork would reset in the child, the thread
+    // descriptor keeps the parent's tid: glibc signals a thread itself by gettid, and
+    // nothing in brig uses a pthread mutex that records its owner's tid.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<libc::clone_args>(),
+        )
+    };
+    match ret {
+        0 => Some(Ok(0)),
+        pid if pid > 0 => Some(libc::pid_t::try_from(pid).map_err(io::Error::other)),
+        // ENOSYS, E2BIG (a kernel before 5.7), EINVAL, EBUSY, EPERM...: fork can still start
+        // it, and the join says what is wrong, if anything is.
+        _ => None,
+    }
+}
+
+/// Whether this process runs one thread (/proc/self/status).
+fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .any(|l| l.strip_prefix("Threads:").is_some_and(|n| n.trim() == "1"))
+    })
 }

@@ -228,7 +228,8 @@ fn classify(program: &str, e: &io::Error) -> SpawnError {
 
 /// Spawns the workload as described by `spec`, running as `id` with `env`. Its stdio is
 /// relayed over `conn` (frames from the host) and `writer` (frames to the host).
-/// `cgroup_procs` is an open `cgroup.procs` the child joins before exec.
+/// `cgroup_procs` is an open `cgroup.procs` the child joins before exec. `mark` is called
+/// with the name of each step done ("program found", then "exec'd"), for `--timings`.
 pub fn spawn(
     spec: &RunSpec,
     id: &Identity,
@@ -236,6 +237,7 @@ pub fn spawn(
     conn: File,
     writer: HostWriter,
     cgroup_procs: Option<File>,
+    mark: &mut dyn FnMut(&str),
 ) -> Result<Workload, SpawnError> {
     let program = spec
         .argv
@@ -246,6 +248,7 @@ pub fn spawn(
         .find(|(k, _)| k == "PATH")
         .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
     let resolved = find_program(program, path)?;
+    mark("program found");
     let mut cmd = Command::new(&resolved);
     cmd.arg0(program)
         .args(&spec.argv[1..])
@@ -333,6 +336,7 @@ pub fn spawn(
     }
 
     let mut child = cmd.spawn().map_err(|e| classify(program, &e))?;
+    mark("forked, exec'd");
     drop(cgroup_procs);
     let pid = child.id() as i32;
     let mut outputs = Vec::new();

@@ -284,7 +284,8 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
     let env = build_env(&spec, &id);
     let workload = {
         let _guard = reaper::spawn_guard();
-        exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup)
+        let mut mark = |name: &str| phases.mark(name);
+        exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup, &mut mark)
             .map_err(|e| fail(&writer, e))?
     };
     MAIN_PID.store(workload.pid, Ordering::SeqCst);
@@ -399,7 +400,7 @@ fn exec_process(mut spec: RunSpec, reader: File, writer: HostWriter) -> Result<(
     let env = build_env(&spec, &id);
     let (workload, status) = {
         let _guard = reaper::spawn_guard();
-        let workload = exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup)
+        let workload = exec::spawn(&spec, &id, env, reader, writer.clone(), cgroup, &mut |_| {})
             .map_err(|e| fail(&writer, e))?;
         let status = reaper::register(workload.pid);
         (workload, status)

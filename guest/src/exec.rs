@@ -229,7 +229,8 @@ fn classify(program: &str, e: &io::Error) -> SpawnError {
 /// Spawns the workload as described by `spec`, running as `id` with `env`. Its stdio is
 /// relayed over `conn` (frames from the host) and `writer` (frames to the host).
 /// `cgroup_procs` is an open `cgroup.procs` the child joins before exec. `mark` is called
-/// with the name of each step done ("program found", then "exec'd"), for `--timings`.
+/// with the name of each step done ("program found", then "forked, exec'd"), for
+/// `--timings`.
 pub fn spawn(
     spec: &RunSpec,
     id: &Identity,

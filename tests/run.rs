@@ -60,6 +60,18 @@ fn stdout_and_stderr_are_apart() -> Result<(), String> {
     check(stderr(&out) == "err\n", "stderr only", &out)
 }
 
+/// The agent widens the image disk's read-ahead before mounting it (guest/src/rootfs.rs):
+/// a workload's first page faults then read the image in fewer, larger requests.
+fn the_image_disk_reads_ahead_widely() -> Result<(), String> {
+    let out = fixture().run(&["bb", "cat", "/sys/block/vda/queue/read_ahead_kb"]);
+    check(out.status.success(), "exit 0", &out)?;
+    check(
+        stdout(&out) == "1024\n",
+        "read_ahead_kb of /dev/vda is 1024",
+        &out,
+    )
+}
+
 fn exit_codes_follow_docker() -> Result<(), String> {
     let f = fixture();
     for (args, code) in [
@@ -547,6 +559,10 @@ fn main() {
         },
         vec![
             trial("stdout_and_stderr_are_apart", stdout_and_stderr_are_apart),
+            trial(
+                "the_image_disk_reads_ahead_widely",
+                the_image_disk_reads_ahead_widely,
+            ),
             trial("exit_codes_follow_docker", exit_codes_follow_docker),
             trial("entrypoint_and_cmd_compose", entrypoint_and_cmd_compose),
             trial("env_workdir_and_hostname", env_workdir_and_hostname),

@@ -22,6 +22,26 @@ fn err(what: &str, e: io::Error) -> String {
     format!("{what}: {e}")
 }
 
+/// The image disk's read-ahead window, in KiB. With the kernel's default (128 KiB), the
+/// workload's first page faults in its programs and libraries each read 128 KiB around the
+/// fault: one virtio-blk request, and so one exit to the VMM, each. The image is read-only
+/// and stored uncompressed, so a wider window reads what a start touches in fewer, larger
+/// requests (one request holds up to 1280 KiB: the queue's `max_sectors_kb`).
+const IMAGE_READ_AHEAD_KB: &str = "1024";
+
+/// Sets [`IMAGE_READ_AHEAD_KB`] on `device` (`/dev/vda`) before its file system is mounted
+/// (files opened after take the window from it). Only speed depends on it: a failure is
+/// ignored.
+fn widen_read_ahead(device: &str) {
+    let Some(name) = device.strip_prefix("/dev/").filter(|n| !n.contains('/')) else {
+        return;
+    };
+    let _ = fs::write(
+        format!("/sys/block/{name}/queue/read_ahead_kb"),
+        IMAGE_READ_AHEAD_KB,
+    );
+}
+
 /// Mounts the image and the overlay at [`NEWROOT`] and switches into it.
 /// `mark` is called with the name of each step as it ends (for `brig run --timings`).
 pub fn enter(spec: &RootfsSpec, hostname: &str, mark: &mut dyn FnMut(&str)) -> Result<(), String> {
@@ -33,6 +53,7 @@ pub fn enter(spec: &RootfsSpec, hostname: &str, mark: &mut dyn FnMut(&str)) -> R
     } else {
         spec.fstype.as_str()
     };
+    widen_read_ahead(&spec.device);
     mount(&spec.device, LOWER, fstype, libc::MS_RDONLY, "").map_err(|e| {
         err(
             &format!("mounting the image ({} as {fstype})", spec.device),

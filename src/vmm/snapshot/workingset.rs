@@ -258,6 +258,10 @@ pub fn kvm_can_prefault(kvm: &kvm_ioctls::Kvm) -> bool {
 /// Maps `set`'s pages (checked against `layout` with [`WorkingSet::check`]) into the guest
 /// whose memory is `mem`, through `vcpu` (its state restored, not yet run); `kvm_prefault`:
 /// whether KVM has `KVM_PRE_FAULT_MEMORY`. Stops at the first failure: this only saves time.
+///
+/// Ranges that follow each other in guest memory are entered with one `KVM_PRE_FAULT_MEMORY`,
+/// written or not (their private copies are made first): a template's few hundred ranges
+/// are about a hundred runs, and each call is a system call and a walk of KVM's tables.
 pub fn prefault(
     vcpu: &kvm_ioctls::VcpuFd,
     mem: &GuestMemoryMmap,
@@ -266,6 +270,15 @@ pub fn prefault(
     kvm_prefault: bool,
 ) -> Prefaulted {
     let mut done = Prefaulted::default();
+    // The run of guest memory not yet entered into KVM's tables: (gpa, len).
+    let mut run: Option<(u64, u64)> = None;
+    let enter = |run: (u64, u64), done: &mut Prefaulted| {
+        let ok = pre_fault_memory(vcpu, run.0, run.1).is_ok();
+        if ok {
+            done.mapped += run.1 / PAGE;
+        }
+        ok
+    };
     for r in &set.ranges {
         let Some(region) = region_of(layout, r) else {
             break;
@@ -282,16 +295,26 @@ pub fn prefault(
             break;
         }
         if kvm_prefault {
-            if pre_fault_memory(vcpu, gpa, r.len).is_err() {
-                break;
+            match &mut run {
+                Some((start, n)) if *start + *n == gpa => *n += r.len,
+                _ => {
+                    if let Some(prev) = run.replace((gpa, r.len)) {
+                        if !enter(prev, &mut done) {
+                            run = None;
+                            break;
+                        }
+                    }
+                }
             }
-            done.mapped += r.len / PAGE;
         } else {
             if !r.written && madvise(host, len, libc::MADV_POPULATE_READ).is_err() {
                 break;
             }
             done.populated += r.len / PAGE;
         }
+    }
+    if let Some(last) = run {
+        enter(last, &mut done);
     }
     done
 }

@@ -201,6 +201,16 @@ impl Store {
 
     /// The record of the image with this manifest (its rootfs may not be built yet).
     pub fn record(&self, manifest_digest: &Digest) -> Result<ImageRecord, ImageError> {
+        self.record_among(&names::load(self)?, manifest_digest)
+    }
+
+    /// [`Store::record`], its names taken from `all` (the store's names, loaded once by a
+    /// caller that has them already).
+    fn record_among(
+        &self,
+        all: &[names::NameEntry],
+        manifest_digest: &Digest,
+    ) -> Result<ImageRecord, ImageError> {
         let m = self.manifest(manifest_digest)?;
         let config_digest = manifest::descriptor_digest(m.config())?;
         let cfg = self.config(&config_digest)?;
@@ -215,10 +225,10 @@ impl Store {
                 })
             })
             .collect::<Result<Vec<_>, ImageError>>()?;
-        let names = names::load(self)?
-            .into_iter()
+        let names = all
+            .iter()
             .filter(|n| &n.manifest == manifest_digest && !n.repository.is_empty())
-            .map(|n| display_name(&n))
+            .map(display_name)
             .collect();
         Ok(ImageRecord {
             names,
@@ -239,7 +249,14 @@ impl Store {
     /// Finds a local image: a name (`busybox`, `x:tag`, `x@sha256:..`), a full manifest or
     /// config digest, or a prefix of an image ID. Returns the matching name entries.
     pub fn lookup(&self, image: &str) -> Result<Vec<names::NameEntry>, ImageError> {
-        let all = names::load(self)?;
+        Self::lookup_among(&names::load(self)?, image)
+    }
+
+    /// [`Store::lookup`] in `all`, the store's names.
+    fn lookup_among(
+        all: &[names::NameEntry],
+        image: &str,
+    ) -> Result<Vec<names::NameEntry>, ImageError> {
         let id = image.strip_prefix("sha256:").unwrap_or(image);
         if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
             let by_id: Vec<_> = all
@@ -257,7 +274,7 @@ impl Store {
         let r = Reference::parse(image)?;
         let name = r.name();
         let found: Vec<_> = all
-            .into_iter()
+            .iter()
             .filter(|n| {
                 n.repository == name
                     && match (&r.digest, &r.tag) {
@@ -269,7 +286,7 @@ impl Store {
         if found.is_empty() {
             return Err(ImageError::NoSuchImage(image.to_string()));
         }
-        Ok(found.into_iter().take(1).collect())
+        Ok(found.into_iter().take(1).cloned().collect())
     }
 
     /// The local image `image` (name, ID or digest) for the requested platform, its rootfs
@@ -279,7 +296,9 @@ impl Store {
         image: &str,
         opts: &PullOptions,
     ) -> Result<Option<ImageRecord>, ImageError> {
-        let found = match self.lookup(image) {
+        // The names index is read once for both (it lists every local image).
+        let all = names::load(self)?;
+        let found = match Self::lookup_among(&all, image) {
             Ok(found) => found,
             Err(ImageError::NoSuchImage(_)) => return Ok(None),
             Err(e) => return Err(e),
@@ -287,7 +306,7 @@ impl Store {
         let Some(n) = found.first() else {
             return Ok(None);
         };
-        let rec = self.record(&n.manifest)?;
+        let rec = self.record_among(&all, &n.manifest)?;
         if !opts
             .platform
             .as_ref()

@@ -1,17 +1,13 @@
 //! Guest RAM: memory mapped by vm-memory and registered with KVM, one slot per region (below
 //! the MMIO gap, and above 4 GiB for large VMs).
 //!
-//! Anonymous private memory by default. A VM with a virtio-fs device gets its RAM from a
-//! memfd mapped shared instead, because its file server (another process) maps guest memory
-//! to read the queues and the buffers; shared mappings cost a little on page faults
-//! (Firecracker measured up to 24%), so only those VMs pay it.
+//! Anonymous private memory, also for a VM with virtio-fs devices: their file servers map
+//! only bounce memory of brig's (see `devices::virtio::fs_relay`), never guest RAM.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use std::ffi::c_void;
-use std::os::fd::AsFd;
 use std::ptr::null_mut;
-use std::sync::Arc;
 
 use rustix::mm;
 use vm_memory::mmap::{MmapRegion, MmapRegionBuilder};
@@ -37,9 +33,6 @@ pub enum MemoryError {
     /// mmap failed.
     #[error("cannot allocate {0} MiB of guest memory: {1}")]
     Allocate(u64, #[source] std::io::Error),
-    /// The memfd for shared guest memory could not be made.
-    #[error("cannot create {0} MiB of shareable guest memory: {1}")]
-    Memfd(u64, #[source] std::io::Error),
     /// A region just mapped has no host address (cannot happen with mmap'd regions).
     #[error("guest memory region at {0:#x} has no host address: {1}")]
     HostAddress(u64, #[source] vm_memory::GuestMemoryError),
@@ -160,48 +153,24 @@ impl Drop for Reserved {
     }
 }
 
-/// One region of guest RAM, `len` bytes at `gpa`, lined up for huge pages: anonymous, or
-/// `file` mapped shared.
-pub(crate) fn map_region(
-    gpa: u64,
-    len: usize,
-    file: Option<FileOffset>,
-) -> std::io::Result<GuestRegionMmap> {
+/// One region of guest RAM, `len` bytes at `gpa`: anonymous, lined up for huge pages.
+fn map_region(gpa: u64, len: usize) -> std::io::Result<GuestRegionMmap> {
     let reserved = Reserved::aligned(len, gpa)?;
     let rw = mm::ProtFlags::READ | mm::ProtFlags::WRITE;
-    let flags = match &file {
-        None => {
-            // SAFETY: the mapping replaces the reservation, which this function owns and
-            // nobody else refers to.
-            unsafe {
-                mm::mmap_anonymous(
-                    reserved.addr(),
-                    len,
-                    rw,
-                    mm::MapFlags::PRIVATE | mm::MapFlags::FIXED,
-                )
-            }?;
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
-        }
-        Some(fo) => {
-            // SAFETY: as above; the caller sized the file to hold `len` bytes at the offset.
-            unsafe {
-                mm::mmap(
-                    reserved.addr(),
-                    len,
-                    rw,
-                    mm::MapFlags::SHARED | mm::MapFlags::FIXED,
-                    fo.file().as_fd(),
-                    fo.start(),
-                )
-            }?;
-            libc::MAP_SHARED
-        }
-    };
+    // SAFETY: the mapping replaces the reservation, which this function owns and nobody
+    // else refers to.
+    unsafe {
+        mm::mmap_anonymous(
+            reserved.addr(),
+            len,
+            rw,
+            mm::MapFlags::PRIVATE | mm::MapFlags::FIXED,
+        )
+    }?;
     // SAFETY: the whole reservation was mapped just above and nothing refers to it yet.
     unsafe { advise_huge(reserved.addr(), len) };
     // SAFETY: mapped over the whole reservation just above.
-    let region = unsafe { reserved.into_region(flags, file) }?;
+    let region = unsafe { reserved.into_region(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None) }?;
     GuestRegionMmap::new(region, GuestAddress(gpa))
         .ok_or_else(|| std::io::Error::other(format!("bad region at {gpa:#x}")))
 }
@@ -230,39 +199,12 @@ pub fn check_size(mem_mib: u64) -> Result<(), MemoryError> {
     Ok(())
 }
 
-/// A memfd named `name` of `len` bytes (all zero, allocated as touched) that another
-/// process can map: shareable guest RAM.
-pub(crate) fn shareable(name: &str, len: u64) -> std::io::Result<std::fs::File> {
-    let fd = rustix::fs::memfd_create(
-        name,
-        rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING,
-    )?;
-    let file = std::fs::File::from(fd);
-    file.set_len(len)?;
-    Ok(file)
-}
-
-/// Maps guest RAM of `mem_mib` MiB (lazily: pages are touched by the guest, not here);
-/// `shared`: from a memfd another process can map (see the module comment).
-pub fn create(mem_mib: u64, shared: bool) -> Result<GuestMemoryMmap, MemoryError> {
+/// Maps guest RAM of `mem_mib` MiB (lazily: pages are touched by the guest, not here).
+pub fn create(mem_mib: u64) -> Result<GuestMemoryMmap, MemoryError> {
     check_size(mem_mib)?;
-    let regions = ram_regions(mem_mib << 20);
-    let file = if shared {
-        let file = shareable("brig-guest-ram", mem_mib << 20)
-            .map_err(|e| MemoryError::Memfd(mem_mib, e))?;
-        Some(Arc::new(file))
-    } else {
-        None
-    };
-    // Regions lie back to back in the file, in guest-address order.
-    let mut offset = 0u64;
-    let mut mapped = Vec::with_capacity(regions.len());
-    for &(addr, len) in &regions {
-        let fo = file
-            .as_ref()
-            .map(|f| FileOffset::from_arc(f.clone(), offset));
-        mapped.push(map_region(addr.0, len, fo).map_err(|e| MemoryError::Allocate(mem_mib, e))?);
-        offset += len as u64;
+    let mut mapped = Vec::new();
+    for (addr, len) in ram_regions(mem_mib << 20) {
+        mapped.push(map_region(addr.0, len).map_err(|e| MemoryError::Allocate(mem_mib, e))?);
     }
     GuestMemoryMmap::from_regions(mapped)
         .map_err(|e| MemoryError::Allocate(mem_mib, std::io::Error::other(e.to_string())))
@@ -300,14 +242,11 @@ pub(crate) mod tests {
             Err(MemoryError::TooLarge { .. })
         ));
         check_size(64).unwrap();
-        let mem = create(64, false).unwrap();
+        let mem = create(64).unwrap();
         assert_eq!(mem.iter().map(|r| r.len()).sum::<u64>(), 64 << 20);
-        for shared in [false, true] {
-            let mem = create(64, shared).unwrap();
-            let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap();
-            assert_eq!(host as usize % HUGE, 0, "lined up for huge pages");
-            vm_memory::Bytes::write_slice(&mem, b"ram", vm_memory::GuestAddress(63 << 20)).unwrap();
-        }
+        let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap();
+        assert_eq!(host as usize % HUGE, 0, "lined up for huge pages");
+        vm_memory::Bytes::write_slice(&mem, b"ram", vm_memory::GuestAddress(63 << 20)).unwrap();
     }
 
     /// Whether this process's mapping holding `addr` is advised for huge pages (`hg` in its
@@ -335,32 +274,12 @@ pub(crate) mod tests {
         panic!("{addr:#x} is not mapped");
     }
 
-    /// Guest RAM, anonymous or shared, is advised for transparent huge pages (`hg`), where
-    /// the host has them.
+    /// Guest RAM is advised for transparent huge pages (`hg`), where the host has them.
     #[test]
     fn guest_ram_asks_for_huge_pages() {
         let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage/enabled").exists();
-        for shared in [false, true] {
-            let mem = create(64, shared).unwrap();
-            let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as u64;
-            assert_eq!(huge_advised_at(host), thp, "shared: {shared}");
-        }
-    }
-
-    #[test]
-    fn shared_memory_is_one_memfd_seen_by_another_mapping() {
-        use std::os::unix::fs::FileExt;
-        use vm_memory::{Bytes, GuestAddress};
-        let mem = create(64, true).unwrap();
-        let region = mem.iter().next().unwrap();
-        let fo = region
-            .file_offset()
-            .expect("shared regions are file-backed");
-        assert_eq!(fo.start(), 0);
-        mem.write_slice(b"brig", GuestAddress(0x1000)).unwrap();
-        // What the guest wrote is in the file (what a vhost-user server maps).
-        let mut buf = [0u8; 4];
-        fo.file().read_exact_at(&mut buf, 0x1000).unwrap();
-        assert_eq!(&buf, b"brig");
+        let mem = create(64).unwrap();
+        let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as u64;
+        assert_eq!(huge_advised_at(host), thp);
     }
 }

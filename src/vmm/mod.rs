@@ -167,7 +167,7 @@ pub fn start(mut config: VmConfig) -> Result<RunningVm, VmmError> {
     let cmdline = boot::build_cmdline(&plan.cmdline(), &config.cmdline_extra)?;
 
     let (kvm, vm) = create_vm(&config)?;
-    let mem = memory::create(config.mem_mib, !config.fs.is_empty())?;
+    let mem = memory::create(config.mem_mib)?;
     memory::register(&vm, &mem)?;
     phase("vm and memory");
 
@@ -227,13 +227,9 @@ pub fn restore(mut config: VmConfig, dir: &std::path::Path) -> Result<RunningVm,
 
     let (kvm, vm) = create_vm(&config)?;
     snapshot::host::check(&saved.host, &snapshot::host::fingerprint(&kvm)?)?;
-    // A VM with virtio-fs devices needs memory its file servers can map (see
-    // `snapshot::memory::map_shared_copy`); any other maps the memory file copy-on-write.
-    let mem = if config.fs.is_empty() {
-        snapshot::memory::map_private(mem_file, &saved.regions)?
-    } else {
-        snapshot::memory::map_shared_copy(mem_file, &saved.regions)?
-    };
+    // Copy-on-write, also with virtio-fs devices: their file servers map only bounce
+    // memory of brig's (see `devices::virtio::fs_relay`), never guest memory.
+    let mem = snapshot::memory::map_private(mem_file, &saved.regions)?;
     memory::register(&vm, &mem)?;
     phase("vm and memory");
     let mut mmio = Bus::new();

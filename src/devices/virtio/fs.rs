@@ -1,29 +1,29 @@
 //! virtio-fs (virtio 1.2 §5.11) as a vhost-user frontend: the guest's FUSE requests are
-//! served by a separate file server process (virtiofsd) that maps guest memory itself and
-//! reads the queues directly; brig only relays the setup.
+//! served by a separate file server process (virtiofsd), through bounce queues of brig's
+//! (see [`super::fs_relay`]): the server maps only those, never guest memory.
 //!
 //! Why a separate server and not FUSE in the VMM: the process that opens host files is then
 //! not the one that parses the guest's MMIO and other devices, it sandboxes itself (pivot_root
 //! into the share, seccomp, capabilities dropped), and it is upstream's (Red Hat, Kata, Cloud
-//! Hypervisor) well-reviewed code. The price is guest memory that the server can map: a
-//! memfd, shared, for VMs that have a virtio-fs device (see `vmm::memory`).
+//! Hypervisor) well-reviewed code. Why bounce queues and not the server on guest memory (as
+//! QEMU and Cloud Hypervisor do): guest memory then stays the VMM's own, so a sandbox with
+//! shares is restored from its template copy-on-write like any other, and the server sees
+//! nothing of the guest but its requests.
 //!
 //! The protocol (vhost-user, as Cloud Hypervisor's `vu_common_ctrl`): at creation
 //! SET_OWNER, GET_FEATURES and the protocol features; after DRIVER_OK (on the device thread:
 //! the vCPU threads that see the Status write never talk to the server) SET_FEATURES, SET_MEM_TABLE
-//! and, per queue, SET_VRING_{NUM,ADDR,BASE,CALL,KICK,ENABLE}; the kick eventfd is the queue's
-//! ioeventfd and the call eventfd the device's irqfd, so queue traffic never passes through
-//! brig. Because the server raises the irqfd without setting InterruptStatus, the device's
-//! [`Interrupt`] reports a used-ring interrupt whenever it is read while the device is active
-//! (as Firecracker's transport does for vhost-user devices).
+//! (the bounce memory) and, per queue, SET_VRING_{NUM,ADDR,BASE,CALL,KICK,ENABLE} for its
+//! bounce ring. The guest's notifications and the server's come to the event thread, which
+//! moves requests one way and replies the other ([`Relay::post`], [`Relay::complete`]).
 //!
 //! Config space (§5.11.4): `tag[36]` (the name the guest mounts) and `num_request_queues`.
 //!
 //! A template's device ([`Fs::placeholder`]) has no server: its guest probes it (the driver
 //! sets it up and registers the tag) but mounts nothing, so no FUSE request is ever posted.
-//! It offers the features virtiofsd offers ([`PASSED_THROUGH`]), so that a restored VM finds
-//! the same device wired to the sandbox's own server, which then gets the saved queues'
-//! positions (SET_VRING_BASE) like any activation.
+//! Both offer the same features ([`OFFERED`]), so that a restored VM finds the same device
+//! wired to the sandbox's own server; the guest's queues go on from their saved positions,
+//! the bounce rings start empty.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -33,11 +33,12 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::common::{DeviceCommon, Dispatch, DEVICE_DATA_BASE};
+use super::fs_relay::{Relay, RING};
 use super::{
     device_type, read_config_bytes, ActivateError, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_EVENT_IDX,
@@ -51,23 +52,22 @@ const REQUEST_QUEUES: u32 = 1;
 const QUEUE_SIZE: u16 = 1024;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30): a vhost-user bit, never offered to the guest.
 const PROTOCOL_FEATURES_BIT: u64 = 1 << 30;
-/// `VIRTIO_RING_F_INDIRECT_DESC`: the server reads indirect tables itself.
+/// `VIRTIO_RING_F_INDIRECT_DESC`: `virtio-queue` walks indirect tables.
 const INDIRECT_DESC: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
-/// Ring features brig passes through when the server offers them.
-const PASSED_THROUGH: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | INDIRECT_DESC;
+/// What the guest is offered (brig serves its queues, whatever the server's rings do).
+const OFFERED: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | INDIRECT_DESC;
 /// Event data of the server connection (hang-up: the server died).
 const SOCKET_DATA: u32 = DEVICE_DATA_BASE;
 /// Event data of the eventfd that hands activations and resets to the event thread.
 const CONTROL_DATA: u32 = DEVICE_DATA_BASE + 1;
+/// Event data of queue `i`'s call eventfd (the server used requests) is `CALL_DATA + i`.
+const CALL_DATA: u32 = DEVICE_DATA_BASE + 2;
 
 /// What the driver asked for, done on the event thread: the vCPU threads that see the
 /// Status writes are confined to KVM's calls and never talk to the server themselves.
 enum Pending {
-    /// Hand the active queues (as recorded in [`DeviceCommon::active`]) to the server, with
-    /// these kick eventfds.
-    Start {
-        kicks: Vec<EventFd>,
-    },
+    /// Hand the bounce rings to the server.
+    Start,
     Stop,
 }
 
@@ -88,16 +88,16 @@ pub enum FsError {
     /// The server lacks something brig needs.
     #[error("file server at {path}: {what}")]
     Unsupported { path: String, what: &'static str },
-    /// The control eventfd could not be created.
-    #[error("cannot create the virtio-fs eventfd: {0}")]
+    /// The control eventfd or the bounce memory could not be created.
+    #[error("cannot create the virtio-fs eventfd or bounce memory: {0}")]
     EventFd(#[source] std::io::Error),
 }
 
 /// A virtio-fs device relaying to a vhost-user file server.
 pub struct Fs {
     common: DeviceCommon,
-    /// The server; `None` for a template's placeholder.
-    frontend: Option<Frontend>,
+    /// The server and the bounce queues to it; `None` for a template's placeholder.
+    frontend: Option<(Frontend, Relay)>,
     /// What the server offers (virtio features plus the vhost-user protocol bit).
     backend_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
@@ -159,18 +159,19 @@ impl Fs {
                 }
             }
         }
-        Self::with(Some(frontend), backend_features, tag, path)
+        let relay = Relay::new(queues).map_err(FsError::EventFd)?;
+        Self::with(Some((frontend, relay)), backend_features, tag, path)
     }
 
     /// A template's device named `tag`, with no server (see the module comment): it offers
     /// what virtiofsd offers, and its guest never posts a request to it.
     pub fn placeholder(tag: &str) -> Result<Self, FsError> {
         check_tag(tag)?;
-        Self::with(None, PASSED_THROUGH, tag, "(no file server)".into())
+        Self::with(None, OFFERED, tag, "(no file server)".into())
     }
 
     fn with(
-        frontend: Option<Frontend>,
+        frontend: Option<(Frontend, Relay)>,
         backend_features: u64,
         tag: &str,
         socket: String,
@@ -191,41 +192,45 @@ impl Fs {
         })
     }
 
-    /// Hands the active queues to the server, at their current positions (a restored
-    /// device's are where its guest left them). A placeholder has no server to hand them to,
+    /// Hands the bounce rings to the server. A placeholder has no server to hand them to,
     /// and a device reset since its activation has none to hand.
-    fn start(&mut self, queue_evts: &[EventFd]) -> Result<(), vhost::Error> {
-        let (Some(frontend), Some(active)) = (self.frontend.as_mut(), self.common.active.as_ref())
+    fn start(&mut self) -> Result<(), vhost::Error> {
+        let (Some((frontend, relay)), Some(_)) =
+            (self.frontend.as_mut(), self.common.active.as_ref())
         else {
             return Ok(());
         };
-        let (mem, queues, interrupt) = (&active.mem, &active.queues, &active.interrupt);
         let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
-        frontend.set_features(self.common.acked_features | vhost_features)?;
-        let regions = mem
+        frontend.set_features(VIRTIO_F_VERSION_1 | vhost_features)?;
+        let regions = relay
+            .memory()
             .iter()
             .map(VhostUserMemoryRegionInfo::from_guest_region)
             .collect::<Result<Vec<_>, _>>()?;
         frontend.set_mem_table(&regions)?;
         let host = |addr: u64| {
-            mem.get_host_address(GuestAddress(addr))
+            relay
+                .memory()
+                .get_host_address(GuestAddress(addr))
                 .map(|p| p as u64)
                 .map_err(|_| vhost::Error::InvalidGuestMemory)
         };
-        for (i, (queue, kick)) in queues.iter().zip(queue_evts).enumerate() {
-            frontend.set_vring_num(i, queue.size())?;
+        for i in 0..self.queue_sizes.len() {
+            let (desc, avail, used) = relay.ring(i);
+            frontend.set_vring_num(i, RING)?;
             let addrs = VringConfigData {
-                queue_max_size: queue.max_size(),
-                queue_size: queue.size(),
+                queue_max_size: RING,
+                queue_size: RING,
                 flags: 0,
-                desc_table_addr: host(queue.desc_table())?,
-                used_ring_addr: host(queue.used_ring())?,
-                avail_ring_addr: host(queue.avail_ring())?,
+                desc_table_addr: host(desc)?,
+                used_ring_addr: host(used)?,
+                avail_ring_addr: host(avail)?,
                 log_addr: None,
             };
             frontend.set_vring_addr(i, &addrs)?;
-            frontend.set_vring_base(i, queue.next_avail())?;
-            frontend.set_vring_call(i, interrupt.eventfd())?;
+            frontend.set_vring_base(i, 0)?;
+            let (kick, call) = relay.eventfds(i);
+            frontend.set_vring_call(i, call)?;
             frontend.set_vring_kick(i, kick)?;
             self.running = i + 1;
             if vhost_features != 0 {
@@ -239,7 +244,7 @@ impl Fs {
     fn stop(&mut self) {
         let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
         let running = std::mem::take(&mut self.running);
-        let Some(frontend) = self.frontend.as_mut() else {
+        let Some((frontend, relay)) = self.frontend.as_mut() else {
             return;
         };
         for i in 0..running {
@@ -249,6 +254,25 @@ impl Fs {
             if let Err(err) = frontend.get_vring_base(i) {
                 tracing::warn!("virtio-fs {}: stopping queue {i}: {err}", self.socket);
             }
+        }
+        relay.reset();
+    }
+
+    /// Moves requests of queue `q` to the server, and its replies back (on the event thread).
+    pub(super) fn relay(&mut self, q: usize, replies: bool) {
+        let (Some((_, relay)), Some(active)) =
+            (self.frontend.as_mut(), self.common.active.as_mut())
+        else {
+            return;
+        };
+        let mut notify = false;
+        if replies {
+            notify |= relay.complete(q, active);
+        }
+        // Slots freed by replies take the requests that waited for one.
+        notify |= relay.post(q, active);
+        if notify {
+            active.interrupt.signal_used_queue();
         }
     }
 }
@@ -269,7 +293,7 @@ impl VirtioDevice for Fs {
         &self.queue_sizes
     }
     fn features(&self) -> u64 {
-        self.backend_features & PASSED_THROUGH
+        OFFERED
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
@@ -296,13 +320,12 @@ impl VirtioDevice for Fs {
         if self.common.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        self.common.check_counts(queues.len(), queue_evts.len())?;
-        // The guest may kick before the server has the rings: a kick eventfd keeps its
-        // count, and the server looks at it once it has it. The server keeps the live
-        // positions, so a wired device is never saved (see `snapshot_blocker`); a
-        // placeholder's never move.
-        self.common.activate_external(mem, queues, interrupt);
-        self.pending.push(Pending::Start { kicks: queue_evts });
+        // Requests the guest posts before the server has the rings wait in them: the server
+        // looks at its kick eventfd, which keeps its count, once it has it. The server's
+        // FUSE session is not saved, so a wired device is never saved (see
+        // `snapshot_blocker`); a placeholder's queues never move.
+        self.common.activate(mem, queues, queue_evts, interrupt)?;
+        self.pending.push(Pending::Start);
         self.control.write(1).map_err(ActivateError::Signal)
     }
     fn reset(&mut self) {
@@ -319,8 +342,8 @@ impl Fs {
     pub(super) fn run_pending(&mut self) {
         for op in std::mem::take(&mut self.pending) {
             match op {
-                Pending::Start { kicks } => {
-                    if let Err(err) = self.start(&kicks) {
+                Pending::Start => {
+                    if let Err(err) = self.start() {
                         tracing::error!(
                             "virtio-fs: handing the queues to the file server at {}: {err}",
                             self.socket
@@ -339,13 +362,16 @@ impl MutEventSubscriber for Fs {
         self.common.init(ops);
         DeviceCommon::add_device_fd(ops, &self.control, CONTROL_DATA, EventSet::IN);
         // The server closing its end means every later FUSE request would hang the guest.
-        if let Some(frontend) = &self.frontend {
+        if let Some((frontend, relay)) = &self.frontend {
             DeviceCommon::add_device_fd(
                 ops,
                 &frontend.as_raw_fd(),
                 SOCKET_DATA,
                 EventSet::HANG_UP | EventSet::ERROR,
             );
+            for (i, data) in (0..self.queue_sizes.len()).zip(CALL_DATA..) {
+                DeviceCommon::add_device_fd(ops, relay.eventfds(i).1, data, EventSet::IN);
+            }
         }
     }
     fn process(&mut self, events: Events, ops: &mut EventOps) {
@@ -353,6 +379,10 @@ impl MutEventSubscriber for Fs {
             Dispatch::Device(CONTROL_DATA) => {
                 let _ = self.control.read();
                 self.run_pending();
+            }
+            Dispatch::Queue(q) => self.relay(q, false),
+            Dispatch::Device(d) if (CALL_DATA..CALL_DATA + 1 + REQUEST_QUEUES).contains(&d) => {
+                self.relay((d - CALL_DATA) as usize, true);
             }
             Dispatch::Device(SOCKET_DATA) => {
                 tracing::error!(

@@ -1,17 +1,18 @@
 //! The vhost-user path against the real server: virtiofsd (installed by scripts/setup.sh)
-//! answers a FUSE_INIT that a "driver" posts on the request queue, through memory it maps
-//! from the memfd, a kick eventfd and the irqfd: no KVM needed.
+//! answers a FUSE_INIT that a "driver" posts on the request queue, through brig's bounce
+//! queues (what the event thread does is called directly): no KVM needed. And the bounce
+//! queues against a hostile guest and a misbehaving server, played by the test.
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::sync::Arc;
 use virtio_queue::QueueT;
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::fs::{Fs, FsError};
-use super::test_utils::{GuestQueue, MEM_SIZE};
+use super::test_utils::{guest_memory, GuestQueue};
 use super::{Interrupt, VirtioDevice, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 
 fn virtiofsd() -> std::path::PathBuf {
@@ -23,18 +24,6 @@ fn virtiofsd() -> std::path::PathBuf {
                 .find(|p| p.is_file())
         });
     found.expect("virtiofsd is not installed: run scripts/setup.sh")
-}
-
-fn shared_memory() -> GuestMemoryMmap {
-    let fd = rustix::fs::memfd_create("t", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let file = std::fs::File::from(fd);
-    file.set_len(MEM_SIZE as u64).unwrap();
-    GuestMemoryMmap::from_ranges_with_files(&[(
-        GuestAddress(0),
-        MEM_SIZE,
-        Some(FileOffset::new(file, 0)),
-    )])
-    .unwrap()
 }
 
 /// Starts virtiofsd on a new share in `dir`, listening at the returned socket.
@@ -79,10 +68,12 @@ fn fuse_init(unique: u64) -> Vec<u8> {
     req
 }
 
-/// The used-ring entries of `q` once the server added some (20 s at most).
-fn wait_used(q: &mut GuestQueue) -> Vec<(u16, u32)> {
+/// The used-ring entries of `q` once the server answered (20 s at most), its replies taken
+/// back as the event thread does when the server's call eventfd fires.
+fn wait_used(fs: &mut Fs, q: &mut GuestQueue) -> Vec<(u16, u32)> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
+        fs.relay(1, true);
         let used = q.take_used();
         if !used.is_empty() || std::time::Instant::now() > deadline {
             return used;
@@ -91,34 +82,34 @@ fn wait_used(q: &mut GuestQueue) -> Vec<(u16, u32)> {
     }
 }
 
-/// The FUSE reply at `at`: (error, unique, major).
 /// Puts a FUSE_INIT with `unique` at `at` (its reply buffer a page above) on `requests`,
-/// kicks, and returns the used entries once the server answered; the first is that chain.
+/// has the device take it (as on the guest's notification), and returns the used entries
+/// once the server answered; the first is that chain.
 fn send_init(
+    fs: &mut Fs,
     mem: &GuestMemoryMmap,
     requests: &mut GuestQueue,
-    kick: &EventFd,
     at: u64,
     unique: u64,
 ) -> Vec<(u16, u32)> {
     mem.write_slice(&fuse_init(unique), GuestAddress(at))
         .unwrap();
     let head = requests.add_chain(&[(at, 104, false), (at + 0x1000, 4096, true)]);
-    kick.write(1).unwrap();
-    let used = wait_used(requests);
+    fs.relay(1, false);
+    let used = wait_used(fs, requests);
     assert_eq!(used.first().map(|u| u.0), Some(head));
     used
 }
 
-/// The two queues' kick eventfds, a clone of the request queue's, and an interrupt.
-fn kicks_and_interrupt() -> (Vec<EventFd>, EventFd, Arc<Interrupt>) {
+/// The two queues' notify eventfds and an interrupt.
+fn kicks_and_interrupt() -> (Vec<EventFd>, Arc<Interrupt>) {
     let kicks: Vec<EventFd> = (0..2)
         .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
         .collect();
-    let kick = kicks[1].try_clone().unwrap();
-    (kicks, kick, Arc::new(Interrupt::new().unwrap()))
+    (kicks, Arc::new(Interrupt::new().unwrap()))
 }
 
+/// The FUSE reply at `at`: (error, unique, major).
 fn reply(mem: &GuestMemoryMmap, at: u64) -> (i32, u64, u32) {
     let mut out = [0u8; 24];
     mem.read_slice(&mut out, GuestAddress(at)).unwrap();
@@ -139,7 +130,7 @@ fn fuse_init_round_trip_through_virtiofsd() {
     assert_eq!(
         fs.features(),
         Fs::placeholder("brig-test").unwrap().features(),
-        "a template's placeholder offers what virtiofsd offers (a restore checks it)"
+        "a template's placeholder offers the same features (a restore checks them)"
     );
     assert!(
         fs.snapshot_blocker().is_some(),
@@ -148,11 +139,12 @@ fn fuse_init_round_trip_through_virtiofsd() {
     let mut tag = [0u8; 10];
     fs.read_config(0, &mut tag);
     assert_eq!(&tag[..9], b"brig-test");
-    let mem = shared_memory();
+    // Private guest memory: the server never maps it.
+    let mem = guest_memory();
     let hiprio = GuestQueue::new(&mem, 0x1000, 16);
     let mut requests = GuestQueue::new(&mem, 0x4000, 16);
-    let (kicks, kick, irq) = kicks_and_interrupt();
-    fs.ack_features(fs.features() & !VIRTIO_RING_F_EVENT_IDX);
+    let (kicks, irq) = kicks_and_interrupt();
+    fs.ack_features(fs.features());
     fs.activate(
         mem.clone(),
         vec![hiprio.queue(), requests.queue()],
@@ -163,21 +155,30 @@ fn fuse_init_round_trip_through_virtiofsd() {
     // What the event thread does when the control eventfd fires.
     assert_eq!(fs.control.read().unwrap(), 1);
     fs.run_pending();
-    let used = send_init(&mem, &mut requests, &kick, 0x10000, 7);
-    assert_eq!(used.len(), 1, "virtiofsd answered through the used ring");
+    let used = send_init(&mut fs, &mem, &mut requests, 0x10000, 7);
+    assert_eq!(
+        used,
+        vec![(0, 80)],
+        "virtiofsd's reply: fuse_out_header + fuse_init_out"
+    );
     assert_eq!(reply(&mem, 0x11000), (0, 7, 7), "a FUSE_INIT reply");
     assert!(
         irq.eventfd().read().unwrap() >= 1,
-        "the server raised the irqfd"
+        "the guest was interrupted"
     );
     assert_eq!(
         irq.status() & virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING,
         virtio_bindings::virtio_mmio::VIRTIO_MMIO_INT_VRING,
-        "InterruptStatus shows a used-ring interrupt while a vhost-user server runs"
+        "InterruptStatus shows the used-ring interrupt"
     );
+    // Requests go on, through the same slots.
+    for unique in 8..20 {
+        let used = send_init(&mut fs, &mem, &mut requests, 0x10000, unique);
+        assert_eq!(used.len(), 1);
+        assert_eq!(reply(&mem, 0x11000), (0, unique, 7));
+    }
     fs.reset();
     fs.run_pending();
-    assert_eq!(irq.status(), 0);
     drop(fs);
     // The server ends with its frontend's connection.
     let status = child.wait().unwrap();
@@ -191,7 +192,7 @@ fn a_restored_queue_resumes_where_it_was() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, socket) = spawn_virtiofsd(dir.path());
     let mut fs = Fs::new(&socket, "brig-test").unwrap();
-    let mem = shared_memory();
+    let mem = guest_memory();
     let hiprio = GuestQueue::new(&mem, 0x1000, 16);
     let mut requests = GuestQueue::new(&mem, 0x4000, 16);
     // A request an earlier server answered before the VM was saved.
@@ -204,12 +205,12 @@ fn a_restored_queue_resumes_where_it_was() {
     let mut queue = requests.queue();
     queue.set_next_avail(1);
     queue.set_next_used(1);
-    let (kicks, kick, irq) = kicks_and_interrupt();
+    let (kicks, irq) = kicks_and_interrupt();
     fs.ack_features(fs.features() & !VIRTIO_RING_F_EVENT_IDX);
     fs.activate(mem.clone(), vec![hiprio.queue(), queue], kicks, irq)
         .unwrap();
     fs.run_pending();
-    let used = send_init(&mem, &mut requests, &kick, 0x20000, 9);
+    let used = send_init(&mut fs, &mem, &mut requests, 0x20000, 9);
     assert_eq!(used.len(), 1, "only the new request: {used:?}");
     assert_eq!(reply(&mem, 0x21000), (0, 9, 7));
     assert_eq!(
@@ -227,7 +228,7 @@ fn a_restored_queue_resumes_where_it_was() {
 fn a_placeholder_activates_without_a_server() {
     let mut fs = Fs::placeholder("brig-vol0").unwrap();
     assert_eq!(fs.snapshot_blocker(), None);
-    let mem = shared_memory();
+    let mem = guest_memory();
     let hiprio = GuestQueue::new(&mem, 0x1000, 16);
     let requests = GuestQueue::new(&mem, 0x4000, 16);
     let kicks: Vec<EventFd> = (0..2)

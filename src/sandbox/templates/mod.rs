@@ -23,8 +23,8 @@
 //! A VM with shared directories restores a template made with as many virtio-fs devices,
 //! under the same tags, and no file server ([`crate::vmm::FsConfig::placeholder`]): the
 //! template's guest probes them and mounts nothing. A restore wires each to the sandbox's own
-//! server, and its memory is copied into a memfd the servers can map (a private mapping of
-//! the template would be invisible to them); see `vmm::snapshot::memory::map_shared_copy`.
+//! server and maps the template copy-on-write like any other: the servers see only the
+//! device's bounce buffers, never guest memory (see `devices::virtio::fs_relay`).
 
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;

@@ -226,48 +226,6 @@ fn data_runs(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// The name of the memfd [`map_shared_copy`] makes: its offsets are the memory file's, so a
-/// process's mapping of it is found by this name (see [`super::workingset::WorkingSet::record`]).
-pub const SHARED_COPY_NAME: &str = "brig-restored-ram";
-
-/// Guest memory with `layout` that another process can map (a VM with virtio-fs devices,
-/// whose file servers map it): a new memfd holding a copy of the data of `file` (its holes
-/// stay unallocated), mapped shared and lined up for huge pages. The copy is the price of
-/// sharing: a private mapping of `file` is invisible to the servers, a shared one would
-/// write the guest's changes into the snapshot. It is made in the kernel (`sendfile`), before
-/// the memfd is mapped: no page fault per page, and the guest faults pages in as it touches
-/// them, as from the file.
-pub fn map_shared_copy(
-    file: File,
-    layout: &[RegionState],
-) -> Result<GuestMemoryMmap, SnapshotError> {
-    let file_len = check_layout(&file, layout)?;
-    let copy = crate::vmm::memory::shareable(SHARED_COPY_NAME, file_len)
-        .map_err(|e| SnapshotError::Memory(format!("creating shareable memory: {e}")))?;
-    let copy_err = |e: rustix::io::Errno| SnapshotError::Memory(format!("copying: {e}"));
-    for (from, to) in data_runs(&file, 0, file_len) {
-        rustix::fs::seek(&copy, rustix::fs::SeekFrom::Start(from)).map_err(copy_err)?;
-        let mut at = from;
-        while at < to {
-            let n = usize::try_from(to - at).unwrap_or(usize::MAX).min(1 << 30);
-            if rustix::fs::sendfile(&copy, &file, Some(&mut at), n).map_err(copy_err)? == 0 {
-                return Err(SnapshotError::Corrupt("the memory file shrank".into()));
-            }
-        }
-    }
-    let copy = Arc::new(copy);
-    let mut regions = Vec::with_capacity(layout.len());
-    for r in layout {
-        let len = usize::try_from(r.len)
-            .map_err(|_| SnapshotError::Corrupt("region too large".into()))?;
-        let fo = FileOffset::from_arc(copy.clone(), r.file_offset);
-        let region = crate::vmm::memory::map_region(r.gpa, len, Some(fo))
-            .map_err(|e| SnapshotError::Memory(format!("mapping {len} bytes: {e}")))?;
-        regions.push(region);
-    }
-    GuestMemoryMmap::from_regions(regions).map_err(|e| SnapshotError::Corrupt(e.to_string()))
-}
-
 /// The length of `file`, once checked to hold every region of `layout`: a mapping past its
 /// end would fault (SIGBUS) when the guest touches it.
 fn check_layout(file: &File, layout: &[RegionState]) -> Result<u64, SnapshotError> {
@@ -495,56 +453,5 @@ pub(super) mod tests {
             map_private(File::open(&path).unwrap(), &long),
             Err(SnapshotError::Corrupt(_))
         ));
-    }
-
-    /// Shareable restored memory: a memfd holding the file's data where the layout says,
-    /// zero elsewhere, seen by another mapping of the memfd (what a file server maps), lined
-    /// up for huge pages; the guest's writes reach the memfd, never the file.
-    #[test]
-    fn map_shared_copy_copies_the_data_into_a_memfd() {
-        use std::os::unix::fs::FileExt;
-        let mib = 1u64 << 20;
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 4 << 20),
-            (GuestAddress(1 << 32), 4 << 20),
-        ])
-        .unwrap();
-        let data_at = [5, 2 * mib + 3, (1 << 32) + 3 * mib];
-        let (_dir, path, layout) = dumped_with_data(&mem, &data_at);
-        let file = File::open(&path).unwrap();
-        assert_eq!(
-            data_runs(&file, 0, 8 * mib),
-            vec![
-                (0, PAGE as u64),
-                (2 * mib, 2 * mib + PAGE as u64),
-                (7 * mib, 7 * mib + PAGE as u64)
-            ]
-        );
-        let before = std::fs::read(&path).unwrap();
-        let shared = map_shared_copy(file, &layout).unwrap();
-        for (at, region) in data_at.iter().zip([0usize, 0, 1]) {
-            let mut b = [0u8; 4];
-            shared.read_slice(&mut b, GuestAddress(*at)).unwrap();
-            assert_eq!(&b, b"data");
-            let r = shared.iter().nth(region).unwrap();
-            let fo = r.file_offset().expect("shareable memory is a memfd");
-            let mut seen = [0u8; 4];
-            let off = fo.start() + (at - r.start_addr().0);
-            fo.file().read_exact_at(&mut seen, off).unwrap();
-            assert_eq!(&seen, b"data", "another mapping of the memfd sees the data");
-        }
-        let mut zero = vec![1u8; mib as usize];
-        shared.read_slice(&mut zero, GuestAddress(mib)).unwrap();
-        assert!(zero.iter().all(|&x| x == 0));
-        for r in shared.iter() {
-            let host = shared.get_host_address(r.start_addr()).unwrap() as usize;
-            assert_eq!(host % HUGE, r.start_addr().0 as usize % HUGE);
-        }
-        shared.write_slice(b"guest", GuestAddress(5)).unwrap();
-        assert_eq!(
-            std::fs::read(&path).unwrap(),
-            before,
-            "the file is not written"
-        );
     }
 }

@@ -118,25 +118,18 @@ impl WorkingSet {
 
     /// The pages of `memory` (a snapshot's memory file, laid out as `layout`) that process
     /// `pid` has mapped now, from its `/proc/PID/maps` and `/proc/PID/pagemap` (present pages,
-    /// and which are private copies). Three kinds of mapping hold them: the memory file's own
-    /// (found by device and inode), its shared copy (found by name:
-    /// [`super::memory::map_shared_copy`]; its pages all taken as written: made writable
-    /// ahead, which there copies nothing and saves the guest's first write to each page an
-    /// exit), and the anonymous mappings that stand for the file's long holes inside a
-    /// region's mapping (see [`super::memory`]; their pages are the guest's first writes
+    /// and which are private copies). Two kinds of mapping hold them: the memory file's own
+    /// (found by device and inode), and the anonymous mappings that stand for the file's long
+    /// holes inside a region's mapping (see [`super::memory`]; their pages are the guest's first writes
     /// there, taken as written). Without the last, every page a restored guest takes from
     /// its free memory on the way to its workload cost an exit on every restore.
     pub fn record(pid: u32, memory: &Path, layout: &[RegionState]) -> io::Result<Self> {
-        let copy = format!("/memfd:{} (deleted)", super::memory::SHARED_COPY_NAME);
         let meta = std::fs::metadata(memory)?;
         let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
         let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))?;
         let lines: Vec<MapsLine> = maps.lines().filter_map(parse_maps_line).collect();
         let the_file = |m: &MapsLine| m.dev == (major, minor) && m.inode == meta.ino();
-        let of_file = |m: &MapsLine| the_file(m) || m.path == copy;
-        // Where each region's mapping starts, as the file's own mappings place it (only they
-        // have holes: a shared copy is one mapping, and the name of one is no proof that it
-        // is a copy of this file).
+        // Where each region's mapping starts, as the file's own mappings place it.
         let mut bases: Vec<(u64, RegionState)> = Vec::new();
         for m in lines.iter().filter(|m| the_file(m)) {
             let Some(g) = layout
@@ -154,8 +147,8 @@ impl WorkingSet {
         let mut pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
         let mut set = Self::default();
         for m in &lines {
-            let (start, end, offset, written_all) = if of_file(m) {
-                (m.start, m.end, m.offset, m.path == copy)
+            let (start, end, offset, written_all) = if the_file(m) {
+                (m.start, m.end, m.offset, false)
             } else if m.inode == 0 && m.path.is_empty() {
                 // An anonymous mapping inside a region's: a hole of the file.
                 let Some((base, g)) = bases
@@ -523,34 +516,6 @@ mod tests {
                 .any(|x| x.offset <= PAGE && x.offset + x.len >= 3 * PAGE),
             "{set:?}"
         );
-    }
-
-    /// A restored VM with shares runs on a shared copy of the memory file (a memfd): its
-    /// pages are recorded by their offsets in the file, as written.
-    #[test]
-    fn record_finds_the_shared_copy() {
-        use vm_memory::Bytes;
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 * PAGE as usize)]).unwrap();
-        let (_dir, path, layout) = dumped_with_data(&mem, &[3 * PAGE]);
-        let copy =
-            super::super::memory::map_shared_copy(File::open(&path).unwrap(), &layout).unwrap();
-        let mut b = [0u8; 4];
-        copy.read_slice(&mut b, GuestAddress(3 * PAGE)).unwrap();
-        assert_eq!(&b, b"data");
-        copy.write_slice(b"new", GuestAddress(40 * PAGE)).unwrap();
-        let set = WorkingSet::record(std::process::id(), &path, &layout).unwrap();
-        let base = layout[0].file_offset;
-        let holds = |page: u64| {
-            set.ranges.iter().any(|r| {
-                r.written
-                    && r.offset <= base + page * PAGE
-                    && base + (page + 1) * PAGE <= r.offset + r.len
-            })
-        };
-        assert!(holds(3) && holds(40), "{set:?}");
-        // (Other tests' shared copies, mapped by this process at the same time, may add
-        // ranges of their own: only this one's pages are asserted.)
-        assert!(set.ranges.iter().all(|r| r.written), "{set:?}");
     }
 
     /// A restored VM's memory as `map_private` lays it out (the file, its long holes

@@ -260,9 +260,12 @@ impl Fs {
 
     /// Moves requests of queue `q` to the server, and its replies back (on the event thread).
     pub(super) fn relay(&mut self, q: usize, replies: bool) {
-        let (Some((_, relay)), Some(active)) =
-            (self.frontend.as_mut(), self.common.active.as_mut())
-        else {
+        let Some((_, relay)) = self.frontend.as_mut() else {
+            return;
+        };
+        let Some(active) = self.common.active.as_mut() else {
+            // Reset: nothing to take back, and the server's word must not stay pending.
+            let _ = relay.eventfds(q).1.read();
             return;
         };
         let mut notify = false;

@@ -81,7 +81,7 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// The network device (`None`: the guest has only `lo`).
     pub net: Option<NetDeviceConfig>,
-    /// Shared directories (virtio-fs); with any, guest RAM is shareable (a memfd).
+    /// Shared directories (virtio-fs), each relayed to its file server through bounce queues.
     pub fs: Vec<FsConfig>,
 }
 

@@ -160,8 +160,9 @@ pub fn cold_and_restored_runs_agree() -> Result<(), String> {
         "a networked run restores a template, with a MAC address of its own",
         &out,
     )?;
-    // A run with a volume restores a template too (one made with a virtio-fs device; its
-    // memory copied into shareable memory for the file server), and sees the share.
+    // A run with a volume restores a template too (one made with a virtio-fs device, mapped
+    // copy-on-write: the file server sees only the device's bounce buffers), and sees the
+    // share.
     let dir = PathBuf::from("/run/brig-run-templates-volume");
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("f"), "shared\n").map_err(|e| e.to_string())?;

@@ -50,10 +50,9 @@ pub(crate) const HUGE: usize = 2 << 20;
 
 /// Asks for transparent huge pages behind the guest RAM at `addr` (`MADV_HUGEPAGE`), as
 /// QEMU and Cloud Hypervisor do: on a host whose THP setting is `madvise` (Debian's default)
-/// anonymous memory gets them only so, and shared memory (a memfd: VMs with virtio-fs) only
-/// so where `shmem_enabled` is `advise` (see README, Tuning the host). Each 4 KiB page the
-/// guest touches first is otherwise a nested page fault of its own, where a huge page takes
-/// one per 2 MiB and KVM maps it with one entry. A host without THP refuses the advice:
+/// anonymous memory gets them only so. Each 4 KiB page the guest touches first is otherwise
+/// a nested page fault of its own, where a huge page takes one per 2 MiB and KVM maps it
+/// with one entry. A host without THP refuses the advice:
 /// nothing changes then.
 ///
 /// # Safety

@@ -98,8 +98,9 @@ pub struct Fs {
     common: DeviceCommon,
     /// The server and the bounce queues to it; `None` for a template's placeholder.
     frontend: Option<(Frontend, Relay)>,
-    /// What the server offers (virtio features plus the vhost-user protocol bit).
-    backend_features: u64,
+    /// The vhost-user protocol bit when the server offers it (then its rings are enabled
+    /// and disabled explicitly), else 0.
+    vhost_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
     queue_sizes: [u16; 1 + REQUEST_QUEUES as usize],
     /// Queues handed to the server (for GET_VRING_BASE at reset).
@@ -114,8 +115,8 @@ impl std::fmt::Debug for Fs {
         f.debug_struct("Fs")
             .field("socket", &self.socket)
             .field(
-                "backend_features",
-                &format_args!("{:#x}", self.backend_features),
+                "vhost_features",
+                &format_args!("{:#x}", self.vhost_features),
             )
             .field("running", &self.running)
             .finish()
@@ -160,19 +161,20 @@ impl Fs {
             }
         }
         let relay = Relay::new(queues).map_err(FsError::EventFd)?;
-        Self::with(Some((frontend, relay)), backend_features, tag, path)
+        let vhost_features = backend_features & PROTOCOL_FEATURES_BIT;
+        Self::with(Some((frontend, relay)), vhost_features, tag, path)
     }
 
     /// A template's device named `tag`, with no server (see the module comment): it offers
-    /// what virtiofsd offers, and its guest never posts a request to it.
+    /// what a wired device offers, and its guest never posts a request to it.
     pub fn placeholder(tag: &str) -> Result<Self, FsError> {
         check_tag(tag)?;
-        Self::with(None, OFFERED, tag, "(no file server)".into())
+        Self::with(None, 0, tag, "(no file server)".into())
     }
 
     fn with(
         frontend: Option<(Frontend, Relay)>,
-        backend_features: u64,
+        vhost_features: u64,
         tag: &str,
         socket: String,
     ) -> Result<Self, FsError> {
@@ -182,7 +184,7 @@ impl Fs {
         Ok(Self {
             common: DeviceCommon::new(1 + REQUEST_QUEUES as usize).map_err(FsError::EventFd)?,
             frontend,
-            backend_features,
+            vhost_features,
             config,
             queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES as usize],
             running: 0,
@@ -200,7 +202,7 @@ impl Fs {
         else {
             return Ok(());
         };
-        let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
+        let vhost_features = self.vhost_features;
         frontend.set_features(VIRTIO_F_VERSION_1 | vhost_features)?;
         let regions = relay
             .memory()
@@ -242,7 +244,7 @@ impl Fs {
 
     /// Takes the queues back from the server (GET_VRING_BASE stops a ring).
     fn stop(&mut self) {
-        let vhost_features = self.backend_features & PROTOCOL_FEATURES_BIT;
+        let vhost_features = self.vhost_features;
         let running = std::mem::take(&mut self.running);
         let Some((frontend, relay)) = self.frontend.as_mut() else {
             return;
@@ -320,9 +322,6 @@ impl VirtioDevice for Fs {
         queue_evts: Vec<EventFd>,
         interrupt: Arc<Interrupt>,
     ) -> Result<(), ActivateError> {
-        if self.common.active.is_some() {
-            return Err(ActivateError::AlreadyActive);
-        }
         // Requests the guest posts before the server has the rings wait in them: the server
         // looks at its kick eventfd, which keeps its count, once it has it. The server's
         // FUSE session is not saved, so a wired device is never saved (see

@@ -41,8 +41,8 @@ pub const RING: u16 = 2 * SLOTS;
 /// default `max_pages_limit` allow) and its headers.
 pub const SLOT_LEN: u32 = (1 << 20) + (64 << 10);
 /// Bytes of each queue's ring area: descriptor table, available ring, used ring.
-const RING_AREA: u64 = 4096;
 const RING_AREA_BYTES: usize = 4096;
+const RING_AREA: u64 = RING_AREA_BYTES as u64;
 const AVAIL_OFF: u64 = 256;
 const USED_OFF: u64 = 512;
 const F_NEXT: u16 = 1;

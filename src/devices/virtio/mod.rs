@@ -42,7 +42,7 @@
 pub mod block;
 mod common;
 pub mod fs;
-pub mod fs_relay;
+mod fs_relay;
 #[cfg(test)]
 mod fs_tests;
 #[cfg(any(test, feature = "fuzzing"))]

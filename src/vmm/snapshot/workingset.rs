@@ -120,8 +120,8 @@ impl WorkingSet {
     /// `pid` has mapped now, from its `/proc/PID/maps` and `/proc/PID/pagemap` (present pages,
     /// and which are private copies). Two kinds of mapping hold them: the memory file's own
     /// (found by device and inode), and the anonymous mappings that stand for the file's long
-    /// holes inside a region's mapping (see [`super::memory`]; their pages are the guest's first writes
-    /// there, taken as written). Without the last, every page a restored guest takes from
+    /// holes inside a region's mapping (see [`super::memory`]; their pages are the guest's
+    /// first writes there, taken as written). Without the last, every page a restored guest takes from
     /// its free memory on the way to its workload cost an exit on every restore.
     pub fn record(pid: u32, memory: &Path, layout: &[RegionState]) -> io::Result<Self> {
         let meta = std::fs::metadata(memory)?;

@@ -9,7 +9,7 @@
 //! where guest input is parsed.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::time::Instant;
 
@@ -318,7 +318,7 @@ fn keep(
                 tracing::warn!("the VMM's log: {e}");
             }
         });
-    let mut events = File::from(events);
+    let mut events = BufReader::new(File::from(events));
     let mut told = false;
     let mut restored_template = false;
     let mut verdict = None;
@@ -374,24 +374,29 @@ fn parent_of(pid: u32) -> Option<u32> {
         .ok()
 }
 
-/// One line of at most [`MAX_EVENT`] bytes (longer ones cut), or `None` at the end.
-fn read_line(from: &mut File) -> Option<String> {
+/// One line of at most [`MAX_EVENT`] bytes (longer ones cut), or `None` at the end. Read
+/// through a buffer: a byte at a time, the keeper made a system call per byte of each event.
+fn read_line(from: &mut impl BufRead) -> Option<String> {
     let mut line = Vec::new();
-    let mut byte = [0u8; 1];
     loop {
-        match from.read(&mut byte) {
-            Ok(1) if byte[0] == b'\n' => break,
-            Ok(1) => {
-                if line.len() < MAX_EVENT {
-                    line.push(byte[0]);
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            _ if line.is_empty() => return None,
-            _ => break,
+        let buf = match from.fill_buf() {
+            Ok(buf) => buf,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => &[],
+        };
+        if buf.is_empty() {
+            // The end (or an error): a cut line still counts.
+            return (!line.is_empty()).then(|| String::from_utf8_lossy(&line).into_owned());
+        }
+        let newline = buf.iter().position(|&b| b == b'\n');
+        let take = newline.unwrap_or(buf.len());
+        let room = MAX_EVENT.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        from.consume(take + usize::from(newline.is_some()));
+        if newline.is_some() {
+            return Some(String::from_utf8_lossy(&line).into_owned());
         }
     }
-    Some(String::from_utf8_lossy(&line).into_owned())
 }
 
 /// The VMM process: never returns.
@@ -482,11 +487,13 @@ fn run_vmm(
         restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
         checkpoint,
+        // `vmm_process` exits as soon as this returns.
+        then_exit: true,
     };
     let mut on_vm_started =
         |path: &super::launch::StartPath| send(Event::Running(path.word().to_string()));
     let mut on_workload_started = || send(Event::Ready);
-    let mut gate = File::from(gate);
+    let mut gate = BufReader::new(File::from(gate));
     let mut before_run = || match read_line(&mut gate) {
         Some(line) if line == "ok" => Ok(()),
         Some(line) => Err(line.strip_prefix("err ").unwrap_or(&line).to_string()),
@@ -578,7 +585,7 @@ mod tests {
         w.write_all(&vec![b'x'; MAX_EVENT + 10]).unwrap();
         w.write_all(b"\nready\n").unwrap();
         drop(w);
-        let mut r = File::from(r);
+        let mut r = BufReader::new(File::from(r));
         assert_eq!(read_line(&mut r).unwrap().len(), MAX_EVENT);
         assert_eq!(read_line(&mut r).as_deref(), Some("ready"));
         assert_eq!(read_line(&mut r), None);

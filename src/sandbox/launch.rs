@@ -39,6 +39,9 @@ pub struct Launch {
     pub resume: Option<std::path::PathBuf>,
     /// Where a checkpoint of this run is saved when the agent parks its session.
     pub checkpoint: Option<SnapshotFiles>,
+    /// The process exits once the launch returns (a jailed VMM's does): when the workload's
+    /// status is in, the VM's threads and memory are left to that exit, not torn down first.
+    pub then_exit: bool,
 }
 
 /// How the VM came to run.
@@ -253,6 +256,7 @@ pub fn launch(
     // nothing the guest does after it matters, so the VM stops now instead of after the
     // guest's own reset.
     let kernel_entry = vm.kernel_entry();
+    let then_exit = spec.then_exit;
     let (end, reason) = match (end, spec.checkpoint) {
         (SessionEnd::Parked, Some(files)) => {
             (save_checkpoint(agent_vm.vm, &files), ExitReason::Stopped)
@@ -261,6 +265,10 @@ pub fn launch(
             SessionEnd::Broken("the agent parked a session that cannot be checkpointed".into()),
             agent_vm.vm.shutdown(),
         ),
+        // The status is in and nothing of the VM is needed any more.
+        (end @ (SessionEnd::Exited(_) | SessionEnd::ExecFailed { .. }), _) if then_exit => {
+            (end, agent_vm.vm.abandon())
+        }
         (end, _) => (end, agent_vm.vm.shutdown()),
     };
     Ok(Outcome {

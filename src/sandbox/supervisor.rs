@@ -414,6 +414,8 @@ fn supervise_once(
         restore_from: None,
         template: template.as_ref().and_then(|t| t.dir.clone()),
         checkpoint: checkpoint.map(|(memory, state)| crate::vmm::SnapshotFiles::new(memory, state)),
+        // brig itself is the VMM here, and goes on after the VM.
+        then_exit: false,
     };
 
     let restored_template = std::cell::Cell::new(false);

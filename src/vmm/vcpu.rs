@@ -454,21 +454,27 @@ pub fn pause_all(vcpus: Vec<VcpuHandle>, exit: &ExitSignal) -> Result<Vec<VcpuFd
     Ok(fds)
 }
 
-fn stop_and_join(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) -> Vec<Option<VcpuFd>> {
+/// Stops the vCPU threads from running the guest, as [`stop_all`] does, without waiting for
+/// them: for a process that exits next, which ends them anyway.
+pub fn kick_all(vcpus: &mut [VcpuHandle], exit: &ExitSignal) {
     exit.trigger(ExitReason::Stopped);
-    for v in &mut vcpus {
+    for v in vcpus.iter_mut() {
         v.kick.set_kvm_immediate_exit(1);
     }
     // The byte is read by the kernel on the vCPU's entry, not through a Rust reference; make
     // sure the stores are done before the signals go out.
     fence(Ordering::SeqCst);
-    for v in &vcpus {
+    for v in vcpus.iter() {
         if !v.thread.is_finished() {
             if let Err(e) = v.thread.kill(kick_signal()) {
                 tracing::warn!("kicking vCPU {}: {e}", v.index);
             }
         }
     }
+}
+
+fn stop_and_join(mut vcpus: Vec<VcpuHandle>, exit: &ExitSignal) -> Vec<Option<VcpuFd>> {
+    kick_all(&mut vcpus, exit);
     let deadline = Instant::now() + STOP_WARN_AFTER;
     let mut fds = Vec::with_capacity(vcpus.len());
     for v in vcpus {

@@ -148,6 +148,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<i32> {
             template: None,
             resume: None,
             checkpoint: None,
+            then_exit: false,
         }))
     };
     let timings = args.timings.then_some(t0);

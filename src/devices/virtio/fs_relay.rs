@@ -27,6 +27,7 @@
 use std::fs::File;
 use std::sync::atomic::Ordering;
 
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -233,12 +234,8 @@ impl Relay {
         let first = 2 * u16::try_from(slot).map_err(|_| "slot")?;
         let desc = |i: u16| GuestAddress(b.ring + 16 * u64::from(i));
         let write_desc = |i: u16, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut d = [0u8; 16];
-            d[..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..].copy_from_slice(&next.to_le_bytes());
-            self.mem.write_slice(&d, desc(i))
+            self.mem
+                .write_obj(Descriptor::new(addr, len, flags, next), desc(i))
         };
         let reply_at = at + u64::from(read);
         let written = match (read, room) {

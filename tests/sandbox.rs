@@ -491,6 +491,62 @@ fn cp_round_trips_a_tree() -> Result<(), String> {
     Ok(())
 }
 
+/// A workload that writes and ends at once leaves its files on the kept overlay: the VM is
+/// stopped as soon as its status is in, so the guest must flush before it reports it.
+fn a_quick_workloads_files_are_kept() -> Result<(), String> {
+    let f = fixture();
+    let _ = f.brig(&["rm", "-f", "quick"]);
+    let script = "echo kept > /kept && seq 1 50000 > /many && mkdir -p /d/e && echo deep > /d/e/f";
+    let out = f.brig(&[
+        "run",
+        "--name",
+        "quick",
+        "--network",
+        "none",
+        "sbx",
+        "sh",
+        "-c",
+        script,
+    ]);
+    check(
+        out.status.success(),
+        "run --name quick, writing three files",
+        &out,
+    )?;
+    let sb = Started {
+        id: "quick".to_string(),
+    };
+    let work = f.base.join("quick");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let dest = |name: &str| work.join(name).to_string_lossy().into_owned();
+    for (from, to) in [
+        ("quick:/kept", "kept"),
+        ("quick:/many", "many"),
+        ("quick:/d", "d"),
+    ] {
+        let out = f.brig(&["cp", from, &dest(to)]);
+        check(
+            out.status.success(),
+            &format!("cp {from} out of the stopped sandbox"),
+            &out,
+        )?;
+    }
+    let read = |p: &str| fs::read_to_string(work.join(p)).unwrap_or_default();
+    let many: String = (1..=50000).map(|i| format!("{i}\n")).collect();
+    if read("kept") != "kept\n" || read("many") != many || read("d/e/f") != "deep\n" {
+        return Err(format!(
+            "the stopped sandbox lost what its workload wrote: /kept {:?}, /many {} of {} bytes, /d/e/f {:?}",
+            read("kept"),
+            read("many").len(),
+            many.len(),
+            read("d/e/f")
+        ));
+    }
+    drop(sb);
+    Ok(())
+}
+
 fn stop_is_sigterm_then_sigkill() -> Result<(), String> {
     let f = fixture();
     let _a = f.start(
@@ -810,6 +866,10 @@ fn main() {
             trial("two_execs_run_at_once", two_execs_run_at_once),
             trial("logs_and_logs_follow", logs_and_logs_follow),
             trial("cp_round_trips_a_tree", cp_round_trips_a_tree),
+            trial(
+                "a_quick_workloads_files_are_kept",
+                a_quick_workloads_files_are_kept,
+            ),
             trial("stop_is_sigterm_then_sigkill", stop_is_sigterm_then_sigkill),
             trial(
                 "killed_vmm_reads_as_exited_and_rm_cleans_up",

@@ -311,6 +311,14 @@ fn serve_main(mut conn: File, mut uptime: u64) -> Result<(), String> {
         console!("an exec did not report its exit status in time");
     }
     let status = status.ok_or("the workload vanished without an exit status")?;
+    // The sandbox's disks are whole before the host hears the status: it stops the VM as
+    // soon as it has it, without waiting for this guest's own reset (the kernel's shutdown
+    // path, tens of milliseconds in a nested VM), and a stopped sandbox's scratch disk must
+    // hold what its workloads wrote (`brig start`, `brig cp`). Unless the host throws the
+    // disks away (`--rm`).
+    if !spec.discard_disks {
+        sys::sync();
+    }
     send(
         &writer,
         &Message::Exit(reaper::exit_status(status, uptime_ns)),
@@ -418,14 +426,7 @@ fn exec_process(mut spec: RunSpec, reader: File, writer: HostWriter) -> Result<(
         .map_err(|_| "the process vanished without an exit status".to_string())?;
     let uptime_ns = sys::uptime_ns();
     workload.finish_output();
-    // The sandbox's disks are whole before the host hears the status: it stops the VM as
-    // soon as it has it, without waiting for this guest's own reset (the kernel's shutdown
-    // path, tens of milliseconds in a nested VM), and a stopped sandbox's scratch disk must
-    // hold what the workload wrote (`brig start`, `brig cp`). Unless the host throws the
-    // disks away (`--rm`).
-    if !spec.discard_disks {
-        sys::sync();
-    }
+    // No flush: the VM goes on, and the main workload's end flushes what an exec wrote.
     send(
         &writer,
         &Message::Exit(reaper::exit_status(status, uptime_ns)),

@@ -57,6 +57,8 @@ pub struct SessionTimes {
     pub guest_phases: Vec<(String, u64)>,
     /// The workload's exit status arrived.
     pub exited: Option<Instant>,
+    /// Guest uptime when the agent reaped the workload, in ns.
+    pub exited_uptime_ns: u64,
 }
 
 /// What the session relays besides the agent's connection.
@@ -226,6 +228,7 @@ pub fn resume_session(
                 }
                 Message::Exit(status) => {
                     times.exited = Some(Instant::now());
+                    times.exited_uptime_ns = status.uptime_ns;
                     return SessionEnd::Exited(status);
                 }
                 Message::ExecFailed { kind, message } => {

@@ -418,7 +418,13 @@ impl Outcome {
             );
         }
         if let Some(x) = self.times.exited {
-            eprintln!("  command exited {}", ms(x - t0));
+            // The guest's clock when its agent reaped the workload: how much of the step from
+            // the start was the workload's own and the guest's, and how much the way out.
+            let reaped = match self.times.exited_uptime_ns {
+                u if u > 0 => format!("  (reaped at guest uptime {:.1} ms)", u as f64 / 1e6),
+                _ => String::new(),
+            };
+            eprintln!("  command exited {}{reaped}", ms(x - t0));
         }
         eprintln!("  vm gone        {}", ms(self.vm_gone - t0));
     }

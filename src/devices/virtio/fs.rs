@@ -48,6 +48,8 @@ use super::{
 pub const MAX_TAG_LEN: usize = 36;
 /// Request queues offered to the guest (besides the high-priority queue).
 const REQUEST_QUEUES: u32 = 1;
+/// All its queues: the high-priority queue, then the request queues.
+const QUEUES: usize = 1 + REQUEST_QUEUES as usize;
 /// Size of each queue (virtiofsd's and libvhost-user's maximum).
 const QUEUE_SIZE: u16 = 1024;
 /// `VHOST_USER_F_PROTOCOL_FEATURES` (bit 30): a vhost-user bit, never offered to the guest.
@@ -102,7 +104,7 @@ pub struct Fs {
     /// and disabled explicitly), else 0.
     vhost_features: u64,
     config: [u8; MAX_TAG_LEN + 4],
-    queue_sizes: [u16; 1 + REQUEST_QUEUES as usize],
+    queue_sizes: [u16; QUEUES],
     /// Queues handed to the server (for GET_VRING_BASE at reset).
     pub(super) running: usize,
     pending: Vec<Pending>,
@@ -132,8 +134,7 @@ impl Fs {
             let path = path.clone();
             move |source| FsError::Backend { path, what, source }
         };
-        let queues = 1 + REQUEST_QUEUES as usize;
-        let mut frontend = Frontend::connect(socket, queues as u64).map_err(err("connect"))?;
+        let mut frontend = Frontend::connect(socket, QUEUES as u64).map_err(err("connect"))?;
         frontend.set_owner().map_err(err("SET_OWNER"))?;
         let backend_features = frontend.get_features().map_err(err("GET_FEATURES"))?;
         if backend_features & VIRTIO_F_VERSION_1 == 0 {
@@ -152,7 +153,7 @@ impl Fs {
                 .map_err(err("SET_PROTOCOL_FEATURES"))?;
             if offered.contains(VhostUserProtocolFeatures::MQ) {
                 let n = frontend.get_queue_num().map_err(err("GET_QUEUE_NUM"))?;
-                if n < queues as u64 {
+                if n < QUEUES as u64 {
                     return Err(FsError::Unsupported {
                         path,
                         what: "fewer queues than virtio-fs needs",
@@ -160,7 +161,7 @@ impl Fs {
                 }
             }
         }
-        let relay = Relay::new(queues).map_err(FsError::EventFd)?;
+        let relay = Relay::new(QUEUES).map_err(FsError::EventFd)?;
         let vhost_features = backend_features & PROTOCOL_FEATURES_BIT;
         Self::with(Some((frontend, relay)), vhost_features, tag, path)
     }
@@ -182,11 +183,11 @@ impl Fs {
         config[..tag.len()].copy_from_slice(tag.as_bytes());
         config[MAX_TAG_LEN..].copy_from_slice(&REQUEST_QUEUES.to_le_bytes());
         Ok(Self {
-            common: DeviceCommon::new(1 + REQUEST_QUEUES as usize).map_err(FsError::EventFd)?,
+            common: DeviceCommon::new(QUEUES).map_err(FsError::EventFd)?,
             frontend,
             vhost_features,
             config,
-            queue_sizes: [QUEUE_SIZE; 1 + REQUEST_QUEUES as usize],
+            queue_sizes: [QUEUE_SIZE; QUEUES],
             running: 0,
             pending: Vec::new(),
             control: EventFd::new(libc::EFD_NONBLOCK).map_err(FsError::EventFd)?,
@@ -217,7 +218,7 @@ impl Fs {
                 .map(|p| p as u64)
                 .map_err(|_| vhost::Error::InvalidGuestMemory)
         };
-        for i in 0..self.queue_sizes.len() {
+        for i in 0..QUEUES {
             let (desc, avail, used) = relay.ring(i);
             frontend.set_vring_num(i, RING)?;
             let addrs = VringConfigData {
@@ -371,7 +372,7 @@ impl MutEventSubscriber for Fs {
                 SOCKET_DATA,
                 EventSet::HANG_UP | EventSet::ERROR,
             );
-            for (i, data) in (0..self.queue_sizes.len()).zip(CALL_DATA..) {
+            for (i, data) in (0..QUEUES).zip(CALL_DATA..) {
                 DeviceCommon::add_device_fd(ops, relay.eventfds(i).1, data, EventSet::IN);
             }
         }
@@ -383,7 +384,7 @@ impl MutEventSubscriber for Fs {
                 self.run_pending();
             }
             Dispatch::Queue(q) => self.relay(q, false),
-            Dispatch::Device(d) if (CALL_DATA..CALL_DATA + 1 + REQUEST_QUEUES).contains(&d) => {
+            Dispatch::Device(d) if d >= CALL_DATA && ((d - CALL_DATA) as usize) < QUEUES => {
                 self.relay((d - CALL_DATA) as usize, true);
             }
             Dispatch::Device(SOCKET_DATA) => {

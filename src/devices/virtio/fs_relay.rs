@@ -29,7 +29,9 @@ use std::sync::atomic::Ordering;
 
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
+use vm_memory::{
+    Address, Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions,
+};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::common::Active;
@@ -85,9 +87,6 @@ struct Bounce {
 pub struct Relay {
     mem: GuestMemoryMmap,
     queues: Vec<Bounce>,
-    /// Staging for copies (guest memory and bounce memory are both mapped, but a descriptor
-    /// may span guest regions, which [`Bytes`] on the whole memory handles).
-    buf: Vec<u8>,
 }
 
 impl Relay {
@@ -119,11 +118,7 @@ impl Relay {
                 })
             })
             .collect::<std::io::Result<_>>()?;
-        Ok(Self {
-            mem,
-            queues,
-            buf: vec![0; SLOT_LEN as usize],
-        })
+        Ok(Self { mem, queues })
     }
 
     /// The memory the server maps.
@@ -217,13 +212,9 @@ impl Relay {
                 if !writable.is_empty() {
                     return Err("a readable buffer after a writable one");
                 }
-                let buf = &mut self.buf[..d.len() as usize];
-                guest
-                    .read_slice(buf, d.addr())
-                    .map_err(|_| "an unreadable buffer")?;
-                self.mem
-                    .write_slice(buf, GuestAddress(at + u64::from(read)))
-                    .map_err(|_| "the bounce memory")?;
+                let to = GuestAddress(at + u64::from(read));
+                copy_between(guest, d.addr(), &self.mem, to, d.len())
+                    .map_err(|()| "an unreadable buffer")?;
                 read += d.len();
             }
         }
@@ -318,27 +309,58 @@ impl Relay {
             );
         }
         let len = len.min(req.room);
-        let buf = &mut self.buf[..len as usize];
-        if self
-            .mem
-            .read_slice(buf, GuestAddress(req.reply_at))
-            .is_err()
-        {
-            return 0;
-        }
         let mut done = 0u32;
         for &(addr, dlen) in &req.writable {
             let n = dlen.min(len - done);
             if n == 0 {
                 break;
             }
-            let part = &buf[done as usize..(done + n) as usize];
-            if guest.write_slice(part, addr).is_err() {
+            let from = GuestAddress(req.reply_at + u64::from(done));
+            if copy_between(&self.mem, from, guest, addr, n).is_err() {
                 break;
             }
             done += n;
         }
         done
+    }
+}
+
+/// Copies `len` bytes at `src` in `from` to `dst` in `to`, one mapped piece at a time and
+/// without staging (either range may span regions); `Err` when either is not wholly mapped,
+/// with what was copied before the gap left in place.
+fn copy_between(
+    from: &GuestMemoryMmap,
+    src: GuestAddress,
+    to: &GuestMemoryMmap,
+    dst: GuestAddress,
+    len: u32,
+) -> Result<(), ()> {
+    let mut done = 0u64;
+    for piece in from
+        .get_slices(src, len as usize, Permissions::Read)
+        .map_err(|_| ())?
+    {
+        let piece = piece.map_err(|_| ())?;
+        let at = dst.checked_add(done).ok_or(())?;
+        let mut off = 0;
+        for target in to
+            .get_slices(at, piece.len(), Permissions::Write)
+            .map_err(|_| ())?
+        {
+            let target = target.map_err(|_| ())?;
+            let part = piece.subslice(off, target.len()).map_err(|_| ())?;
+            part.copy_to_volatile_slice(target);
+            off += target.len();
+        }
+        if off != piece.len() {
+            return Err(());
+        }
+        done += piece.len() as u64;
+    }
+    if done == u64::from(len) {
+        Ok(())
+    } else {
+        Err(())
     }
 }
 
@@ -382,6 +404,34 @@ mod tests {
         r.mem
             .write_obj(n.wrapping_add(1), GuestAddress(USED_OFF + 2))
             .unwrap();
+    }
+
+    #[test]
+    fn copies_cross_region_edges_and_stop_at_holes() {
+        let two = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+            (GuestAddress(0x3000), 0x1000),
+        ])
+        .unwrap();
+        let flat = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x4000)]).unwrap();
+        let data: Vec<u8> = (0..0x40u8).collect();
+        // Across the edge of two adjacent regions, both ways.
+        two.write_slice(&data, GuestAddress(0xfe0)).unwrap();
+        copy_between(&two, GuestAddress(0xfe0), &flat, GuestAddress(0x100), 0x40).unwrap();
+        let mut back = vec![0u8; 0x40];
+        flat.read_slice(&mut back, GuestAddress(0x100)).unwrap();
+        assert_eq!(back, data);
+        copy_between(&flat, GuestAddress(0x100), &two, GuestAddress(0x1fe0), 0x20).unwrap();
+        two.read_slice(&mut back[..0x20], GuestAddress(0x1fe0))
+            .unwrap();
+        assert_eq!(back[..0x20], data[..0x20]);
+        // Into or out of the hole at 0x2000: refused.
+        assert!(copy_between(&flat, GuestAddress(0), &two, GuestAddress(0x1ff0), 0x20).is_err());
+        assert!(copy_between(&two, GuestAddress(0x1ff0), &flat, GuestAddress(0), 0x20).is_err());
+        assert!(copy_between(&two, GuestAddress(0x3ff0), &flat, GuestAddress(0), 0x20).is_err());
+        // Nothing to copy is fine.
+        assert!(copy_between(&two, GuestAddress(0), &flat, GuestAddress(0), 0).is_ok());
     }
 
     #[test]
